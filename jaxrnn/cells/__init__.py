@@ -1,0 +1,42 @@
+"""Recurrent cells: pure functions of (params, carry, x).
+
+The contract every cell module here follows (and any cell you write for
+:func:`jaxrnn.rnn` should follow)::
+
+    params = init(key, input_size, hidden_size, ...)  # a pytree of arrays (options static)
+    carry, y = cell(params, carry, x)                 # one step; x: [*batch, D] -> y: [*batch, H]
+    carry0 = initial_carry(params, batch_shape)       # zeros; leaves [*batch_shape, H]
+
+A cell works on one time step and any leading batch shape (``()`` for a single
+example). It knows nothing about time, scan, padding or lengths: that is
+:func:`jaxrnn.rnn`'s job. ``cell.initial_carry`` is set on each cell function so
+that ``rnn`` can build a zero state when no ``h0`` is given.
+
+Modules:
+    simple: the Elman cell, ``h = act(x @ W_x + h @ W_h + b)`` (Keras ``SimpleRNNCell``).
+"""
+
+from types import ModuleType
+
+from jaxrnn.cells import simple
+
+_REGISTRY: dict[str, ModuleType] = {"simple": simple}
+
+
+def get(name: str) -> ModuleType:
+    """Returns the cell module registered under ``name`` (e.g. ``"simple"``)."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown cell {name!r}; expected one of {sorted(_REGISTRY)}") from None
+
+
+def register(name: str, module: ModuleType) -> None:
+    """Registers a module following the cell contract under ``name``."""
+    for attr in ("init", "cell", "initial_carry"):
+        if not callable(getattr(module, attr, None)):
+            raise TypeError(f"cell module {module.__name__} lacks a callable {attr!r}")
+    _REGISTRY[name] = module
+
+
+__all__ = ["get", "register", "simple"]

@@ -1,0 +1,212 @@
+"""``rnn``: run any cell over a sequence with ``jax.lax.scan``.
+
+::
+
+    final_carry, ys = rnn(cell, params, xs)      # xs [B, T, D] -> ys [B, T, H]
+
+which is, step for step, the loop ::
+
+    h = h0                                       # [B, H]
+    for t in range(T):
+        h, ys[:, t] = cell(params, h, xs[:, t])  # [B, D] -> [B, H]
+
+``rnn`` knows nothing about which cell it runs. It adds what a layer needs on
+top of a cell: batching layouts, variable lengths, reverse direction, unrolling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrnn.cells._common import Array, check_float
+
+Cell = Callable[[Any, Any, Array], tuple[Any, Any]]
+
+
+def _cell_name(cell: Cell) -> str:
+    inner = getattr(cell, "func", cell)  # functools.partial
+    return getattr(inner, "cell_name", getattr(inner, "__name__", "cell"))
+
+
+def _initial_carry_fn(cell: Cell) -> Callable[..., Any] | None:
+    for obj in (cell, getattr(cell, "func", None)):
+        fn = getattr(obj, "initial_carry", None)
+        if fn is not None:
+            return fn
+    return None
+
+
+def _check_lengths(lengths: Any, batch_shape: tuple[int, ...], T: int) -> Array:
+    lengths = jnp.asarray(lengths)
+    if not jnp.issubdtype(lengths.dtype, jnp.integer):
+        raise TypeError(f"lengths must have an integer dtype; got {lengths.dtype}")
+    if lengths.shape != batch_shape:
+        what = f"[B] = {list(batch_shape)}" if batch_shape else "a scalar () for unbatched xs"
+        raise ValueError(f"lengths must have shape {what}; got shape {tuple(lengths.shape)}")
+    if not isinstance(lengths, jax.core.Tracer):  # values are only known outside jit
+        lo, hi = int(np.min(lengths)), int(np.max(lengths))
+        if lo < 0 or hi > T:
+            raise ValueError(f"lengths must lie in [0, T={T}]; got values in [{lo}, {hi}]")
+    return lengths
+
+
+def _bcast(mask: Array, leaf: Array) -> Array:
+    """``mask: [B]`` -> ``[B, 1, ..., 1]`` with the rank of ``leaf``."""
+    return mask.reshape(mask.shape + (1,) * (leaf.ndim - mask.ndim))
+
+
+def reverse_padded(xs: Array, lengths: Array) -> Array:
+    """Reverses each sequence within its own length; padding stays in place.
+
+    Args:
+        xs: ``[T, B, ...]`` time-major.
+        lengths: ``[B]``.
+
+    Returns:
+        ``[T, B, ...]`` with ``out[t, b] = xs[lengths[b] - 1 - t, b]`` for ``t < lengths[b]``
+        and ``xs[t, b]`` elsewhere. It is its own inverse.
+    """
+    T = xs.shape[0]
+    t = jnp.arange(T)[:, None]  # [T, 1]
+    idx = jnp.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)  # [T, B]
+    idx = jnp.broadcast_to(idx.reshape(idx.shape + (1,) * (xs.ndim - 2)), xs.shape)
+    return jnp.take_along_axis(xs, idx, axis=0)
+
+
+def rnn(
+    cell: Cell,
+    params: Any,
+    xs: Array,
+    h0: Any = None,
+    *,
+    lengths: Array | None = None,
+    reverse: bool = False,
+    unroll: int | bool = 1,
+    time_major: bool = False,
+) -> tuple[Any, Any]:
+    """Runs ``cell`` over the time axis of ``xs`` with ``jax.lax.scan``.
+
+    Works under ``jax.jit``, ``jax.grad`` (backpropagation through time) and ``jax.vmap``.
+
+    Args:
+        cell: a function ``cell(params, carry, x) -> (carry, y)`` (see :mod:`jaxrnn.cells`).
+        params: the cell's parameters.
+        xs: ``[B, T, D]``; ``[T, B, D]`` with ``time_major=True``; or ``[T, D]`` unbatched.
+        h0: initial carry (leaves ``[B, H]`` or ``[H]``); ``None`` for the cell's zero state.
+        lengths: ``[B]`` int (a scalar for unbatched ``xs``): sequence ``b`` is
+            ``xs[b, :lengths[b]]``. Steps past a sequence's length leave its carry
+            unchanged and give zero outputs, so the final carry is each sequence's
+            state at its own last step. Values must lie in ``[0, T]`` (checked when
+            concrete; under ``jit`` larger values act as ``T``).
+        reverse: run from the last step to the first (with ``lengths``: from each
+            sequence's own last step). Outputs come back in the original time order.
+        unroll: passed to ``lax.scan``: steps per loop iteration (``True``: all).
+        time_major: whether ``xs`` (and ``ys``) are ``[T, B, ...]``.
+
+    Returns:
+        ``(final_carry, ys)``: the carry after the last processed step, and the cell's
+        outputs stacked over time in the layout of ``xs``: ``[B, T, H]`` / ``[T, B, H]`` / ``[T, H]``.
+
+    Raises:
+        ValueError, TypeError: at trace time, for a wrong rank, width, dtype, carry or lengths.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxrnn import cells, rnn
+        >>> params = cells.simple.init(jax.random.key(0), 32, 100)
+        >>> xs = jnp.ones((250, 32))                       # one review: 250 steps of 32 features
+        >>> h_last, hs = rnn(cells.simple.cell, params, xs)
+        >>> h_last.shape, hs.shape                         # SimpleRNN(100) output, and return_sequences=True
+        ((100,), (250, 100))
+    """
+    name = _cell_name(cell)
+    check_float("rnn: xs", xs)
+    xs = jnp.asarray(xs)
+    if xs.ndim not in (2, 3):
+        layout = "[T, B, D]" if time_major else "[B, T, D]"
+        raise ValueError(
+            f"rnn: xs must be {layout} (batched) or [T, D] (unbatched); "
+            f"got rank {xs.ndim} with shape {tuple(xs.shape)}"
+        )
+    if isinstance(unroll, bool):
+        pass
+    elif not isinstance(unroll, int) or unroll < 1:
+        raise ValueError(f"rnn: unroll must be a positive int or a bool; got {unroll!r}")
+
+    batched = xs.ndim == 3
+    if not batched:
+        xs_tm = xs[:, None, :]  # [T, 1, D]
+    elif time_major:
+        xs_tm = xs  # [T, B, D]
+    else:
+        xs_tm = jnp.swapaxes(xs, 0, 1)  # [B, T, D] -> [T, B, D]
+    T, B = xs_tm.shape[0], xs_tm.shape[1]
+    batch_shape = (B,) if batched else ()
+
+    if lengths is not None:
+        lengths = _check_lengths(lengths, batch_shape, T)
+        lengths = lengths.reshape((B,))  # [B]
+
+    h0_given = h0 is not None
+    if h0 is None:
+        init_fn = _initial_carry_fn(cell)
+        if init_fn is None:
+            raise ValueError(
+                f"rnn: h0=None needs cell.initial_carry, which {name!r} does not have; pass h0"
+            )
+        h0 = init_fn(params, batch_shape)
+    carry0 = h0 if batched else jax.tree.map(lambda a: jnp.asarray(a)[None], h0)
+
+    # Trace one step now, in Python, so a wrong width or carry is reported here with
+    # the shapes of xs rather than as an error from inside scan.
+    x_step = jax.ShapeDtypeStruct((B, xs_tm.shape[2]), xs_tm.dtype)
+    try:
+        carry_out, _ = jax.eval_shape(lambda c, x: cell(params, c, x), carry0, x_step)
+    except (ValueError, TypeError) as e:
+        shape_kind = "[T, B, D]" if time_major else "[B, T, D]"
+        raise type(e)(
+            f"{e}\n  (while running rnn over xs of shape {tuple(xs.shape)}, "
+            f"read as {shape_kind if batched else '[T, D]'}; h0 was "
+            f"{'given' if h0_given else 'None (zeros from cell.initial_carry)'})"
+        ) from None
+    c_in = jax.tree.map(lambda a: (tuple(jnp.shape(a)), jnp.result_type(a)), carry0)
+    c_out = jax.tree.map(lambda a: (tuple(a.shape), a.dtype), carry_out)
+    if c_in != c_out:
+        raise TypeError(
+            f"rnn: {name} returns a carry of shapes/dtypes {c_out} from h0 of {c_in}; "
+            "they must match (is h0 in the parameters' dtype?)"
+        )
+
+    if lengths is None:
+
+        def step(carry, x):
+            return cell(params, carry, x)
+
+        carry, ys = jax.lax.scan(step, carry0, xs_tm, reverse=reverse, unroll=unroll)
+    else:
+        if reverse:
+            xs_tm = reverse_padded(xs_tm, lengths)
+
+        def step(carry, inp):
+            x, t = inp
+            new_carry, y = cell(params, carry, x)
+            alive = t < lengths  # [B]
+            carry = jax.tree.map(lambda n, o: jnp.where(_bcast(alive, n), n, o), new_carry, carry)
+            y = jax.tree.map(lambda a: jnp.where(_bcast(alive, a), a, jnp.zeros_like(a)), y)
+            return carry, y
+
+        carry, ys = jax.lax.scan(step, carry0, (xs_tm, jnp.arange(T)), unroll=unroll)
+        if reverse:
+            ys = jax.tree.map(lambda a: reverse_padded(a, lengths), ys)
+
+    if not batched:
+        carry = jax.tree.map(lambda a: a[0], carry)
+        ys = jax.tree.map(lambda a: a[:, 0], ys)  # [T, 1, H] -> [T, H]
+    elif not time_major:
+        ys = jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), ys)  # [T, B, H] -> [B, T, H]
+    return carry, ys
