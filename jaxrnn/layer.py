@@ -119,7 +119,7 @@ def rnn(
         >>> import jax, jax.numpy as jnp
         >>> from jaxrnn import cells, rnn
         >>> params = cells.simple.init(jax.random.key(0), 32, 100)
-        >>> xs = jnp.ones((250, 32))                       # one review: 250 steps of 32 features
+        >>> xs = jnp.ones((250, 32), jnp.float32)                       # one review: 250 steps of 32 features
         >>> h_last, hs = rnn(cells.simple.cell, params, xs)
         >>> h_last.shape, hs.shape                         # SimpleRNN(100) output, and return_sequences=True
         ((100,), (250, 100))
@@ -178,8 +178,9 @@ def rnn(
     c_out = jax.tree.map(lambda a: (tuple(a.shape), a.dtype), carry_out)
     if c_in != c_out:
         raise TypeError(
-            f"rnn: {name} returns a carry of shapes/dtypes {c_out} from h0 of {c_in}; "
-            "they must match (is h0 in the parameters' dtype?)"
+            f"rnn: {name} turns a carry of (shape, dtype) {c_in} into {c_out}; they must match. "
+            f"xs is {xs.dtype}: give xs and h0 the parameters' dtype "
+            "(e.g. xs.astype(jnp.float32), or init the cell with dtype=xs.dtype)"
         )
 
     if lengths is None:

@@ -56,7 +56,9 @@ def init_classifier(key: Array, cfg: ClassifierConfig, dtype: Any = jnp.float32)
         "embedding": jax.random.uniform(
             k_e, (cfg.vocab_size, cfg.embed_dim), dtype, -0.05, 0.05
         ),  # [V, E]
-        "rnn": cell_mod.init(k_r, cfg.embed_dim, cfg.hidden_size, dtype=dtype, **dict(cfg.cell_options)),
+        "rnn": cell_mod.init(
+            k_r, cfg.embed_dim, cfg.hidden_size, dtype=dtype, **dict(cfg.cell_options)
+        ),
         "W_o": jax.nn.initializers.glorot_uniform()(k_o, (cfg.hidden_size, 1), dtype),  # [H, 1]
         "b_o": jnp.zeros((1,), dtype),  # [1]
     }
@@ -87,7 +89,9 @@ def classifier_logits(
     """
     check_tokens(tokens, cfg.vocab_size)
     xs = jnp.take(params["embedding"], tokens, axis=0)  # [B, T] -> [B, T, E]
-    h_T, _ = rnn(cells.get(cfg.cell).cell, params["rnn"], xs, lengths=lengths)  # [B, H] (or carry tuple)
+    h_T, _ = rnn(
+        cells.get(cfg.cell).cell, params["rnn"], xs, lengths=lengths
+    )  # [B, H] (or carry tuple)
     h_T = h_T[0] if isinstance(h_T, tuple) else h_T  # LSTM-style carries (h, c): keep h
     return (h_T @ params["W_o"] + params["b_o"])[:, 0]  # [B, H] @ [H, 1] -> [B]
 

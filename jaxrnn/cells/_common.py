@@ -46,8 +46,7 @@ def resolve_activation(activation: Activation) -> Callable[[Array], Array]:
         return ACTIVATIONS[activation]
     except (KeyError, TypeError):
         raise ValueError(
-            f"activation must be one of {sorted(ACTIVATIONS)} or a callable; "
-            f"got {activation!r}"
+            f"activation must be one of {sorted(ACTIVATIONS)} or a callable; got {activation!r}"
         ) from None
 
 
@@ -126,7 +125,9 @@ def check_step_input(cell_name: str, x: Any, input_size: int) -> tuple[int, ...]
     return tuple(shape[:-1])
 
 
-def check_state(cell_name: str, name: str, h: Any, batch_shape: tuple[int, ...], hidden: int) -> None:
+def check_state(
+    cell_name: str, name: str, h: Any, batch_shape: tuple[int, ...], hidden: int
+) -> None:
     """Checks one carry array ``h: [*batch, H]`` against the batch shape of ``x``."""
     expected = (*batch_shape, hidden)
     if tuple(jnp.shape(h)) != expected:

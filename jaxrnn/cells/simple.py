@@ -11,7 +11,7 @@ Examples:
     >>> from jaxrnn import cells
     >>> params = cells.simple.init(jax.random.key(0), input_size=32, hidden_size=100)
     >>> h = cells.simple.initial_carry(params, batch_shape=())
-    >>> h, y = cells.simple.cell(params, h, jnp.ones(32))
+    >>> h, y = cells.simple.cell(params, h, jnp.ones(32, jnp.float32))
     >>> h.shape, bool((h == y).all())
     ((100,), True)
 """
@@ -97,7 +97,9 @@ def init(
         k_h, (hidden_size, hidden_size), dtype
     )
     b = (
-        _common.resolve_initializer(bias_initializer, "bias_initializer")(k_b, (hidden_size,), dtype)
+        _common.resolve_initializer(bias_initializer, "bias_initializer")(
+            k_b, (hidden_size,), dtype
+        )
         if use_bias
         else None
     )
