@@ -9,13 +9,13 @@ at run time.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 Array = jax.Array
-Activation = Union[str, Callable[[Array], Array]]
+Activation = str | Callable[[Array], Array]
 
 
 def _hard_sigmoid(x: Array) -> Array:
