@@ -29,7 +29,7 @@ Examples:
     >>> carry, y = cells.lstm.cell(params, carry, jnp.ones((4, 8)))
     >>> carry.h.shape, carry.c.shape, bool((y == carry.h).all())
     ((4, 16), (4, 16), True)
-    >>> (h_T, c_T), ys = rnn(cells.lstm.cell, params, jnp.ones((4, 10, 8)))
+    >>> (h_T, c_T), ys = rnn(cells.lstm.cell, params, jnp.ones((4, 10, 8), jnp.float32))
     >>> ys.shape
     (4, 10, 16)
 """
