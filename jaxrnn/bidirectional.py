@@ -105,7 +105,9 @@ def bidirectional(
     if merge_mode not in MERGE_MODES:
         raise ValueError(f"merge_mode must be one of {MERGE_MODES}; got {merge_mode!r}")
     if not isinstance(params, BiParams):
-        raise TypeError(f"bidirectional: params must be BiParams(forward, backward); got {type(params).__name__}")
+        raise TypeError(
+            f"bidirectional: params must be BiParams(forward, backward); got {type(params).__name__}"
+        )
     cell_fw, cell_bw = cell if isinstance(cell, tuple) else (cell, cell)
     carry_fw, carry_bw = (None, None) if initial_carry is None else initial_carry
     k_fw = k_bw = None

@@ -51,9 +51,13 @@ def check_mask(mask: Any, B: int, T: int, what: str = "mask") -> Array:
     """Validates a Keras-style mask ``[B, T]`` (bool or 0/1) and returns it as bool."""
     mask = jnp.asarray(mask)
     if mask.shape != (B, T):
-        raise ValueError(f"{what} must have shape [B, T] = [{B}, {T}]; got shape {tuple(mask.shape)}")
+        raise ValueError(
+            f"{what} must have shape [B, T] = [{B}, {T}]; got shape {tuple(mask.shape)}"
+        )
     if mask.dtype != jnp.bool_:
-        if not (jnp.issubdtype(mask.dtype, jnp.integer) or jnp.issubdtype(mask.dtype, jnp.floating)):
+        if not (
+            jnp.issubdtype(mask.dtype, jnp.integer) or jnp.issubdtype(mask.dtype, jnp.floating)
+        ):
             raise TypeError(f"{what} must be bool (or 0/1 numbers); got dtype {mask.dtype}")
         mask = mask != 0
     return mask
@@ -175,7 +179,9 @@ def recurrent(
         raise ValueError("recurrent: pass mask or lengths, not both")
     if lengths is not None:
         if jnp.shape(lengths) != (B,):
-            raise ValueError(f"lengths must have shape [B] = [{B}]; got {tuple(jnp.shape(lengths))}")
+            raise ValueError(
+                f"lengths must have shape [B] = [{B}]; got {tuple(jnp.shape(lengths))}"
+            )
         mask = lengths_to_mask(lengths, T)
     elif mask is not None:
         mask = check_mask(mask, B, T)

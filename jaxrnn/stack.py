@@ -121,7 +121,9 @@ def torch_state(finals: Sequence[Any]) -> Any:
     """
     flat = []
     for f in finals:
-        flat.extend(f if isinstance(f, tuple) and len(f) == 2 and not hasattr(f, "_fields") else [f])
+        flat.extend(
+            f if isinstance(f, tuple) and len(f) == 2 and not hasattr(f, "_fields") else [f]
+        )
     if hasattr(flat[0], "_fields"):  # LSTMCarry(h, c)
         return tuple(jnp.stack([getattr(c, name) for c in flat]) for name in flat[0]._fields)
     return jnp.stack(flat)
