@@ -76,7 +76,10 @@ def _maxdiff(a, b):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
         assert x.shape == y.shape, (x.shape, y.shape)
-        out = max(out, float(np.max(np.abs(x - y), initial=0.0) / max(1.0, np.max(np.abs(x), initial=0.0))))
+        out = max(
+            out,
+            float(np.max(np.abs(x - y), initial=0.0) / max(1.0, np.max(np.abs(x), initial=0.0))),
+        )
     return out
 
 
@@ -105,10 +108,12 @@ KERAS_LAYERS = {"simple": "SimpleRNN", "lstm": "LSTM", "gru": "GRU"}
 
 def _randomize_keras(layer, seed):
     rng = _rng(seed)
-    layer.set_weights([0.5 * rng.standard_normal(w.shape).astype(np.float32) for w in layer.get_weights()])
+    layer.set_weights(
+        [0.5 * rng.standard_normal(w.shape).astype(np.float32) for w in layer.get_weights()]
+    )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _keras_layer(kind, opts, go_backwards, dropout, recurrent_dropout, seed):
     keras = import_keras()
     layer = getattr(keras.layers, KERAS_LAYERS[kind])(
@@ -132,8 +137,9 @@ def _patch_keras_dropout(cell, masks):
 
 
 @float32_only
-def keras_case(kind, opts=(), *, mask=None, go_backwards=False, dropout=0.0,
-               recurrent_dropout=0.0, seed=0):
+def keras_case(
+    kind, opts=(), *, mask=None, go_backwards=False, dropout=0.0, recurrent_dropout=0.0, seed=0
+):
     """A Keras RNN layer vs :func:`jaxrnn.recurrent.recurrent`; ``opts``: tuple of (k, v)."""
     layer = _keras_layer(kind, tuple(opts), go_backwards, dropout, recurrent_dropout, seed)
     params = convert.from_keras(layer)
@@ -143,17 +149,27 @@ def keras_case(kind, opts=(), *, mask=None, go_backwards=False, dropout=0.0,
     training = bool(dropout or recurrent_dropout)
     key = jax.random.key(seed)
     if training:  # the masks recurrent() draws from `key`, handed to Keras
-        masks = rnn_dropout_masks(key, cell, D, H, (B,), dropout=dropout,
-                                  recurrent_dropout=recurrent_dropout)
+        masks = rnn_dropout_masks(
+            key, cell, D, H, (B,), dropout=dropout, recurrent_dropout=recurrent_dropout
+        )
         _patch_keras_dropout(layer.cell, masks)
     ours = functools.partial(
-        recurrent, cell, xs=xs, mask=m, go_backwards=go_backwards, return_state=True,
-        dropout=dropout, recurrent_dropout=recurrent_dropout, key=key, deterministic=not training,
+        recurrent,
+        cell,
+        xs=xs,
+        mask=m,
+        go_backwards=go_backwards,
+        return_state=True,
+        dropout=dropout,
+        recurrent_dropout=recurrent_dropout,
+        key=key,
+        deterministic=not training,
     )
 
     def peer(tv):
-        out, _ = layer.stateless_call(tv, [v.value for v in layer.non_trainable_variables], xs,
-                                      mask=m, training=training)
+        out, _ = layer.stateless_call(
+            tv, [v.value for v in layer.non_trainable_variables], xs, mask=m, training=training
+        )
         return out[0], tuple(out[1:])
 
     tv = [v.value for v in layer.trainable_variables]
@@ -167,9 +183,15 @@ def keras_case(kind, opts=(), *, mask=None, go_backwards=False, dropout=0.0,
         return dataclasses.replace(params, W_x=tv[0], W_h=tv[1], b=tv[2] if len(tv) > 2 else None)
 
     g_k = jax.grad(lambda tv: _weighted_sum(peer(tv), seed))(tv)
-    g_j = jax.grad(lambda tv: _weighted_sum(
-        (ours(with_leaves(tv))[0], tuple(ours(with_leaves(tv))[1]) if kind == "lstm"
-         else (ours(with_leaves(tv))[1],)), seed))(tv)
+    g_j = jax.grad(
+        lambda tv: _weighted_sum(
+            (
+                ours(with_leaves(tv))[0],
+                tuple(ours(with_leaves(tv))[1]) if kind == "lstm" else (ours(with_leaves(tv))[1],),
+            ),
+            seed,
+        )
+    )(tv)
     return {
         "out": _maxdiff(y_k, y_j),
         "state": _maxdiff(s_k, s_j),
@@ -178,7 +200,7 @@ def keras_case(kind, opts=(), *, mask=None, go_backwards=False, dropout=0.0,
     }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _keras_bidirectional(kind, opts, merge_mode, return_sequences, seed):
     keras = import_keras()
     inner = getattr(keras.layers, KERAS_LAYERS[kind])(
@@ -191,8 +213,9 @@ def _keras_bidirectional(kind, opts, merge_mode, return_sequences, seed):
 
 
 @float32_only
-def keras_bidirectional_case(kind, opts=(), *, merge_mode="concat", return_sequences=True,
-                             mask=None, seed=0):
+def keras_bidirectional_case(
+    kind, opts=(), *, merge_mode="concat", return_sequences=True, mask=None, seed=0
+):
     """keras.layers.Bidirectional vs :func:`jaxrnn.bidirectional.bidirectional`."""
     layer = _keras_bidirectional(kind, tuple(opts), merge_mode, return_sequences, seed)
     params = convert.from_keras(layer)
@@ -201,9 +224,15 @@ def keras_bidirectional_case(kind, opts=(), *, merge_mode="concat", return_seque
     out_k = layer(xs, mask=m)
     n_out = 2 if merge_mode is None else 1
     y_k, s_k = out_k[:n_out], out_k[n_out:]
-    y_j, (c_fw, c_bw) = bidirectional(cells.get(kind).cell, params, xs, mask=m,
-                                      merge_mode=merge_mode, return_sequences=return_sequences,
-                                      return_state=True)
+    y_j, (c_fw, c_bw) = bidirectional(
+        cells.get(kind).cell,
+        params,
+        xs,
+        mask=m,
+        merge_mode=merge_mode,
+        return_sequences=return_sequences,
+        return_state=True,
+    )
     y_j = y_j if merge_mode is None else (y_j,)
     s_j = (tuple(c_fw) + tuple(c_bw)) if kind == "lstm" else (c_fw, c_bw)
     assert len(s_k) == 2 * n_states
@@ -221,7 +250,12 @@ def _torch_module(kind, num_layers, bidirectional_, bias, nonlinearity, seed):
     torch.manual_seed(seed)
     kwargs = {"nonlinearity": nonlinearity} if kind == "simple" else {}
     m = getattr(torch.nn, TORCH_MODULES[kind])(
-        D, H, num_layers=num_layers, bias=bias, batch_first=True, bidirectional=bidirectional_,
+        D,
+        H,
+        num_layers=num_layers,
+        bias=bias,
+        batch_first=True,
+        bidirectional=bidirectional_,
         **kwargs,
     )
     with torch.no_grad():  # larger than PyTorch's U(-1/sqrt(H), 1/sqrt(H)) so every term matters
@@ -231,8 +265,16 @@ def _torch_module(kind, num_layers, bidirectional_, bias, nonlinearity, seed):
 
 
 @float32_only
-def torch_case(kind, *, num_layers=1, bidirectional=False, bias=True, nonlinearity="tanh",
-               lengths=False, seed=0):
+def torch_case(
+    kind,
+    *,
+    num_layers=1,
+    bidirectional=False,
+    bias=True,
+    nonlinearity="tanh",
+    lengths=False,
+    seed=0,
+):
     """nn.RNN/LSTM/GRU (packed when ``lengths``) vs :func:`jaxrnn.stack.stack`."""
     import torch
     from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -242,8 +284,9 @@ def torch_case(kind, *, num_layers=1, bidirectional=False, bias=True, nonlineari
     lens = LENGTHS if lengths else None
     x_t = torch.from_numpy(xs)
     if lengths:
-        packed = pack_padded_sequence(x_t, torch.from_numpy(LENGTHS), batch_first=True,
-                                      enforce_sorted=False)
+        packed = pack_padded_sequence(
+            x_t, torch.from_numpy(LENGTHS), batch_first=True, enforce_sorted=False
+        )
         out_p, state = m(packed)
         y_t, _ = pad_packed_sequence(out_p, batch_first=True, total_length=T)
     else:
@@ -300,7 +343,12 @@ def _weighted_sum_torch(tensors, seed):
 
 # ------------------------------------------------------------------------------------- Flax
 
-FLAX_CELLS = {"simple": "SimpleCell", "lstm": "LSTMCell", "gru": "GRUCell", "lstm_optimized": "OptimizedLSTMCell"}
+FLAX_CELLS = {
+    "simple": "SimpleCell",
+    "lstm": "LSTMCell",
+    "gru": "GRUCell",
+    "lstm_optimized": "OptimizedLSTMCell",
+}
 
 
 @float32_only
@@ -316,7 +364,8 @@ def flax_case(kind, *, lengths=False, seed=0):
     leaves, treedef = jax.tree.flatten(variables)
     keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
     variables = jax.tree.unflatten(
-        treedef, [0.5 * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves, strict=True)]
+        treedef,
+        [0.5 * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves, strict=True)],
     )
     lens = jnp.asarray(LENGTHS) if lengths else None
     valid = (np.arange(T)[None, :] < (LENGTHS if lengths else np.full(B, T))[:, None])[..., None]

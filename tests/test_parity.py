@@ -71,7 +71,18 @@ def _id(kind, opts):
     return kind + "".join(f"-{k}={v}" for k, v in opts)
 
 
-@pytest.mark.parametrize("mode", list(KERAS_MODES))
+# The default run covers every kind with these modes; the rest run with -m slow.
+FAST_MODES = [
+    "plain",
+    "mask-arbitrary",
+    "go_backwards-mask-right",
+    "dropout-recurrent_dropout-mask",
+]
+
+
+@pytest.mark.parametrize(
+    "mode", [m if m in FAST_MODES else pytest.param(m, marks=pytest.mark.slow) for m in KERAS_MODES]
+)
 @pytest.mark.parametrize("kind,opts", KERAS_KINDS, ids=[_id(*c) for c in KERAS_KINDS])
 def test_keras_layer(kind, opts, mode):
     _keras()
@@ -181,7 +192,9 @@ def _assert_same_params(a, b):
     assert jax.tree.structure(a) == jax.tree.structure(b)  # same static options
 
 
-@pytest.mark.parametrize("kind,opts", ROUND_TRIP, ids=[_id(k, tuple(o.items())) for k, o in ROUND_TRIP])
+@pytest.mark.parametrize(
+    "kind,opts", ROUND_TRIP, ids=[_id(k, tuple(o.items())) for k, o in ROUND_TRIP]
+)
 def test_round_trip_keras(kind, opts):
     keras = _keras()
     p = _random_params(kind, opts)
@@ -190,7 +203,9 @@ def test_round_trip_keras(kind, opts):
     _assert_same_params(convert.from_keras(convert.to_keras(p, layer)), p)
 
 
-@pytest.mark.parametrize("kind,opts", ROUND_TRIP, ids=[_id(k, tuple(o.items())) for k, o in ROUND_TRIP])
+@pytest.mark.parametrize(
+    "kind,opts", ROUND_TRIP, ids=[_id(k, tuple(o.items())) for k, o in ROUND_TRIP]
+)
 def test_round_trip_torch(kind, opts):
     torch = _torch()
     p = _random_params(kind, opts)
@@ -205,7 +220,9 @@ def test_round_trip_torch(kind, opts):
     back = convert.from_torch(convert.to_torch([p], module))
     _assert_same_params(back[0], p)
     # and a bidirectional, 2-layer module: layer k > 0 reads 2H features
-    module2 = getattr(torch.nn, pc.TORCH_MODULES[kind])(pc.D, pc.H, num_layers=2, bidirectional=True, **kw)
+    module2 = getattr(torch.nn, pc.TORCH_MODULES[kind])(
+        pc.D, pc.H, num_layers=2, bidirectional=True, **kw
+    )
     layers = convert.from_torch(module2)
     again = convert.from_torch(convert.to_torch(layers, module2))
     for a, b in zip(jax.tree.leaves(layers), jax.tree.leaves(again), strict=True):
