@@ -92,7 +92,11 @@ def test_keras_layer(kind, opts, mode):
         assert r["dropout_effect"] > 1e-2, "dropout did not change the outputs"
 
 
-@pytest.mark.parametrize("kind,opts", KERAS_OPTIONS, ids=[_id(*c) for c in KERAS_OPTIONS])
+@pytest.mark.parametrize(
+    "kind,opts",
+    [c if i < 4 else pytest.param(*c, marks=pytest.mark.slow) for i, c in enumerate(KERAS_OPTIONS)],
+    ids=[_id(*c) for c in KERAS_OPTIONS],
+)
 def test_keras_layer_options(kind, opts):
     _keras()
     _check(pc.keras_case(kind, opts, mask="arbitrary"))
@@ -125,10 +129,8 @@ def test_keras_bidirectional_masks_and_last_output(kind, return_sequences, mask)
 # --------------------------------------------------------------------------------- PyTorch
 
 TORCH_CASES = [
-    ("simple", {}),
     ("simple", {"nonlinearity": "relu", "bias": False, "lengths": True}),
     ("lstm", {}),
-    ("lstm", {"num_layers": 2, "lengths": True}),
     ("gru", {"bias": False}),
     ("simple", {"num_layers": 2, "bidirectional": True, "lengths": True}),
     ("lstm", {"num_layers": 2, "bidirectional": True, "lengths": True}),
