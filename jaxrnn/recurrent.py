@@ -36,7 +36,7 @@ import numpy as np
 
 from jaxrnn.cells._common import Array, check_float
 from jaxrnn.dropout import rnn_dropout_masks, with_masks
-from jaxrnn.layer import Cell, _bcast, _cell_name, _initial_carry_fn
+from jaxrnn.layer import Cell, _bcast, _cell_name, _initial_carry_fn, rnn
 
 
 def carry_output(carry: Any) -> Array:
@@ -215,8 +215,6 @@ def recurrent(
     else:
         mask_tm = jnp.swapaxes(mask, 0, 1)  # [T, B]
     # rnn() checks the cell against xs and the carry at trace time (shapes, dtypes).
-    from jaxrnn.layer import rnn
-
     jax.eval_shape(lambda p, x, c: rnn(cell, p, x[:, :1], c), params, xs, initial_carry)
 
     carry, ys = masked_scan(
