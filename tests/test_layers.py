@@ -1,0 +1,237 @@
+"""recurrent / bidirectional / stack / dropout against independent loops (float64)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrnn import cells, rnn
+from jaxrnn.bidirectional import BiParams, bidirectional
+from jaxrnn.dropout import dropout, rnn_dropout_masks, with_masks
+from jaxrnn.recurrent import recurrent
+from jaxrnn.stack import stack, torch_state
+
+B, T, D, H = 3, 6, 4, 5
+KINDS = ["simple", "lstm", "gru"]
+MASK = np.array([[1, 1, 0, 1, 1, 1], [1, 0, 1, 1, 0, 0], [0, 1, 1, 0, 1, 0]], bool)
+LENGTHS = np.array([6, 3, 1])
+
+
+def _setup(kind, seed=0, d=D):
+    mod = cells.get(kind)
+    p = mod.init(jax.random.key(seed), d, H, dtype=jnp.float64)
+    xs = jax.random.normal(jax.random.key(seed + 1), (B, T, d), jnp.float64)
+    return mod.cell, p, xs
+
+
+def _loop(cell, p, xs, mask, go_backwards, zero_output):
+    """Keras's masked loop, written out per example and per step in Python."""
+    outs, finals = [], []
+    for b in range(xs.shape[0]):
+        carry = cell.initial_carry(p, ())
+        order = range(T - 1, -1, -1) if go_backwards else range(T)
+        ys = []
+        for t in order:
+            h_prev = carry[0] if isinstance(carry, tuple) else carry
+            new, y = cell(p, carry, xs[b, t])
+            if mask[b, t]:
+                carry = new
+            else:
+                y = jnp.zeros_like(y) if zero_output else h_prev
+            ys.append(y)  # processing order
+        outs.append(jnp.stack(ys))
+        finals.append(carry)
+    return jnp.stack(outs), jax.tree.map(lambda *a: jnp.stack(a), *finals)
+
+
+@pytest.mark.parametrize("zero_output", [False, True])
+@pytest.mark.parametrize("go_backwards", [False, True])
+@pytest.mark.parametrize("kind", KINDS)
+def test_recurrent_mask_matches_loop(kind, go_backwards, zero_output):
+    cell, p, xs = _setup(kind)
+    ys, carry = recurrent(
+        cell,
+        p,
+        xs,
+        mask=MASK,
+        go_backwards=go_backwards,
+        zero_output_for_mask=zero_output,
+        return_state=True,
+    )
+    ref_ys, ref_carry = _loop(cell, p, xs, MASK, go_backwards, zero_output)
+    np.testing.assert_allclose(ys, ref_ys, rtol=1e-12, atol=1e-12)
+    for a, b in zip(jax.tree.leaves(carry), jax.tree.leaves(ref_carry), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    last = recurrent(
+        cell,
+        p,
+        xs,
+        mask=MASK,
+        go_backwards=go_backwards,
+        zero_output_for_mask=zero_output,
+        return_sequences=False,
+    )
+    np.testing.assert_allclose(last, ref_ys[:, -1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_lengths_agree_with_rnn(kind):
+    """Right-padded: recurrent(lengths) == rnn(lengths); go_backwards == rnn(reverse) flipped."""
+    cell, p, xs = _setup(kind)
+    ys, c = recurrent(cell, p, xs, lengths=LENGTHS, zero_output_for_mask=True, return_state=True)
+    c_ref, ys_ref = rnn(cell, p, xs, lengths=LENGTHS)
+    np.testing.assert_allclose(ys, ys_ref, atol=1e-13)
+    for a, b in zip(jax.tree.leaves(c), jax.tree.leaves(c_ref), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-13)
+    yb, cb = recurrent(
+        cell,
+        p,
+        xs,
+        lengths=LENGTHS,
+        go_backwards=True,
+        zero_output_for_mask=True,
+        return_state=True,
+    )
+    cb_ref, yb_ref = rnn(cell, p, xs, lengths=LENGTHS, reverse=True)
+    np.testing.assert_allclose(yb[:, ::-1], yb_ref, atol=1e-13)
+    for a, b in zip(jax.tree.leaves(cb), jax.tree.leaves(cb_ref), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-13)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_dropout_is_one_mask_per_sequence(kind):
+    cell, p, xs = _setup(kind)
+    key = jax.random.key(5)
+    rates = dict(dropout=0.3, recurrent_dropout=0.2)
+    got = recurrent(cell, p, xs, key=key, deterministic=False, **rates)
+    masks = rnn_dropout_masks(key, cell, D, H, (B,), **rates, dtype=jnp.float64)
+    _, want = rnn(with_masks(cell, masks), p, xs)  # the same masks at every step
+    np.testing.assert_allclose(got, want, atol=1e-13)
+    # Keras: one mask per gate once recurrent_dropout > 0 (none for the simple cell)
+    G = {"simple": None, "lstm": 4, "gru": 3}[kind]
+    assert masks.x.shape == ((G,) if G else ()) + (B, D)
+    assert masks.h.shape == ((G,) if G else ()) + (B, H)
+    assert not np.allclose(got, recurrent(cell, p, xs))
+    np.testing.assert_array_equal(
+        recurrent(cell, p, xs, key=key, deterministic=True, **rates), recurrent(cell, p, xs)
+    )
+    with pytest.raises(ValueError, match="needs a PRNG key"):
+        recurrent(cell, p, xs, deterministic=False, **rates)
+
+
+def test_dropout_masks_statistics():
+    m = rnn_dropout_masks(
+        jax.random.key(0),
+        cells.lstm.cell,
+        200,
+        100,
+        (500,),
+        dropout=0.25,
+        recurrent_dropout=0.0,
+        dtype=jnp.float64,
+    )
+    assert m.h is None and m.x.shape == (500, 200)  # shared across gates without recurrent_dropout
+    assert set(np.unique(np.asarray(m.x)).tolist()) == {0.0, 1 / 0.75}
+    assert abs(float(jnp.mean(m.x == 0)) - 0.25) < 0.01
+    y = dropout(jax.random.key(1), jnp.ones((400, 50, 10)), 0.4)
+    assert abs(float(jnp.mean(y == 0)) - 0.4) < 0.01 and abs(float(jnp.mean(y)) - 1.0) < 0.02
+    with pytest.raises(ValueError, match=r"dropout must be a float in \[0, 1\)"):
+        dropout(jax.random.key(1), y, 1.0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bidirectional_matches_two_rnns(kind):
+    """Concat with lengths == [rnn forward, rnn reverse within each length] (PyTorch layout)."""
+    mod = cells.get(kind)
+    k1, k2 = jax.random.split(jax.random.key(0))
+    p = BiParams(mod.init(k1, D, H, dtype=jnp.float64), mod.init(k2, D, H, dtype=jnp.float64))
+    xs = jax.random.normal(jax.random.key(1), (B, T, D), jnp.float64)
+    ys, (cf, cb) = bidirectional(mod.cell, p, xs, lengths=LENGTHS, return_state=True)
+    cf_ref, yf = rnn(mod.cell, p.forward, xs, lengths=LENGTHS)
+    cb_ref, yb = rnn(mod.cell, p.backward, xs, lengths=LENGTHS, reverse=True)
+    np.testing.assert_allclose(ys, jnp.concatenate([yf, yb], -1), atol=1e-13)
+    for a, b in zip(jax.tree.leaves((cf, cb)), jax.tree.leaves((cf_ref, cb_ref)), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-13)
+    for mode, f in [("sum", jnp.add), ("mul", jnp.multiply), ("ave", lambda a, b: (a + b) / 2)]:
+        np.testing.assert_allclose(
+            bidirectional(mod.cell, p, xs, lengths=LENGTHS, merge_mode=mode), f(yf, yb), atol=1e-13
+        )
+    y_pair = bidirectional(mod.cell, p, xs, lengths=LENGTHS, merge_mode=None)
+    np.testing.assert_allclose(y_pair[1], yb, atol=1e-13)
+    with pytest.raises(ValueError, match="merge_mode must be one of"):
+        bidirectional(mod.cell, p, xs, merge_mode="max")
+
+
+def test_stack_mixed_cells_matches_composition_and_dropout():
+    ks = jax.random.split(jax.random.key(0), 4)
+    f64 = dict(dtype=jnp.float64)
+    params = [
+        cells.gru.init(ks[0], D, H, **f64),
+        BiParams(cells.lstm.init(ks[1], H, H, **f64), cells.lstm.init(ks[2], H, H, **f64)),
+        cells.simple.init(ks[3], 2 * H, H, **f64),
+    ]
+    cell_list = [cells.gru.cell, cells.lstm.cell, cells.simple.cell]
+    xs = jax.random.normal(jax.random.key(9), (B, T, D), jnp.float64)
+    key = jax.random.key(3)
+
+    def manual(drop):
+        c0, h = rnn(cells.gru.cell, params[0], xs, lengths=LENGTHS)
+        if drop:
+            h = dropout(jax.random.fold_in(key, 0), h, 0.5)
+        cf, hf = rnn(cells.lstm.cell, params[1].forward, h, lengths=LENGTHS)
+        cb, hb = rnn(cells.lstm.cell, params[1].backward, h, lengths=LENGTHS, reverse=True)
+        h = jnp.concatenate([hf, hb], -1)
+        if drop:
+            h = dropout(jax.random.fold_in(key, 1), h, 0.5)
+        c2, h = rnn(cells.simple.cell, params[2], h, lengths=LENGTHS)
+        return [c0, (cf, cb), c2], h
+
+    for drop in (False, True):
+        finals, ys = jax.jit(
+            lambda p, xs, drop=drop: stack(
+                cell_list, p, xs, lengths=LENGTHS, dropout=0.5, key=key, deterministic=not drop
+            )
+        )(params, xs)
+        ref_finals, ref_ys = manual(drop)
+        np.testing.assert_allclose(ys, ref_ys, atol=1e-13)
+        for a, b in zip(jax.tree.leaves(finals), jax.tree.leaves(ref_finals), strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-13)
+
+
+def test_torch_state_layout():
+    ks = jax.random.split(jax.random.key(0), 4)
+    params = [
+        BiParams(cells.lstm.init(ks[0], D, H), cells.lstm.init(ks[1], D, H)),
+        BiParams(cells.lstm.init(ks[2], 2 * H, H), cells.lstm.init(ks[3], 2 * H, H)),
+    ]
+    finals, ys = stack(cells.lstm.cell, params, jnp.ones((B, T, D), jnp.float32))
+    h_n, c_n = torch_state(finals)
+    assert h_n.shape == c_n.shape == (4, B, H) and ys.shape == (B, T, 2 * H)
+    np.testing.assert_array_equal(h_n[3], finals[1][1].h)  # layer 1, backward
+    np.testing.assert_array_equal(ys[:, -1, :H], finals[1][0].h)  # forward ends at T - 1
+    np.testing.assert_array_equal(ys[:, 0, H:], finals[1][1].h)  # backward ends at 0
+
+
+def test_bad_input_is_reported():
+    cell, p, xs = _setup("lstm")
+    with pytest.raises(
+        ValueError, match=r"mask must have shape \[B, T\] = \[3, 6\]; got shape \(3, 5\)"
+    ):
+        recurrent(cell, p, xs, mask=MASK[:, :5])
+    with pytest.raises(ValueError, match="not both"):
+        recurrent(cell, p, xs, mask=MASK, lengths=LENGTHS)
+    with pytest.raises(ValueError, match=r"lengths must lie in \[0, T=6\]"):
+        recurrent(cell, p, xs, lengths=np.array([7, 1, 1]))
+    with pytest.raises(ValueError, match=r"x must have shape \[\.\.\., 4\]"):
+        recurrent(cell, p, xs[..., :3])
+    with pytest.raises(ValueError, match="got 2 cells for 3 layers"):
+        stack([cell, cell], [p, p, p], xs)
+    with pytest.raises(ValueError, match="recurrent dropout is supported"):
+        with_masks(
+            lambda p, c, x: (c, c),
+            rnn_dropout_masks(
+                jax.random.key(0), cell, D, H, (B,), recurrent_dropout=0.5, per_gate=False
+            ),
+        )
