@@ -1,0 +1,172 @@
+"""Dropout for recurrent layers, with Keras's semantics and an explicit PRNG key.
+
+Keras (after Gal & Ghahramani 2016, "A theoretically grounded application of
+dropout in recurrent neural networks") draws **one mask per sequence** and reuses
+it at every time step:
+
+* ``dropout`` masks the input ``x_t`` where it enters ``W_x``: ``[B, D]``;
+* ``recurrent_dropout`` masks ``h_{t-1}`` where it enters ``W_h``: ``[B, H]``
+  (the LSTM's ``c`` and the GRU's final mix ``z ⊙ h`` see the undropped state).
+
+Masks are inverted-dropout masks: entries are ``0`` or ``1 / (1 - rate)``.
+Keras's gated cells use one mask for all gates when ``recurrent_dropout == 0``
+(its ``implementation=2``) and a separate mask per gate (``[G, B, D]``,
+``[G, B, H]``, ``G = 4`` for LSTM, ``3`` for GRU) as soon as
+``recurrent_dropout > 0`` (it then switches to ``implementation=1``);
+:func:`rnn_dropout_masks` does the same unless told otherwise.
+
+Between stacked layers (PyTorch's ``nn.LSTM(dropout=p)``), :func:`dropout` drops
+each element of the ``[B, T, H]`` outputs independently.
+
+Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxrnn import cells
+    >>> from jaxrnn.dropout import rnn_dropout_masks, with_masks
+    >>> params = cells.lstm.init(jax.random.key(0), 8, 16)
+    >>> masks = rnn_dropout_masks(jax.random.key(1), cells.lstm.cell, 8, 16, (4,),
+    ...                           dropout=0.2, recurrent_dropout=0.1)
+    >>> masks.x.shape, masks.h.shape                   # one mask per gate, as Keras
+    ((4, 4, 8), (4, 4, 16))
+    >>> cell = with_masks(cells.lstm.cell, masks)      # the same masks at every step
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxrnn.cells._common import Array
+from jaxrnn.layer import Cell, _cell_name
+
+
+class DropoutMasks(NamedTuple):
+    """Per-sequence masks: ``x`` ``[B, D]`` or ``[G, B, D]``; ``h`` ``[B, H]`` or ``[G, B, H]``.
+
+    Either may be ``None`` (no dropout there).
+    """
+
+    x: Array | None
+    h: Array | None
+
+
+def _check_rate(name: str, rate: Any) -> float:
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+        raise ValueError(f"{name} must be a float in [0, 1); got {rate!r}")
+    return float(rate)
+
+
+def keep_mask(key: Array, rate: float, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
+    """An inverted-dropout mask: ``0`` with probability ``rate``, else ``1 / (1 - rate)``."""
+    keep = jax.random.bernoulli(key, 1.0 - rate, shape)
+    return keep.astype(dtype) / jnp.asarray(1.0 - rate, dtype)
+
+
+def num_gates(cell: Cell) -> int | None:
+    """Number of gates of a cell that accepts per-gate masks (``cell.num_gates``), else None."""
+    inner = getattr(cell, "func", cell)
+    return getattr(inner, "num_gates", None)
+
+
+def rnn_dropout_masks(
+    key: Array,
+    cell: Cell,
+    input_size: int,
+    hidden_size: int,
+    batch_shape: tuple[int, ...],
+    *,
+    dropout: float = 0.0,
+    recurrent_dropout: float = 0.0,
+    per_gate: bool | None = None,
+    dtype: Any = jnp.float32,
+) -> DropoutMasks:
+    """Draws one sequence's worth of Keras-style dropout masks for ``cell``.
+
+    Args:
+        key: PRNG key (split into one key for ``x`` and one for ``h``).
+        cell: the cell function (its ``num_gates`` attribute says whether per-gate masks apply).
+        input_size: ``D``.
+        hidden_size: ``H``.
+        batch_shape: ``(B,)`` (or ``()``).
+        dropout: rate for the input ``x``.
+        recurrent_dropout: rate for the recurrent state ``h``.
+        per_gate: one mask per gate (``[G, *batch, .]``); ``None``: as Keras, per gate
+            exactly when ``recurrent_dropout > 0`` and the cell has gates.
+        dtype: mask dtype.
+
+    Returns:
+        ``DropoutMasks(x, h)``; a field is ``None`` when its rate is zero.
+    """
+    dropout = _check_rate("dropout", dropout)
+    recurrent_dropout = _check_rate("recurrent_dropout", recurrent_dropout)
+    G = num_gates(cell)
+    if per_gate is None:
+        per_gate = G is not None and recurrent_dropout > 0
+    if per_gate and G is None:
+        raise ValueError(f"per-gate dropout masks need a gated cell; {_cell_name(cell)!r} has none")
+    lead = (G,) if per_gate else ()
+    k_x, k_h = jax.random.split(key)
+    x = keep_mask(k_x, dropout, (*lead, *batch_shape, input_size), dtype) if dropout else None
+    h = (
+        keep_mask(k_h, recurrent_dropout, (*lead, *batch_shape, hidden_size), dtype)
+        if recurrent_dropout
+        else None
+    )
+    return DropoutMasks(x, h)
+
+
+def _masked_simple(cell: Cell, masks: DropoutMasks, params: Any, carry: Array, x: Array):
+    # The Elman cell uses h_prev only in h_prev @ W_h, so masking the carry going in is exact.
+    if masks.x is not None:
+        x = x * masks.x
+    if masks.h is not None:
+        carry = carry * masks.h
+    return cell(params, carry, x)
+
+
+def with_masks(cell: Cell, masks: DropoutMasks) -> Cell:
+    """Returns ``cell`` with the dropout masks applied at every step (same masks each step).
+
+    Gated cells (``cell.num_gates``) take the masks as ``x_mask``/``h_mask``. Other
+    cells get ``x * masks.x``; recurrent masks are supported for the simple cell only
+    (where multiplying the incoming carry is exact).
+    """
+    if masks.x is None and masks.h is None:
+        return cell
+    if num_gates(cell) is not None:
+        kwargs = {k: v for k, v in (("x_mask", masks.x), ("h_mask", masks.h)) if v is not None}
+        wrapped = functools.partial(cell, **kwargs)
+    else:
+        if masks.h is not None and _cell_name(cell) != "simple":
+            raise ValueError(
+                f"recurrent dropout is supported for gated cells (with x_mask/h_mask) and the "
+                f"simple cell; {_cell_name(cell)!r} is neither"
+            )
+        if (masks.x is not None and masks.x.ndim > 2) or (masks.h is not None and masks.h.ndim > 2):
+            raise ValueError(f"per-gate masks need a gated cell; got {_cell_name(cell)!r}")
+        wrapped = functools.partial(_masked_simple, cell, masks)
+        wrapped.cell_name = _cell_name(cell)  # type: ignore[attr-defined]
+    for attr in ("initial_carry", "cell_name"):
+        inner = getattr(cell, "func", cell)
+        if hasattr(inner, attr) and not hasattr(wrapped, attr):
+            setattr(wrapped, attr, getattr(inner, attr))
+    return wrapped
+
+
+def dropout(key: Array, x: Array, rate: float) -> Array:
+    """Elementwise inverted dropout (a fresh mask per element; PyTorch's between-layer dropout).
+
+    Args:
+        key: PRNG key.
+        x: any shape, e.g. ``[B, T, H]``.
+        rate: drop probability in ``[0, 1)``.
+
+    Returns:
+        ``x * mask`` with the shape and dtype of ``x``.
+    """
+    rate = _check_rate("dropout", rate)
+    if rate == 0.0:
+        return x
+    return x * keep_mask(key, rate, x.shape, x.dtype)

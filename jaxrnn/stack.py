@@ -1,0 +1,127 @@
+"""``stack``: stacked recurrent layers, any mix of cells, PyTorch's multi-layer semantics.
+
+::
+
+    h = xs                                          # [B, T, D]
+    for k, (cell, p) in enumerate(zip(cells, params)):
+        h = layer_k(h)                              # [B, T, H_k], or [B, T, 2 H_k] if bidirectional
+        if k < L - 1: h = dropout(h)                # training only; fresh mask per element
+    return finals, h
+
+A layer is unidirectional when its params are a cell's params, and
+bidirectional (:mod:`jaxrnn.bidirectional`, concatenated, PyTorch's layout) when
+they are a :class:`~jaxrnn.bidirectional.BiParams`. With one cell for every
+layer and ``lengths``, this is exactly PyTorch's ``nn.RNN/LSTM/GRU(num_layers=L,
+bidirectional=..., dropout=p)`` on a packed sequence: the outputs padded with
+zeros and each layer's final state taken at each sequence's own last step
+(see :func:`torch_state` for ``h_n`` / ``c_n``). :func:`jaxrnn.convert.from_torch`
+gives the params list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxrnn.bidirectional import BiParams, bidirectional
+from jaxrnn.cells._common import Array
+from jaxrnn.dropout import dropout as dropout_fn
+from jaxrnn.layer import Cell
+from jaxrnn.recurrent import recurrent
+
+
+def stack(
+    cells: Cell | Sequence[Cell],
+    params: Sequence[Any],
+    xs: Array,
+    initial_carries: Sequence[Any] | None = None,
+    *,
+    mask: Array | None = None,
+    lengths: Array | None = None,
+    dropout: float = 0.0,
+    key: Array | None = None,
+    deterministic: bool = True,
+    unroll: int | bool = 1,
+) -> tuple[list[Any], Array]:
+    """Runs layers one after the other over ``xs [B, T, D]``.
+
+    Args:
+        cells: one cell function for every layer, or one per layer.
+        params: per layer, the cell's params, or ``BiParams`` for a bidirectional layer.
+        xs: ``[B, T, D]``.
+        initial_carries: per layer, its initial carry (``(fw, bw)`` for a bidirectional
+            layer), or ``None`` for zeros everywhere.
+        mask: ``[B, T]`` bool, or
+        lengths: ``[B]`` int. Outputs at masked steps are zeros (PyTorch's padding).
+        dropout: rate of the dropout on each layer's output except the last (PyTorch's).
+        key: PRNG key for that dropout (layer ``k`` uses ``fold_in(key, k)``).
+        deterministic: ``True``: no dropout.
+        unroll: ``lax.scan``'s unroll.
+
+    Returns:
+        ``(finals, ys)``: per layer its final carry (``(fw, bw)`` when bidirectional),
+        and the last layer's outputs ``[B, T, H_L]`` (``[B, T, 2 H_L]`` when bidirectional).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxrnn import cells
+        >>> ks = jax.random.split(jax.random.key(0), 3)
+        >>> params = [cells.gru.init(ks[0], 3, 8),                                 # layer 0: GRU
+        ...           BiParams(cells.lstm.init(ks[1], 8, 4), cells.lstm.init(ks[2], 8, 4))]
+        >>> finals, ys = stack([cells.gru.cell, cells.lstm.cell], params,
+        ...                    jnp.ones((2, 6, 3), jnp.float32), lengths=jnp.array([6, 3]))
+        >>> ys.shape, finals[0].shape, finals[1][1].c.shape
+        ((2, 6, 8), (2, 8), (2, 4))
+    """
+    L = len(params)
+    if L == 0:
+        raise ValueError("stack: params must hold at least one layer")
+    if callable(cells):
+        cells = [cells] * L
+    cells = list(cells)
+    if len(cells) != L:
+        raise ValueError(f"stack: got {len(cells)} cells for {L} layers of params")
+    if initial_carries is not None and len(initial_carries) != L:
+        raise ValueError(f"stack: got {len(initial_carries)} initial carries for {L} layers")
+    if not deterministic and dropout and key is None:
+        raise ValueError("stack: dropout with deterministic=False needs a PRNG key")
+
+    finals, h = [], xs
+    for k, (cell, p) in enumerate(zip(cells, params, strict=True)):
+        carry0 = None if initial_carries is None else initial_carries[k]
+        if isinstance(p, BiParams):
+            h, final = bidirectional(
+                cell, p, h, carry0, mask=mask, lengths=lengths, return_state=True, unroll=unroll
+            )
+        else:
+            h, final = recurrent(
+                cell,
+                p,
+                h,
+                carry0,
+                mask=mask,
+                lengths=lengths,
+                return_state=True,
+                zero_output_for_mask=True,
+                unroll=unroll,
+            )
+        finals.append(final)
+        if k < L - 1 and not deterministic and dropout:
+            h = dropout_fn(jax.random.fold_in(key, k), h, dropout)
+    return finals, h
+
+
+def torch_state(finals: Sequence[Any]) -> Any:
+    """Finals of :func:`stack` -> PyTorch's ``h_n`` (or ``(h_n, c_n)``): ``[L * dirs, B, H]``.
+
+    Layer by layer, forward before backward, as PyTorch orders them.
+    """
+    flat = []
+    for f in finals:
+        flat.extend(f if isinstance(f, tuple) and len(f) == 2 and not hasattr(f, "_fields") else [f])
+    if hasattr(flat[0], "_fields"):  # LSTMCarry(h, c)
+        return tuple(jnp.stack([getattr(c, name) for c in flat]) for name in flat[0]._fields)
+    return jnp.stack(flat)
