@@ -1,0 +1,306 @@
+"""Fast recurrences: the same numbers as :func:`jaxrnn.rnn`, computed with fewer, bigger steps.
+
+:func:`jaxrnn.rnn` is the plain formulation: one ``lax.scan`` over ``cell(params, h, x_t)``
+and ``jax.grad`` through it. Here the same maths is rearranged so that every
+matrix product that does not sit on the sequential path is one large matmul
+outside the loop, and the loop body keeps only what must be sequential::
+
+    U  = x W_x + b                       # [T, B, G H]  one matmul before the scan (hoisted)
+    h_t = cell_update(U_t + h_{t-1} W_h)  # the scan: one small matmul per step
+    -- backward (custom VJP) --
+    dA_t, dh_{t-1} = cell_backward(dh_t, saved_t) ; dh_{t-1} += dA_t W_h^T    # the scan
+    dW_h = H_prev^T dA                   # ONE matmul [G H, T B] @ [T B, H] after the scan
+    dW_x = X^T dA,  dx = dA W_x^T,  db = sum dA   # by autodiff of the hoisted matmul
+
+Autodiff of the plain scan instead accumulates ``dW_h`` with a small
+``[H, B] @ [B, G H]`` product in every backward step, carries it through the
+loop and saves the per-step residuals it needs. For the seed model the input
+projection goes one step further: ``x_t W_x + b = (E W_x + b)[w_t]`` — project
+the ``[V, E]`` embedding table once (``V E G H`` instead of ``T B E G H``
+multiply-adds) and gather rows of the projected table.
+
+Everything here is checked against the plain path in float64 (outputs and
+gradients; ``tests/test_fast.py``). What is not covered falls back to
+:func:`jaxrnn.rnn`: ``lengths``, ``reverse``, cells other than simple / LSTM / GRU
+(reset_after), activations without an output-based derivative, dropout masks.
+
+Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxrnn import cells, fast, rnn
+    >>> p = cells.simple.init(jax.random.key(0), 8, 16)
+    >>> xs = jax.random.normal(jax.random.key(1), (4, 20, 8), jnp.float32)   # [B, T, D]
+    >>> h_T, ys = fast.rnn(cells.simple.cell, p, xs)
+    >>> ys.shape, bool(jnp.allclose(h_T, rnn(cells.simple.cell, p, xs)[0], atol=1e-5))
+    ((4, 20, 16), True)
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxrnn import cells, models
+from jaxrnn.cells._common import Array
+from jaxrnn.layer import rnn as plain_rnn
+
+DEFAULT_UNROLL = 8  # steps per loop iteration on the sequential path (see benchmarks/RESULTS.md)
+
+# Activations whose derivative is a function of the output h = f(a): f'(a) = d(h).
+_DERIV_FROM_OUTPUT: dict[str, Callable[[Array], Array]] = {
+    "tanh": lambda h: 1.0 - h * h,
+    "sigmoid": lambda h: h * (1.0 - h),
+    "relu": lambda h: (h > 0).astype(h.dtype),
+    "identity": lambda h: jnp.ones_like(h),
+    "linear": lambda h: jnp.ones_like(h),
+}
+_ACT = {
+    "tanh": jnp.tanh,
+    "sigmoid": jax.nn.sigmoid,
+    "relu": jax.nn.relu,
+    "identity": lambda a: a,
+    "linear": lambda a: a,
+}
+
+
+# ----------------------------------------------------------------------------- simple cell
+
+
+def divisor_unroll(T: int, unroll: int) -> int:
+    """The largest divisor of ``T`` not above ``unroll``.
+
+    A scan whose length is not a multiple of ``unroll`` gets a remainder loop, and on
+    XLA:CPU the reversed (backward) scan with a remainder ran 2-3x slower here
+    (benchmarks/RESULTS.md), so the fast path only unrolls by divisors of ``T``.
+
+    >>> divisor_unroll(250, 8), divisor_unroll(256, 8), divisor_unroll(97, 8)
+    (5, 8, 1)
+    """
+    return max(d for d in range(1, max(1, min(unroll, T)) + 1) if T % d == 0)
+
+
+def _simple_forward(U: Array, W_h: Array, h0: Array, activation: str, unroll: int) -> Array:
+    """``hs[t] = f(U[t] + hs[t-1] @ W_h)``; ``U: [T, B, H]`` -> ``hs: [T, B, H]``."""
+    f = _ACT[activation]
+
+    def step(h, u):
+        h = f(u + h @ W_h)  # [B, H]
+        return h, h
+
+    _, hs = jax.lax.scan(step, h0, U, unroll=divisor_unroll(U.shape[0], unroll))
+    return hs
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def simple_scan(
+    U: Array,
+    W_h: Array,
+    h0: Array,
+    activation: str = "tanh",
+    unroll: int = DEFAULT_UNROLL,
+    last_only: bool = False,
+) -> Array:
+    """The simple-cell recurrence on pre-projected inputs, with a hand-written BPTT.
+
+    .. math:: h_t = f(U_t + h_{t-1} W_h)
+
+    Backward: ``da_t = (g_t + dh_t) * f'(h_t)``, ``dh_{t-1} = da_t W_h^T`` in a reversed
+    scan, then ``dW_h = [h_0 .. h_{T-1}]^T dA`` as one ``[H, T B] @ [T B, H]`` matmul.
+
+    Args:
+        U: ``[T, B, H]`` input projections ``x_t W_x + b`` (time-major).
+        W_h: ``[H, H]`` recurrent kernel.
+        h0: ``[B, H]`` initial state.
+        activation: one of ``tanh``, ``sigmoid``, ``relu``, ``identity``/``linear``.
+        unroll: steps per loop iteration (rounded down to a divisor of ``T``).
+        last_only: return only ``h_T`` (then the backward pass reads no ``[T, B, H]``
+            cotangent).
+
+    Returns:
+        ``hs: [T, B, H]``, every state; or ``h_T: [B, H]`` with ``last_only``.
+    """
+    hs = _simple_forward(U, W_h, h0, activation, unroll)
+    return hs[-1] if last_only else hs
+
+
+def _simple_scan_fwd(U, W_h, h0, activation, unroll, last_only):
+    hs = _simple_forward(U, W_h, h0, activation, unroll)
+    return (hs[-1] if last_only else hs), (hs, W_h, h0)
+
+
+def _simple_scan_bwd(activation, unroll, last_only, res, g):
+    hs, W_h, h0 = res
+    d = _DERIV_FROM_OUTPUT[activation]
+    W_hT = W_h.T  # [H, H]
+    u = divisor_unroll(hs.shape[0], unroll)
+    if last_only:  # g = dL/dh_T: [B, H]
+
+        def step(dh, h):
+            da = dh * d(h)  # [B, H]  dL/da_t
+            return da @ W_hT, da  # dh_{t-1} = da_t W_h^T
+
+        dh0, dA = jax.lax.scan(step, g, hs, reverse=True, unroll=u)
+    else:  # g = dL/dhs: [T, B, H]
+
+        def step(dh, inp):
+            g_t, h = inp
+            da = (g_t + dh) * d(h)  # [B, H]
+            return da @ W_hT, da
+
+        dh0, dA = jax.lax.scan(step, jnp.zeros_like(h0), (g, hs), reverse=True, unroll=u)
+    H = W_h.shape[0]
+    h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # [T, B, H]  h_{t-1}
+    dW_h = h_prev.reshape(-1, H).T @ dA.reshape(-1, H)  # [H, T B] @ [T B, H]: one matmul
+    return dA, dW_h, dh0
+
+
+simple_scan.defvjp(_simple_scan_fwd, _simple_scan_bwd)
+
+
+# ------------------------------------------------------------------------------- dispatch
+
+
+def _supported(cell: Callable, params: Any) -> str | None:
+    """The fast kernel for ``cell``/``params``, or ``None`` when only the plain path applies."""
+    name = getattr(getattr(cell, "func", cell), "cell_name", None)
+    if isinstance(cell, functools.partial):  # dropout masks or other options bound
+        return None
+    if name == "simple" and params.activation in _DERIV_FROM_OUTPUT:
+        return "simple"
+    return None
+
+
+def scan_projected(
+    cell: Callable,
+    params: Any,
+    U: Array,
+    h0: Any,
+    *,
+    unroll: int = DEFAULT_UNROLL,
+    last_only: bool = False,
+) -> tuple[Any, Array | None]:
+    """Runs a supported cell on input projections ``U = xs @ W_x (+ b): [T, B, G H]``.
+
+    Returns ``(final_carry, ys [T, B, H])`` (time-major); ``ys`` is ``None`` with
+    ``last_only`` (only the final carry is computed for differentiation).
+    """
+    kind = _supported(cell, params)
+    if kind == "simple":
+        out = simple_scan(U, params.W_h, h0, params.activation, unroll, last_only)
+        return (out, None) if last_only else (out[-1], out)
+    raise ValueError(f"fast.scan_projected: no fast kernel for {cell!r}")
+
+
+def input_bias(params: Any) -> Array | None:
+    """The bias that goes into the hoisted input projection (``None`` when the cell has none)."""
+    return params.b
+
+
+def rnn(
+    cell: Callable,
+    params: Any,
+    xs: Array,
+    h0: Any = None,
+    *,
+    lengths: Array | None = None,
+    reverse: bool = False,
+    unroll: int = DEFAULT_UNROLL,
+    time_major: bool = False,
+) -> tuple[Any, Any]:
+    """:func:`jaxrnn.rnn` with the input projection hoisted and a hand-written BPTT.
+
+    Same arguments, same results (up to floating-point rounding). Falls back to
+    :func:`jaxrnn.rnn` where no fast kernel applies (``lengths``, ``reverse``,
+    unsupported cells or activations, bound dropout masks).
+
+    Args:
+        cell, params, xs, h0, lengths, reverse, time_major: as in :func:`jaxrnn.rnn`
+            (``xs: [B, T, D]``, ``[T, B, D]`` with ``time_major``, or ``[T, D]``).
+        unroll: steps per loop iteration of the sequential scans.
+
+    Returns:
+        ``(final_carry, ys)`` as :func:`jaxrnn.rnn`.
+    """
+    xs_arr = jnp.asarray(xs)
+    if lengths is not None or reverse or _supported(cell, params) is None or xs_arr.ndim != 3:
+        return plain_rnn(
+            cell, params, xs, h0, lengths=lengths, reverse=reverse, unroll=unroll,
+            time_major=time_major,
+        )  # fmt: skip
+    # Let the plain path validate shapes/dtypes (it traces one step only, no scan).
+    jax.eval_shape(
+        lambda p, x, h: plain_rnn(cell, p, x[:1] if time_major else x[:, :1], h, time_major=time_major),
+        params, xs_arr, h0,
+    )  # fmt: skip
+    xs_tm = xs_arr if time_major else jnp.swapaxes(xs_arr, 0, 1)  # [T, B, D]
+    B = xs_tm.shape[1]
+    if h0 is None:
+        h0 = cell.initial_carry(params, (B,))
+    U = xs_tm @ params.W_x  # [T, B, D] @ [D, G H]: one matmul
+    b = input_bias(params)
+    if b is not None:
+        U = U + b
+    carry, ys = scan_projected(cell, params, U, h0, unroll=unroll)
+    if not time_major:
+        ys = jnp.swapaxes(ys, 0, 1)  # [T, B, H] -> [B, T, H]
+    return carry, ys
+
+
+# ---------------------------------------------------------------------------- seed model
+
+
+def classifier_logits(
+    cfg: models.ClassifierConfig,
+    params: dict[str, Any],
+    tokens: Array,
+    lengths: Array | None = None,
+    *,
+    unroll: int = DEFAULT_UNROLL,
+) -> Array:
+    """:func:`jaxrnn.models.classifier_logits` on the fast path.
+
+    The input projection is folded into the embedding: ``U = (E W_x + b)[tokens^T]``
+    (``[V, G H]`` table, gathered time-major), so no ``[B, T, E]`` tensor is built and
+    nothing is transposed. Falls back to the plain model where no fast kernel applies.
+
+    Args:
+        cfg: model settings.
+        params: from :func:`jaxrnn.models.init_classifier`.
+        tokens: ``[B, T]`` int word ids.
+        lengths: optional ``[B]`` (plain path).
+        unroll: steps per loop iteration.
+
+    Returns:
+        ``[B]`` logits.
+    """
+    cell = cells.get(cfg.cell).cell
+    p = params["rnn"]
+    if lengths is not None or _supported(cell, p) is None:
+        return models.classifier_logits(cfg, params, tokens, lengths)
+    models.check_tokens(tokens, cfg.vocab_size)
+    table = params["embedding"] @ p.W_x  # [V, E] @ [E, G H] -> [V, G H]
+    b = input_bias(p)
+    if b is not None:
+        table = table + b
+    U = jnp.take(table, tokens.T, axis=0)  # [T, B] -> [T, B, G H]
+    B = tokens.shape[0]
+    h_T, _ = scan_projected(cell, p, U, cell.initial_carry(p, (B,)), unroll=unroll, last_only=True)
+    h_T = h_T[0] if isinstance(h_T, tuple) else h_T  # LSTM carry (h, c): keep h
+    return (h_T @ params["W_o"] + params["b_o"])[:, 0]  # [B]
+
+
+def classifier_loss(
+    cfg: models.ClassifierConfig,
+    params: dict[str, Any],
+    tokens: Array,
+    labels: Array,
+    lengths: Array | None = None,
+    *,
+    unroll: int = DEFAULT_UNROLL,
+) -> Array:
+    """:func:`jaxrnn.models.classifier_loss` on the fast path (mean BCE)."""
+    logits = classifier_logits(cfg, params, tokens, lengths, unroll=unroll)
+    return models.binary_cross_entropy(logits, labels)
