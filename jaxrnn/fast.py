@@ -160,6 +160,180 @@ def _simple_scan_bwd(activation, unroll, last_only, res, g):
 simple_scan.defvjp(_simple_scan_fwd, _simple_scan_bwd)
 
 
+# ------------------------------------------------------------------------------ LSTM cell
+
+
+def _sigmoid(a: Array) -> Array:
+    return jax.nn.sigmoid(a)
+
+
+def _lstm_forward(U, W_h, h0, c0, unroll):
+    """LSTM recurrence on ``U = x W_x + b: [T, B, 4H]``; returns ``hs, cs, gates [T, B, 4H]``."""
+    H = W_h.shape[0]
+
+    def step(carry, u):
+        h, c = carry
+        z = u + h @ W_h  # [B, 4H]
+        i = _sigmoid(z[:, :H])
+        f = _sigmoid(z[:, H : 2 * H])
+        g = jnp.tanh(z[:, 2 * H : 3 * H])
+        o = _sigmoid(z[:, 3 * H :])
+        c = f * c + i * g  # [B, H]
+        h = o * jnp.tanh(c)
+        return (h, c), (h, c, jnp.concatenate([i, f, g, o], axis=-1))
+
+    _, (hs, cs, gates) = jax.lax.scan(step, (h0, c0), U, unroll=divisor_unroll(U.shape[0], unroll))
+    return hs, cs, gates
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def lstm_scan(U, W_h, h0, c0, unroll=DEFAULT_UNROLL, last_only=False):
+    """The LSTM recurrence (Keras gate order ``i, f, g, o``) with a hand-written BPTT.
+
+    .. math::
+        [z_i, z_f, z_g, z_o] = U_t + h_{t-1} W_h, \\quad
+        c_t = \\sigma(z_f) c_{t-1} + \\sigma(z_i) \\tanh(z_g), \\quad
+        h_t = \\sigma(z_o) \\tanh(c_t)
+
+    Args:
+        U: ``[T, B, 4H]`` input projections ``x_t W_x + b``.
+        W_h: ``[H, 4H]``.
+        h0, c0: ``[B, H]``.
+        unroll: steps per loop iteration (a divisor of ``T``).
+        last_only: return only ``(h_T, c_T)``.
+
+    Returns:
+        ``(hs [T, B, H], (h_T, c_T))``, or ``(h_T, c_T)`` with ``last_only``.
+    """
+    hs, cs, _ = _lstm_forward(U, W_h, h0, c0, unroll)
+    return (hs[-1], cs[-1]) if last_only else (hs, (hs[-1], cs[-1]))
+
+
+def _lstm_scan_fwd(U, W_h, h0, c0, unroll, last_only):
+    hs, cs, gates = _lstm_forward(U, W_h, h0, c0, unroll)
+    out = (hs[-1], cs[-1]) if last_only else (hs, (hs[-1], cs[-1]))
+    return out, (hs, cs, gates, W_h, h0, c0)
+
+
+def _lstm_scan_bwd(unroll, last_only, res, g):
+    hs, cs, gates, W_h, h0, c0 = res
+    H = W_h.shape[0]
+    if last_only:
+        g_hs, (g_hT, g_cT) = None, g
+    else:
+        g_hs, (g_hT, g_cT) = g
+    W_hT = W_h.T  # [4H, H]
+    cs_prev = jnp.concatenate([c0[None], cs[:-1]], axis=0)  # [T, B, H]  c_{t-1}
+
+    def step(carry, inp):
+        dh, dc = carry
+        gt, c, c_prev = inp[:3]
+        if g_hs is not None:
+            dh = dh + inp[3]
+        i, f, gg, o = gt[:, :H], gt[:, H : 2 * H], gt[:, 2 * H : 3 * H], gt[:, 3 * H :]
+        tc = jnp.tanh(c)
+        dc = dc + dh * o * (1.0 - tc * tc)
+        dz = jnp.concatenate(
+            [
+                dc * gg * i * (1.0 - i),  # dz_i
+                dc * c_prev * f * (1.0 - f),  # dz_f
+                dc * i * (1.0 - gg * gg),  # dz_g
+                dh * tc * o * (1.0 - o),  # dz_o
+            ],
+            axis=-1,
+        )  # [B, 4H]
+        return (dz @ W_hT, dc * f), dz
+
+    xs = (gates, cs, cs_prev) if g_hs is None else (gates, cs, cs_prev, g_hs)
+    u = divisor_unroll(hs.shape[0], unroll)
+    (dh0, dc0), dZ = jax.lax.scan(step, (g_hT, g_cT), xs, reverse=True, unroll=u)
+    h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # [T, B, H]
+    dW_h = h_prev.reshape(-1, H).T @ dZ.reshape(-1, 4 * H)  # [H, T B] @ [T B, 4H]: one matmul
+    return dZ, dW_h, dh0, dc0
+
+
+lstm_scan.defvjp(_lstm_scan_fwd, _lstm_scan_bwd)
+
+
+# ------------------------------------------------------------------------------- GRU cell
+
+
+def _gru_forward(U, W_h, b_h, h0, unroll):
+    """GRU (reset_after) on ``U = x W_x + b_x: [T, B, 3H]``; returns ``hs, saved [T, B, 4H]``."""
+    H = W_h.shape[0]
+
+    def step(h, a):
+        u = h @ W_h + b_h  # [B, 3H]
+        z = _sigmoid(a[:, :H] + u[:, :H])
+        r = _sigmoid(a[:, H : 2 * H] + u[:, H : 2 * H])
+        n = jnp.tanh(a[:, 2 * H :] + r * u[:, 2 * H :])
+        h = z * h + (1.0 - z) * n  # [B, H]
+        return h, (h, jnp.concatenate([z, r, n, u[:, 2 * H :]], axis=-1))
+
+    _, (hs, saved) = jax.lax.scan(step, h0, U, unroll=divisor_unroll(U.shape[0], unroll))
+    return hs, saved
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def gru_scan(U, W_h, b_h, h0, unroll=DEFAULT_UNROLL, last_only=False):
+    """The GRU recurrence (``reset_after=True``, Keras gate order ``z, r, h``) with a
+    hand-written BPTT.
+
+    .. math::
+        [u_z, u_r, u_h] = h_{t-1} W_h + b_h, \\quad z = \\sigma(U^z_t + u_z), \\quad
+        r = \\sigma(U^r_t + u_r), \\quad n = \\tanh(U^h_t + r u_h), \\quad
+        h_t = z h_{t-1} + (1 - z) n
+
+    Args:
+        U: ``[T, B, 3H]`` input projections ``x_t W_x + b_x``.
+        W_h: ``[H, 3H]``.
+        b_h: ``[3H]`` recurrent bias.
+        h0: ``[B, H]``.
+        unroll: steps per loop iteration (a divisor of ``T``).
+        last_only: return only ``h_T``.
+
+    Returns:
+        ``hs: [T, B, H]``, or ``h_T: [B, H]`` with ``last_only``.
+    """
+    hs, _ = _gru_forward(U, W_h, b_h, h0, unroll)
+    return hs[-1] if last_only else hs
+
+
+def _gru_scan_fwd(U, W_h, b_h, h0, unroll, last_only):
+    hs, saved = _gru_forward(U, W_h, b_h, h0, unroll)
+    return (hs[-1] if last_only else hs), (hs, saved, W_h, h0)
+
+
+def _gru_scan_bwd(unroll, last_only, res, g):
+    hs, saved, W_h, h0 = res
+    H = W_h.shape[0]
+    W_hT = W_h.T  # [3H, H]
+    h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # [T, B, H]  h_{t-1}
+
+    def step(dh, inp):
+        sv, hp = inp[:2]
+        if not last_only:
+            dh = dh + inp[2]
+        z, r, n, u_h = sv[:, :H], sv[:, H : 2 * H], sv[:, 2 * H : 3 * H], sv[:, 3 * H :]
+        dn = dh * (1.0 - z) * (1.0 - n * n)  # dL/d(pre-tanh)
+        dz = dh * (hp - n) * z * (1.0 - z)  # dL/d(pre-sigmoid z)
+        dr = dn * u_h * r * (1.0 - r)  # dL/d(pre-sigmoid r)
+        du = jnp.concatenate([dz, dr, dn * r], axis=-1)  # [B, 3H]  dL/du
+        return dh * z + du @ W_hT, (du, dn)
+
+    xs = (saved, h_prev) if last_only else (saved, h_prev, g)
+    init = g if last_only else jnp.zeros_like(h0)
+    u = divisor_unroll(hs.shape[0], unroll)
+    dh0, (dU_h, dN) = jax.lax.scan(step, init, xs, reverse=True, unroll=u)
+    dA = jnp.concatenate([dU_h[..., : 2 * H], dN], axis=-1)  # [T, B, 3H]  dL/dU
+    dW_h = h_prev.reshape(-1, H).T @ dU_h.reshape(-1, 3 * H)  # one matmul
+    db_h = dU_h.sum(axis=(0, 1))  # [3H]
+    return dA, dW_h, db_h, dh0
+
+
+gru_scan.defvjp(_gru_scan_fwd, _gru_scan_bwd)
+
+
 # ------------------------------------------------------------------------------- dispatch
 
 
@@ -170,6 +344,14 @@ def _supported(cell: Callable, params: Any) -> str | None:
         return None
     if name == "simple" and params.activation in _DERIV_FROM_OUTPUT:
         return "simple"
+    default_acts = (
+        getattr(params, "activation", None) == "tanh"
+        and getattr(params, "recurrent_activation", None) == "sigmoid"
+    )
+    if name == "lstm" and default_acts:
+        return "lstm"
+    if name == "gru" and default_acts and params.reset_after:
+        return "gru"
     return None
 
 
@@ -191,11 +373,29 @@ def scan_projected(
     if kind == "simple":
         out = simple_scan(U, params.W_h, h0, params.activation, unroll, last_only)
         return (out, None) if last_only else (out[-1], out)
+    if kind == "lstm":
+        from jaxrnn.cells.lstm import LSTMCarry
+
+        h0_, c0_ = h0
+        out = lstm_scan(U, params.W_h, h0_, c0_, unroll, last_only)
+        if last_only:
+            return LSTMCarry(*out), None
+        hs, (h_T, c_T) = out
+        return LSTMCarry(h_T, c_T), hs
+    if kind == "gru":
+        b_h = jnp.zeros(U.shape[-1], U.dtype) if params.b is None else params.b[1]
+        out = gru_scan(U, params.W_h, b_h, h0, unroll, last_only)
+        return (out, None) if last_only else (out[-1], out)
     raise ValueError(f"fast.scan_projected: no fast kernel for {cell!r}")
 
 
 def input_bias(params: Any) -> Array | None:
-    """The bias that goes into the hoisted input projection (``None`` when the cell has none)."""
+    """The bias that goes into the hoisted input projection (``None`` when the cell has none).
+
+    The GRU with ``reset_after`` has two biases ``b: [2, 3H]``; only ``b[0]`` goes in.
+    """
+    if params.b is not None and params.b.ndim == 2:
+        return params.b[0]
     return params.b
 
 

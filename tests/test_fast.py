@@ -35,6 +35,11 @@ CASES = [
     ("simple", {"activation": "relu"}),
     ("simple", {"activation": "sigmoid"}),
     ("simple", {"activation": "identity", "use_bias": False}),
+    ("lstm", {}),
+    ("gru", {}),
+    ("gru", {"use_bias": False}),
+    ("gru", {"reset_after": False}),  # no fast kernel: falls back to the plain path
+    ("lstm", {"activation": "relu"}),  # idem
 ]
 
 
@@ -46,6 +51,13 @@ CASES = [
         (*CASES[1], 12, 1, True),
         (*CASES[2], 12, 3, False),
         (*CASES[3], 5, 5, False),
+        (*CASES[4], 12, 4, False),
+        (*CASES[4], 7, 8, True),
+        (*CASES[5], 12, 4, False),
+        (*CASES[5], 7, 2, True),
+        (*CASES[6], 6, 3, False),
+        (*CASES[7], 6, 3, False),
+        (*CASES[8], 6, 3, False),
     ],
 )
 def test_rnn_outputs_and_grads_equal_plain(name, kw, T, unroll, time_major, key):
@@ -53,12 +65,15 @@ def test_rnn_outputs_and_grads_equal_plain(name, kw, T, unroll, time_major, key)
     mod, p = _init(name, key, D, H, **kw)
     shape = (T, B, D) if time_major else (B, T, D)
     xs = jax.random.normal(jax.random.key(1), shape, jnp.float64)
-    h0 = 0.5 * jax.random.normal(jax.random.key(2), (B, H), jnp.float64)
+    h0 = jax.tree.map(
+        lambda a: 0.5 * jax.random.normal(jax.random.key(2), a.shape, a.dtype),
+        mod.initial_carry(p, (B,)),
+    )
 
     def loss(run, p, xs, h0):
         carry, ys = run(mod.cell, p, xs, h0, time_major=time_major, unroll=unroll)
         w = jnp.cos(jnp.arange(ys.size, dtype=ys.dtype)).reshape(ys.shape)  # weights every output
-        return jnp.sum(ys * w) + jnp.sum(jnp.sin(carry))
+        return jnp.sum(ys * w) + sum(jnp.sum(jnp.sin(c)) for c in jax.tree.leaves(carry))
 
     out_fast = fast.rnn(mod.cell, p, xs, h0, time_major=time_major, unroll=unroll)
     out_plain = rnn(mod.cell, p, xs, h0, time_major=time_major)
@@ -66,6 +81,14 @@ def test_rnn_outputs_and_grads_equal_plain(name, kw, T, unroll, time_major, key)
     g_fast = jax.grad(lambda *a: loss(fast.rnn, *a), argnums=(0, 1, 2))(p, xs, h0)
     g_plain = jax.grad(lambda *a: loss(rnn, *a), argnums=(0, 1, 2))(p, xs, h0)
     _close(g_fast, g_plain)
+
+
+def test_fast_kernels_are_used():
+    assert fast._supported(cells.simple.cell, cells.simple.init(jax.random.key(0), 2, 3)) == "simple"
+    assert fast._supported(cells.lstm.cell, cells.lstm.init(jax.random.key(0), 2, 3)) == "lstm"
+    assert fast._supported(cells.gru.cell, cells.gru.init(jax.random.key(0), 2, 3)) == "gru"
+    p = cells.gru.init(jax.random.key(0), 2, 3, reset_after=False)
+    assert fast._supported(cells.gru.cell, p) is None
 
 
 def test_fast_rnn_default_h0_and_jit(key):
@@ -87,10 +110,13 @@ def test_fast_rnn_reports_bad_width_like_plain(key):
         fast.rnn(cells.simple.cell, p, jnp.ones((2, 9, 3), jnp.float64))
 
 
-@pytest.mark.parametrize("cell_name", ["simple"])
+@pytest.mark.parametrize("cell_name", ["simple", "lstm", "gru"])
 def test_classifier_loss_and_grads_equal_plain(cell_name, key):
     cfg = models.ClassifierConfig(vocab_size=40, embed_dim=4, hidden_size=6, cell=cell_name)
     params = models.init_classifier(key, cfg, dtype=jnp.float64)
+    if params["rnn"].b is not None:  # non-zero biases
+        b = jax.random.normal(jax.random.key(7), params["rnn"].b.shape, jnp.float64)
+        params["rnn"] = dataclasses.replace(params["rnn"], b=b)
     tokens = jax.random.randint(jax.random.key(1), (5, 11), 0, 40)  # repeated words included
     labels = jnp.array([0.0, 1.0, 1.0, 0.0, 1.0])
     l_fast, g_fast = jax.value_and_grad(lambda p: fast.classifier_loss(cfg, p, tokens, labels))(params)
