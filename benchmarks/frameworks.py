@@ -121,7 +121,9 @@ def build_flax(spec: dict[str, Any], device: str) -> Callable[[], None]:
     import optax
 
     H = spec["H"]
-    cell_cls = {"simple": nn.SimpleCell, "lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell}[spec["cell"]]
+    cell_cls = {"simple": nn.SimpleCell, "lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell}[
+        spec["cell"]
+    ]
 
     class Model(nn.Module):
         @nn.compact
@@ -214,12 +216,20 @@ def build_keras(spec: dict[str, Any], device: str, variant: str = "jit") -> Call
     return run
 
 
-def build_torch(spec: dict[str, Any], device: str) -> Callable[[], None]:
+def build_torch(
+    spec: dict[str, Any], device: str, threads: int | None = None
+) -> Callable[[], None]:
     """PyTorch: ``nn.Embedding -> nn.RNN | nn.LSTM | nn.GRU (batch_first) -> nn.Linear``
-    (cuDNN on a GPU), ``BCEWithLogitsLoss``, ``torch.optim.Adam``."""
+    (cuDNN on a GPU), ``BCEWithLogitsLoss``, ``torch.optim.Adam``. ``threads``: CPU
+    intra-op threads (default: PyTorch's choice, one per core)."""
     import torch
 
-    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+    dev = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    )
     if dev.type == "gpu":
         dev = torch.device("cuda")
     torch.manual_seed(0)
@@ -327,6 +337,7 @@ FRAMEWORKS: dict[str, Callable[[dict[str, Any], str], Callable[[], None]]] = {
     "keras-jax": lambda s, d: build_keras(s, d, "jit"),
     "keras-fit": lambda s, d: build_keras(s, d, "fit"),
     "torch": build_torch,
+    "torch-1thread": lambda s, d: build_torch(s, d, threads=1),
     "numpy": build_numpy,
     "matmul": build_matmul,
 }

@@ -81,7 +81,10 @@ def measure(T: int, remat: str | None, cell: str, B: int, H: int, run: bool) -> 
     }  # fmt: skip
     # donated arguments alias outputs: count them once
     out["xla_peak_bytes"] = (
-        ma.temp_size_in_bytes + ma.argument_size_in_bytes + ma.output_size_in_bytes - ma.alias_size_in_bytes
+        ma.temp_size_in_bytes
+        + ma.argument_size_in_bytes
+        + ma.output_size_in_bytes
+        - ma.alias_size_in_bytes
     )
     if run:
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -100,8 +103,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "memory.json"))
     ap.add_argument("--Ts", default="1000,3000,10000,30000,100000")
-    ap.add_argument("--run-max-T", type=int, default=100_000,
-                    help="actually run (RSS) remat cases up to this T; full-memory ones up to 10k")
+    ap.add_argument(
+        "--run-max-T",
+        type=int,
+        default=100_000,
+        help="actually run (RSS) remat cases up to this T; full-memory ones up to 10k",
+    )
     ap.add_argument("--cell", default="simple")
     ap.add_argument("--B", type=int, default=16)
     ap.add_argument("--H", type=int, default=256)

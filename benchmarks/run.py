@@ -32,8 +32,24 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 SEED = dict(V=5000, E=32, B=64, T=250, H=100, cell="simple")  # the seed model of the issue
 
-PEERS = ["jaxrnn-fast", "jaxrnn", "keras-jax", "keras-fit", "flax", "torch", "numpy"]
-GATED_PEERS = ["jaxrnn-fast", "jaxrnn", "keras-jax", "flax", "torch"]  # NumPy ref: simple cell only
+PEERS = [
+    "jaxrnn-fast",
+    "jaxrnn",
+    "keras-jax",
+    "keras-fit",
+    "flax",
+    "torch",
+    "torch-1thread",
+    "numpy",
+]
+GATED_PEERS = [
+    "jaxrnn-fast",
+    "jaxrnn",
+    "keras-jax",
+    "flax",
+    "torch",
+    "torch-1thread",
+]  # NumPy ref: simple cell only
 
 
 def case(mode: str = "train", **kw: Any) -> dict[str, Any]:
@@ -75,7 +91,9 @@ def workloads(name: str, device: str) -> list[tuple[dict[str, Any], list[str]]]:
         return [(case("infer", B=b), peers) for b in (64, 1)]
     if name == "scaling":
         out = []
-        quick = ["jaxrnn-fast", "jaxrnn", "keras-jax", "flax", "torch"]
+        # CPU: PyTorch with its default threads stalls on a shared machine (see RESULTS.md);
+        # the grid uses one intra-op thread there
+        quick = ["jaxrnn-fast", "jaxrnn", "keras-jax", "flax", "torch-1thread" if cpu else "torch"]
         for T in (100, 1000, 10000):
             out.append((case("train", T=T), quick + (["numpy"] if T <= 1000 else [])))
         for H in (64, 256, 1024):
@@ -151,7 +169,7 @@ def run_case(
         results[fw] = {"times": [], "first_s": w.info["first_s"], "rss_mb": w.info["rss_mb"]}
         workers.append(w)
     for r in range(reps):
-        order = workers[r % len(workers):] + workers[: r % len(workers)] if workers else []
+        order = workers[r % len(workers) :] + workers[: r % len(workers)] if workers else []
         for w in order:
             if r < w.rounds:
                 out = w.run(w.per_round)
@@ -162,10 +180,16 @@ def run_case(
     for fw, res in results.items():
         if res.get("times"):
             t = sorted(res["times"])
-            res["median_s"] = t[len(t) // 2] if len(t) % 2 else 0.5 * (t[len(t) // 2 - 1] + t[len(t) // 2])
+            res["median_s"] = (
+                t[len(t) // 2] if len(t) % 2 else 0.5 * (t[len(t) // 2 - 1] + t[len(t) // 2])
+            )
             print(f"   {fw:12s} median {1e3 * res['median_s']:10.2f} ms  (n={len(t)})", flush=True)
-    return {"spec": spec, "name": case_name(spec), "flop": (
-        2 * spec["N"] ** 3 if spec["mode"] == "matmul" else train_flop(spec)), "results": results}
+    return {
+        "spec": spec,
+        "name": case_name(spec),
+        "flop": (2 * spec["N"] ** 3 if spec["mode"] == "matmul" else train_flop(spec)),
+        "results": results,
+    }
 
 
 def machine_info() -> dict[str, Any]:
@@ -196,21 +220,40 @@ def machine_info() -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workload", default="train",
-                    help="train | train-gated | infer | scaling | matmul | all (comma-separated ok)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--workload",
+        default="train",
+        help="train | train-gated | infer | scaling | matmul | all (comma-separated ok)",
+    )
     ap.add_argument("--reps", type=int, default=10, help="rounds (each framework once per round)")
-    ap.add_argument("--budget", type=float, default=3.0,
-                    help="about this many timed seconds per framework per case")
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=3.0,
+        help="about this many timed seconds per framework per case",
+    )
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps after compilation")
     ap.add_argument("--device", default="auto", help="auto | cpu | gpu")
     ap.add_argument("--frameworks", default=None, help="comma-separated subset (default: all)")
-    ap.add_argument("--out", default=None, help="JSON file (default benchmarks/results/<workload>.json)")
+    ap.add_argument(
+        "--out", default=None, help="JSON file (default benchmarks/results/<workload>.json)"
+    )
     args = ap.parse_args()  # fmt: skip
 
-    names = ["matmul", "train", "train-gated", "infer", "scaling"] if args.workload == "all" else args.workload.split(",")
+    names = (
+        ["matmul", "train", "train-gated", "infer", "scaling"]
+        if args.workload == "all"
+        else args.workload.split(",")
+    )
     only = set(args.frameworks.split(",")) if args.frameworks else None
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"{args.workload.replace(',', '+')}.json"
+    out = (
+        Path(args.out)
+        if args.out
+        else ROOT / "benchmarks" / "results" / f"{args.workload.replace(',', '+')}.json"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {"command": " ".join(["python"] + sys.argv), "machine": machine_info(), "device": args.device,
               "reps": args.reps, "cases": []}  # fmt: skip

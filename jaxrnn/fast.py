@@ -42,12 +42,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxrnn import cells, models
 from jaxrnn.cells._common import Array
 from jaxrnn.layer import rnn as plain_rnn
 
-DEFAULT_UNROLL = 8  # steps per loop iteration on the sequential path (see benchmarks/RESULTS.md)
+DEFAULT_UNROLL = 1  # steps per loop iteration; unrolling did not pay on XLA:CPU here (RESULTS.md)
 
 # Activations whose derivative is a function of the output h = f(a): f'(a) = d(h).
 _DERIV_FROM_OUTPUT: dict[str, Callable[[Array], Array]] = {
@@ -82,23 +83,46 @@ def divisor_unroll(T: int, unroll: int) -> int:
     return max(d for d in range(1, max(1, min(unroll, T)) + 1) if T % d == 0)
 
 
-def _simple_forward(U: Array, W_h: Array, h0: Array, activation: str, unroll: int) -> Array:
-    """``hs[t] = f(U[t] + hs[t-1] @ W_h)``; ``U: [T, B, H]`` -> ``hs: [T, B, H]``."""
-    f = _ACT[activation]
+def _inputs(U: Array, idx: Array | None) -> tuple[Array, Callable[[Array], Array]]:
+    """What the forward scan runs over, and how a step gets its ``u_t: [B, G H]``.
 
-    def step(h, u):
-        h = f(u + h @ W_h)  # [B, H]
+    ``idx=None``: ``U: [T, B, G H]`` is sliced step by step. Otherwise ``U`` is a
+    projected embedding table ``[V, G H]`` and ``u_t = U[idx[t]]`` is gathered
+    inside the loop, so no ``[T, B, G H]`` tensor is ever built (on a CPU, filling
+    and paging such buffers cost more than the gathers; see RESULTS.md).
+    """
+    if idx is None:
+        return U, lambda u: u
+    return idx, lambda i: jnp.take(U, i, axis=0)
+
+
+def _input_cotangent(dZ: Array, U: Array, idx: Array | None) -> tuple[Array, Any]:
+    """Cotangents of ``(U, idx)`` from ``dZ = dL/du: [T, B, G H]``."""
+    if idx is None:
+        return dZ, None
+    dU = jnp.zeros_like(U).at[idx.reshape(-1)].add(dZ.reshape(-1, U.shape[-1]))  # [V, G H]
+    return dU, np.zeros(idx.shape, jax.dtypes.float0)
+
+
+def _simple_forward(U, idx, W_h, h0, activation, unroll) -> Array:
+    """``hs[t] = f(u_t + hs[t-1] @ W_h)`` -> ``hs: [T, B, H]``."""
+    f = _ACT[activation]
+    xs, get_u = _inputs(U, idx)
+
+    def step(h, x):
+        h = f(get_u(x) + h @ W_h)  # [B, H]
         return h, h
 
-    _, hs = jax.lax.scan(step, h0, U, unroll=divisor_unroll(U.shape[0], unroll))
+    _, hs = jax.lax.scan(step, h0, xs, unroll=divisor_unroll(xs.shape[0], unroll))
     return hs
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
 def simple_scan(
     U: Array,
     W_h: Array,
     h0: Array,
+    idx: Array | None = None,
     activation: str = "tanh",
     unroll: int = DEFAULT_UNROLL,
     last_only: bool = False,
@@ -111,9 +135,11 @@ def simple_scan(
     scan, then ``dW_h = [h_0 .. h_{T-1}]^T dA`` as one ``[H, T B] @ [T B, H]`` matmul.
 
     Args:
-        U: ``[T, B, H]`` input projections ``x_t W_x + b`` (time-major).
+        U: ``[T, B, H]`` input projections ``x_t W_x + b`` (time-major); or, with
+            ``idx``, a projected table ``[V, H]`` with ``u_t = U[idx[t]]``.
         W_h: ``[H, H]`` recurrent kernel.
         h0: ``[B, H]`` initial state.
+        idx: ``None`` or ``[T, B]`` int rows of ``U``.
         activation: one of ``tanh``, ``sigmoid``, ``relu``, ``identity``/``linear``.
         unroll: steps per loop iteration (rounded down to a divisor of ``T``).
         last_only: return only ``h_T`` (then the backward pass reads no ``[T, B, H]``
@@ -122,17 +148,17 @@ def simple_scan(
     Returns:
         ``hs: [T, B, H]``, every state; or ``h_T: [B, H]`` with ``last_only``.
     """
-    hs = _simple_forward(U, W_h, h0, activation, unroll)
+    hs = _simple_forward(U, idx, W_h, h0, activation, unroll)
     return hs[-1] if last_only else hs
 
 
-def _simple_scan_fwd(U, W_h, h0, activation, unroll, last_only):
-    hs = _simple_forward(U, W_h, h0, activation, unroll)
-    return (hs[-1] if last_only else hs), (hs, W_h, h0)
+def _simple_scan_fwd(U, W_h, h0, idx, activation, unroll, last_only):
+    hs = _simple_forward(U, idx, W_h, h0, activation, unroll)
+    return (hs[-1] if last_only else hs), (hs, W_h, h0, U, idx)
 
 
 def _simple_scan_bwd(activation, unroll, last_only, res, g):
-    hs, W_h, h0 = res
+    hs, W_h, h0, U, idx = res
     d = _DERIV_FROM_OUTPUT[activation]
     W_hT = W_h.T  # [H, H]
     u = divisor_unroll(hs.shape[0], unroll)
@@ -154,7 +180,8 @@ def _simple_scan_bwd(activation, unroll, last_only, res, g):
     H = W_h.shape[0]
     h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # [T, B, H]  h_{t-1}
     dW_h = h_prev.reshape(-1, H).T @ dA.reshape(-1, H)  # [H, T B] @ [T B, H]: one matmul
-    return dA, dW_h, dh0
+    dU, didx = _input_cotangent(dA, U, idx)
+    return dU, dW_h, dh0, didx
 
 
 simple_scan.defvjp(_simple_scan_fwd, _simple_scan_bwd)
@@ -167,13 +194,14 @@ def _sigmoid(a: Array) -> Array:
     return jax.nn.sigmoid(a)
 
 
-def _lstm_forward(U, W_h, h0, c0, unroll):
-    """LSTM recurrence on ``U = x W_x + b: [T, B, 4H]``; returns ``hs, cs, gates [T, B, 4H]``."""
+def _lstm_forward(U, idx, W_h, h0, c0, unroll):
+    """LSTM recurrence on ``u_t = x_t W_x + b``; returns ``hs, cs, gates [T, B, 4H]``."""
     H = W_h.shape[0]
+    xs, get_u = _inputs(U, idx)
 
-    def step(carry, u):
+    def step(carry, x):
         h, c = carry
-        z = u + h @ W_h  # [B, 4H]
+        z = get_u(x) + h @ W_h  # [B, 4H]
         i = _sigmoid(z[:, :H])
         f = _sigmoid(z[:, H : 2 * H])
         g = jnp.tanh(z[:, 2 * H : 3 * H])
@@ -182,12 +210,14 @@ def _lstm_forward(U, W_h, h0, c0, unroll):
         h = o * jnp.tanh(c)
         return (h, c), (h, c, jnp.concatenate([i, f, g, o], axis=-1))
 
-    _, (hs, cs, gates) = jax.lax.scan(step, (h0, c0), U, unroll=divisor_unroll(U.shape[0], unroll))
+    _, (hs, cs, gates) = jax.lax.scan(
+        step, (h0, c0), xs, unroll=divisor_unroll(xs.shape[0], unroll)
+    )
     return hs, cs, gates
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def lstm_scan(U, W_h, h0, c0, unroll=DEFAULT_UNROLL, last_only=False):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def lstm_scan(U, W_h, h0, c0, idx=None, unroll=DEFAULT_UNROLL, last_only=False):
     """The LSTM recurrence (Keras gate order ``i, f, g, o``) with a hand-written BPTT.
 
     .. math::
@@ -196,27 +226,28 @@ def lstm_scan(U, W_h, h0, c0, unroll=DEFAULT_UNROLL, last_only=False):
         h_t = \\sigma(z_o) \\tanh(c_t)
 
     Args:
-        U: ``[T, B, 4H]`` input projections ``x_t W_x + b``.
+        U: ``[T, B, 4H]`` input projections ``x_t W_x + b``, or a table ``[V, 4H]`` with ``idx``.
         W_h: ``[H, 4H]``.
         h0, c0: ``[B, H]``.
+        idx: ``None`` or ``[T, B]`` int rows of ``U``.
         unroll: steps per loop iteration (a divisor of ``T``).
         last_only: return only ``(h_T, c_T)``.
 
     Returns:
         ``(hs [T, B, H], (h_T, c_T))``, or ``(h_T, c_T)`` with ``last_only``.
     """
-    hs, cs, _ = _lstm_forward(U, W_h, h0, c0, unroll)
+    hs, cs, _ = _lstm_forward(U, idx, W_h, h0, c0, unroll)
     return (hs[-1], cs[-1]) if last_only else (hs, (hs[-1], cs[-1]))
 
 
-def _lstm_scan_fwd(U, W_h, h0, c0, unroll, last_only):
-    hs, cs, gates = _lstm_forward(U, W_h, h0, c0, unroll)
+def _lstm_scan_fwd(U, W_h, h0, c0, idx, unroll, last_only):
+    hs, cs, gates = _lstm_forward(U, idx, W_h, h0, c0, unroll)
     out = (hs[-1], cs[-1]) if last_only else (hs, (hs[-1], cs[-1]))
-    return out, (hs, cs, gates, W_h, h0, c0)
+    return out, (hs, cs, gates, W_h, h0, c0, U, idx)
 
 
 def _lstm_scan_bwd(unroll, last_only, res, g):
-    hs, cs, gates, W_h, h0, c0 = res
+    hs, cs, gates, W_h, h0, c0, U, idx = res
     H = W_h.shape[0]
     if last_only:
         g_hs, (g_hT, g_cT) = None, g
@@ -249,7 +280,8 @@ def _lstm_scan_bwd(unroll, last_only, res, g):
     (dh0, dc0), dZ = jax.lax.scan(step, (g_hT, g_cT), xs, reverse=True, unroll=u)
     h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # [T, B, H]
     dW_h = h_prev.reshape(-1, H).T @ dZ.reshape(-1, 4 * H)  # [H, T B] @ [T B, 4H]: one matmul
-    return dZ, dW_h, dh0, dc0
+    dU, didx = _input_cotangent(dZ, U, idx)
+    return dU, dW_h, dh0, dc0, didx
 
 
 lstm_scan.defvjp(_lstm_scan_fwd, _lstm_scan_bwd)
@@ -258,11 +290,13 @@ lstm_scan.defvjp(_lstm_scan_fwd, _lstm_scan_bwd)
 # ------------------------------------------------------------------------------- GRU cell
 
 
-def _gru_forward(U, W_h, b_h, h0, unroll):
-    """GRU (reset_after) on ``U = x W_x + b_x: [T, B, 3H]``; returns ``hs, saved [T, B, 4H]``."""
+def _gru_forward(U, idx, W_h, b_h, h0, unroll):
+    """GRU (reset_after) on ``a_t = x_t W_x + b_x``; returns ``hs, saved [T, B, 4H]``."""
     H = W_h.shape[0]
+    xs, get_u = _inputs(U, idx)
 
-    def step(h, a):
+    def step(h, x):
+        a = get_u(x)  # [B, 3H]
         u = h @ W_h + b_h  # [B, 3H]
         z = _sigmoid(a[:, :H] + u[:, :H])
         r = _sigmoid(a[:, H : 2 * H] + u[:, H : 2 * H])
@@ -270,12 +304,12 @@ def _gru_forward(U, W_h, b_h, h0, unroll):
         h = z * h + (1.0 - z) * n  # [B, H]
         return h, (h, jnp.concatenate([z, r, n, u[:, 2 * H :]], axis=-1))
 
-    _, (hs, saved) = jax.lax.scan(step, h0, U, unroll=divisor_unroll(U.shape[0], unroll))
+    _, (hs, saved) = jax.lax.scan(step, h0, xs, unroll=divisor_unroll(xs.shape[0], unroll))
     return hs, saved
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def gru_scan(U, W_h, b_h, h0, unroll=DEFAULT_UNROLL, last_only=False):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def gru_scan(U, W_h, b_h, h0, idx=None, unroll=DEFAULT_UNROLL, last_only=False):
     """The GRU recurrence (``reset_after=True``, Keras gate order ``z, r, h``) with a
     hand-written BPTT.
 
@@ -285,27 +319,28 @@ def gru_scan(U, W_h, b_h, h0, unroll=DEFAULT_UNROLL, last_only=False):
         h_t = z h_{t-1} + (1 - z) n
 
     Args:
-        U: ``[T, B, 3H]`` input projections ``x_t W_x + b_x``.
+        U: ``[T, B, 3H]`` input projections ``x_t W_x + b_x``, or a table ``[V, 3H]`` with ``idx``.
         W_h: ``[H, 3H]``.
         b_h: ``[3H]`` recurrent bias.
         h0: ``[B, H]``.
+        idx: ``None`` or ``[T, B]`` int rows of ``U``.
         unroll: steps per loop iteration (a divisor of ``T``).
         last_only: return only ``h_T``.
 
     Returns:
         ``hs: [T, B, H]``, or ``h_T: [B, H]`` with ``last_only``.
     """
-    hs, _ = _gru_forward(U, W_h, b_h, h0, unroll)
+    hs, _ = _gru_forward(U, idx, W_h, b_h, h0, unroll)
     return hs[-1] if last_only else hs
 
 
-def _gru_scan_fwd(U, W_h, b_h, h0, unroll, last_only):
-    hs, saved = _gru_forward(U, W_h, b_h, h0, unroll)
-    return (hs[-1] if last_only else hs), (hs, saved, W_h, h0)
+def _gru_scan_fwd(U, W_h, b_h, h0, idx, unroll, last_only):
+    hs, saved = _gru_forward(U, idx, W_h, b_h, h0, unroll)
+    return (hs[-1] if last_only else hs), (hs, saved, W_h, h0, U, idx)
 
 
 def _gru_scan_bwd(unroll, last_only, res, g):
-    hs, saved, W_h, h0 = res
+    hs, saved, W_h, h0, U, idx = res
     H = W_h.shape[0]
     W_hT = W_h.T  # [3H, H]
     h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # [T, B, H]  h_{t-1}
@@ -328,7 +363,8 @@ def _gru_scan_bwd(unroll, last_only, res, g):
     dA = jnp.concatenate([dU_h[..., : 2 * H], dN], axis=-1)  # [T, B, 3H]  dL/dU
     dW_h = h_prev.reshape(-1, H).T @ dU_h.reshape(-1, 3 * H)  # one matmul
     db_h = dU_h.sum(axis=(0, 1))  # [3H]
-    return dA, dW_h, db_h, dh0
+    dU, didx = _input_cotangent(dA, U, idx)
+    return dU, dW_h, db_h, dh0, didx
 
 
 gru_scan.defvjp(_gru_scan_fwd, _gru_scan_bwd)
@@ -363,28 +399,30 @@ def scan_projected(
     *,
     unroll: int = DEFAULT_UNROLL,
     last_only: bool = False,
+    idx: Array | None = None,
 ) -> tuple[Any, Array | None]:
-    """Runs a supported cell on input projections ``U = xs @ W_x (+ b): [T, B, G H]``.
+    """Runs a supported cell on input projections ``U = xs @ W_x (+ b): [T, B, G H]``
+    (or, with ``idx [T, B]``, on rows ``U[idx[t]]`` of a projected table ``U: [V, G H]``).
 
     Returns ``(final_carry, ys [T, B, H])`` (time-major); ``ys`` is ``None`` with
     ``last_only`` (only the final carry is computed for differentiation).
     """
     kind = _supported(cell, params)
     if kind == "simple":
-        out = simple_scan(U, params.W_h, h0, params.activation, unroll, last_only)
+        out = simple_scan(U, params.W_h, h0, idx, params.activation, unroll, last_only)
         return (out, None) if last_only else (out[-1], out)
     if kind == "lstm":
         from jaxrnn.cells.lstm import LSTMCarry
 
         h0_, c0_ = h0
-        out = lstm_scan(U, params.W_h, h0_, c0_, unroll, last_only)
+        out = lstm_scan(U, params.W_h, h0_, c0_, idx, unroll, last_only)
         if last_only:
             return LSTMCarry(*out), None
         hs, (h_T, c_T) = out
         return LSTMCarry(h_T, c_T), hs
     if kind == "gru":
         b_h = jnp.zeros(U.shape[-1], U.dtype) if params.b is None else params.b[1]
-        out = gru_scan(U, params.W_h, b_h, h0, unroll, last_only)
+        out = gru_scan(U, params.W_h, b_h, h0, idx, unroll, last_only)
         return (out, None) if last_only else (out[-1], out)
     raise ValueError(f"fast.scan_projected: no fast kernel for {cell!r}")
 
@@ -462,9 +500,9 @@ def classifier_logits(
 ) -> Array:
     """:func:`jaxrnn.models.classifier_logits` on the fast path.
 
-    The input projection is folded into the embedding: ``U = (E W_x + b)[tokens^T]``
-    (``[V, G H]`` table, gathered time-major), so no ``[B, T, E]`` tensor is built and
-    nothing is transposed. Falls back to the plain model where no fast kernel applies.
+    The input projection is folded into the embedding: ``u_t = (E W_x + b)[tokens[:, t]]``
+    (``[V, G H]`` table; rows gathered inside the scan), so no ``[B, T, E]`` or
+    ``[T, B, G H]`` tensor is built and nothing is transposed. Falls back to the plain model where no fast kernel applies.
 
     Args:
         cfg: model settings.
@@ -485,9 +523,10 @@ def classifier_logits(
     b = input_bias(p)
     if b is not None:
         table = table + b
-    U = jnp.take(table, tokens.T, axis=0)  # [T, B] -> [T, B, G H]
     B = tokens.shape[0]
-    h_T, _ = scan_projected(cell, p, U, cell.initial_carry(p, (B,)), unroll=unroll, last_only=True)
+    h0 = cell.initial_carry(p, (B,))
+    # rows table[tokens[:, t]] are gathered inside the scan: no [T, B, G H] tensor
+    h_T, _ = scan_projected(cell, p, table, h0, unroll=unroll, last_only=True, idx=tokens.T)
     h_T = h_T[0] if isinstance(h_T, tuple) else h_T  # LSTM carry (h, c): keep h
     return (h_T @ params["W_o"] + params["b_o"])[:, 0]  # [B]
 

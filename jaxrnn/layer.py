@@ -241,7 +241,9 @@ def rnn(
         def step(carry, x):
             return cell(params, carry, x)
 
-        carry, ys = _scan(step, carry0, xs_tm, reverse=reverse, unroll=unroll, k=remat_segment(remat, T))
+        carry, ys = _scan(
+            step, carry0, xs_tm, reverse=reverse, unroll=unroll, k=remat_segment(remat, T)
+        )
     else:
         if reverse:
             xs_tm = reverse_padded(xs_tm, lengths)

@@ -43,7 +43,9 @@ def test_remat_values_and_grads_equal_full(cell_name, remat, reverse, with_lengt
     for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(rem), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-13, atol=1e-14)
     g_full = jax.grad(lambda *a: _loss(mod.cell, *a, **kw), argnums=(0, 1, 2))(p, xs, h0)
-    g_rem = jax.grad(lambda *a: _loss(mod.cell, *a, remat=remat, **kw), argnums=(0, 1, 2))(p, xs, h0)
+    g_rem = jax.grad(lambda *a: _loss(mod.cell, *a, remat=remat, **kw), argnums=(0, 1, 2))(
+        p, xs, h0
+    )
     for a, b in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_rem), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-11, atol=1e-13)
 
