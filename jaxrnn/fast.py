@@ -502,7 +502,9 @@ def classifier_logits(
 
     The input projection is folded into the embedding: ``u_t = (E W_x + b)[tokens[:, t]]``
     (``[V, G H]`` table; rows gathered inside the scan), so no ``[B, T, E]`` or
-    ``[T, B, G H]`` tensor is built and nothing is transposed. Falls back to the plain model where no fast kernel applies.
+    ``[T, B, G H]`` tensor is built and nothing is transposed. When the batch has fewer
+    tokens than the vocabulary (``B T < V``, e.g. one review) the rows used are
+    projected instead (``[T, B, E] @ [E, G H]``, one matmul). Falls back to the plain model where no fast kernel applies.
 
     Args:
         cfg: model settings.
@@ -519,14 +521,21 @@ def classifier_logits(
     if lengths is not None or _supported(cell, p) is None:
         return models.classifier_logits(cfg, params, tokens, lengths)
     models.check_tokens(tokens, cfg.vocab_size)
-    table = params["embedding"] @ p.W_x  # [V, E] @ [E, G H] -> [V, G H]
-    b = input_bias(p)
-    if b is not None:
-        table = table + b
-    B = tokens.shape[0]
+    B, T = tokens.shape
     h0 = cell.initial_carry(p, (B,))
-    # rows table[tokens[:, t]] are gathered inside the scan: no [T, B, G H] tensor
-    h_T, _ = scan_projected(cell, p, table, h0, unroll=unroll, last_only=True, idx=tokens.T)
+    b = input_bias(p)
+    if B * T >= cfg.vocab_size:
+        # project the table once (V E GH multiply-adds instead of T B E GH); its rows
+        # table[tokens[:, t]] are gathered inside the scan: no [T, B, G H] tensor
+        table = params["embedding"] @ p.W_x  # [V, E] @ [E, G H] -> [V, G H]
+        if b is not None:
+            table = table + b
+        h_T, _ = scan_projected(cell, p, table, h0, unroll=unroll, last_only=True, idx=tokens.T)
+    else:  # few tokens (e.g. B = 1): project just the rows used
+        U = jnp.take(params["embedding"], tokens.T, axis=0) @ p.W_x  # [T, B, E] @ [E, G H]
+        if b is not None:
+            U = U + b
+        h_T, _ = scan_projected(cell, p, U, h0, unroll=unroll, last_only=True)
     h_T = h_T[0] if isinstance(h_T, tuple) else h_T  # LSTM carry (h, c): keep h
     return (h_T @ params["W_o"] + params["b_o"])[:, 0]  # [B]
 
