@@ -15,6 +15,11 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+COLORS = {
+    "jaxrnn-fast": "tab:red", "jaxrnn": "tab:orange", "keras-jax": "tab:blue",
+    "keras-fit": "tab:cyan", "flax": "tab:green", "torch": "tab:brown",
+    "torch-1thread": "tab:purple", "numpy": "tab:gray",
+}  # fmt: skip
 REF = "jaxrnn-fast"  # ratios are "peer time / jaxrnn-fast time" (> 1: jaxrnn-fast is faster)
 
 
@@ -69,7 +74,7 @@ def plot_bars(cases: list[dict], out: Path, title: str) -> None:
         meds = [stats(c["results"][fw]["times"]) for fw in fws]
         y = [m[0] for m in meds]
         err = [[m[0] - m[1] for m in meds], [m[2] - m[0] for m in meds]]
-        colors = ["tab:red" if fw.startswith("jaxrnn") else "tab:gray" for fw in fws]
+        colors = [COLORS.get(fw, "tab:gray") for fw in fws]
         ax.bar(range(len(fws)), y, yerr=err, color=colors, capsize=3)
         ax.set_xticks(range(len(fws)), fws, rotation=45, ha="right", fontsize=8)
         ax.set_yscale("log")
@@ -87,11 +92,11 @@ def plot_scaling(cases: list[dict], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    simple = [c for c in cases if c["spec"]["cell"] == "simple" and c["spec"]["mode"] == "train"]
+    simple = [c for c in cases if c["spec"]["mode"] == "train" and c["spec"]["cell"] == "simple"]
     seed = dict(B=64, T=250, H=100)
     axes_def = [
         ("T", lambda s: s["B"] == 64 and s["H"] == 100),
-        ("H", lambda s: s["B"] == 64 and s["T"] in (100, 250)),
+        ("H", lambda s: s["B"] == 64 and (s["T"] == 250 or (s["T"] == 100 and s["H"] >= 1024))),
         ("B", lambda s: s["T"] == 250 and s["H"] == 100),
     ]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
@@ -105,12 +110,13 @@ def plot_scaling(cases: list[dict], out: Path) -> None:
                 if c["results"].get(fw, {}).get("times")
             )
             if pts:
-                ax.plot(*zip(*pts, strict=True), "o-", label=fw, lw=2.5 if fw == REF else 1.2)
+                ax.plot(*zip(*pts, strict=True), "o-", label=fw, lw=2.5 if fw == REF else 1.2,
+                        color=COLORS.get(fw))  # fmt: skip
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel(
-            var + f" (others at seed {', '.join(f'{k}={v}' for k, v in seed.items() if k != var)})"
-        )
+        others = ", ".join(f"{k}={v}" for k, v in seed.items() if k != var)
+        note = "; H=1024 at T=100" if var == "H" else ""
+        ax.set_xlabel(f"{var} (others at seed {others}{note})")
         ax.set_ylabel("ms / training step")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
