@@ -9,7 +9,7 @@ outside the loop, and the loop body keeps only what must be sequential::
     h_t = cell_update(U_t + h_{t-1} W_h)  # the scan: one small matmul per step
     -- backward (custom VJP) --
     dA_t, dh_{t-1} = cell_backward(dh_t, saved_t) ; dh_{t-1} += dA_t W_h^T    # the scan
-    dW_h = H_prev^T dA                   # ONE matmul [G H, T B] @ [T B, H] after the scan
+    dW_h = H_prev^T dA                   # ONE matmul [H, T B] @ [T B, G H] after the scan
     dW_x = X^T dA,  dx = dA W_x^T,  db = sum dA   # by autodiff of the hoisted matmul
 
 Autodiff of the plain scan instead accumulates ``dW_h`` with a small
@@ -373,8 +373,19 @@ gru_scan.defvjp(_gru_scan_fwd, _gru_scan_bwd)
 # ------------------------------------------------------------------------------- dispatch
 
 
-def _supported(cell: Callable, params: Any) -> str | None:
-    """The fast kernel for ``cell``/``params``, or ``None`` when only the plain path applies."""
+ALL_KERNELS = frozenset({"simple", "lstm", "gru"})
+# Used by default: the GRU kernel measured no faster than the plain path (0.89x-1.01x,
+# benchmarks/RESULTS.md), so by default GRUs take the plain path; pass kernels=ALL_KERNELS to use it.
+KERNELS = frozenset({"simple", "lstm"})
+
+
+def _supported(cell: Callable, params: Any, kernels: Any = ALL_KERNELS) -> str | None:
+    """The fast kernel for ``cell``/``params`` among ``kernels``, or ``None`` (plain path)."""
+    kind = _kernel_for(cell, params)
+    return kind if kind in kernels else None
+
+
+def _kernel_for(cell: Callable, params: Any) -> str | None:
     name = getattr(getattr(cell, "func", cell), "cell_name", None)
     if isinstance(cell, functools.partial):  # dropout masks or other options bound
         return None
@@ -447,6 +458,7 @@ def rnn(
     reverse: bool = False,
     unroll: int = DEFAULT_UNROLL,
     time_major: bool = False,
+    kernels: Any = KERNELS,
 ) -> tuple[Any, Any]:
     """:func:`jaxrnn.rnn` with the input projection hoisted and a hand-written BPTT.
 
@@ -458,12 +470,19 @@ def rnn(
         cell, params, xs, h0, lengths, reverse, time_major: as in :func:`jaxrnn.rnn`
             (``xs: [B, T, D]``, ``[T, B, D]`` with ``time_major``, or ``[T, D]``).
         unroll: steps per loop iteration of the sequential scans.
+        kernels: which fast kernels may be used (default :data:`KERNELS`: simple and LSTM;
+            :data:`ALL_KERNELS` adds the GRU's).
 
     Returns:
         ``(final_carry, ys)`` as :func:`jaxrnn.rnn`.
     """
     xs_arr = jnp.asarray(xs)
-    if lengths is not None or reverse or _supported(cell, params) is None or xs_arr.ndim != 3:
+    if (
+        lengths is not None
+        or reverse
+        or _supported(cell, params, kernels) is None
+        or xs_arr.ndim != 3
+    ):
         return plain_rnn(
             cell, params, xs, h0, lengths=lengths, reverse=reverse, unroll=unroll,
             time_major=time_major,
@@ -497,6 +516,7 @@ def classifier_logits(
     lengths: Array | None = None,
     *,
     unroll: int = DEFAULT_UNROLL,
+    kernels: Any = KERNELS,
 ) -> Array:
     """:func:`jaxrnn.models.classifier_logits` on the fast path.
 
@@ -512,13 +532,14 @@ def classifier_logits(
         tokens: ``[B, T]`` int word ids.
         lengths: optional ``[B]`` (plain path).
         unroll: steps per loop iteration.
+        kernels: which fast kernels may be used (see :func:`rnn`).
 
     Returns:
         ``[B]`` logits.
     """
     cell = cells.get(cfg.cell).cell
     p = params["rnn"]
-    if lengths is not None or _supported(cell, p) is None:
+    if lengths is not None or _supported(cell, p, kernels) is None:
         return models.classifier_logits(cfg, params, tokens, lengths)
     models.check_tokens(tokens, cfg.vocab_size)
     B, T = tokens.shape
@@ -548,7 +569,8 @@ def classifier_loss(
     lengths: Array | None = None,
     *,
     unroll: int = DEFAULT_UNROLL,
+    kernels: Any = KERNELS,
 ) -> Array:
     """:func:`jaxrnn.models.classifier_loss` on the fast path (mean BCE)."""
-    logits = classifier_logits(cfg, params, tokens, lengths, unroll=unroll)
+    logits = classifier_logits(cfg, params, tokens, lengths, unroll=unroll, kernels=kernels)
     return models.binary_cross_entropy(logits, labels)

@@ -6,6 +6,7 @@ NumPy reference for the seed model.
 """
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -69,10 +70,11 @@ def test_rnn_outputs_and_grads_equal_plain(name, kw, T, unroll, time_major, key)
         w = jnp.cos(jnp.arange(ys.size, dtype=ys.dtype)).reshape(ys.shape)  # weights every output
         return jnp.sum(ys * w) + sum(jnp.sum(jnp.sin(c)) for c in jax.tree.leaves(carry))
 
-    out_fast = fast.rnn(mod.cell, p, xs, h0, time_major=time_major, unroll=unroll)
+    run_fast = functools.partial(fast.rnn, kernels=fast.ALL_KERNELS)  # GRU kernel included
+    out_fast = run_fast(mod.cell, p, xs, h0, time_major=time_major, unroll=unroll)
     out_plain = rnn(mod.cell, p, xs, h0, time_major=time_major)
     _close(out_fast, out_plain)
-    g_fast = jax.grad(lambda *a: loss(fast.rnn, *a), argnums=(0, 1, 2))(p, xs, h0)
+    g_fast = jax.grad(lambda *a: loss(run_fast, *a), argnums=(0, 1, 2))(p, xs, h0)
     g_plain = jax.grad(lambda *a: loss(rnn, *a), argnums=(0, 1, 2))(p, xs, h0)
     _close(g_fast, g_plain)
 
@@ -83,6 +85,8 @@ def test_fast_kernels_are_used():
     )
     assert fast._supported(cells.lstm.cell, cells.lstm.init(jax.random.key(0), 2, 3)) == "lstm"
     assert fast._supported(cells.gru.cell, cells.gru.init(jax.random.key(0), 2, 3)) == "gru"
+    gru_p = cells.gru.init(jax.random.key(0), 2, 3)
+    assert fast._supported(cells.gru.cell, gru_p, fast.KERNELS) is None  # not used by default
     p = cells.gru.init(jax.random.key(0), 2, 3, reset_after=False)
     assert fast._supported(cells.gru.cell, p) is None  # -> plain path
     p = cells.lstm.init(jax.random.key(0), 2, 3, activation="relu")
@@ -127,9 +131,10 @@ def test_classifier_loss_and_grads_equal_plain(cell_name, key):
         params["rnn"] = dataclasses.replace(params["rnn"], b=b)
     tokens = jax.random.randint(jax.random.key(1), (5, 11), 0, 40)  # repeated words included
     labels = jnp.array([0.0, 1.0, 1.0, 0.0, 1.0])
-    l_fast, g_fast = jax.value_and_grad(lambda p: fast.classifier_loss(cfg, p, tokens, labels))(
-        params
-    )
+    kw = dict(kernels=fast.ALL_KERNELS)
+    l_fast, g_fast = jax.value_and_grad(
+        lambda p: fast.classifier_loss(cfg, p, tokens, labels, **kw)
+    )(params)
     l_plain, g_plain = jax.value_and_grad(lambda p: models.classifier_loss(cfg, p, tokens, labels))(
         params
     )
@@ -138,7 +143,7 @@ def test_classifier_loss_and_grads_equal_plain(cell_name, key):
         fast.classifier_logits(cfg, params, tokens), models.classifier_logits(cfg, params, tokens)
     )
     few = tokens[:1, :5]  # B T < V: the projected-rows branch
-    g_fast = jax.grad(lambda p: fast.classifier_loss(cfg, p, few, labels[:1]))(params)
+    g_fast = jax.grad(lambda p: fast.classifier_loss(cfg, p, few, labels[:1], **kw))(params)
     g_plain = jax.grad(lambda p: models.classifier_loss(cfg, p, few, labels[:1]))(params)
     _close(g_fast, g_plain)
 
