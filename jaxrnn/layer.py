@@ -78,6 +78,53 @@ def reverse_padded(xs: Array, lengths: Array) -> Array:
     return jnp.take_along_axis(xs, idx, axis=0)
 
 
+def remat_segment(remat: int | str | None, T: int) -> int | None:
+    """Steps per checkpointed segment for ``rnn(..., remat=...)`` (``None``: no remat).
+
+    >>> remat_segment("sqrt", 100_000), remat_segment(50, 250), remat_segment(None, 250)
+    (317, 50, None)
+    """
+    if remat is None:
+        return None
+    if remat == "sqrt":
+        return max(1, int(np.ceil(np.sqrt(T))))
+    if isinstance(remat, bool) or not isinstance(remat, int) or remat < 1:
+        raise ValueError(f"rnn: remat must be None, 'sqrt' or a positive int; got {remat!r}")
+    return min(remat, max(T, 1))
+
+
+def _scan(step: Callable, carry0: Any, inputs: Any, *, reverse: bool, unroll: Any, k: int | None):
+    """``lax.scan(step, carry0, inputs)``; with ``k``, in checkpointed segments of ``k`` steps.
+
+    Rematerialisation: an outer scan over ``T // k`` segments keeps only the carry at
+    each segment start; the backward pass recomputes one segment (``k`` steps of
+    residuals) at a time under ``jax.checkpoint``. Memory for BPTT goes from
+    ``O(T)`` carries and residuals to ``O(T / k + k)`` (``k = sqrt(T)``: ``O(sqrt(T))``)
+    for about one extra forward pass. A remainder of ``T % k`` steps is one more segment.
+    """
+    if k is None:
+        return jax.lax.scan(step, carry0, inputs, reverse=reverse, unroll=unroll)
+    T = jax.tree.leaves(inputs)[0].shape[0]
+    n, r = divmod(T, k)
+
+    @jax.checkpoint
+    def segment(carry, seg):
+        return jax.lax.scan(step, carry, seg, reverse=reverse, unroll=unroll)
+
+    main = jax.tree.map(lambda a: a[: n * k].reshape(n, k, *a.shape[1:]), inputs)  # [n, k, ...]
+    rest = jax.tree.map(lambda a: a[n * k :], inputs)  # [r, ...]
+    carry = carry0
+    if reverse and r:  # the tail comes first when running backwards
+        carry, ys_rest = segment(carry, rest)
+    carry, ys = jax.lax.scan(segment, carry, main, reverse=reverse)  # ys leaves [n, k, ...]
+    ys = jax.tree.map(lambda a: a.reshape(n * k, *a.shape[2:]), ys)
+    if not reverse and r:
+        carry, ys_rest = segment(carry, rest)
+    if r:
+        ys = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=0), ys, ys_rest)
+    return carry, ys
+
+
 def rnn(
     cell: Cell,
     params: Any,
@@ -88,6 +135,7 @@ def rnn(
     reverse: bool = False,
     unroll: int | bool = 1,
     time_major: bool = False,
+    remat: int | str | None = None,
 ) -> tuple[Any, Any]:
     """Runs ``cell`` over the time axis of ``xs`` with ``jax.lax.scan``.
 
@@ -107,6 +155,10 @@ def rnn(
             sequence's own last step). Outputs come back in the original time order.
         unroll: passed to ``lax.scan``: steps per loop iteration (``True``: all).
         time_major: whether ``xs`` (and ``ys``) are ``[T, B, ...]``.
+        remat: rematerialise for memory: ``k`` checkpoints the carry every ``k`` steps
+            and recomputes each segment in the backward pass; ``"sqrt"`` uses
+            ``k = ceil(sqrt(T))``. Same values and gradients, BPTT memory
+            ``O(T / k + k)`` instead of ``O(T)``, about one more forward pass of compute.
 
     Returns:
         ``(final_carry, ys)``: the carry after the last processed step, and the cell's
@@ -137,6 +189,7 @@ def rnn(
         pass
     elif not isinstance(unroll, int) or unroll < 1:
         raise ValueError(f"rnn: unroll must be a positive int or a bool; got {unroll!r}")
+    remat_segment(remat, 1)  # validates the option
 
     batched = xs.ndim == 3
     if not batched:
@@ -188,7 +241,9 @@ def rnn(
         def step(carry, x):
             return cell(params, carry, x)
 
-        carry, ys = jax.lax.scan(step, carry0, xs_tm, reverse=reverse, unroll=unroll)
+        carry, ys = _scan(
+            step, carry0, xs_tm, reverse=reverse, unroll=unroll, k=remat_segment(remat, T)
+        )
     else:
         if reverse:
             xs_tm = reverse_padded(xs_tm, lengths)
@@ -201,7 +256,10 @@ def rnn(
             y = jax.tree.map(lambda a: jnp.where(_bcast(alive, a), a, jnp.zeros_like(a)), y)
             return carry, y
 
-        carry, ys = jax.lax.scan(step, carry0, (xs_tm, jnp.arange(T)), unroll=unroll)
+        carry, ys = _scan(
+            step, carry0, (xs_tm, jnp.arange(T)), reverse=False, unroll=unroll,
+            k=remat_segment(remat, T),
+        )  # fmt: skip
         if reverse:
             ys = jax.tree.map(lambda a: reverse_padded(a, lengths), ys)
 

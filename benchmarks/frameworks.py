@@ -1,0 +1,343 @@
+"""One builder per framework: the same model and the same step, ready to time.
+
+Every builder takes a workload ``spec`` and returns ``step()``: a function that
+runs ONE step (a training step: forward, BPTT and an Adam update; or an
+inference step: forward only) and returns only when the device has finished
+(``block_until_ready`` / ``cuda.synchronize``), so wall time measures the work.
+
+The model is the seed model of the issue for any cell::
+
+    tokens [B, T] int -> Embedding(V, E) -> RNN(H) (simple | lstm | gru) -> last h [B, H]
+                      -> Dense(1) -> logit [B];   loss = mean BCE(sigmoid(logit), label)
+
+``spec`` keys: ``mode`` ("train" | "infer"), ``cell``, ``B``, ``T``, ``H``, ``V``, ``E``.
+Data are random token ids and labels drawn once (seed 0); every framework sees
+the same arrays. Nothing here is a test: no timing is asserted anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+LR = 1e-3  # Adam learning rate, the same everywhere
+
+
+def make_data(spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids ``[B, T]`` int32 in ``[1, V)`` and labels ``[B]`` float32 in {0, 1}."""
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(1, spec["V"], size=(spec["B"], spec["T"]), dtype=np.int32)
+    labels = rng.integers(0, 2, size=(spec["B"],)).astype(np.float32)
+    return tokens, labels
+
+
+# --------------------------------------------------------------------------- JAX family
+
+
+def _jax_device(device: str):
+    import jax
+
+    if device == "auto":
+        return jax.devices()[0]
+    if device == "cpu":
+        return jax.devices("cpu")[0]
+    return jax.devices(device)[0]  # "gpu" / "cuda"
+
+
+def _jax_train_step(loss_fn: Callable, params: Any, tokens, labels, device) -> Callable[[], None]:
+    """Jitted ``value_and_grad`` + ``optax.adam`` step with donated params and state."""
+    import jax
+    import optax
+
+    opt = optax.adam(LR)
+    params = jax.device_put(params, device)
+    opt_state = opt.init(params)
+    tokens, labels = jax.device_put((tokens, labels), device)
+
+    @jax.jit
+    def step(params, opt_state, tokens, labels):
+        loss, grads = jax.value_and_grad(loss_fn)(params, tokens, labels)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    step = jax.jit(step.__wrapped__, donate_argnums=(0, 1))
+    state = [params, opt_state]
+
+    def run() -> None:
+        p, s, loss = step(state[0], state[1], tokens, labels)
+        loss.block_until_ready()
+        state[0], state[1] = p, s
+
+    return run
+
+
+def _jax_infer_step(logits_fn: Callable, params: Any, tokens, device) -> Callable[[], None]:
+    import jax
+
+    params, tokens = jax.device_put((params, tokens), device)
+    f = jax.jit(logits_fn)
+
+    def run() -> None:
+        f(params, tokens).block_until_ready()
+
+    return run
+
+
+def build_jaxrnn(spec: dict[str, Any], device: str, variant: str = "plain") -> Callable[[], None]:
+    """jaxrnn's seed model: ``variant="plain"`` is ``models.classifier_loss`` (``rnn``,
+    ``lax.scan`` with autodiff); ``"fast"`` is :mod:`jaxrnn.fast`."""
+    import jax
+
+    from jaxrnn import models
+
+    dev = _jax_device(device)
+    cfg = models.ClassifierConfig(
+        vocab_size=spec["V"], embed_dim=spec["E"], hidden_size=spec["H"], cell=spec["cell"]
+    )
+    params = models.init_classifier(jax.random.key(0), cfg)
+    tokens, labels = make_data(spec)
+    if variant == "plain":
+        loss_fn = lambda p, x, y: models.classifier_loss(cfg, p, x, y)  # noqa: E731
+        logits_fn = lambda p, x: models.classifier_logits(cfg, p, x)  # noqa: E731
+    elif variant == "fast":
+        from jaxrnn import fast
+
+        loss_fn = lambda p, x, y: fast.classifier_loss(cfg, p, x, y)  # noqa: E731
+        logits_fn = lambda p, x: fast.classifier_logits(cfg, p, x)  # noqa: E731
+    else:
+        raise ValueError(f"unknown jaxrnn variant {variant!r}")
+    if spec["mode"] == "train":
+        return _jax_train_step(loss_fn, params, tokens, labels, dev)
+    return _jax_infer_step(logits_fn, params, tokens, dev)
+
+
+def build_flax(spec: dict[str, Any], device: str) -> Callable[[], None]:
+    """Flax linen: ``nn.Embed -> nn.RNN(nn.SimpleCell | nn.OptimizedLSTMCell | nn.GRUCell) -> nn.Dense``."""
+    import flax.linen as nn
+    import jax
+    import optax
+
+    H = spec["H"]
+    cell_cls = {"simple": nn.SimpleCell, "lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell}[
+        spec["cell"]
+    ]
+
+    class Model(nn.Module):
+        @nn.compact
+        def __call__(self, tokens):
+            x = nn.Embed(spec["V"], spec["E"])(tokens)  # [B, T, E]
+            ys = nn.RNN(cell_cls(H))(x)  # [B, T, H]
+            return nn.Dense(1)(ys[:, -1])[:, 0]  # [B]
+
+    model = Model()
+    tokens, labels = make_data(spec)
+    params = model.init(jax.random.key(0), tokens[:1])
+    dev = _jax_device(device)
+
+    def loss_fn(p, x, y):
+        return optax.sigmoid_binary_cross_entropy(model.apply(p, x), y).mean()
+
+    if spec["mode"] == "train":
+        return _jax_train_step(loss_fn, params, tokens, labels, dev)
+    return _jax_infer_step(model.apply, params, tokens, dev)
+
+
+def build_keras(spec: dict[str, Any], device: str, variant: str = "jit") -> Callable[[], None]:
+    """Keras 3 on JAX: ``Embedding -> SimpleRNN | LSTM | GRU -> Dense(1)``.
+
+    ``variant="jit"``: a jitted stateless step (``model.stateless_call`` +
+    ``optimizer.stateless_apply``, Keras's recipe for custom JAX loops);
+    ``"fit"``: ``model.train_on_batch`` / ``model.predict_on_batch`` after
+    ``compile(jit_compile=True)`` (includes Keras's per-call Python overhead).
+    """
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    import jax
+    import keras
+
+    assert keras.backend.backend() == "jax", keras.backend.backend()
+    layer = {"simple": keras.layers.SimpleRNN, "lstm": keras.layers.LSTM, "gru": keras.layers.GRU}
+    keras.utils.set_random_seed(0)
+    dev = _jax_device(device)
+    with jax.default_device(dev):
+        model = keras.Sequential(
+            [
+                keras.Input((spec["T"],), dtype="int32"),
+                keras.layers.Embedding(spec["V"], spec["E"]),
+                layer[spec["cell"]](spec["H"]),
+                keras.layers.Dense(1),
+            ]
+        )
+        loss_obj = keras.losses.BinaryCrossentropy(from_logits=True)
+        optimizer = keras.optimizers.Adam(LR)
+    tokens, labels = make_data(spec)
+    x, y = jax.device_put((tokens, labels), dev)
+
+    if variant == "fit":
+        model.compile(optimizer=optimizer, loss=loss_obj, jit_compile=True)
+        if spec["mode"] == "train":
+            return lambda: model.train_on_batch(x, y)  # returns a Python float: synchronous
+        return lambda: model.predict_on_batch(x)
+
+    tv = [v.value for v in model.trainable_variables]
+    ntv = [v.value for v in model.non_trainable_variables]
+    if spec["mode"] == "infer":
+
+        @jax.jit
+        def predict(tv, ntv, x):
+            return model.stateless_call(tv, ntv, x, training=False)[0]
+
+        return lambda: predict(tv, ntv, x).block_until_ready()
+
+    optimizer.build(model.trainable_variables)
+    ov = [v.value for v in optimizer.variables]
+
+    def compute_loss(tv, ntv, x, y):
+        logits, ntv = model.stateless_call(tv, ntv, x, training=True)
+        return loss_obj(y[:, None], logits), ntv
+
+    grad_fn = jax.value_and_grad(compute_loss, has_aux=True)
+
+    def train_step(state, x, y):
+        tv, ntv, ov = state
+        (loss, ntv), grads = grad_fn(tv, ntv, x, y)
+        tv, ov = optimizer.stateless_apply(ov, grads, tv)
+        return (tv, ntv, ov), loss
+
+    train_step = jax.jit(train_step, donate_argnums=(0,))
+    state = [(tv, ntv, ov)]
+
+    def run() -> None:
+        state[0], loss = train_step(state[0], x, y)
+        loss.block_until_ready()
+
+    return run
+
+
+def build_torch(
+    spec: dict[str, Any], device: str, threads: int | None = None
+) -> Callable[[], None]:
+    """PyTorch: ``nn.Embedding -> nn.RNN | nn.LSTM | nn.GRU (batch_first) -> nn.Linear``
+    (cuDNN on a GPU), ``BCEWithLogitsLoss``, ``torch.optim.Adam``. ``threads``: CPU
+    intra-op threads (default: PyTorch's choice, one per core)."""
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+    dev = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    )
+    if dev.type == "gpu":
+        dev = torch.device("cuda")
+    torch.manual_seed(0)
+    rnn_cls = {"simple": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[spec["cell"]]
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(spec["V"], spec["E"])
+            self.rnn = rnn_cls(spec["E"], spec["H"], batch_first=True)
+            self.out = torch.nn.Linear(spec["H"], 1)
+
+        def forward(self, tokens):
+            ys, _ = self.rnn(self.emb(tokens))  # [B, T, H]
+            return self.out(ys[:, -1])[:, 0]  # [B]
+
+    model = Model().to(dev)
+    tokens, labels = make_data(spec)
+    x = torch.as_tensor(tokens, dtype=torch.long, device=dev)
+    y = torch.as_tensor(labels, device=dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+    if spec["mode"] == "infer":
+        model.eval()
+
+        def infer() -> None:
+            with torch.inference_mode():
+                model(x)
+            sync()
+
+        return infer
+
+    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+
+    def train() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        sync()
+
+    return train
+
+
+def build_numpy(spec: dict[str, Any], device: str) -> Callable[[], None]:
+    """The from-scratch NumPy reference (:mod:`jaxrnn.reference`, float64, simple cell
+    only): ``seed_forward`` + hand-derived ``seed_backward`` + Adam written in NumPy."""
+    import jax
+
+    from jaxrnn import models, reference
+
+    if spec["cell"] != "simple":
+        raise NotImplementedError("the NumPy reference has the simple cell only")
+    cfg = models.ClassifierConfig(vocab_size=spec["V"], embed_dim=spec["E"], hidden_size=spec["H"])
+    p = models.init_classifier(jax.random.key(0), cfg)
+    params = {
+        "embedding": np.asarray(p["embedding"], np.float64),
+        "rnn": {k: np.asarray(getattr(p["rnn"], k), np.float64) for k in ("W_x", "W_h", "b")},
+        "W_o": np.asarray(p["W_o"], np.float64),
+        "b_o": np.asarray(p["b_o"], np.float64),
+    }
+    tokens, labels = make_data(spec)
+    if spec["mode"] == "infer":
+        return lambda: reference.seed_forward(params, tokens, labels)
+
+    flat = lambda t: [t["embedding"], *t["rnn"].values(), t["W_o"], t["b_o"]]  # noqa: E731
+    m = [np.zeros_like(a) for a in flat(params)]
+    v = [np.zeros_like(a) for a in flat(params)]
+    count = [0]
+    b1, b2, eps = 0.9, 0.999, 1e-8
+
+    def train() -> None:
+        _, cache = reference.seed_forward(params, tokens, labels)
+        grads = reference.seed_backward(params, cache)
+        count[0] += 1
+        c1, c2 = 1 - b1 ** count[0], 1 - b2 ** count[0]
+        for w, g, mi, vi in zip(flat(params), flat(grads), m, v, strict=True):
+            mi *= b1
+            mi += (1 - b1) * g
+            vi *= b2
+            vi += (1 - b2) * g * g
+            w -= LR * (mi / c1) / (np.sqrt(vi / c2) + eps)
+
+    return train
+
+
+def build_matmul(spec: dict[str, Any], device: str) -> Callable[[], None]:
+    """The machine's matmul throughput: one jitted ``[N, N] @ [N, N]`` float32 (``2 N^3`` FLOP)."""
+    import jax
+    import jax.numpy as jnp
+
+    dev = _jax_device(device)
+    n = spec["N"]
+    a = jax.device_put(jax.random.normal(jax.random.key(0), (n, n), jnp.float32), dev)
+    b = jax.device_put(jax.random.normal(jax.random.key(1), (n, n), jnp.float32), dev)
+    f = jax.jit(jnp.matmul)
+    return lambda: f(a, b).block_until_ready()
+
+
+FRAMEWORKS: dict[str, Callable[[dict[str, Any], str], Callable[[], None]]] = {
+    "jaxrnn-fast": lambda s, d: build_jaxrnn(s, d, "fast"),
+    "jaxrnn": lambda s, d: build_jaxrnn(s, d, "plain"),
+    "flax": build_flax,
+    "keras-jax": lambda s, d: build_keras(s, d, "jit"),
+    "keras-fit": lambda s, d: build_keras(s, d, "fit"),
+    "torch": build_torch,
+    "torch-1thread": lambda s, d: build_torch(s, d, threads=1),
+    "numpy": build_numpy,
+    "matmul": build_matmul,
+}

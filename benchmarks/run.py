@@ -1,0 +1,273 @@
+"""Runs the benchmark workloads on every framework in one go and saves the raw times.
+
+    PYTHONPATH=. python benchmarks/run.py --workload train --reps 10 --out benchmarks/results/train.json
+    PYTHONPATH=. python benchmarks/run.py --workload all --device auto      # unchanged on a GPU machine
+    PYTHONPATH=. python benchmarks/report.py                                # -> benchmarks/RESULTS.md
+
+How it measures (a benchmark, not a test: nothing asserts a time):
+
+* each framework runs in its own process (:mod:`benchmarks.worker`), so thread
+  pools do not fight; all the workers of one case are started and warmed up
+  first (compilation and the first ``--warmup`` steps are excluded), then the
+  runner goes round by round, asking each worker in turn for a few timed steps
+  while the others sleep. Slow phases of a shared machine then hit every
+  framework alike, and ratios are taken within the same run;
+* each step is timed alone (wall clock, after ``block_until_ready`` /
+  ``cuda.synchronize``); the table gives the median and the interquartile range;
+* ``--device auto`` uses the GPU when JAX/PyTorch see one (``cpu`` / ``gpu`` to force).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SEED = dict(V=5000, E=32, B=64, T=250, H=100, cell="simple")  # the seed model of the issue
+
+PEERS = [
+    "jaxrnn-fast",
+    "jaxrnn",
+    "keras-jax",
+    "keras-fit",
+    "flax",
+    "torch",
+    "torch-1thread",
+    "numpy",
+]
+GATED_PEERS = [
+    "jaxrnn-fast",
+    "jaxrnn",
+    "keras-jax",
+    "flax",
+    "torch",
+    "torch-1thread",
+]  # NumPy ref: simple cell only
+
+
+def case(mode: str = "train", **kw: Any) -> dict[str, Any]:
+    spec = dict(SEED, mode=mode)
+    spec.update(kw)
+    return spec
+
+
+def case_name(spec: dict[str, Any]) -> str:
+    if spec["mode"] == "matmul":
+        return f"matmul-N{spec['N']}"
+    return f"{spec['mode']}-{spec['cell']}-B{spec['B']}-T{spec['T']}-H{spec['H']}"
+
+
+def train_flop(spec: dict[str, Any]) -> float:
+    """FLOP of one training step of the plain formulation (matmuls only).
+
+    Forward ``x W_x`` and ``h W_h`` each step: ``2 B T (E + H) G H`` with ``G`` gate
+    blocks (1 / 4 / 3); the backward pass costs twice that (input and weight
+    gradients). The Dense head and Adam are negligible.
+    """
+    G = {"simple": 1, "lstm": 4, "gru": 3}[spec["cell"]]
+    fwd = 2 * spec["B"] * spec["T"] * (spec["E"] + spec["H"]) * G * spec["H"]
+    return 3 * fwd if spec["mode"] == "train" else fwd
+
+
+def workloads(name: str, device: str) -> list[tuple[dict[str, Any], list[str]]]:
+    """``[(spec, frameworks)]`` of a workload. The CPU grid is shrunk where a cell would take
+    minutes (noted in RESULTS.md); on a GPU the full grid runs."""
+    cpu = device == "cpu" or (device == "auto" and not _has_gpu())
+    if name == "matmul":
+        return [(dict(mode="matmul", N=n), ["matmul"]) for n in (1024, 2048)]
+    if name == "train":
+        return [(case("train"), PEERS)]
+    if name == "train-gated":
+        return [(case("train", cell=c), GATED_PEERS) for c in ("lstm", "gru")]
+    if name == "infer":
+        peers = [p for p in PEERS if p != "keras-fit"] + ["keras-fit"]
+        return [(case("infer", B=b), peers) for b in (64, 1)]
+    if name == "scaling":
+        out = []
+        # CPU: PyTorch with its default threads stalls on a shared machine (see RESULTS.md);
+        # the grid uses one intra-op thread there
+        quick = ["jaxrnn-fast", "jaxrnn", "keras-jax", "flax", "torch-1thread" if cpu else "torch"]
+        for T in (100, 1000, 10000):
+            out.append((case("train", T=T), quick + (["numpy"] if T <= 1000 else [])))
+        for H in (64, 256, 1024):
+            T = 100 if (cpu and H >= 1024) else 250  # CPU: H=1024 at T=100 (~55 GFLOP/step)
+            out.append((case("train", H=H, T=T), quick))
+        for B in (1, 16, 128, 512):
+            out.append((case("train", B=B), quick + (["numpy"] if B <= 16 else [])))
+        for c in ("lstm", "gru"):
+            out.append((case("train", cell=c, H=256), quick))
+        return out
+    raise ValueError(f"unknown workload {name!r}")
+
+
+def _has_gpu() -> bool:
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+        return out.returncode == 0 and "GPU" in out.stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+class Worker:
+    """A framework in its own process (see :mod:`benchmarks.worker`)."""
+
+    def __init__(self, fw: str, spec: dict[str, Any], device: str, warmup: int):
+        env = dict(os.environ, PYTHONPATH=str(ROOT), KERAS_BACKEND="jax")
+        self.fw = fw
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.worker", "--framework", fw, "--spec",
+             json.dumps(spec), "--device", device, "--warmup", str(warmup)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            text=True, cwd=ROOT, env=env,
+        )  # fmt: skip
+        self.info = self._read()
+
+    def _read(self) -> dict[str, Any]:
+        for line in self.proc.stdout:
+            if line.startswith("@@"):
+                return json.loads(line[2:])
+        return {"ready": False, "error": f"worker exited with {self.proc.wait()}"}
+
+    def run(self, n: int) -> dict[str, Any]:
+        self.proc.stdin.write(f"run {n}\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.close()
+        except (BrokenPipeError, ValueError):
+            pass
+        self.proc.wait(timeout=60)
+
+
+def run_case(
+    spec: dict[str, Any], fws: list[str], device: str, reps: int, budget_s: float, warmup: int
+) -> dict[str, Any]:
+    """Times ``fws`` on ``spec``: ``reps`` rounds, each framework once per round."""
+    print(f"== {case_name(spec)}", flush=True)
+    workers, results = [], {}
+    for fw in fws:  # one at a time: compilation is heavy too
+        w = Worker(fw, spec, device, warmup)
+        if not w.info.get("ready"):
+            print(f"   {fw:12s} skipped: {w.info.get('error')}", flush=True)
+            results[fw] = {"error": w.info.get("error")}
+            w.close()
+            continue
+        est = min(w.info["warmup_s"] or [w.info["first_s"]])
+        # steps per round so one framework spends about budget_s on the whole case
+        w.per_round = max(1, min(20, int(budget_s / max(est, 1e-6) / reps)))
+        w.rounds = reps if est * reps <= 4 * budget_s else max(1, int(4 * budget_s / est))
+        results[fw] = {"times": [], "first_s": w.info["first_s"], "rss_mb": w.info["rss_mb"]}
+        workers.append(w)
+    for r in range(reps):
+        order = workers[r % len(workers) :] + workers[: r % len(workers)] if workers else []
+        for w in order:
+            if r < w.rounds:
+                out = w.run(w.per_round)
+                results[w.fw]["times"] += out["times"]
+                results[w.fw]["rss_mb"] = out["rss_mb"]
+    for w in workers:
+        w.close()
+    for fw, res in results.items():
+        if res.get("times"):
+            t = sorted(res["times"])
+            res["median_s"] = (
+                t[len(t) // 2] if len(t) % 2 else 0.5 * (t[len(t) // 2 - 1] + t[len(t) // 2])
+            )
+            print(f"   {fw:12s} median {1e3 * res['median_s']:10.2f} ms  (n={len(t)})", flush=True)
+    return {
+        "spec": spec,
+        "name": case_name(spec),
+        "flop": (2 * spec["N"] ** 3 if spec["mode"] == "matmul" else train_flop(spec)),
+        "results": results,
+    }
+
+
+def machine_info() -> dict[str, Any]:
+    import importlib.metadata as md
+
+    cpu = platform.processor()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for pkg in ("jax", "jaxlib", "flax", "optax", "keras", "torch", "numpy"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    gpu = None
+    if _has_gpu():
+        gpu = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.strip()
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "python": platform.python_version(),
+        "platform": platform.platform(), "versions": versions,
+        "loadavg": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--workload",
+        default="train",
+        help="train | train-gated | infer | scaling | matmul | all (comma-separated ok)",
+    )
+    ap.add_argument("--reps", type=int, default=10, help="rounds (each framework once per round)")
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=3.0,
+        help="about this many timed seconds per framework per case",
+    )
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps after compilation")
+    ap.add_argument("--device", default="auto", help="auto | cpu | gpu")
+    ap.add_argument("--frameworks", default=None, help="comma-separated subset (default: all)")
+    ap.add_argument(
+        "--out", default=None, help="JSON file (default benchmarks/results/<workload>.json)"
+    )
+    args = ap.parse_args()  # fmt: skip
+
+    names = (
+        ["matmul", "train", "train-gated", "infer", "scaling"]
+        if args.workload == "all"
+        else args.workload.split(",")
+    )
+    only = set(args.frameworks.split(",")) if args.frameworks else None
+    out = (
+        Path(args.out)
+        if args.out
+        else ROOT / "benchmarks" / "results" / f"{args.workload.replace(',', '+')}.json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record = {"command": " ".join(["python"] + sys.argv), "machine": machine_info(), "device": args.device,
+              "reps": args.reps, "cases": []}  # fmt: skip
+    for name in names:
+        for spec, fws in workloads(name, args.device):
+            fws = [f for f in fws if only is None or f in only or f == "matmul"]
+            res = run_case(spec, fws, args.device, args.reps, args.budget, args.warmup)
+            res["workload"] = name
+            record["cases"].append(res)
+            out.write_text(json.dumps(record, indent=1))  # partial results survive an interrupt
+    record["machine"]["loadavg_end"] = os.getloadavg()
+    out.write_text(json.dumps(record, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

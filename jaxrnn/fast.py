@@ -1,0 +1,576 @@
+"""Fast recurrences: the same numbers as :func:`jaxrnn.rnn`, computed with fewer, bigger steps.
+
+:func:`jaxrnn.rnn` is the plain formulation: one ``lax.scan`` over ``cell(params, h, x_t)``
+and ``jax.grad`` through it. Here the same maths is rearranged so that every
+matrix product that does not sit on the sequential path is one large matmul
+outside the loop, and the loop body keeps only what must be sequential::
+
+    U  = x W_x + b                       # [T, B, G H]  one matmul before the scan (hoisted)
+    h_t = cell_update(U_t + h_{t-1} W_h)  # the scan: one small matmul per step
+    -- backward (custom VJP) --
+    dA_t, dh_{t-1} = cell_backward(dh_t, saved_t) ; dh_{t-1} += dA_t W_h^T    # the scan
+    dW_h = H_prev^T dA                   # ONE matmul [H, T B] @ [T B, G H] after the scan
+    dW_x = X^T dA,  dx = dA W_x^T,  db = sum dA   # by autodiff of the hoisted matmul
+
+Autodiff of the plain scan instead accumulates ``dW_h`` with a small
+``[H, B] @ [B, G H]`` product in every backward step, carries it through the
+loop and saves the per-step residuals it needs. For the seed model the input
+projection goes one step further: ``x_t W_x + b = (E W_x + b)[w_t]`` — project
+the ``[V, E]`` embedding table once (``V E G H`` instead of ``T B E G H``
+multiply-adds) and gather rows of the projected table.
+
+Everything here is checked against the plain path in float64 (outputs and
+gradients; ``tests/test_fast.py``). What is not covered falls back to
+:func:`jaxrnn.rnn`: ``lengths``, ``reverse``, cells other than simple / LSTM / GRU
+(reset_after), activations without an output-based derivative, dropout masks.
+
+Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxrnn import cells, fast, rnn
+    >>> p = cells.simple.init(jax.random.key(0), 8, 16)
+    >>> xs = jax.random.normal(jax.random.key(1), (4, 20, 8), jnp.float32)   # [B, T, D]
+    >>> h_T, ys = fast.rnn(cells.simple.cell, p, xs)
+    >>> ys.shape, bool(jnp.allclose(h_T, rnn(cells.simple.cell, p, xs)[0], atol=1e-5))
+    ((4, 20, 16), True)
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrnn import cells, models
+from jaxrnn.cells._common import Array
+from jaxrnn.layer import rnn as plain_rnn
+
+DEFAULT_UNROLL = 1  # steps per loop iteration; unrolling did not pay on XLA:CPU here (RESULTS.md)
+
+# Activations whose derivative is a function of the output h = f(a): f'(a) = d(h).
+_DERIV_FROM_OUTPUT: dict[str, Callable[[Array], Array]] = {
+    "tanh": lambda h: 1.0 - h * h,
+    "sigmoid": lambda h: h * (1.0 - h),
+    "relu": lambda h: (h > 0).astype(h.dtype),
+    "identity": lambda h: jnp.ones_like(h),
+    "linear": lambda h: jnp.ones_like(h),
+}
+_ACT = {
+    "tanh": jnp.tanh,
+    "sigmoid": jax.nn.sigmoid,
+    "relu": jax.nn.relu,
+    "identity": lambda a: a,
+    "linear": lambda a: a,
+}
+
+
+# ----------------------------------------------------------------------------- simple cell
+
+
+def divisor_unroll(T: int, unroll: int) -> int:
+    """The largest divisor of ``T`` not above ``unroll``.
+
+    A scan whose length is not a multiple of ``unroll`` gets a remainder loop, and on
+    XLA:CPU the reversed (backward) scan with a remainder ran 2-3x slower here
+    (benchmarks/RESULTS.md), so the fast path only unrolls by divisors of ``T``.
+
+    >>> divisor_unroll(250, 8), divisor_unroll(256, 8), divisor_unroll(97, 8)
+    (5, 8, 1)
+    """
+    return max(d for d in range(1, max(1, min(unroll, T)) + 1) if T % d == 0)
+
+
+def _inputs(U: Array, idx: Array | None) -> tuple[Array, Callable[[Array], Array]]:
+    """What the forward scan runs over, and how a step gets its ``u_t: [B, G H]``.
+
+    ``idx=None``: ``U: [T, B, G H]`` is sliced step by step. Otherwise ``U`` is a
+    projected embedding table ``[V, G H]`` and ``u_t = U[idx[t]]`` is gathered
+    inside the loop, so no ``[T, B, G H]`` tensor is ever built (on a CPU, filling
+    and paging such buffers cost more than the gathers; see RESULTS.md).
+    """
+    if idx is None:
+        return U, lambda u: u
+    return idx, lambda i: jnp.take(U, i, axis=0)
+
+
+def _input_cotangent(dZ: Array, U: Array, idx: Array | None) -> tuple[Array, Any]:
+    """Cotangents of ``(U, idx)`` from ``dZ = dL/du: [T, B, G H]``."""
+    if idx is None:
+        return dZ, None
+    dU = jnp.zeros_like(U).at[idx.reshape(-1)].add(dZ.reshape(-1, U.shape[-1]))  # [V, G H]
+    return dU, np.zeros(idx.shape, jax.dtypes.float0)
+
+
+def _simple_forward(U, idx, W_h, h0, activation, unroll) -> Array:
+    """``hs[t] = f(u_t + hs[t-1] @ W_h)`` -> ``hs: [T, B, H]``."""
+    f = _ACT[activation]
+    xs, get_u = _inputs(U, idx)
+
+    def step(h, x):
+        h = f(get_u(x) + h @ W_h)  # [B, H]
+        return h, h
+
+    _, hs = jax.lax.scan(step, h0, xs, unroll=divisor_unroll(xs.shape[0], unroll))
+    return hs
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def simple_scan(
+    U: Array,
+    W_h: Array,
+    h0: Array,
+    idx: Array | None = None,
+    activation: str = "tanh",
+    unroll: int = DEFAULT_UNROLL,
+    last_only: bool = False,
+) -> Array:
+    """The simple-cell recurrence on pre-projected inputs, with a hand-written BPTT.
+
+    .. math:: h_t = f(U_t + h_{t-1} W_h)
+
+    Backward: ``da_t = (g_t + dh_t) * f'(h_t)``, ``dh_{t-1} = da_t W_h^T`` in a reversed
+    scan, then ``dW_h = [h_0 .. h_{T-1}]^T dA`` as one ``[H, T B] @ [T B, H]`` matmul.
+
+    Args:
+        U: ``[T, B, H]`` input projections ``x_t W_x + b`` (time-major); or, with
+            ``idx``, a projected table ``[V, H]`` with ``u_t = U[idx[t]]``.
+        W_h: ``[H, H]`` recurrent kernel.
+        h0: ``[B, H]`` initial state.
+        idx: ``None`` or ``[T, B]`` int rows of ``U``.
+        activation: one of ``tanh``, ``sigmoid``, ``relu``, ``identity``/``linear``.
+        unroll: steps per loop iteration (rounded down to a divisor of ``T``).
+        last_only: return only ``h_T`` (then the backward pass reads no ``[T, B, H]``
+            cotangent).
+
+    Returns:
+        ``hs: [T, B, H]``, every state; or ``h_T: [B, H]`` with ``last_only``.
+    """
+    hs = _simple_forward(U, idx, W_h, h0, activation, unroll)
+    return hs[-1] if last_only else hs
+
+
+def _simple_scan_fwd(U, W_h, h0, idx, activation, unroll, last_only):
+    hs = _simple_forward(U, idx, W_h, h0, activation, unroll)
+    return (hs[-1] if last_only else hs), (hs, W_h, h0, U, idx)
+
+
+def _simple_scan_bwd(activation, unroll, last_only, res, g):
+    hs, W_h, h0, U, idx = res
+    d = _DERIV_FROM_OUTPUT[activation]
+    W_hT = W_h.T  # [H, H]
+    u = divisor_unroll(hs.shape[0], unroll)
+    if last_only:  # g = dL/dh_T: [B, H]
+
+        def step(dh, h):
+            da = dh * d(h)  # [B, H]  dL/da_t
+            return da @ W_hT, da  # dh_{t-1} = da_t W_h^T
+
+        dh0, dA = jax.lax.scan(step, g, hs, reverse=True, unroll=u)
+    else:  # g = dL/dhs: [T, B, H]
+
+        def step(dh, inp):
+            g_t, h = inp
+            da = (g_t + dh) * d(h)  # [B, H]
+            return da @ W_hT, da
+
+        dh0, dA = jax.lax.scan(step, jnp.zeros_like(h0), (g, hs), reverse=True, unroll=u)
+    H = W_h.shape[0]
+    h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # [T, B, H]  h_{t-1}
+    dW_h = h_prev.reshape(-1, H).T @ dA.reshape(-1, H)  # [H, T B] @ [T B, H]: one matmul
+    dU, didx = _input_cotangent(dA, U, idx)
+    return dU, dW_h, dh0, didx
+
+
+simple_scan.defvjp(_simple_scan_fwd, _simple_scan_bwd)
+
+
+# ------------------------------------------------------------------------------ LSTM cell
+
+
+def _sigmoid(a: Array) -> Array:
+    return jax.nn.sigmoid(a)
+
+
+def _lstm_forward(U, idx, W_h, h0, c0, unroll):
+    """LSTM recurrence on ``u_t = x_t W_x + b``; returns ``hs, cs, gates [T, B, 4H]``."""
+    H = W_h.shape[0]
+    xs, get_u = _inputs(U, idx)
+
+    def step(carry, x):
+        h, c = carry
+        z = get_u(x) + h @ W_h  # [B, 4H]
+        i = _sigmoid(z[:, :H])
+        f = _sigmoid(z[:, H : 2 * H])
+        g = jnp.tanh(z[:, 2 * H : 3 * H])
+        o = _sigmoid(z[:, 3 * H :])
+        c = f * c + i * g  # [B, H]
+        h = o * jnp.tanh(c)
+        return (h, c), (h, c, jnp.concatenate([i, f, g, o], axis=-1))
+
+    _, (hs, cs, gates) = jax.lax.scan(
+        step, (h0, c0), xs, unroll=divisor_unroll(xs.shape[0], unroll)
+    )
+    return hs, cs, gates
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def lstm_scan(U, W_h, h0, c0, idx=None, unroll=DEFAULT_UNROLL, last_only=False):
+    """The LSTM recurrence (Keras gate order ``i, f, g, o``) with a hand-written BPTT.
+
+    .. math::
+        [z_i, z_f, z_g, z_o] = U_t + h_{t-1} W_h, \\quad
+        c_t = \\sigma(z_f) c_{t-1} + \\sigma(z_i) \\tanh(z_g), \\quad
+        h_t = \\sigma(z_o) \\tanh(c_t)
+
+    Args:
+        U: ``[T, B, 4H]`` input projections ``x_t W_x + b``, or a table ``[V, 4H]`` with ``idx``.
+        W_h: ``[H, 4H]``.
+        h0, c0: ``[B, H]``.
+        idx: ``None`` or ``[T, B]`` int rows of ``U``.
+        unroll: steps per loop iteration (a divisor of ``T``).
+        last_only: return only ``(h_T, c_T)``.
+
+    Returns:
+        ``(hs [T, B, H], (h_T, c_T))``, or ``(h_T, c_T)`` with ``last_only``.
+    """
+    hs, cs, _ = _lstm_forward(U, idx, W_h, h0, c0, unroll)
+    return (hs[-1], cs[-1]) if last_only else (hs, (hs[-1], cs[-1]))
+
+
+def _lstm_scan_fwd(U, W_h, h0, c0, idx, unroll, last_only):
+    hs, cs, gates = _lstm_forward(U, idx, W_h, h0, c0, unroll)
+    out = (hs[-1], cs[-1]) if last_only else (hs, (hs[-1], cs[-1]))
+    return out, (hs, cs, gates, W_h, h0, c0, U, idx)
+
+
+def _lstm_scan_bwd(unroll, last_only, res, g):
+    hs, cs, gates, W_h, h0, c0, U, idx = res
+    H = W_h.shape[0]
+    if last_only:
+        g_hs, (g_hT, g_cT) = None, g
+    else:
+        g_hs, (g_hT, g_cT) = g
+    W_hT = W_h.T  # [4H, H]
+    cs_prev = jnp.concatenate([c0[None], cs[:-1]], axis=0)  # [T, B, H]  c_{t-1}
+
+    def step(carry, inp):
+        dh, dc = carry
+        gt, c, c_prev = inp[:3]
+        if g_hs is not None:
+            dh = dh + inp[3]
+        i, f, gg, o = gt[:, :H], gt[:, H : 2 * H], gt[:, 2 * H : 3 * H], gt[:, 3 * H :]
+        tc = jnp.tanh(c)
+        dc = dc + dh * o * (1.0 - tc * tc)
+        dz = jnp.concatenate(
+            [
+                dc * gg * i * (1.0 - i),  # dz_i
+                dc * c_prev * f * (1.0 - f),  # dz_f
+                dc * i * (1.0 - gg * gg),  # dz_g
+                dh * tc * o * (1.0 - o),  # dz_o
+            ],
+            axis=-1,
+        )  # [B, 4H]
+        return (dz @ W_hT, dc * f), dz
+
+    xs = (gates, cs, cs_prev) if g_hs is None else (gates, cs, cs_prev, g_hs)
+    u = divisor_unroll(hs.shape[0], unroll)
+    (dh0, dc0), dZ = jax.lax.scan(step, (g_hT, g_cT), xs, reverse=True, unroll=u)
+    h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # [T, B, H]
+    dW_h = h_prev.reshape(-1, H).T @ dZ.reshape(-1, 4 * H)  # [H, T B] @ [T B, 4H]: one matmul
+    dU, didx = _input_cotangent(dZ, U, idx)
+    return dU, dW_h, dh0, dc0, didx
+
+
+lstm_scan.defvjp(_lstm_scan_fwd, _lstm_scan_bwd)
+
+
+# ------------------------------------------------------------------------------- GRU cell
+
+
+def _gru_forward(U, idx, W_h, b_h, h0, unroll):
+    """GRU (reset_after) on ``a_t = x_t W_x + b_x``; returns ``hs, saved [T, B, 4H]``."""
+    H = W_h.shape[0]
+    xs, get_u = _inputs(U, idx)
+
+    def step(h, x):
+        a = get_u(x)  # [B, 3H]
+        u = h @ W_h + b_h  # [B, 3H]
+        z = _sigmoid(a[:, :H] + u[:, :H])
+        r = _sigmoid(a[:, H : 2 * H] + u[:, H : 2 * H])
+        n = jnp.tanh(a[:, 2 * H :] + r * u[:, 2 * H :])
+        h = z * h + (1.0 - z) * n  # [B, H]
+        return h, (h, jnp.concatenate([z, r, n, u[:, 2 * H :]], axis=-1))
+
+    _, (hs, saved) = jax.lax.scan(step, h0, xs, unroll=divisor_unroll(xs.shape[0], unroll))
+    return hs, saved
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def gru_scan(U, W_h, b_h, h0, idx=None, unroll=DEFAULT_UNROLL, last_only=False):
+    """The GRU recurrence (``reset_after=True``, Keras gate order ``z, r, h``) with a
+    hand-written BPTT.
+
+    .. math::
+        [u_z, u_r, u_h] = h_{t-1} W_h + b_h, \\quad z = \\sigma(U^z_t + u_z), \\quad
+        r = \\sigma(U^r_t + u_r), \\quad n = \\tanh(U^h_t + r u_h), \\quad
+        h_t = z h_{t-1} + (1 - z) n
+
+    Args:
+        U: ``[T, B, 3H]`` input projections ``x_t W_x + b_x``, or a table ``[V, 3H]`` with ``idx``.
+        W_h: ``[H, 3H]``.
+        b_h: ``[3H]`` recurrent bias.
+        h0: ``[B, H]``.
+        idx: ``None`` or ``[T, B]`` int rows of ``U``.
+        unroll: steps per loop iteration (a divisor of ``T``).
+        last_only: return only ``h_T``.
+
+    Returns:
+        ``hs: [T, B, H]``, or ``h_T: [B, H]`` with ``last_only``.
+    """
+    hs, _ = _gru_forward(U, idx, W_h, b_h, h0, unroll)
+    return hs[-1] if last_only else hs
+
+
+def _gru_scan_fwd(U, W_h, b_h, h0, idx, unroll, last_only):
+    hs, saved = _gru_forward(U, idx, W_h, b_h, h0, unroll)
+    return (hs[-1] if last_only else hs), (hs, saved, W_h, h0, U, idx)
+
+
+def _gru_scan_bwd(unroll, last_only, res, g):
+    hs, saved, W_h, h0, U, idx = res
+    H = W_h.shape[0]
+    W_hT = W_h.T  # [3H, H]
+    h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # [T, B, H]  h_{t-1}
+
+    def step(dh, inp):
+        sv, hp = inp[:2]
+        if not last_only:
+            dh = dh + inp[2]
+        z, r, n, u_h = sv[:, :H], sv[:, H : 2 * H], sv[:, 2 * H : 3 * H], sv[:, 3 * H :]
+        dn = dh * (1.0 - z) * (1.0 - n * n)  # dL/d(pre-tanh)
+        dz = dh * (hp - n) * z * (1.0 - z)  # dL/d(pre-sigmoid z)
+        dr = dn * u_h * r * (1.0 - r)  # dL/d(pre-sigmoid r)
+        du = jnp.concatenate([dz, dr, dn * r], axis=-1)  # [B, 3H]  dL/du
+        return dh * z + du @ W_hT, (du, dn)
+
+    xs = (saved, h_prev) if last_only else (saved, h_prev, g)
+    init = g if last_only else jnp.zeros_like(h0)
+    u = divisor_unroll(hs.shape[0], unroll)
+    dh0, (dU_h, dN) = jax.lax.scan(step, init, xs, reverse=True, unroll=u)
+    dA = jnp.concatenate([dU_h[..., : 2 * H], dN], axis=-1)  # [T, B, 3H]  dL/dU
+    dW_h = h_prev.reshape(-1, H).T @ dU_h.reshape(-1, 3 * H)  # one matmul
+    db_h = dU_h.sum(axis=(0, 1))  # [3H]
+    dU, didx = _input_cotangent(dA, U, idx)
+    return dU, dW_h, db_h, dh0, didx
+
+
+gru_scan.defvjp(_gru_scan_fwd, _gru_scan_bwd)
+
+
+# ------------------------------------------------------------------------------- dispatch
+
+
+ALL_KERNELS = frozenset({"simple", "lstm", "gru"})
+# Used by default: the GRU kernel measured no faster than the plain path (0.89x-1.01x,
+# benchmarks/RESULTS.md), so by default GRUs take the plain path; pass kernels=ALL_KERNELS to use it.
+KERNELS = frozenset({"simple", "lstm"})
+
+
+def _supported(cell: Callable, params: Any, kernels: Any = ALL_KERNELS) -> str | None:
+    """The fast kernel for ``cell``/``params`` among ``kernels``, or ``None`` (plain path)."""
+    kind = _kernel_for(cell, params)
+    return kind if kind in kernels else None
+
+
+def _kernel_for(cell: Callable, params: Any) -> str | None:
+    name = getattr(getattr(cell, "func", cell), "cell_name", None)
+    if isinstance(cell, functools.partial):  # dropout masks or other options bound
+        return None
+    if name == "simple" and params.activation in _DERIV_FROM_OUTPUT:
+        return "simple"
+    default_acts = (
+        getattr(params, "activation", None) == "tanh"
+        and getattr(params, "recurrent_activation", None) == "sigmoid"
+    )
+    if name == "lstm" and default_acts:
+        return "lstm"
+    if name == "gru" and default_acts and params.reset_after:
+        return "gru"
+    return None
+
+
+def scan_projected(
+    cell: Callable,
+    params: Any,
+    U: Array,
+    h0: Any,
+    *,
+    unroll: int = DEFAULT_UNROLL,
+    last_only: bool = False,
+    idx: Array | None = None,
+) -> tuple[Any, Array | None]:
+    """Runs a supported cell on input projections ``U = xs @ W_x (+ b): [T, B, G H]``
+    (or, with ``idx [T, B]``, on rows ``U[idx[t]]`` of a projected table ``U: [V, G H]``).
+
+    Returns ``(final_carry, ys [T, B, H])`` (time-major); ``ys`` is ``None`` with
+    ``last_only`` (only the final carry is computed for differentiation).
+    """
+    kind = _supported(cell, params)
+    if kind == "simple":
+        out = simple_scan(U, params.W_h, h0, idx, params.activation, unroll, last_only)
+        return (out, None) if last_only else (out[-1], out)
+    if kind == "lstm":
+        from jaxrnn.cells.lstm import LSTMCarry
+
+        h0_, c0_ = h0
+        out = lstm_scan(U, params.W_h, h0_, c0_, idx, unroll, last_only)
+        if last_only:
+            return LSTMCarry(*out), None
+        hs, (h_T, c_T) = out
+        return LSTMCarry(h_T, c_T), hs
+    if kind == "gru":
+        b_h = jnp.zeros(U.shape[-1], U.dtype) if params.b is None else params.b[1]
+        out = gru_scan(U, params.W_h, b_h, h0, idx, unroll, last_only)
+        return (out, None) if last_only else (out[-1], out)
+    raise ValueError(f"fast.scan_projected: no fast kernel for {cell!r}")
+
+
+def input_bias(params: Any) -> Array | None:
+    """The bias that goes into the hoisted input projection (``None`` when the cell has none).
+
+    The GRU with ``reset_after`` has two biases ``b: [2, 3H]``; only ``b[0]`` goes in.
+    """
+    if params.b is not None and params.b.ndim == 2:
+        return params.b[0]
+    return params.b
+
+
+def rnn(
+    cell: Callable,
+    params: Any,
+    xs: Array,
+    h0: Any = None,
+    *,
+    lengths: Array | None = None,
+    reverse: bool = False,
+    unroll: int = DEFAULT_UNROLL,
+    time_major: bool = False,
+    kernels: Any = KERNELS,
+) -> tuple[Any, Any]:
+    """:func:`jaxrnn.rnn` with the input projection hoisted and a hand-written BPTT.
+
+    Same arguments, same results (up to floating-point rounding). Falls back to
+    :func:`jaxrnn.rnn` where no fast kernel applies (``lengths``, ``reverse``,
+    unsupported cells or activations, bound dropout masks).
+
+    Args:
+        cell, params, xs, h0, lengths, reverse, time_major: as in :func:`jaxrnn.rnn`
+            (``xs: [B, T, D]``, ``[T, B, D]`` with ``time_major``, or ``[T, D]``).
+        unroll: steps per loop iteration of the sequential scans.
+        kernels: which fast kernels may be used (default :data:`KERNELS`: simple and LSTM;
+            :data:`ALL_KERNELS` adds the GRU's).
+
+    Returns:
+        ``(final_carry, ys)`` as :func:`jaxrnn.rnn`.
+    """
+    xs_arr = jnp.asarray(xs)
+    if (
+        lengths is not None
+        or reverse
+        or _supported(cell, params, kernels) is None
+        or xs_arr.ndim != 3
+    ):
+        return plain_rnn(
+            cell, params, xs, h0, lengths=lengths, reverse=reverse, unroll=unroll,
+            time_major=time_major,
+        )  # fmt: skip
+    # Let the plain path validate shapes/dtypes (it traces one step only, no scan).
+    jax.eval_shape(
+        lambda p, x, h: plain_rnn(cell, p, x[:1] if time_major else x[:, :1], h, time_major=time_major),
+        params, xs_arr, h0,
+    )  # fmt: skip
+    xs_tm = xs_arr if time_major else jnp.swapaxes(xs_arr, 0, 1)  # [T, B, D]
+    B = xs_tm.shape[1]
+    if h0 is None:
+        h0 = cell.initial_carry(params, (B,))
+    U = xs_tm @ params.W_x  # [T, B, D] @ [D, G H]: one matmul
+    b = input_bias(params)
+    if b is not None:
+        U = U + b
+    carry, ys = scan_projected(cell, params, U, h0, unroll=unroll)
+    if not time_major:
+        ys = jnp.swapaxes(ys, 0, 1)  # [T, B, H] -> [B, T, H]
+    return carry, ys
+
+
+# ---------------------------------------------------------------------------- seed model
+
+
+def classifier_logits(
+    cfg: models.ClassifierConfig,
+    params: dict[str, Any],
+    tokens: Array,
+    lengths: Array | None = None,
+    *,
+    unroll: int = DEFAULT_UNROLL,
+    kernels: Any = KERNELS,
+) -> Array:
+    """:func:`jaxrnn.models.classifier_logits` on the fast path.
+
+    The input projection is folded into the embedding: ``u_t = (E W_x + b)[tokens[:, t]]``
+    (``[V, G H]`` table; rows gathered inside the scan), so no ``[B, T, E]`` or
+    ``[T, B, G H]`` tensor is built and nothing is transposed. When the batch has fewer
+    tokens than the vocabulary (``B T < V``, e.g. one review) the rows used are
+    projected instead (``[T, B, E] @ [E, G H]``, one matmul). Falls back to the plain model where no fast kernel applies.
+
+    Args:
+        cfg: model settings.
+        params: from :func:`jaxrnn.models.init_classifier`.
+        tokens: ``[B, T]`` int word ids.
+        lengths: optional ``[B]`` (plain path).
+        unroll: steps per loop iteration.
+        kernels: which fast kernels may be used (see :func:`rnn`).
+
+    Returns:
+        ``[B]`` logits.
+    """
+    cell = cells.get(cfg.cell).cell
+    p = params["rnn"]
+    if lengths is not None or _supported(cell, p, kernels) is None:
+        return models.classifier_logits(cfg, params, tokens, lengths)
+    models.check_tokens(tokens, cfg.vocab_size)
+    B, T = tokens.shape
+    h0 = cell.initial_carry(p, (B,))
+    b = input_bias(p)
+    if B * T >= cfg.vocab_size:
+        # project the table once (V E GH multiply-adds instead of T B E GH); its rows
+        # table[tokens[:, t]] are gathered inside the scan: no [T, B, G H] tensor
+        table = params["embedding"] @ p.W_x  # [V, E] @ [E, G H] -> [V, G H]
+        if b is not None:
+            table = table + b
+        h_T, _ = scan_projected(cell, p, table, h0, unroll=unroll, last_only=True, idx=tokens.T)
+    else:  # few tokens (e.g. B = 1): project just the rows used
+        U = jnp.take(params["embedding"], tokens.T, axis=0) @ p.W_x  # [T, B, E] @ [E, G H]
+        if b is not None:
+            U = U + b
+        h_T, _ = scan_projected(cell, p, U, h0, unroll=unroll, last_only=True)
+    h_T = h_T[0] if isinstance(h_T, tuple) else h_T  # LSTM carry (h, c): keep h
+    return (h_T @ params["W_o"] + params["b_o"])[:, 0]  # [B]
+
+
+def classifier_loss(
+    cfg: models.ClassifierConfig,
+    params: dict[str, Any],
+    tokens: Array,
+    labels: Array,
+    lengths: Array | None = None,
+    *,
+    unroll: int = DEFAULT_UNROLL,
+    kernels: Any = KERNELS,
+) -> Array:
+    """:func:`jaxrnn.models.classifier_loss` on the fast path (mean BCE)."""
+    logits = classifier_logits(cfg, params, tokens, lengths, unroll=unroll, kernels=kernels)
+    return models.binary_cross_entropy(logits, labels)

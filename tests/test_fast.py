@@ -1,0 +1,174 @@
+"""The fast path (jaxrnn.fast) against the plain path (jaxrnn.rnn / jaxrnn.models), float64.
+
+Outputs and gradients of every fast kernel must equal those of the plain
+``lax.scan`` + autodiff formulation to rounding (1e-12), and both agree with the
+NumPy reference for the seed model.
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrnn import cells, fast, models, reference, rnn
+
+TOL = dict(rtol=1e-10, atol=1e-12)
+
+
+def _close(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), **TOL)
+
+
+def _init(name, key, D, H, **kw):
+    mod = cells.get(name)
+    p = mod.init(key, D, H, dtype=jnp.float64, **kw)
+    if p.b is not None:  # non-zero biases so that their gradients are exercised
+        p = dataclasses.replace(p, b=jax.random.normal(jax.random.key(7), p.b.shape, jnp.float64))
+    return mod, p
+
+
+CASES = [
+    ("simple", {}),
+    ("simple", {"activation": "relu"}),
+    ("simple", {"activation": "sigmoid"}),
+    ("simple", {"activation": "identity", "use_bias": False}),
+    ("lstm", {}),
+    ("gru", {}),
+    ("gru", {"use_bias": False}),
+]
+
+
+@pytest.mark.parametrize(
+    "name,kw,T,unroll,time_major",
+    [
+        (*CASES[0], 12, 4, False),
+        (*CASES[0], 7, 8, True),  # unroll not a divisor of T
+        (*CASES[1], 6, 1, True),
+        (*CASES[2], 12, 3, False),
+        (*CASES[3], 5, 5, False),
+        (*CASES[4], 7, 8, True),
+        (*CASES[5], 12, 4, False),
+        (*CASES[6], 6, 3, True),
+    ],
+)
+def test_rnn_outputs_and_grads_equal_plain(name, kw, T, unroll, time_major, key):
+    B, D, H = 3, 5, 6
+    mod, p = _init(name, key, D, H, **kw)
+    shape = (T, B, D) if time_major else (B, T, D)
+    xs = jax.random.normal(jax.random.key(1), shape, jnp.float64)
+    h0 = jax.tree.map(
+        lambda a: 0.5 * jax.random.normal(jax.random.key(2), a.shape, a.dtype),
+        mod.initial_carry(p, (B,)),
+    )
+
+    def loss(run, p, xs, h0):
+        carry, ys = run(mod.cell, p, xs, h0, time_major=time_major, unroll=unroll)
+        w = jnp.cos(jnp.arange(ys.size, dtype=ys.dtype)).reshape(ys.shape)  # weights every output
+        return jnp.sum(ys * w) + sum(jnp.sum(jnp.sin(c)) for c in jax.tree.leaves(carry))
+
+    run_fast = functools.partial(fast.rnn, kernels=fast.ALL_KERNELS)  # GRU kernel included
+    out_fast = run_fast(mod.cell, p, xs, h0, time_major=time_major, unroll=unroll)
+    out_plain = rnn(mod.cell, p, xs, h0, time_major=time_major)
+    _close(out_fast, out_plain)
+    g_fast = jax.grad(lambda *a: loss(run_fast, *a), argnums=(0, 1, 2))(p, xs, h0)
+    g_plain = jax.grad(lambda *a: loss(rnn, *a), argnums=(0, 1, 2))(p, xs, h0)
+    _close(g_fast, g_plain)
+
+
+def test_fast_kernels_are_used():
+    assert (
+        fast._supported(cells.simple.cell, cells.simple.init(jax.random.key(0), 2, 3)) == "simple"
+    )
+    assert fast._supported(cells.lstm.cell, cells.lstm.init(jax.random.key(0), 2, 3)) == "lstm"
+    assert fast._supported(cells.gru.cell, cells.gru.init(jax.random.key(0), 2, 3)) == "gru"
+    gru_p = cells.gru.init(jax.random.key(0), 2, 3)
+    assert fast._supported(cells.gru.cell, gru_p, fast.KERNELS) is None  # not used by default
+    p = cells.gru.init(jax.random.key(0), 2, 3, reset_after=False)
+    assert fast._supported(cells.gru.cell, p) is None  # -> plain path
+    p = cells.lstm.init(jax.random.key(0), 2, 3, activation="relu")
+    assert fast._supported(cells.lstm.cell, p) is None
+
+
+@pytest.mark.parametrize("kw", [{"reset_after": False}])
+def test_gru_reset_before_falls_back(kw, key):
+    p = cells.gru.init(key, 3, 4, dtype=jnp.float64, **kw)
+    xs = jax.random.normal(jax.random.key(1), (2, 5, 3), jnp.float64)
+    _close(fast.rnn(cells.gru.cell, p, xs), rnn(cells.gru.cell, p, xs))
+
+
+def test_fast_rnn_default_h0_and_jit(key):
+    p = cells.simple.init(key, 4, 5, dtype=jnp.float64)
+    xs = jax.random.normal(jax.random.key(1), (2, 9, 4), jnp.float64)
+    _close(
+        jax.jit(lambda p, x: fast.rnn(cells.simple.cell, p, x))(p, xs),
+        rnn(cells.simple.cell, p, xs),
+    )
+
+
+@pytest.mark.parametrize("kwargs", [{"lengths": jnp.array([9, 3])}, {"reverse": True}])
+def test_fallback_to_plain(kwargs, key):
+    p = cells.simple.init(key, 4, 5, dtype=jnp.float64)
+    xs = jax.random.normal(jax.random.key(1), (2, 9, 4), jnp.float64)
+    _close(fast.rnn(cells.simple.cell, p, xs, **kwargs), rnn(cells.simple.cell, p, xs, **kwargs))
+
+
+def test_fast_rnn_reports_bad_width_like_plain(key):
+    p = cells.simple.init(key, 4, 5, dtype=jnp.float64)
+    with pytest.raises(ValueError, match="4"):
+        fast.rnn(cells.simple.cell, p, jnp.ones((2, 9, 3), jnp.float64))
+
+
+@pytest.mark.parametrize("cell_name", ["simple", "lstm", "gru"])
+def test_classifier_loss_and_grads_equal_plain(cell_name, key):
+    cfg = models.ClassifierConfig(vocab_size=40, embed_dim=4, hidden_size=6, cell=cell_name)
+    params = models.init_classifier(key, cfg, dtype=jnp.float64)
+    if params["rnn"].b is not None:  # non-zero biases
+        b = jax.random.normal(jax.random.key(7), params["rnn"].b.shape, jnp.float64)
+        params["rnn"] = dataclasses.replace(params["rnn"], b=b)
+    tokens = jax.random.randint(jax.random.key(1), (5, 11), 0, 40)  # repeated words included
+    labels = jnp.array([0.0, 1.0, 1.0, 0.0, 1.0])
+    kw = dict(kernels=fast.ALL_KERNELS)
+    l_fast, g_fast = jax.value_and_grad(
+        lambda p: fast.classifier_loss(cfg, p, tokens, labels, **kw)
+    )(params)
+    l_plain, g_plain = jax.value_and_grad(lambda p: models.classifier_loss(cfg, p, tokens, labels))(
+        params
+    )
+    _close((l_fast, g_fast), (l_plain, g_plain))
+    _close(
+        fast.classifier_logits(cfg, params, tokens), models.classifier_logits(cfg, params, tokens)
+    )
+    few = tokens[:1, :5]  # B T < V: the projected-rows branch
+    g_fast = jax.grad(lambda p: fast.classifier_loss(cfg, p, few, labels[:1], **kw))(params)
+    g_plain = jax.grad(lambda p: models.classifier_loss(cfg, p, few, labels[:1]))(params)
+    _close(g_fast, g_plain)
+
+
+def test_classifier_grads_equal_numpy_reference(key):
+    cfg = models.ClassifierConfig(vocab_size=30, embed_dim=3, hidden_size=4)
+    params = models.init_classifier(key, cfg, dtype=jnp.float64)
+    tokens = np.asarray(jax.random.randint(jax.random.key(1), (3, 8), 0, 30))
+    labels = np.array([1.0, 0.0, 1.0])
+    loss, grads = jax.value_and_grad(lambda p: fast.classifier_loss(cfg, p, tokens, labels))(params)
+    ref_loss, cache = reference.seed_forward(params, tokens, labels)
+    ref = reference.seed_backward(params, cache)
+    np.testing.assert_allclose(float(loss), ref_loss, **TOL)
+    for k in ("embedding", "W_o", "b_o"):
+        np.testing.assert_allclose(np.asarray(grads[k]), ref[k], **TOL)
+    for k in ("W_x", "W_h", "b"):
+        np.testing.assert_allclose(np.asarray(getattr(grads["rnn"], k)), ref["rnn"][k], **TOL)
+
+
+def test_classifier_with_lengths_falls_back(key):
+    cfg = models.ClassifierConfig(vocab_size=20, embed_dim=3, hidden_size=4)
+    params = models.init_classifier(key, cfg, dtype=jnp.float64)
+    tokens = jax.random.randint(jax.random.key(1), (2, 6), 0, 20)
+    lengths = jnp.array([6, 2])
+    _close(
+        fast.classifier_logits(cfg, params, tokens, lengths),
+        models.classifier_logits(cfg, params, tokens, lengths),
+    )

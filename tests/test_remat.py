@@ -1,0 +1,78 @@
+"""rnn(..., remat=k | "sqrt"): the same values and gradients as without remat (float64),
+and less memory for BPTT (XLA's compiled buffer sizes)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrnn import cells, rnn
+from jaxrnn.layer import remat_segment
+
+
+def _loss(cell, p, xs, h0, **kw):
+    carry, ys = rnn(cell, p, xs, h0, **kw)
+    w = jnp.cos(jnp.arange(ys.size, dtype=ys.dtype)).reshape(ys.shape)  # weights every output
+    return jnp.sum(ys * w) + sum(jnp.sum(jnp.sin(c)) for c in jax.tree.leaves(carry))
+
+
+@pytest.mark.parametrize(
+    "cell_name,remat,reverse,with_lengths",
+    [
+        ("simple", 1, False, False),
+        ("simple", 4, False, False),  # 13 = 3 * 4 + 1: a remainder segment
+        ("simple", 4, True, False),
+        ("simple", "sqrt", False, True),
+        ("simple", 13, True, True),  # one segment
+        ("lstm", 5, False, False),
+        ("gru", "sqrt", True, False),
+    ],
+)
+def test_remat_values_and_grads_equal_full(cell_name, remat, reverse, with_lengths, key):
+    mod = cells.get(cell_name)
+    B, T, D, H = 3, 13, 4, 5
+    p = mod.init(key, D, H, dtype=jnp.float64)
+    xs = jax.random.normal(jax.random.key(1), (B, T, D), jnp.float64)
+    h0 = jax.tree.map(
+        lambda a: 0.3 * jax.random.normal(jax.random.key(2), a.shape, a.dtype),
+        mod.initial_carry(p, (B,)),
+    )
+    kw = dict(reverse=reverse, lengths=jnp.array([13, 6, 0]) if with_lengths else None)
+    full = rnn(mod.cell, p, xs, h0, **kw)
+    rem = rnn(mod.cell, p, xs, h0, remat=remat, **kw)
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(rem), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-13, atol=1e-14)
+    g_full = jax.grad(lambda *a: _loss(mod.cell, *a, **kw), argnums=(0, 1, 2))(p, xs, h0)
+    g_rem = jax.grad(lambda *a: _loss(mod.cell, *a, remat=remat, **kw), argnums=(0, 1, 2))(
+        p, xs, h0
+    )
+    for a, b in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_rem), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-11, atol=1e-13)
+
+
+def test_remat_reduces_bptt_memory(key):
+    """XLA's buffer assignment: temporaries of the gradient shrink with sqrt(T) segments."""
+    B, T, D, H = 4, 2048, 8, 64
+    p = cells.simple.init(key, D, H)
+    xs = jnp.ones((B, T, D), jnp.float32)
+
+    def temp_bytes(remat):
+        f = jax.jit(jax.grad(lambda p: jnp.sum(rnn(cells.simple.cell, p, xs, remat=remat)[0])))
+        return f.lower(p).compile().memory_analysis().temp_size_in_bytes
+
+    full, sqrt = temp_bytes(None), temp_bytes("sqrt")
+    per_step = B * H * 4  # one float32 carry
+    assert full >= T * per_step  # at least every h_t is kept
+    assert sqrt < full / 4, (full, sqrt)
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, "log", True])
+def test_bad_remat_is_a_clear_error(bad, key):
+    p = cells.simple.init(key, 2, 3)
+    with pytest.raises(ValueError, match="remat must be None, 'sqrt' or a positive int"):
+        rnn(cells.simple.cell, p, jnp.ones((1, 4, 2), jnp.float32), remat=bad)
+
+
+def test_remat_segment():
+    assert remat_segment("sqrt", 100) == 10
+    assert remat_segment(500, 100) == 100
