@@ -48,6 +48,21 @@ class Checkpointer:
         )
         self._mgr.wait_until_finished()
 
+    def read_meta(self, step: int) -> dict:
+        """The JSON meta record of ``step`` (raises :class:`CheckpointError` when unreadable)."""
+        path = self.directory / str(step)
+        try:
+            meta = self._mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+            meta = meta["meta"]
+        except Exception as e:
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt or unreadable ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''})"
+            ) from e
+        if not isinstance(meta, dict) or "step" not in meta:
+            raise CheckpointError(f"checkpoint {path} has no readable meta record")
+        return meta
+
     def restore(self, step: int, target: Any) -> tuple[Any, dict]:
         """Restores the checkpoint of ``step`` into the structure (and shardings) of ``target``.
 

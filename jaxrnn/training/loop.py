@@ -142,7 +142,7 @@ def make_train_step(
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        return params, opt_state, {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
+        return params, opt_state, {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
 
     return train_step
 
@@ -318,12 +318,12 @@ def train(
     start, window = 0, {"n": 0}
     latest = ckpt.latest_step()
     if resume and latest is not None:
-        state, meta = ckpt.restore(latest, {"params": params, "opt_state": opt_state})
-        if _comparable(meta.get("config", {})) != _comparable(cfg_dict):
+        if _comparable(ckpt.read_meta(latest).get("config", {})) != _comparable(cfg_dict):
             raise CheckpointError(
                 f"checkpoint {ckpt.directory / str(latest)} was written with another task/seed/"
                 f"data/model config than the one given; resume with the same config"
             )
+        state, meta = ckpt.restore(latest, {"params": params, "opt_state": opt_state})
         params, opt_state = state["params"], state["opt_state"]
         start, window = int(meta["step"]), dict(meta["window"])
         metrics_log.truncate_after(start)
