@@ -14,13 +14,15 @@ that ``rnn`` can build a zero state when no ``h0`` is given.
 
 Modules:
     simple: the Elman cell, ``h = act(x @ W_x + h @ W_h + b)`` (Keras ``SimpleRNNCell``).
+    lstm: the LSTM cell, carry ``LSTMCarry(h, c)`` (Keras ``LSTMCell``).
+    gru: the GRU cell, ``reset_after=True`` (Keras 3 / PyTorch) or ``False`` (Keras ``GRUCell``).
 """
 
 from types import ModuleType
 
-from jaxrnn.cells import simple
+from jaxrnn.cells import gru, lstm, simple
 
-_REGISTRY: dict[str, ModuleType] = {"simple": simple}
+_REGISTRY: dict[str, ModuleType] = {"simple": simple, "lstm": lstm, "gru": gru}
 
 
 def get(name: str) -> ModuleType:
@@ -39,4 +41,4 @@ def register(name: str, module: ModuleType) -> None:
     _REGISTRY[name] = module
 
 
-__all__ = ["get", "register", "simple"]
+__all__ = ["get", "gru", "lstm", "register", "simple"]
