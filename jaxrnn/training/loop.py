@@ -39,7 +39,7 @@ import numpy as np
 import optax
 import yaml
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from jaxrnn.training import data as data_lib
 from jaxrnn.training.checkpoint import Checkpointer, CheckpointError
