@@ -265,7 +265,7 @@ def regressor_predict(cfg: RegressorConfig, params: dict[str, Any], xs: Array) -
         >>> from jaxrnn import models
         >>> cfg = models.RegressorConfig(hidden_size=8)
         >>> params = models.init_regressor(jax.random.key(0), cfg)
-        >>> models.regressor_predict(cfg, params, jnp.zeros((3, 20, 2))).shape
+        >>> models.regressor_predict(cfg, params, jnp.zeros((3, 20, 2), jnp.float32)).shape
         (3,)
     """
     carry, _ = rnn(cells.get(cfg.cell).cell, params["rnn"], xs)

@@ -40,21 +40,31 @@ GOOD = "task: adding\ntrain:\n  steps: 10\n"
         ("task: adding\ntrain: {steps: 10.5}\n", [], ["'train.steps' must be int"]),
         ("task: adding\ntrain: {steps: true}\n", [], ["'train.steps' must be int"]),
         ("task: adding\ntrain: {steps: 10, progress: 1}\n", [], ["'train.progress' must be bool"]),
-        ("task: adding\ntrain: {steps: 10}\nmodel: {cell_options: 3}\n", [],
-         ["'model.cell_options'"]),
+        (
+            "task: adding\ntrain: {steps: 10}\nmodel: {cell_options: 3}\n",
+            [],
+            ["'model.cell_options'"],
+        ),
         (GOOD, ["optim.learning_rate=fast"], ["'optim.learning_rate' must be float", "--set"]),
         ("task: adding\ntrain: {steps: 10}\noptim: [1, 2]\n", [], ["section 'optim'"]),
         # missing values
         ("task: adding\ntrain:\n  steps:\n", [], ["give exactly one of 'train.steps'"]),
-        ("task: adding\ntrain: {steps: 10}\noptim:\n  learning_rate:\n", [],
-         ["missing value for 'optim.learning_rate'", "bad.yaml"]),
+        (
+            "task: adding\ntrain: {steps: 10}\noptim:\n  learning_rate:\n",
+            [],
+            ["missing value for 'optim.learning_rate'", "bad.yaml"],
+        ),
         ("train: {steps: 10}\n", [], ["missing value for 'task'", "bad.yaml"]),
         ("task:\n", [], ["missing value for 'task'"]),
         # values outside their choices
         ("task: cifar\n", [], ["'task' must be one of"]),
         ("task: adding\ntrain: {steps: 10}\noptim: {name: lion}\n", [], ["'optim.name'", "lion"]),
         ("task: imdb\ntrain: {steps: 10}\ndata: {padding: middle}\n", [], ["'data.padding'"]),
-        ("task: adding\ntrain: {steps: 10, batch_size: 0}\n", [], ["'train.batch_size' must be > 0"]),
+        (
+            "task: adding\ntrain: {steps: 10, batch_size: 0}\n",
+            [],
+            ["'train.batch_size' must be > 0"],
+        ),
         ("- just\n- a list\n", [], ["bad.yaml", "mapping"]),
         ("task: [unclosed\n", [], ["bad.yaml", "not valid YAML"]),
         (GOOD, ["novalue"], ["--set novalue", "key=value"]),
@@ -75,9 +85,19 @@ def test_missing_file(tmp_path):
 
 def test_overrides_apply_and_convert(tmp_path):
     path = _write(tmp_path, GOOD + "optim: {learning_rate: 1.0e-3}\n")
-    cfg = load_config(path, ["optim.learning_rate=3e-4", "train.steps=7", "optim.clip_norm=null",
-                             "model.cell_options={activation: relu}", "data.T=12"])
-    assert cfg.optim.learning_rate == pytest.approx(3e-4) and isinstance(cfg.optim.learning_rate, float)
+    cfg = load_config(
+        path,
+        [
+            "optim.learning_rate=3e-4",
+            "train.steps=7",
+            "optim.clip_norm=null",
+            "model.cell_options={activation: relu}",
+            "data.T=12",
+        ],
+    )
+    assert cfg.optim.learning_rate == pytest.approx(3e-4) and isinstance(
+        cfg.optim.learning_rate, float
+    )
     assert cfg.train.steps == 7 and cfg.optim.clip_norm is None and cfg.data.T == 12
     assert cfg.model.cell_options == {"activation": "relu"}
     # an int where a float is expected is accepted and converted

@@ -41,12 +41,16 @@ def _imdb_cfg(path, tmp_path, **kw):
 
 def _expected(num_words, maxlen, padding="pre", truncating="pre"):
     """Tokenize REVIEWS independently: a word list by hand, counting with Counter."""
+
     def words(text):
         text = text.lower().replace("<br />", " ")
         return "".join(c if c.isalnum() or c in "' " else " " for c in text).split()
 
-    train = [(s, lab, i) for (s, lab, i) in sorted(REVIEWS, key=lambda k: (k[1] == "pos", k[2]))
-             if s == "train"]
+    train = [
+        (s, lab, i)
+        for (s, lab, i) in sorted(REVIEWS, key=lambda k: (k[1] == "pos", k[2]))
+        if s == "train"
+    ]
     counts = collections.Counter()
     for k in train:
         counts.update(words(REVIEWS[k]))
@@ -85,8 +89,7 @@ def test_pad_sequences_matches_keras(monkeypatch):
     for padding in ("pre", "post"):
         for truncating in ("pre", "post"):
             ours, lengths = data.pad_sequences(seqs, 7, padding, truncating)
-            ref = keras.utils.pad_sequences(seqs, maxlen=7, padding=padding,
-                                            truncating=truncating)
+            ref = keras.utils.pad_sequences(seqs, maxlen=7, padding=padding, truncating=truncating)
             np.testing.assert_array_equal(ours, ref)
             np.testing.assert_array_equal(lengths, [min(len(s), 7) for s in seqs])
 
@@ -94,10 +97,12 @@ def test_pad_sequences_matches_keras(monkeypatch):
 def test_directory_equals_archive_and_cache(tmp_path, monkeypatch):
     tgz = write_fake_imdb(tmp_path / "a.tar.gz", per_class=10, seed=3)
     folder = write_fake_imdb(tmp_path / "dir", per_class=10, seed=3, as_directory=True)
-    a = data.load_imdb(_imdb_cfg(tgz, tmp_path, num_words=30, maxlen=40, padding="post"),
-                       verbose=False)
-    b = data.load_imdb(_imdb_cfg(folder, tmp_path, num_words=30, maxlen=40, padding="post"),
-                       verbose=False)
+    a = data.load_imdb(
+        _imdb_cfg(tgz, tmp_path, num_words=30, maxlen=40, padding="post"), verbose=False
+    )
+    b = data.load_imdb(
+        _imdb_cfg(folder, tmp_path, num_words=30, maxlen=40, padding="post"), verbose=False
+    )
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
@@ -149,8 +154,9 @@ def test_array_dataset_order_is_a_function_of_seed_and_epoch():
     # evaluation covers every example once; the padded tail is masked out
     batches = list(ds.eval_batches(4))
     assert [b["mask"].sum() for b in batches] == [4, 4, 2]
-    np.testing.assert_array_equal(np.concatenate([b["x"][b["mask"] > 0] for b in batches]),
-                                  np.arange(n))
+    np.testing.assert_array_equal(
+        np.concatenate([b["x"][b["mask"] > 0] for b in batches]), np.arange(n)
+    )
 
 
 def test_char_dataset():
@@ -166,10 +172,14 @@ def test_char_dataset():
             piece = ds.decode(row)
             assert piece in train_text
     np.testing.assert_array_equal(
-        data.CharDataset(text, 16, 0.1, 0, 4).train_batch(5)["tokens"], ds.train_batch(5)["tokens"])
-    val = np.concatenate([b["tokens"][b["mask"] > 0] for b in ds.eval_batches(3)])
-    assert val.shape == ((100 - 1) // 16, 17)
-    assert "".join(ds.decode(r[:-1]) for r in val) == text[900 : 900 + 16 * len(val)]
+        data.CharDataset(text, 16, 0.1, 0, 4).train_batch(5)["tokens"], ds.train_batch(5)["tokens"]
+    )
+    (val,) = list(ds.eval_batches(3))  # 3 contiguous streams of the validation text
+    assert val["tokens"].shape == (3, 33 + 1) and val["mask"].tolist() == [1, 1, 1]
+    # the predicted characters (all but each stream's first) tile the text without overlap
+    assert "".join(ds.decode(r[1:]) for r in val["tokens"]) == text[901 : 901 + 3 * 33]
+    for r in val["tokens"]:
+        assert ds.decode(r) in text[900:]
 
 
 def test_adding_problem_statistics():

@@ -31,21 +31,36 @@ def _config(tmp_path, task, **sections):
     """A tiny config of ``task``; ``sections`` update its sections."""
     base = {
         "adding": {"data": {"T": 12, "test_size": 40}, "model": {"hidden_size": 8}},
-        "imdb": {"data": {"num_words": 60, "maxlen": 30, "cache_dir": str(tmp_path / "cache")},
-                 "model": {"embed_dim": 6, "hidden_size": 8}},
-        "shakespeare": {"data": {"seq_len": 16}, "model": {"embed_dim": 6, "hidden_size": 8,
-                                                           "cell": "simple"}},
+        "imdb": {
+            "data": {"num_words": 60, "maxlen": 30, "cache_dir": str(tmp_path / "cache")},
+            "model": {"embed_dim": 6, "hidden_size": 8},
+        },
+        "shakespeare": {
+            "data": {"seq_len": 16},
+            "model": {"embed_dim": 6, "hidden_size": 8, "cell": "simple"},
+        },
     }[task]
     if task == "imdb":
         base["data"]["path"] = str(write_fake_imdb(tmp_path / "imdb.tar.gz", per_class=20))
     if task == "shakespeare":
         (tmp_path / "tiny.txt").write_text("To be, or not to be: that is the question.\n" * 40)
         base["data"]["path"] = str(tmp_path / "tiny.txt")
-    raw = {"task": task, "seed": 0, **base,
-           "optim": {"name": "adam", "learning_rate": 1e-2},
-           "train": {"batch_size": 8, "steps": 12, "log_every": 1, "eval_every": 4,
-                     "eval_batch_size": 16, "checkpoint_every": 5, "progress": False,
-                     "run_dir": str(tmp_path / "run")}}
+    raw = {
+        "task": task,
+        "seed": 0,
+        **base,
+        "optim": {"name": "adam", "learning_rate": 1e-2},
+        "train": {
+            "batch_size": 8,
+            "steps": 12,
+            "log_every": 1,
+            "eval_every": 4,
+            "eval_batch_size": 16,
+            "checkpoint_every": 5,
+            "progress": False,
+            "run_dir": str(tmp_path / "run"),
+        },
+    }
     for name, values in sections.items():
         raw[name] = {**raw.get(name, {}), **values} if isinstance(values, dict) else values
     return from_dict(raw, source="<test>")
@@ -68,16 +83,19 @@ def test_train_step_equals_sgd_on_numpy_reference_gradients(tmp_path):
     new, _, metrics = step(params, optax.sgd(lr).init(params), batch)
 
     np_params = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
-    loss, cache = reference.seed_forward(np_params, np.asarray(batch["tokens"]),
-                                         np.asarray(batch["labels"]))
+    loss, cache = reference.seed_forward(
+        np_params, np.asarray(batch["tokens"]), np.asarray(batch["labels"])
+    )
     grads = reference.seed_backward(np_params, cache)
     np.testing.assert_allclose(float(metrics["loss"]), loss, rtol=1e-5)
     for name in ("embedding", "W_o", "b_o"):
         np.testing.assert_allclose(new[name], np_params[name] - lr * grads[name], atol=1e-5)
     for name in ("W_x", "W_h", "b"):
-        np.testing.assert_allclose(getattr(new["rnn"], name),
-                                   getattr(np_params["rnn"], name) - lr * grads["rnn"][name],
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            getattr(new["rnn"], name),
+            getattr(np_params["rnn"], name) - lr * grads["rnn"][name],
+            atol=1e-5,
+        )
 
 
 @pytest.mark.parametrize("task_name", ["adding", "imdb", "shakespeare"])
@@ -130,17 +148,26 @@ def test_same_seed_same_numbers_and_resume_equals_uninterrupted(tmp_path):
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     # a "step" schedule multiplies the learning rate by 1e30 after 6 steps: the loss blows up
-    cfg = _config(tmp_path, "adding", optim={"name": "sgd", "learning_rate": 0.01,
-                                             "schedule": "step", "step_every": 6,
-                                             "step_factor": 1e30},
-                  train={"steps": 40, "checkpoint_every": 3})
+    cfg = _config(
+        tmp_path,
+        "adding",
+        optim={
+            "name": "sgd",
+            "learning_rate": 0.01,
+            "schedule": "step",
+            "step_every": 6,
+            "step_factor": 1e30,
+        },
+        train={"steps": 40, "checkpoint_every": 3},
+    )
     with pytest.raises(Diverged, match=r"loss became (nan|inf) at step (8|9|1\d)\b") as info:
         train(cfg)
     bad_step = int(str(info.value).split("at step ")[1].split(";")[0])
     good = (bad_step - 1) // 3 * 3
     assert f"step {good})" in str(info.value)
-    steps = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir()
-                   if p.name.isdigit())
+    steps = sorted(
+        int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()
+    )
     assert steps[-1] == good
 
 
@@ -170,8 +197,14 @@ def test_existing_checkpoints_need_resume_and_same_config(tmp_path):
 
 def _run_script(code, env_extra, timeout=240):
     env = {**os.environ, "PYTHONPATH": str(ROOT), **env_extra}
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=ROOT,
-                         capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -195,8 +228,9 @@ SHARDED = """
 
 def test_data_parallel_over_4_devices_equals_single_device(tmp_path):
     one = _run_script(SHARDED % (tmp_path / "one"), {"XLA_FLAGS": ""})
-    four = _run_script(SHARDED % (tmp_path / "four"),
-                       {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+    four = _run_script(
+        SHARDED % (tmp_path / "four"), {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    )
     assert one["devices"] == 1 and four["devices"] == 4
     assert four["shards"] == 4  # parameters replicated over the 4 devices
     assert len(one["losses"]) == 6  # 5 train records + 1 evaluation
@@ -205,12 +239,30 @@ def test_data_parallel_over_4_devices_equals_single_device(tmp_path):
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     run = tmp_path / "run"
-    cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" /
-           "adding_problem.yaml"), "--set", "train.steps=100000", "--set", "data.T=10",
-           "--set", "train.log_every=1", "--set", "train.progress=false",
-           "--set", f"train.run_dir={run}"]
-    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "--config",
+        str(ROOT / "configs" / "adding_problem.yaml"),
+        "--set",
+        "train.steps=100000",
+        "--set",
+        "data.T=10",
+        "--set",
+        "train.log_every=1",
+        "--set",
+        "train.progress=false",
+        "--set",
+        f"train.run_dir={run}",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     metrics = run / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):

@@ -42,8 +42,9 @@ class Checkpointer:
             return
         self._mgr.save(
             step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                    meta=ocp.args.JsonSave(meta)),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+            ),
             force=True,
         )
         self._mgr.wait_until_finished()
@@ -73,8 +74,9 @@ class Checkpointer:
         try:
             out = self._mgr.restore(
                 step,
-                args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
-                                        meta=ocp.args.JsonRestore()),
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
+                ),
             )
             state, meta = out["state"], out["meta"]
         except Exception as e:  # orbax/tensorstore raise many types for damaged files

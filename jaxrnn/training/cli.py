@@ -17,10 +17,19 @@ from jaxrnn.training.config import ConfigError, load_config
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="train.py", description="Train a jaxrnn model from a config.")
     p.add_argument("--config", required=True, help="YAML file, e.g. configs/imdb_simple_rnn.yaml")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set optim.learning_rate=3e-4 (repeatable)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the latest checkpoint in the run directory")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set optim.learning_rate=3e-4 (repeatable)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the latest checkpoint in the run directory",
+    )
     return p
 
 
@@ -43,8 +52,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if result.sample:
         print(result.sample)
-    print(json.dumps({"status": result.status, "step": result.step,
-                      "seconds": round(result.seconds, 1), **result.metrics}))
+    print(
+        json.dumps(
+            {
+                "status": result.status,
+                "step": result.step,
+                "seconds": round(result.seconds, 1),
+                **result.metrics,
+            }
+        )
+    )
     return 0 if result.status == "finished" else 130
 
 

@@ -76,7 +76,9 @@ class ImdbModel:
     embed_dim: int = 32  # E
     hidden_size: int = 100  # H
     cell: str = "simple"  # registered cell name
-    cell_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # cells.<cell>.init kwargs
+    cell_options: dict[str, Any] = dataclasses.field(
+        default_factory=dict
+    )  # cells.<cell>.init kwargs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,9 +296,13 @@ def _check_semantics(cfg: Config, where: str) -> None:
     t = cfg.train
     if (t.steps is None) == (t.epochs is None):
         bad("give exactly one of 'train.steps' and 'train.epochs'")
-    for key, value in (("train.batch_size", t.batch_size), ("train.eval_batch_size", t.eval_batch_size),
-                       ("train.checkpoint_every", t.checkpoint_every), ("train.log_every", t.log_every),
-                       ("optim.learning_rate", cfg.optim.learning_rate)):
+    for key, value in (
+        ("train.batch_size", t.batch_size),
+        ("train.eval_batch_size", t.eval_batch_size),
+        ("train.checkpoint_every", t.checkpoint_every),
+        ("train.log_every", t.log_every),
+        ("optim.learning_rate", cfg.optim.learning_rate),
+    ):
         if value <= 0:
             bad(f"{key!r} must be > 0; got {value!r}")
     if cfg.optim.clip_norm is not None and cfg.optim.clip_norm <= 0:

@@ -92,8 +92,9 @@ def download(url: str, sha256: str, cache_dir: str | os.PathLike) -> pathlib.Pat
     return dest
 
 
-def _find(path: str | None, local_names: tuple[str, ...], cache_dir: str, what: str,
-          url: str, sha256: str) -> pathlib.Path:
+def _find(
+    path: str | None, local_names: tuple[str, ...], cache_dir: str, what: str, url: str, sha256: str
+) -> pathlib.Path:
     """Resolves a data file: the configured path, else a local shared copy, else the cache."""
     if path is not None:
         p = pathlib.Path(path).expanduser()
@@ -166,8 +167,9 @@ def read_imdb(path: str | os.PathLike) -> dict[str, list[tuple[int, str]]]:
             raise ValueError(
                 f"{path}: no reviews under aclImdb/{split}/{{pos,neg}}/<id>_<rating>.txt"
             )
-    return {s: [(lab, txt) for lab, _, txt in sorted(v, key=lambda r: r[:2])] for s, v in
-            found.items()}
+    return {
+        s: [(lab, txt) for lab, _, txt in sorted(v, key=lambda r: r[:2])] for s, v in found.items()
+    }
 
 
 def build_vocab(texts: list[list[str]], num_words: int) -> list[str]:
@@ -178,8 +180,9 @@ def build_vocab(texts: list[list[str]], num_words: int) -> list[str]:
     return [w for w, _ in counts.most_common(num_words - 2)]
 
 
-def pad_sequences(seqs: list[list[int]], maxlen: int, padding: str = "pre",
-                  truncating: str = "pre") -> tuple[np.ndarray, np.ndarray]:
+def pad_sequences(
+    seqs: list[list[int]], maxlen: int, padding: str = "pre", truncating: str = "pre"
+) -> tuple[np.ndarray, np.ndarray]:
     """Keras ``pad_sequences``: ``[N, maxlen]`` int32 with 0 padding, and lengths ``[N]``.
 
     >>> x, n = pad_sequences([[5, 6, 7], [8]], maxlen=2)
@@ -195,7 +198,7 @@ def pad_sequences(seqs: list[list[int]], maxlen: int, padding: str = "pre",
         lengths[i] = len(s)
         if s:
             if padding == "pre":
-                out[i, maxlen - len(s):] = s
+                out[i, maxlen - len(s) :] = s
             else:
                 out[i, : len(s)] = s
     return out, lengths
@@ -227,8 +230,14 @@ def load_imdb(cfg: Any, *, verbose: bool = True) -> dict[str, np.ndarray]:
         for ``test``, and ``vocab`` (``[num_words - 2]`` words; ``vocab[i]`` has id ``i + 2``).
     """
     path = _find(cfg.path, LOCAL_IMDB, cfg.cache_dir, "IMDB archive", IMDB_URL, IMDB_SHA256)
-    settings = dict(num_words=cfg.num_words, maxlen=cfg.maxlen, padding=cfg.padding,
-                    truncating=cfg.truncating, limit=cfg.limit, tokenizer=TOKENIZER_VERSION)
+    settings = dict(
+        num_words=cfg.num_words,
+        maxlen=cfg.maxlen,
+        padding=cfg.padding,
+        truncating=cfg.truncating,
+        limit=cfg.limit,
+        tokenizer=TOKENIZER_VERSION,
+    )
     key = hashlib.sha256(
         (_fingerprint(path) + json.dumps(settings, sort_keys=True)).encode()
     ).hexdigest()[:16]
@@ -246,8 +255,7 @@ def load_imdb(cfg: Any, *, verbose: bool = True) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {"vocab": np.array(vocab, dtype=str)}
     for s in ("train", "test"):
         ids = [[index.get(w, UNK) for w in ws] for ws in words[s]]
-        out[f"x_{s}"], out[f"len_{s}"] = pad_sequences(ids, cfg.maxlen, cfg.padding,
-                                                       cfg.truncating)
+        out[f"x_{s}"], out[f"len_{s}"] = pad_sequences(ids, cfg.maxlen, cfg.padding, cfg.truncating)
         out[f"y_{s}"] = np.array([lab for lab, _ in raw[s]], np.int32)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(cache.stem + f".{os.getpid()}.tmp.npz")
@@ -315,8 +323,7 @@ class ArrayDataset:
 def imdb_dataset(cfg: Any, seed: int, batch_size: int) -> ArrayDataset:
     d = load_imdb(cfg)
     split = lambda s: {"tokens": d[f"x_{s}"], "labels": d[f"y_{s}"], "lengths": d[f"len_{s}"]}  # noqa: E731
-    return ArrayDataset(split("train"), split("test"), seed, batch_size,
-                        info={"vocab": d["vocab"]})
+    return ArrayDataset(split("train"), split("test"), seed, batch_size, info={"vocab": d["vocab"]})
 
 
 # --- tiny-shakespeare ------------------------------------------------------------------------
@@ -327,7 +334,7 @@ class CharDataset:
     """Character LM data: ``tokens [B, seq_len + 1]`` windows; ids index ``chars``.
 
     The text's first ``1 - val_fraction`` is the training split, the rest validation.
-    Epoch ``e`` cuts the training text into consecutive windows starting at a random
+    Training epoch ``e`` cuts the training text into consecutive windows starting at a random
     offset in ``[0, seq_len)`` (from ``(seed, e)``) and visits them in a random order.
     """
 
@@ -373,17 +380,35 @@ class CharDataset:
         return {"tokens": self.train_ids[idx]}
 
     def eval_batches(self, batch_size: int) -> Iterator[dict]:
-        L = self.seq_len
-        n = (len(self.val_ids) - 1) // L
-        idx = np.arange(n)[:, None] * L + np.arange(L + 1)  # [n, L + 1]
-        return _eval_batches({"tokens": self.val_ids[idx]}, batch_size)
+        """The validation text as ``batch_size`` contiguous streams, in one batch.
+
+        Row ``i`` is ``val[i * n : (i + 1) * n + 1]`` with ``n = (len(val) - 1) // batch_size``,
+        so every character but the first of each stream is predicted exactly once, with the
+        state carried through the whole stream (as an RNN LM is evaluated on a text), not reset
+        every ``seq_len`` characters.
+        """
+        n = (len(self.val_ids) - 1) // batch_size
+        if n < 1:
+            raise ValueError(
+                f"validation split of {len(self.val_ids)} characters is too short "
+                f"for eval_batch_size={batch_size} streams"
+            )
+        idx = np.arange(batch_size)[:, None] * n + np.arange(n + 1)  # [S, n + 1]
+        return iter([{"tokens": self.val_ids[idx], "mask": np.ones((batch_size,), np.float32)}])
 
 
 def shakespeare_dataset(cfg: Any, seed: int, batch_size: int) -> CharDataset:
-    path = _find(cfg.path, LOCAL_SHAKESPEARE, "~/.cache/jaxrnn", "Shakespeare text",
-                 SHAKESPEARE_URL, SHAKESPEARE_SHA256)
-    return CharDataset(path.read_text(encoding="utf-8"), cfg.seq_len, cfg.val_fraction, seed,
-                       batch_size)
+    path = _find(
+        cfg.path,
+        LOCAL_SHAKESPEARE,
+        "~/.cache/jaxrnn",
+        "Shakespeare text",
+        SHAKESPEARE_URL,
+        SHAKESPEARE_SHA256,
+    )
+    return CharDataset(
+        path.read_text(encoding="utf-8"), cfg.seq_len, cfg.val_fraction, seed, batch_size
+    )
 
 
 # --- the adding problem ----------------------------------------------------------------------
@@ -458,8 +483,9 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] not in ("imdb", "shakespeare"):
         raise SystemExit("usage: python -m jaxrnn.training.data {imdb,shakespeare} [cache_dir]")
     cache = argv[1] if len(argv) > 1 else "~/.cache/jaxrnn"
-    url, sha = (IMDB_URL, IMDB_SHA256) if argv[0] == "imdb" else (SHAKESPEARE_URL,
-                                                                 SHAKESPEARE_SHA256)
+    url, sha = (
+        (IMDB_URL, IMDB_SHA256) if argv[0] == "imdb" else (SHAKESPEARE_URL, SHAKESPEARE_SHA256)
+    )
     print(download(url, sha, cache))
 
 

@@ -23,14 +23,17 @@ import tarfile
 
 import numpy as np
 
-FILLER = ("the movie film plot actor scene story it was this and a of to in with that "
-          "director camera music ending character time people watch").split()
+FILLER = (
+    "the movie film plot actor scene story it was this and a of to in with that "
+    "director camera music ending character time people watch"
+).split()
 POSITIVE = "great excellent wonderful loved brilliant superb enjoyable".split()
 NEGATIVE = "awful boring terrible hated dull waste poor".split()
 
 
-def fake_review(rng: np.random.Generator, positive: bool, min_len: int = 20,
-                max_len: int = 80) -> str:
+def fake_review(
+    rng: np.random.Generator, positive: bool, min_len: int = 20, max_len: int = 80
+) -> str:
     n = int(rng.integers(min_len, max_len + 1))
     words = list(rng.choice(FILLER, n))
     cue = POSITIVE if positive else NEGATIVE
@@ -41,8 +44,9 @@ def fake_review(rng: np.random.Generator, positive: bool, min_len: int = 20,
     return text[0].upper() + text[1:].replace(" scene ", " scene.<br /><br />") + "!"
 
 
-def write_fake_imdb(path: str | pathlib.Path, per_class: int = 50, seed: int = 0,
-                    as_directory: bool = False) -> pathlib.Path:
+def write_fake_imdb(
+    path: str | pathlib.Path, per_class: int = 50, seed: int = 0, as_directory: bool = False
+) -> pathlib.Path:
     """Writes ``per_class`` reviews per (split, label) in the official layout.
 
     Args:
@@ -62,7 +66,8 @@ def write_fake_imdb(path: str | pathlib.Path, per_class: int = 50, seed: int = 0
             for i in range(per_class):
                 rating = int(rng.integers(7, 11)) if label == "pos" else int(rng.integers(1, 5))
                 files[f"aclImdb/{split}/{label}/{i}_{rating}.txt"] = fake_review(
-                    rng, label == "pos")
+                    rng, label == "pos"
+                )
     if as_directory:
         for name, text in files.items():
             f = path / name

@@ -98,7 +98,9 @@ class DataParallel:
     @classmethod
     def over_all_devices(cls) -> DataParallel:
         mesh = Mesh(np.array(jax.devices()), ("data",))
-        return cls(mesh, NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec()))
+        return cls(
+            mesh, NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
+        )
 
     @property
     def size(self) -> int:
@@ -147,8 +149,9 @@ def make_train_step(
     return train_step
 
 
-def evaluate(eval_step: Callable, task: Task, params: Any, dataset: Any, batch_size: int,
-             dp: DataParallel) -> dict[str, float]:
+def evaluate(
+    eval_step: Callable, task: Task, params: Any, dataset: Any, batch_size: int, dp: DataParallel
+) -> dict[str, float]:
     """Runs ``eval_step`` over the whole test split; means of the masked sums."""
     totals: dict[str, float] = {}
     for batch in dataset.eval_batches(batch_size):
@@ -309,8 +312,9 @@ def train(
         in_shardings=(dp.replicated, dp.replicated, dp.batch),
         out_shardings=dp.replicated,
     )
-    eval_step = jax.jit(task.eval_fn, in_shardings=(dp.replicated, dp.batch),
-                        out_shardings=dp.replicated)
+    eval_step = jax.jit(
+        task.eval_fn, in_shardings=(dp.replicated, dp.batch), out_shardings=dp.replicated
+    )
 
     ckpt = Checkpointer(run_dir / "checkpoints", keep=cfg.train.keep_checkpoints)
     metrics_log = MetricsLog(run_dir / "metrics.jsonl", enabled=chief)
@@ -341,16 +345,25 @@ def train(
             metrics_log.truncate_after(0)
 
     def save(step: int) -> None:
-        ckpt.save(step, {"params": params, "opt_state": opt_state},
-                  {"step": step, "window": window, "config": cfg_dict})
+        ckpt.save(
+            step,
+            {"params": params, "opt_state": opt_state},
+            {"step": step, "window": window, "config": cfg_dict},
+        )
 
     last_eval: dict[str, float] = {}
     last_train: dict[str, float] = {}
     status = "finished"
     B = cfg.train.batch_size
-    bar = tqdm(total=n_steps, initial=start, disable=not (cfg.train.progress and chief),
-               mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True,
-               desc=cfg.name, file=sys.stderr)
+    bar = tqdm(
+        total=n_steps,
+        initial=start,
+        disable=not (cfg.train.progress and chief),
+        mininterval=1.0 if sys.stderr.isatty() else 30.0,
+        dynamic_ncols=True,
+        desc=cfg.name,
+        file=sys.stderr,
+    )
     t_window = time.perf_counter()
     with _Interrupt() as interrupt:
         step = start
@@ -365,8 +378,11 @@ def train(
                 good = ckpt.latest_step()
                 raise Diverged(
                     f"loss became {loss} at step {step}; stopped. Last good checkpoint: "
-                    + (f"{ckpt.directory / str(good)} (step {good})" if good is not None
-                       else "none (no checkpoint written yet)")
+                    + (
+                        f"{ckpt.directory / str(good)} (step {good})"
+                        if good is not None
+                        else "none (no checkpoint written yet)"
+                    )
                     + ". Try a smaller optim.learning_rate or set optim.clip_norm."
                 )
             for k, v in m.items():
@@ -377,47 +393,78 @@ def train(
                 now = time.perf_counter()
                 n = window.pop("n")
                 last_train = {k: v / n for k, v in window.items()}
-                metrics_log.write({"step": step, "split": "train", **last_train,
-                                   "lr": float(lr_at(step - 1)),
-                                   "examples_per_s": n * B / max(now - t_window, 1e-9),
-                                   "epoch": step / dataset.steps_per_epoch})
-                bar.set_postfix({k: f"{v:.4g}" for k, v in last_train.items()
-                                 if k in ("loss", "accuracy")}
-                                | {"ex/s": f"{n * B / max(now - t_window, 1e-9):.0f}"},
-                                refresh=False)
+                metrics_log.write(
+                    {
+                        "step": step,
+                        "split": "train",
+                        **last_train,
+                        "lr": float(lr_at(step - 1)),
+                        "examples_per_s": n * B / max(now - t_window, 1e-9),
+                        "epoch": step / dataset.steps_per_epoch,
+                    }
+                )
+                bar.set_postfix(
+                    {k: f"{v:.4g}" for k, v in last_train.items() if k in ("loss", "accuracy")}
+                    | {"ex/s": f"{n * B / max(now - t_window, 1e-9):.0f}"},
+                    refresh=False,
+                )
                 window, t_window = {"n": 0}, now
             if step % eval_every == 0 or step == n_steps:
-                last_eval = evaluate(eval_step, task, params, dataset,
-                                     cfg.train.eval_batch_size, dp)
-                metrics_log.write({"step": step, "split": "test", **last_eval,
-                                   "epoch": step / dataset.steps_per_epoch})
-                bar.write(f"step {step}: " + ", ".join(
-                    f"test {k} {v:.4f}" for k, v in last_eval.items()))
+                last_eval = evaluate(
+                    eval_step, task, params, dataset, cfg.train.eval_batch_size, dp
+                )
+                metrics_log.write(
+                    {
+                        "step": step,
+                        "split": "test",
+                        **last_eval,
+                        "epoch": step / dataset.steps_per_epoch,
+                    }
+                )
+                bar.write(
+                    f"step {step}: " + ", ".join(f"test {k} {v:.4f}" for k, v in last_eval.items())
+                )
             if step % cfg.train.checkpoint_every == 0 or step == n_steps:
                 save(step)
-            if interrupt.flag or (stop_at_step is not None and step >= stop_at_step
-                                  and step < n_steps):
+            if interrupt.flag or (
+                stop_at_step is not None and step >= stop_at_step and step < n_steps
+            ):
                 save(step)
                 status = "interrupted"
                 bar.close()
-                log(f"interrupted at step {step}; checkpoint saved in {ckpt.directory}. "
-                    f"Continue with --resume.")
+                log(
+                    f"interrupted at step {step}; checkpoint saved in {ckpt.directory}. "
+                    f"Continue with --resume."
+                )
                 break
     bar.close()
     ckpt.close()
     seconds = time.perf_counter() - t_start
-    result = RunResult(status, step,
-                       {**{f"test_{k}": v for k, v in last_eval.items()},
-                        **{f"train_{k}": v for k, v in last_train.items()}},
-                       run_dir, params, seconds)
+    result = RunResult(
+        status,
+        step,
+        {
+            **{f"test_{k}": v for k, v in last_eval.items()},
+            **{f"train_{k}": v for k, v in last_train.items()},
+        },
+        run_dir,
+        params,
+        seconds,
+    )
     if status == "finished" and chief:
         if cfg.task == "shakespeare" and cfg.train.sample_chars > 0:
-            result.sample = sample_text(cfg, task, params, dataset,
-                                        jax.random.fold_in(key, n_steps))
+            result.sample = sample_text(
+                cfg, task, params, dataset, jax.random.fold_in(key, n_steps)
+            )
             (run_dir / "sample.txt").write_text(result.sample)
         plot_metrics(read_metrics(metrics_log.path), run_dir / "curves.png", title=cfg.name)
-        summary = {"config": cfg.name, "steps": step, "seconds_this_run": round(seconds, 1),
-                   "devices": dp.size, **result.metrics}
+        summary = {
+            "config": cfg.name,
+            "steps": step,
+            "seconds_this_run": round(seconds, 1),
+            "devices": dp.size,
+            **result.metrics,
+        }
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return result
 
@@ -433,4 +480,3 @@ __all__ = [
     "read_metrics",
     "train",
 ]
-

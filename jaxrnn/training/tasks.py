@@ -69,12 +69,15 @@ def imdb_task(cfg: Config) -> Task:
         z = logits(params, batch)
         m = batch["mask"]
         bce = optax.sigmoid_binary_cross_entropy(z, batch["labels"].astype(z.dtype))  # [B]
-        return {"loss_sum": jnp.sum(bce * m),
-                "accuracy_sum": jnp.sum(((z > 0) == (batch["labels"] == 1)) * m),
-                "count": jnp.sum(m)}
+        return {
+            "loss_sum": jnp.sum(bce * m),
+            "accuracy_sum": jnp.sum(((z > 0) == (batch["labels"] == 1)) * m),
+            "count": jnp.sum(m),
+        }
 
-    return Task(lambda key: models.init_classifier(key, mcfg), loss_fn, eval_fn, _mean_metrics,
-                mcfg)
+    return Task(
+        lambda key: models.init_classifier(key, mcfg), loss_fn, eval_fn, _mean_metrics, mcfg
+    )
 
 
 def shakespeare_task(cfg: Config, vocab_size: int) -> Task:
@@ -99,11 +102,13 @@ def shakespeare_task(cfg: Config, vocab_size: int) -> Task:
     def eval_fn(params, batch):
         ce, hit = per_char(params, batch["tokens"])
         m = batch["mask"][:, None]  # [B, 1]
-        return {"loss_sum": jnp.sum(ce * m), "accuracy_sum": jnp.sum(hit * m),
-                "count": jnp.sum(m) * ce.shape[1]}
+        return {
+            "loss_sum": jnp.sum(ce * m),
+            "accuracy_sum": jnp.sum(hit * m),
+            "count": jnp.sum(m) * ce.shape[1],
+        }
 
-    return Task(lambda key: models.init_char_lm(key, mcfg), loss_fn, eval_fn, _mean_metrics,
-                mcfg)
+    return Task(lambda key: models.init_char_lm(key, mcfg), loss_fn, eval_fn, _mean_metrics, mcfg)
 
 
 def adding_task(cfg: Config) -> Task:
@@ -147,7 +152,12 @@ def sample_text(cfg: Config, task: Task, params: Any, dataset: Any, key: Any) ->
     if prompt is None or len(prompt) == 0:
         prompt = dataset.encode("\n")
     params = jax.device_get(params)
-    ids = models.char_lm_sample(task.model_cfg, params, jnp.asarray(prompt),
-                                cfg.train.sample_chars, key=key,
-                                temperature=cfg.train.sample_temperature)
+    ids = models.char_lm_sample(
+        task.model_cfg,
+        params,
+        jnp.asarray(prompt),
+        cfg.train.sample_chars,
+        key=key,
+        temperature=cfg.train.sample_temperature,
+    )
     return dataset.decode(prompt) + dataset.decode(jax.device_get(ids))
