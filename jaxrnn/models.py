@@ -234,16 +234,42 @@ class RegressorConfig:
     hidden_size: int = 100  # H: RNN units
     cell: str = "simple"  # a name registered in jaxrnn.cells
     cell_options: tuple[tuple[str, Any], ...] = ()  # extra kwargs of cells.<cell>.init
+    chrono_t_max: int = 0  # LSTM only: > 0 applies chrono_lstm_bias(t_max) at init
+
+
+def chrono_lstm_bias(key: Array, b: Array, t_max: int) -> Array:
+    """Chrono initialization of an LSTM bias ``b: [4H]`` (gate order ``i, f, g, o``).
+
+    Tallec & Ollivier (2018), "Can recurrent neural networks warp time?":
+    ``b_f ~ log(U(1, t_max - 1))`` and ``b_i = -b_f``, so the forget gates start with
+    memory time scales spread up to ``t_max`` steps (a forget bias of 1 forgets within ~4
+    steps: ``sigmoid(1)^t``). The ``g`` and ``o`` blocks are kept.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> b = chrono_lstm_bias(jax.random.key(0), jnp.zeros(4 * 3), t_max=200)
+        >>> bool((b[3:6] >= 0).all() and (b[3:6] <= jnp.log(199.0)).all()), bool((b[:3] == -b[3:6]).all())
+        (True, True)
+    """
+    H = b.shape[0] // 4
+    b_f = jnp.log(jax.random.uniform(key, (H,), b.dtype, 1.0, t_max - 1.0))  # [H]
+    return b.at[:H].set(-b_f).at[H : 2 * H].set(b_f)
 
 
 def init_regressor(key: Array, cfg: RegressorConfig, dtype: Any = jnp.float32) -> dict[str, Any]:
     """Parameters ``{"rnn": cell params, "W_o": [H, 1], "b_o": [1]}``."""
-    k_r, k_o = jax.random.split(key)
+    k_r, k_o, k_b = jax.random.split(key, 3)
     cell_mod = cells.get(cfg.cell)
+    rnn_params = cell_mod.init(
+        k_r, cfg.input_size, cfg.hidden_size, dtype=dtype, **dict(cfg.cell_options)
+    )
+    if cfg.chrono_t_max > 0:
+        if cfg.cell != "lstm":
+            raise ValueError(f"chrono_t_max applies to the lstm cell only; got cell={cfg.cell!r}")
+        b = chrono_lstm_bias(k_b, rnn_params.b, cfg.chrono_t_max)
+        rnn_params = dataclasses.replace(rnn_params, b=b)
     return {
-        "rnn": cell_mod.init(
-            k_r, cfg.input_size, cfg.hidden_size, dtype=dtype, **dict(cfg.cell_options)
-        ),
+        "rnn": rnn_params,
         "W_o": jax.nn.initializers.glorot_uniform()(k_o, (cfg.hidden_size, 1), dtype),  # [H, 1]
         "b_o": jnp.zeros((1,), dtype),  # [1]
     }

@@ -9,6 +9,7 @@ Modules:
     data: IMDB (tar.gz or directory), tiny-shakespeare, the adding problem; deterministic batches.
     tasks: model + loss + metrics for each task.
     optim: optax optimizer and learning-rate schedule from the config.
+    fixtures: small generated data in the real formats (tests, notebook).
     checkpoint: orbax checkpoints (atomic), resume, corrupt-checkpoint errors.
     loop: ``train_step``, evaluation, data parallelism, the training loop.
     cli: the command line.

@@ -94,6 +94,7 @@ class AddingModel:
     hidden_size: int = 100
     cell: str = "simple"
     cell_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    chrono_t_max: int = 0  # lstm: chrono bias init (Tallec & Ollivier 2018); 0 = off
 
 
 # --- shared sections -------------------------------------------------------------------------

@@ -117,6 +117,7 @@ def adding_task(cfg: Config) -> Task:
         hidden_size=cfg.model.hidden_size,
         cell=cfg.model.cell,
         cell_options=_options(cfg.model.cell_options),
+        chrono_t_max=cfg.model.chrono_t_max,
     )
 
     def loss_fn(params, batch):
