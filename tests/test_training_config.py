@@ -102,6 +102,10 @@ def test_overrides_apply_and_convert(tmp_path):
     assert cfg.model.cell_options == {"activation": "relu"}
     # an int where a float is expected is accepted and converted
     assert load_config(path, ["optim.learning_rate=1"]).optim.learning_rate == 1.0
+    # nested overrides merge into a mapping from the file
+    path2 = _write(tmp_path, GOOD + "model: {cell_options: {activation: relu}}\n")
+    merged = load_config(path2, ["model.cell_options.recurrent_initializer=identity"])
+    assert merged.model.cell_options == {"activation": "relu", "recurrent_initializer": "identity"}
 
 
 def test_cli_reports_config_error(tmp_path, capsys):

@@ -76,9 +76,9 @@ class ImdbModel:
     embed_dim: int = 32  # E
     hidden_size: int = 100  # H
     cell: str = "simple"  # registered cell name
-    cell_options: dict[str, Any] = dataclasses.field(
-        default_factory=dict
-    )  # cells.<cell>.init kwargs
+    # keyword arguments of cells.<cell>.init
+    cell_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    chrono_t_max: int = 0  # lstm: chrono bias init (Tallec & Ollivier 2018); 0 = off
 
 
 @dataclasses.dataclass(frozen=True)
@@ -336,7 +336,7 @@ def parse_overrides(overrides: list[str]) -> tuple[dict[str, Any], dict[str, str
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "cell_options":
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
             out[k] = _merge(out[k], v)
         else:
             out[k] = v

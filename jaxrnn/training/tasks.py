@@ -75,9 +75,20 @@ def imdb_task(cfg: Config) -> Task:
             "count": jnp.sum(m),
         }
 
-    return Task(
-        lambda key: models.init_classifier(key, mcfg), loss_fn, eval_fn, _mean_metrics, mcfg
-    )
+    def init(key):
+        params = models.init_classifier(key, mcfg)
+        if cfg.model.chrono_t_max > 0:
+            if mcfg.cell != "lstm":
+                raise ValueError(
+                    f"model.chrono_t_max applies to the lstm cell only; got cell={mcfg.cell!r}"
+                )
+            b = models.chrono_lstm_bias(
+                jax.random.fold_in(key, 1), params["rnn"].b, cfg.model.chrono_t_max
+            )
+            params["rnn"] = dataclasses.replace(params["rnn"], b=b)
+        return params
+
+    return Task(init, loss_fn, eval_fn, _mean_metrics, mcfg)
 
 
 def shakespeare_task(cfg: Config, vocab_size: int) -> Task:
