@@ -160,9 +160,9 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
         },
         train={"steps": 40, "checkpoint_every": 3},
     )
-    with pytest.raises(Diverged, match=r"loss became (nan|inf) at step (8|9|1\d)\b") as info:
+    with pytest.raises(Diverged, match=r"non-finite loss or gradient at step (7|8|9|1\d) ") as info:
         train(cfg)
-    bad_step = int(str(info.value).split("at step ")[1].split(";")[0])
+    bad_step = int(str(info.value).split("at step ")[1].split(" ")[0])
     good = (bad_step - 1) // 3 * 3
     assert f"step {good})" in str(info.value)
     steps = sorted(

@@ -3,7 +3,11 @@
 They read ../shared/data (or skip when it is absent) and write into tmp_path.
 """
 
+import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -17,12 +21,28 @@ SHARED = ROOT.parent / "shared" / "data" / "aclImdb_labeled.tar.gz"
 
 @pytest.mark.slow
 def test_adding_problem_irnn_reaches_target(tmp_path):
-    cfg = load_config(
-        ROOT / "configs" / "adding_problem.yaml",
-        [f"train.run_dir={tmp_path}", "train.progress=false"],
+    # as a user runs it: a fresh process (float32 throughout; the suite enables x64), seed 0
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "--config",
+        str(ROOT / "configs" / "adding_problem.yaml"),
+        "--set",
+        f"train.run_dir={tmp_path}",
+        "--set",
+        "train.progress=false",
+    ]
+    out = subprocess.run(
+        cmd,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
-    result = train(cfg)
-    assert result.metrics["test_mse"] < 0.01  # the mean predictor scores ~0.167
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["test_mse"] < 0.01  # the mean predictor scores ~0.167
 
 
 @pytest.mark.slow

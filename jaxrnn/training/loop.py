@@ -49,7 +49,7 @@ from jaxrnn.training.tasks import Task, make_task, sample_text
 
 
 class Diverged(RuntimeError):
-    """The training loss became NaN or infinite."""
+    """The training loss or the gradient norm became NaN or infinite."""
 
 
 @dataclasses.dataclass
@@ -279,7 +279,8 @@ def train(
         A :class:`RunResult` (status ``"finished"`` or ``"interrupted"``).
 
     Raises:
-        Diverged: the loss became NaN/inf (the message names the step; checkpoints are kept).
+        Diverged: the loss or gradient norm became NaN/inf (the message names the step;
+            checkpoints are kept).
         CheckpointError: ``--resume`` from a corrupt checkpoint, or a run directory that already
             holds checkpoints without ``resume``.
     """
@@ -371,13 +372,14 @@ def train(
             batch = dp.put_batch(dataset.train_batch(step))
             params, opt_state, m = train_step(params, opt_state, batch)
             m = jax.device_get(m)
-            loss = float(m["loss"])
+            loss, grad_norm = float(m["loss"]), float(m["grad_norm"])
             step += 1
-            if not math.isfinite(loss):
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                 bar.close()
                 good = ckpt.latest_step()
                 raise Diverged(
-                    f"loss became {loss} at step {step}; stopped. Last good checkpoint: "
+                    f"non-finite loss or gradient at step {step} (loss {loss}, gradient norm "
+                    f"{grad_norm}); stopped. Last good checkpoint: "
                     + (
                         f"{ckpt.directory / str(good)} (step {good})"
                         if good is not None
