@@ -110,3 +110,189 @@ def classifier_loss(
 ) -> Array:
     """Mean binary cross-entropy of the classifier on ``tokens [B, T]``, ``labels [B]``."""
     return binary_cross_entropy(classifier_logits(cfg, params, tokens, lengths), labels)
+
+
+def _final_h(carry: Any) -> Array:
+    """The output state ``h`` of a final carry (``h`` itself, or ``carry[0]`` for ``(h, c)``)."""
+    return carry[0] if isinstance(carry, tuple) else carry
+
+
+# --- character language model (tiny-shakespeare) -------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CharLMConfig:
+    """Model settings of the character language model."""
+
+    vocab_size: int = 65  # distinct characters of the corpus
+    embed_dim: int = 64  # E: width of each character vector
+    hidden_size: int = 512  # H: RNN units
+    cell: str = "gru"  # a name registered in jaxrnn.cells
+    cell_options: tuple[tuple[str, Any], ...] = ()  # extra kwargs of cells.<cell>.init
+
+
+def init_char_lm(key: Array, cfg: CharLMConfig, dtype: Any = jnp.float32) -> dict[str, Any]:
+    """Parameters ``{"embedding": [V, E], "rnn": cell params, "W_o": [H, V], "b_o": [V]}``."""
+    k_e, k_r, k_o = jax.random.split(key, 3)
+    cell_mod = cells.get(cfg.cell)
+    return {
+        "embedding": jax.random.normal(k_e, (cfg.vocab_size, cfg.embed_dim), dtype) * 0.1,
+        "rnn": cell_mod.init(
+            k_r, cfg.embed_dim, cfg.hidden_size, dtype=dtype, **dict(cfg.cell_options)
+        ),
+        "W_o": jax.nn.initializers.glorot_uniform()(
+            k_o, (cfg.hidden_size, cfg.vocab_size), dtype
+        ),  # [H, V]
+        "b_o": jnp.zeros((cfg.vocab_size,), dtype),  # [V]
+    }
+
+
+def char_lm_logits(
+    cfg: CharLMConfig, params: dict[str, Any], tokens: Array, h0: Any = None
+) -> tuple[Any, Array]:
+    """Next-character logits at every position.
+
+    Args:
+        cfg: model settings.
+        params: from :func:`init_char_lm`.
+        tokens: ``[B, T]`` int character ids.
+        h0: optional initial carry (leaves ``[B, H]``); zeros when ``None``.
+
+    Returns:
+        ``(final_carry, logits)`` with ``logits: [B, T, V]``; ``logits[:, t]`` predicts
+        ``tokens[:, t + 1]``.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxrnn import models
+        >>> cfg = models.CharLMConfig(vocab_size=10, embed_dim=4, hidden_size=8, cell="simple")
+        >>> params = models.init_char_lm(jax.random.key(0), cfg)
+        >>> _, logits = models.char_lm_logits(cfg, params, jnp.zeros((2, 5), jnp.int32))
+        >>> logits.shape
+        (2, 5, 10)
+    """
+    check_tokens(tokens, cfg.vocab_size)
+    xs = jnp.take(params["embedding"], tokens, axis=0)  # [B, T] -> [B, T, E]
+    carry, hs = rnn(cells.get(cfg.cell).cell, params["rnn"], xs, h0)  # hs: [B, T, H]
+    return carry, hs @ params["W_o"] + params["b_o"]  # [B, T, H] @ [H, V] -> [B, T, V]
+
+
+def char_lm_loss(cfg: CharLMConfig, params: dict[str, Any], tokens: Array) -> Array:
+    """Mean next-character cross-entropy (nats/char) over ``tokens[:, 1:]``; tokens ``[B, T+1]``."""
+    _, logits = char_lm_logits(cfg, params, tokens[:, :-1])  # [B, T, V]
+    return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+
+
+def char_lm_sample(
+    cfg: CharLMConfig,
+    params: dict[str, Any],
+    prompt: Array,
+    num_chars: int,
+    *,
+    key: Array,
+    temperature: float = 1.0,
+) -> Array:
+    """Samples ``num_chars`` characters after ``prompt`` (``[P]`` int ids, ``P >= 1``).
+
+    Returns:
+        ``[num_chars]`` int ids drawn one at a time from ``softmax(logits / temperature)``.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxrnn import models
+        >>> cfg = models.CharLMConfig(vocab_size=10, embed_dim=4, hidden_size=8, cell="simple")
+        >>> params = models.init_char_lm(jax.random.key(0), cfg)
+        >>> models.char_lm_sample(cfg, params, jnp.array([1, 2]), 7, key=jax.random.key(1)).shape
+        (7,)
+    """
+    prompt = jnp.asarray(prompt)
+    if prompt.ndim != 1 or prompt.shape[0] < 1:
+        raise ValueError(f"prompt must be [P] int ids with P >= 1; got shape {prompt.shape}")
+    cell = cells.get(cfg.cell).cell
+    carry, logits = char_lm_logits(cfg, params, prompt[None, :])  # logits [1, P, V]
+
+    def step(state, k):
+        carry, last_logits = state  # last_logits [1, V]
+        tok = jax.random.categorical(k, last_logits / temperature, axis=-1)  # [1]
+        x = jnp.take(params["embedding"], tok, axis=0)  # [1, E]
+        carry, h = cell(params["rnn"], carry, x)  # h [1, H]
+        return (carry, h @ params["W_o"] + params["b_o"]), tok[0]
+
+    keys = jax.random.split(key, num_chars)
+    _, toks = jax.lax.scan(step, (carry, logits[:, -1]), keys)
+    return toks  # [num_chars]
+
+
+# --- sequence regression (the adding problem) ----------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RegressorConfig:
+    """Model settings of the sequence-to-scalar regressor ``xs [B, T, D] -> y [B]``."""
+
+    input_size: int = 2  # D: features per step (value, marker) for the adding problem
+    hidden_size: int = 100  # H: RNN units
+    cell: str = "simple"  # a name registered in jaxrnn.cells
+    cell_options: tuple[tuple[str, Any], ...] = ()  # extra kwargs of cells.<cell>.init
+    chrono_t_max: int = 0  # LSTM only: > 0 applies chrono_lstm_bias(t_max) at init
+
+
+def chrono_lstm_bias(key: Array, b: Array, t_max: int) -> Array:
+    """Chrono initialization of an LSTM bias ``b: [4H]`` (gate order ``i, f, g, o``).
+
+    Tallec & Ollivier (2018), "Can recurrent neural networks warp time?":
+    ``b_f ~ log(U(1, t_max - 1))`` and ``b_i = -b_f``, so the forget gates start with
+    memory time scales spread up to ``t_max`` steps (a forget bias of 1 forgets within ~4
+    steps: ``sigmoid(1)^t``). The ``g`` and ``o`` blocks are kept.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> b = chrono_lstm_bias(jax.random.key(0), jnp.zeros(4 * 3), t_max=200)
+        >>> bool((b[3:6] >= 0).all() and (b[3:6] <= jnp.log(199.0)).all()), bool((b[:3] == -b[3:6]).all())
+        (True, True)
+    """
+    H = b.shape[0] // 4
+    b_f = jnp.log(jax.random.uniform(key, (H,), b.dtype, 1.0, t_max - 1.0))  # [H]
+    return b.at[:H].set(-b_f).at[H : 2 * H].set(b_f)
+
+
+def init_regressor(key: Array, cfg: RegressorConfig, dtype: Any = jnp.float32) -> dict[str, Any]:
+    """Parameters ``{"rnn": cell params, "W_o": [H, 1], "b_o": [1]}``."""
+    k_r, k_o, k_b = jax.random.split(key, 3)
+    cell_mod = cells.get(cfg.cell)
+    rnn_params = cell_mod.init(
+        k_r, cfg.input_size, cfg.hidden_size, dtype=dtype, **dict(cfg.cell_options)
+    )
+    if cfg.chrono_t_max > 0:
+        if cfg.cell != "lstm":
+            raise ValueError(f"chrono_t_max applies to the lstm cell only; got cell={cfg.cell!r}")
+        b = chrono_lstm_bias(k_b, rnn_params.b, cfg.chrono_t_max)
+        rnn_params = dataclasses.replace(rnn_params, b=b)
+    return {
+        "rnn": rnn_params,
+        "W_o": jax.nn.initializers.glorot_uniform()(k_o, (cfg.hidden_size, 1), dtype),  # [H, 1]
+        "b_o": jnp.zeros((1,), dtype),  # [1]
+    }
+
+
+def regressor_predict(cfg: RegressorConfig, params: dict[str, Any], xs: Array) -> Array:
+    """Prediction ``h_T @ W_o + b_o`` for each sequence.
+
+    Args:
+        cfg: model settings.
+        params: from :func:`init_regressor`.
+        xs: ``[B, T, D]`` float inputs.
+
+    Returns:
+        ``[B]`` predictions.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxrnn import models
+        >>> cfg = models.RegressorConfig(hidden_size=8)
+        >>> params = models.init_regressor(jax.random.key(0), cfg)
+        >>> models.regressor_predict(cfg, params, jnp.zeros((3, 20, 2), jnp.float32)).shape
+        (3,)
+    """
+    carry, _ = rnn(cells.get(cfg.cell).cell, params["rnn"], xs)
+    return (_final_h(carry) @ params["W_o"] + params["b_o"])[:, 0]  # [B, H] @ [H, 1] -> [B]

@@ -1,0 +1,484 @@
+"""The training loop: one jitted ``train_step``, evaluation, checkpoints, metrics, plots.
+
+::
+
+    config -> data set -> task (model + loss) -> optimizer -> loop:
+        for step in range(start, total_steps):
+            batch = dataset.train_batch(step)                       # a function of (seed, step)
+            params, opt_state, metrics = train_step(params, opt_state, batch)
+            every log_every:        append a "train" record to metrics.jsonl
+            every eval_every:       evaluate on the test split, append a "test" record
+            every checkpoint_every: save a checkpoint (and at the end, and on Ctrl-C)
+
+Reproducibility: parameters come from ``fold_in(key(seed), 0)`` and the batch of every step from
+``(seed, step)`` (see :mod:`jaxrnn.training.data`); none of the models draws random numbers
+while training (sampling at the end uses ``fold_in(key(seed), total_steps)``). A run resumed
+from a checkpoint therefore continues with the very numbers of an uninterrupted run.
+
+Data parallelism: a 1-D ``Mesh`` over all devices (of all processes), the batch sharded along
+its first axis, parameters and optimizer state replicated; ``jit`` inserts the gradient
+all-reduce. Launched as several processes, :func:`maybe_initialize_distributed` connects them
+first (``jax.distributed.initialize``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+import yaml
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm import tqdm
+
+from jaxrnn.training import data as data_lib
+from jaxrnn.training.checkpoint import Checkpointer, CheckpointError
+from jaxrnn.training.config import Config
+from jaxrnn.training.optim import make_optimizer, make_schedule
+from jaxrnn.training.tasks import Task, make_task, sample_text
+
+
+class Diverged(RuntimeError):
+    """The training loss or the gradient norm became NaN or infinite."""
+
+
+@dataclasses.dataclass
+class RunResult:
+    status: str  # "finished" | "interrupted"
+    step: int  # steps completed
+    metrics: dict  # last evaluation ("test_*") and train-window ("train_*") means
+    run_dir: pathlib.Path
+    params: Any
+    seconds: float
+    sample: str | None = None
+
+
+# --- distribution ----------------------------------------------------------------------------
+
+
+def maybe_initialize_distributed() -> bool:
+    """Calls ``jax.distributed.initialize`` when the environment describes a multi-process job.
+
+    Set ``JAX_COORDINATOR_ADDRESS`` (host:port), ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``
+    (or run under a cluster launcher JAX detects, e.g. SLURM with ``JAXRNN_DISTRIBUTED=1``).
+    Returns whether it initialized.
+    """
+    env = os.environ
+    if "JAX_COORDINATOR_ADDRESS" in env and int(env.get("JAX_NUM_PROCESSES", "1")) > 1:
+        jax.distributed.initialize(
+            coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+            num_processes=int(env["JAX_NUM_PROCESSES"]),
+            process_id=int(env["JAX_PROCESS_ID"]),
+        )
+        return True
+    if env.get("JAXRNN_DISTRIBUTED") == "1":
+        jax.distributed.initialize()
+        return True
+    return False
+
+
+@dataclasses.dataclass(frozen=True)
+class DataParallel:
+    """A 1-D mesh over all devices: ``batch`` sharded on axis 0, everything else replicated."""
+
+    mesh: Mesh
+    batch: NamedSharding
+    replicated: NamedSharding
+
+    @classmethod
+    def over_all_devices(cls) -> DataParallel:
+        mesh = Mesh(np.array(jax.devices()), ("data",))
+        return cls(
+            mesh, NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
+        )
+
+    @property
+    def size(self) -> int:
+        return self.mesh.size
+
+    def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """Global batch (the same on every process) -> arrays sharded over the mesh."""
+        n, p = jax.process_count(), jax.process_index()
+
+        def put(a):
+            local = np.split(a, n)[p]  # this process's rows  # [B / n, ...]
+            return jax.make_array_from_process_local_data(self.batch, local, a.shape)
+
+        return {k: put(v) for k, v in batch.items()}
+
+    def put_replicated(self, tree: Any) -> Any:
+        return jax.device_put(tree, self.replicated)
+
+
+# --- the step --------------------------------------------------------------------------------
+
+
+def make_train_step(
+    loss_fn: Callable[[Any, dict], tuple[jax.Array, dict]], tx: optax.GradientTransformation
+) -> Callable[[Any, Any, dict], tuple[Any, Any, dict]]:
+    """The pure step ``train_step(params, opt_state, batch) -> (params, opt_state, metrics)``.
+
+    ``metrics`` holds what ``loss_fn`` returns plus ``grad_norm`` (before clipping).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, optax
+        >>> loss_fn = lambda p, b: (jnp.mean((b["x"] * p - b["y"]) ** 2), {})
+        >>> step = jax.jit(make_train_step(loss_fn, optax.sgd(0.1)))
+        >>> p, s, m = step(jnp.array(0.0), optax.sgd(0.1).init(jnp.array(0.0)),
+        ...                {"x": jnp.ones(4), "y": jnp.full(4, 2.0)})
+        >>> round(float(p), 3), round(float(m["loss"]), 3)
+        (0.4, 4.0)
+    """
+
+    def train_step(params, opt_state, batch):
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+    return train_step
+
+
+def evaluate(
+    eval_step: Callable, task: Task, params: Any, dataset: Any, batch_size: int, dp: DataParallel
+) -> dict[str, float]:
+    """Runs ``eval_step`` over the whole test split; means of the masked sums."""
+    totals: dict[str, float] = {}
+    for batch in dataset.eval_batches(batch_size):
+        sums = jax.device_get(eval_step(params, dp.put_batch(batch)))
+        for k, v in sums.items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+    return {k: float(v) for k, v in task.summarize(totals).items()}
+
+
+# --- metrics files ---------------------------------------------------------------------------
+
+
+class MetricsLog:
+    """Appends one JSON object per line to ``metrics.jsonl`` (process 0 only)."""
+
+    def __init__(self, path: pathlib.Path, enabled: bool = True):
+        self.path, self.enabled = path, enabled
+
+    def truncate_after(self, step: int) -> None:
+        """Drops records of steps after ``step`` (a resumed run rewrites them)."""
+        if not (self.enabled and self.path.exists()):
+            return
+        lines = [ln for ln in self.path.read_text().splitlines() if ln.strip()]
+        keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(ln + "\n" for ln in keep))
+        os.replace(tmp, self.path)
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The records of a ``metrics.jsonl`` file."""
+    return [json.loads(ln) for ln in pathlib.Path(path).read_text().splitlines() if ln.strip()]
+
+
+def plot_metrics(records: list[dict], png_path: str | os.PathLike, title: str = "") -> None:
+    """Loss (and accuracy when recorded) against step, train and test, saved as a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    panels = ["loss"] + (["accuracy"] if any("accuracy" in r for r in records) else [])
+    fig = Figure(figsize=(5.5 * len(panels), 4))
+    FigureCanvasAgg(fig)
+    for i, name in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        for split, style in (("train", "-"), ("test", "o-")):
+            pts = [(r["step"], r[name]) for r in records if r.get("split") == split and name in r]
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                ax.plot(xs, ys, style, label=split, markersize=3)
+        ax.set_xlabel("step")
+        ax.set_ylabel(name)
+        if name == "loss":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+
+
+# --- the loop --------------------------------------------------------------------------------
+
+
+def total_steps(cfg: Config, steps_per_epoch: int) -> int:
+    if cfg.train.steps is not None:
+        return cfg.train.steps
+    return max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
+
+
+class _Interrupt:
+    """Turns the first SIGINT into a flag the loop checks after each step."""
+
+    def __init__(self):
+        self.flag = False
+        self._old = None
+
+    def __enter__(self):
+        if jax.process_count() == 1 and _in_main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.flag:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        self.flag = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _comparable(cfg_dict: dict) -> dict:
+    """The parts of a config that must not change across ``--resume``."""
+    return {k: cfg_dict[k] for k in ("task", "seed", "data", "model")}
+
+
+def train(
+    cfg: Config,
+    *,
+    resume: bool = False,
+    stop_at_step: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> RunResult:
+    """Trains per ``cfg``; writes ``metrics.jsonl``, ``curves.png``, ``summary.json`` and
+    checkpoints under the run directory.
+
+    Args:
+        cfg: a validated config.
+        resume: continue from the run directory's latest checkpoint.
+        stop_at_step: stop (with a checkpoint) once this many steps are done, as Ctrl-C would.
+        log: where messages go (default: stderr).
+
+    Returns:
+        A :class:`RunResult` (status ``"finished"`` or ``"interrupted"``).
+
+    Raises:
+        Diverged: the loss or gradient norm became NaN/inf (the message names the step;
+            checkpoints are kept).
+        CheckpointError: ``--resume`` from a corrupt checkpoint, or a run directory that already
+            holds checkpoints without ``resume``.
+    """
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    maybe_initialize_distributed()
+    t_start = time.perf_counter()
+    run_dir = pathlib.Path(cfg.train.run_dir or f"runs/{cfg.name}")
+    chief = jax.process_index() == 0
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dp = DataParallel.over_all_devices()
+    for key_name in ("batch_size", "eval_batch_size"):
+        if getattr(cfg.train, key_name) % dp.size:
+            raise ValueError(
+                f"train.{key_name}={getattr(cfg.train, key_name)} must be a multiple of the "
+                f"{dp.size} devices it is split over"
+            )
+
+    dataset = data_lib.make_dataset(cfg.task, cfg.data, cfg.seed, cfg.train.batch_size)
+    task = make_task(cfg, dataset)
+    n_steps = total_steps(cfg, dataset.steps_per_epoch)
+    eval_every = cfg.train.eval_every or dataset.steps_per_epoch
+    tx = make_optimizer(cfg.optim, n_steps)
+    lr_at = make_schedule(cfg.optim, n_steps)
+
+    key = jax.random.key(cfg.seed)
+    params = dp.put_replicated(task.init(jax.random.fold_in(key, 0)))
+    opt_state = dp.put_replicated(tx.init(params))
+    train_step = jax.jit(
+        make_train_step(task.loss_fn, tx),
+        in_shardings=(dp.replicated, dp.replicated, dp.batch),
+        out_shardings=dp.replicated,
+    )
+    eval_step = jax.jit(
+        task.eval_fn, in_shardings=(dp.replicated, dp.batch), out_shardings=dp.replicated
+    )
+
+    ckpt = Checkpointer(run_dir / "checkpoints", keep=cfg.train.keep_checkpoints)
+    metrics_log = MetricsLog(run_dir / "metrics.jsonl", enabled=chief)
+    cfg_dict = cfg.to_dict()
+    start, window = 0, {"n": 0}
+    latest = ckpt.latest_step()
+    if resume and latest is not None:
+        if _comparable(ckpt.read_meta(latest).get("config", {})) != _comparable(cfg_dict):
+            raise CheckpointError(
+                f"checkpoint {ckpt.directory / str(latest)} was written with another task/seed/"
+                f"data/model config than the one given; resume with the same config"
+            )
+        state, meta = ckpt.restore(latest, {"params": params, "opt_state": opt_state})
+        params, opt_state = state["params"], state["opt_state"]
+        start, window = int(meta["step"]), dict(meta["window"])
+        metrics_log.truncate_after(start)
+        log(f"resumed from {ckpt.directory / str(latest)} at step {start}")
+    elif latest is not None:
+        raise CheckpointError(
+            f"{run_dir} already holds checkpoints (latest step {latest}); pass --resume to "
+            f"continue, or choose another --set train.run_dir=..."
+        )
+    elif resume:
+        log(f"--resume: no checkpoint in {ckpt.directory}; starting at step 0")
+    if chief:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
+        if start == 0:
+            metrics_log.truncate_after(0)
+
+    def save(step: int) -> None:
+        ckpt.save(
+            step,
+            {"params": params, "opt_state": opt_state},
+            {"step": step, "window": window, "config": cfg_dict},
+        )
+
+    last_eval: dict[str, float] = {}
+    last_train: dict[str, float] = {}
+    status = "finished"
+    B = cfg.train.batch_size
+    bar = tqdm(
+        total=n_steps,
+        initial=start,
+        disable=not (cfg.train.progress and chief),
+        mininterval=1.0 if sys.stderr.isatty() else 30.0,
+        dynamic_ncols=True,
+        desc=cfg.name,
+        file=sys.stderr,
+    )
+    t_window = time.perf_counter()
+    with _Interrupt() as interrupt:
+        step = start
+        while step < n_steps:
+            batch = dp.put_batch(dataset.train_batch(step))
+            params, opt_state, m = train_step(params, opt_state, batch)
+            m = jax.device_get(m)
+            loss, grad_norm = float(m["loss"]), float(m["grad_norm"])
+            step += 1
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                bar.close()
+                good = ckpt.latest_step()
+                raise Diverged(
+                    f"non-finite loss or gradient at step {step} (loss {loss}, gradient norm "
+                    f"{grad_norm}); stopped. Last good checkpoint: "
+                    + (
+                        f"{ckpt.directory / str(good)} (step {good})"
+                        if good is not None
+                        else "none (no checkpoint written yet)"
+                    )
+                    + ". Try a smaller optim.learning_rate or set optim.clip_norm."
+                )
+            for k, v in m.items():
+                window[k] = window.get(k, 0.0) + float(v)
+            window["n"] += 1
+            bar.update(1)
+            if step % cfg.train.log_every == 0 or step == n_steps:
+                now = time.perf_counter()
+                n = window.pop("n")
+                last_train = {k: v / n for k, v in window.items()}
+                metrics_log.write(
+                    {
+                        "step": step,
+                        "split": "train",
+                        **last_train,
+                        "lr": float(lr_at(step - 1)),
+                        "examples_per_s": n * B / max(now - t_window, 1e-9),
+                        "epoch": step / dataset.steps_per_epoch,
+                    }
+                )
+                bar.set_postfix(
+                    {k: f"{v:.4g}" for k, v in last_train.items() if k in ("loss", "accuracy")}
+                    | {"ex/s": f"{n * B / max(now - t_window, 1e-9):.0f}"},
+                    refresh=False,
+                )
+                window, t_window = {"n": 0}, now
+            if step % eval_every == 0 or step == n_steps:
+                last_eval = evaluate(
+                    eval_step, task, params, dataset, cfg.train.eval_batch_size, dp
+                )
+                metrics_log.write(
+                    {
+                        "step": step,
+                        "split": "test",
+                        **last_eval,
+                        "epoch": step / dataset.steps_per_epoch,
+                    }
+                )
+                bar.write(
+                    f"step {step}: " + ", ".join(f"test {k} {v:.4f}" for k, v in last_eval.items())
+                )
+            if step % cfg.train.checkpoint_every == 0 or step == n_steps:
+                save(step)
+            if interrupt.flag or (
+                stop_at_step is not None and step >= stop_at_step and step < n_steps
+            ):
+                save(step)
+                status = "interrupted"
+                bar.close()
+                log(
+                    f"interrupted at step {step}; checkpoint saved in {ckpt.directory}. "
+                    f"Continue with --resume."
+                )
+                break
+    bar.close()
+    ckpt.close()
+    seconds = time.perf_counter() - t_start
+    result = RunResult(
+        status,
+        step,
+        {
+            **{f"test_{k}": v for k, v in last_eval.items()},
+            **{f"train_{k}": v for k, v in last_train.items()},
+        },
+        run_dir,
+        params,
+        seconds,
+    )
+    if status == "finished" and chief:
+        if cfg.task == "shakespeare" and cfg.train.sample_chars > 0:
+            result.sample = sample_text(
+                cfg, task, params, dataset, jax.random.fold_in(key, n_steps)
+            )
+            (run_dir / "sample.txt").write_text(result.sample)
+        plot_metrics(read_metrics(metrics_log.path), run_dir / "curves.png", title=cfg.name)
+        summary = {
+            "config": cfg.name,
+            "steps": step,
+            "seconds_this_run": round(seconds, 1),
+            "devices": dp.size,
+            **result.metrics,
+        }
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return result
+
+
+__all__ = [
+    "DataParallel",
+    "Diverged",
+    "RunResult",
+    "evaluate",
+    "make_train_step",
+    "maybe_initialize_distributed",
+    "plot_metrics",
+    "read_metrics",
+    "train",
+]

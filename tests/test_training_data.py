@@ -1,0 +1,194 @@
+"""Data loaders on generated fixtures: IMDB (tar.gz and directory), shakespeare, adding."""
+
+import collections
+import io
+import tarfile
+
+import numpy as np
+import pytest
+
+from jaxrnn.training import data
+from jaxrnn.training.config import from_dict
+from jaxrnn.training.fixtures import write_fake_imdb
+
+REVIEWS = {  # (split, label, file id) -> text
+    ("train", "pos", 0): "Great movie!<br /><br />Great acting, GREAT fun.",
+    ("train", "pos", 1): "A great film; fun, fun.",
+    ("train", "neg", 0): "Bad movie.<br />Bad, bad acting... awful",
+    ("train", "neg", 1): "Awful film, a waste.",
+    ("test", "pos", 0): "Great fun, unseen words here",
+    ("test", "neg", 0): "bad",
+}
+
+
+def _tar(path, reviews):
+    with tarfile.open(path, "w:gz") as tar:
+        for (split, label, i), text in reviews.items():
+            blob = text.encode()
+            info = tarfile.TarInfo(f"aclImdb/{split}/{label}/{i}_{8 if label == 'pos' else 2}.txt")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+        extra = tarfile.TarInfo("aclImdb/README")  # files outside the layout are ignored
+        extra.size = 2
+        tar.addfile(extra, io.BytesIO(b"hi"))
+    return path
+
+
+def _imdb_cfg(path, tmp_path, **kw):
+    d = {"path": str(path), "cache_dir": str(tmp_path / "cache"), **kw}
+    return from_dict({"task": "imdb", "data": d, "train": {"steps": 1}}).data
+
+
+def _expected(num_words, maxlen, padding="pre", truncating="pre"):
+    """Tokenize REVIEWS independently: a word list by hand, counting with Counter."""
+
+    def words(text):
+        text = text.lower().replace("<br />", " ")
+        return "".join(c if c.isalnum() or c in "' " else " " for c in text).split()
+
+    train = [
+        (s, lab, i)
+        for (s, lab, i) in sorted(REVIEWS, key=lambda k: (k[1] == "pos", k[2]))
+        if s == "train"
+    ]
+    counts = collections.Counter()
+    for k in train:
+        counts.update(words(REVIEWS[k]))
+    order = sorted(counts, key=lambda w: -counts[w])  # ties do not occur among the top words used
+    ids = {w: r + 2 for r, w in enumerate(order[: num_words - 2])}
+    out = {}
+    for split in ("train", "test"):
+        keys = sorted([k for k in REVIEWS if k[0] == split], key=lambda k: (k[1] == "pos", k[2]))
+        seqs = [[ids.get(w, 1) for w in words(REVIEWS[k])] for k in keys]
+        out[split] = (seqs, [int(k[1] == "pos") for k in keys])
+    return out, counts
+
+
+def test_tokenizer_matches_independent_count(tmp_path):
+    path = _tar(tmp_path / "imdb.tar.gz", REVIEWS)
+    got = data.load_imdb(_imdb_cfg(path, tmp_path, num_words=6, maxlen=5), verbose=False)
+    expected, counts = _expected(6, 5)
+    # the four most frequent training words, by count: great 4, bad 3, fun 4, ...
+    top = [w for w, _ in counts.most_common(4)]
+    assert list(got["vocab"]) == top
+    for split in ("train", "test"):
+        seqs, labels = expected[split]
+        np.testing.assert_array_equal(got[f"y_{split}"], labels)
+        np.testing.assert_array_equal(got[f"len_{split}"], [min(len(s), 5) for s in seqs])
+        for row, s in zip(got[f"x_{split}"], seqs, strict=True):
+            s = s[-5:]
+            assert row.tolist() == [0] * (5 - len(s)) + s  # pre-padded, pre-truncated
+    assert got["x_test"].max() < 6 and (got["x_test"] == 1).any()  # unknown words -> 1
+
+
+def test_pad_sequences_matches_keras(monkeypatch):
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    keras = pytest.importorskip("keras")
+    rng = np.random.default_rng(0)
+    seqs = [list(rng.integers(2, 50, n)) for n in (0, 1, 3, 7, 12)]
+    for padding in ("pre", "post"):
+        for truncating in ("pre", "post"):
+            ours, lengths = data.pad_sequences(seqs, 7, padding, truncating)
+            ref = keras.utils.pad_sequences(seqs, maxlen=7, padding=padding, truncating=truncating)
+            np.testing.assert_array_equal(ours, ref)
+            np.testing.assert_array_equal(lengths, [min(len(s), 7) for s in seqs])
+
+
+def test_directory_equals_archive_and_cache(tmp_path, monkeypatch):
+    tgz = write_fake_imdb(tmp_path / "a.tar.gz", per_class=10, seed=3)
+    folder = write_fake_imdb(tmp_path / "dir", per_class=10, seed=3, as_directory=True)
+    a = data.load_imdb(
+        _imdb_cfg(tgz, tmp_path, num_words=30, maxlen=40, padding="post"), verbose=False
+    )
+    b = data.load_imdb(
+        _imdb_cfg(folder, tmp_path, num_words=30, maxlen=40, padding="post"), verbose=False
+    )
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    # the second load of the same source + settings comes from the cache, not the archive
+    monkeypatch.setattr(data, "read_imdb", lambda p: pytest.fail("cache missed"))
+    c = data.load_imdb(_imdb_cfg(tgz, tmp_path, num_words=30, maxlen=40, padding="post"))
+    np.testing.assert_array_equal(a["x_train"], c["x_train"])
+    # other settings -> another cache entry
+    with pytest.raises(pytest.fail.Exception, match="cache missed"):
+        data.load_imdb(_imdb_cfg(tgz, tmp_path, num_words=30, maxlen=41))
+    assert len(list((tmp_path / "cache").glob("imdb-*.npz"))) == 2
+
+
+def test_missing_and_bad_archives(tmp_path):
+    cfg = _imdb_cfg(tmp_path / "nowhere.tar.gz", tmp_path)
+    with pytest.raises(FileNotFoundError, match="aclImdb_v1.tar.gz.*data.path"):
+        data.load_imdb(cfg)
+    junk = tmp_path / "junk.tar.gz"
+    junk.write_bytes(b"not a tar")
+    with pytest.raises(ValueError, match="not a readable tar archive"):
+        data.load_imdb(_imdb_cfg(junk, tmp_path))
+    empty = _tar(tmp_path / "empty.tar.gz", {("train", "pos", 0): "x"})
+    with pytest.raises(ValueError, match="no reviews under aclImdb/test"):
+        data.load_imdb(_imdb_cfg(empty, tmp_path))
+
+
+def test_download_checks_checksum(tmp_path):
+    src = tmp_path / "file.txt"
+    src.write_text("hello")
+    good = data.sha256_file(src)
+    assert data.download(src.as_uri(), good, tmp_path / "c").read_text() == "hello"
+    with pytest.raises(ValueError, match="sha256"):
+        data.download(src.as_uri(), "0" * 64, tmp_path / "c")
+    assert not (tmp_path / "c" / "file.txt").exists()
+
+
+def test_array_dataset_order_is_a_function_of_seed_and_epoch():
+    n, B = 10, 3
+    train = {"x": np.arange(n)}
+    ds = data.ArrayDataset(train, train, seed=7, batch_size=B)
+    assert ds.steps_per_epoch == 3
+    epoch0 = np.concatenate([ds.train_batch(s)["x"] for s in range(3)])
+    assert len(set(epoch0.tolist())) == 9  # no repeats within an epoch
+    np.testing.assert_array_equal(epoch0, data.epoch_permutation(7, 0, n)[:9])
+    # random access (as after a resume) gives the same batches as sequential access
+    fresh = data.ArrayDataset(train, train, seed=7, batch_size=B)
+    np.testing.assert_array_equal(fresh.train_batch(4)["x"], ds.train_batch(4)["x"])
+    assert not np.array_equal(ds.train_batch(0)["x"], ds.train_batch(3)["x"])  # epochs differ
+    # evaluation covers every example once; the padded tail is masked out
+    batches = list(ds.eval_batches(4))
+    assert [b["mask"].sum() for b in batches] == [4, 4, 2]
+    np.testing.assert_array_equal(
+        np.concatenate([b["x"][b["mask"] > 0] for b in batches]), np.arange(n)
+    )
+
+
+def test_char_dataset():
+    text = "".join(chr(97 + (i * 7) % 26) for i in range(1000))
+    ds = data.CharDataset(text, seq_len=16, val_fraction=0.1, seed=0, batch_size=4)
+    assert len(ds.train_ids) == 900 and len(ds.val_ids) == 100
+    assert ds.decode(ds.encode("hello")) == "hello"
+    train_text = text[:900]
+    for step in (0, 1, ds.steps_per_epoch + 2):
+        tok = ds.train_batch(step)["tokens"]
+        assert tok.shape == (4, 17)
+        for row in tok:  # each window is a contiguous piece of the training split
+            piece = ds.decode(row)
+            assert piece in train_text
+    np.testing.assert_array_equal(
+        data.CharDataset(text, 16, 0.1, 0, 4).train_batch(5)["tokens"], ds.train_batch(5)["tokens"]
+    )
+    (val,) = list(ds.eval_batches(3))  # 3 contiguous streams of the validation text
+    assert val["tokens"].shape == (3, 33 + 1) and val["mask"].tolist() == [1, 1, 1]
+    # the predicted characters (all but each stream's first) tile the text without overlap
+    assert "".join(ds.decode(r[1:]) for r in val["tokens"]) == text[901 : 901 + 3 * 33]
+    for r in val["tokens"]:
+        assert ds.decode(r) in text[900:]
+
+
+def test_adding_problem_statistics():
+    xs, y = data.adding_problem(np.random.default_rng(1), 20000, 50)
+    markers = xs[..., 1]
+    assert (markers.sum(1) == 2).all()
+    assert (markers[:, :25].sum(1) == 1).all()  # one marker in each half
+    np.testing.assert_allclose(y, (xs[..., 0] * markers).sum(1), rtol=1e-6)
+    assert abs(np.mean((y - 1.0) ** 2) - 1 / 6) < 0.01  # predicting the mean scores ~1/6
+    ds = data.AddingDataset(T=50, test_size=10, test_seed=3, seed=0, batch_size=5)
+    np.testing.assert_array_equal(ds.train_batch(9)["xs"], ds.train_batch(9)["xs"])
+    assert not np.array_equal(ds.train_batch(9)["xs"], ds.train_batch(10)["xs"])

@@ -1,0 +1,278 @@
+"""The training loop: train_step against the NumPy reference, every leaf trained, no recompile,
+same seed -> same numbers, resume equality, NaN stop, corrupt checkpoints, Ctrl-C, data parallel."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxrnn import reference
+from jaxrnn.training import data as data_lib
+from jaxrnn.training.checkpoint import CheckpointError
+from jaxrnn.training.config import from_dict
+from jaxrnn.training.fixtures import write_fake_imdb
+from jaxrnn.training.loop import Diverged, make_train_step, read_metrics, train
+from jaxrnn.training.tasks import make_task
+
+ROOT = pathlib.Path(__file__).parents[1]
+
+
+def _config(tmp_path, task, **sections):
+    """A tiny config of ``task``; ``sections`` update its sections."""
+    base = {
+        "adding": {"data": {"T": 12, "test_size": 40}, "model": {"hidden_size": 8}},
+        "imdb": {
+            "data": {"num_words": 60, "maxlen": 30, "cache_dir": str(tmp_path / "cache")},
+            "model": {"embed_dim": 6, "hidden_size": 8},
+        },
+        "shakespeare": {
+            "data": {"seq_len": 16},
+            "model": {"embed_dim": 6, "hidden_size": 8, "cell": "simple"},
+        },
+    }[task]
+    if task == "imdb":
+        base["data"]["path"] = str(write_fake_imdb(tmp_path / "imdb.tar.gz", per_class=20))
+    if task == "shakespeare":
+        (tmp_path / "tiny.txt").write_text("To be, or not to be: that is the question.\n" * 40)
+        base["data"]["path"] = str(tmp_path / "tiny.txt")
+    raw = {
+        "task": task,
+        "seed": 0,
+        **base,
+        "optim": {"name": "adam", "learning_rate": 1e-2},
+        "train": {
+            "batch_size": 8,
+            "steps": 12,
+            "log_every": 1,
+            "eval_every": 4,
+            "eval_batch_size": 16,
+            "checkpoint_every": 5,
+            "progress": False,
+            "run_dir": str(tmp_path / "run"),
+        },
+    }
+    for name, values in sections.items():
+        raw[name] = {**raw.get(name, {}), **values} if isinstance(values, dict) else values
+    return from_dict(raw, source="<test>")
+
+
+def _task_and_batch(cfg):
+    ds = data_lib.make_dataset(cfg.task, cfg.data, cfg.seed, cfg.train.batch_size)
+    task = make_task(cfg, ds)
+    batch = {k: jnp.asarray(v) for k, v in ds.train_batch(0).items()}
+    return task, batch
+
+
+def test_train_step_equals_sgd_on_numpy_reference_gradients(tmp_path):
+    """One SGD step of the IMDB task == params - lr * (hand-derived BPTT gradients)."""
+    cfg = _config(tmp_path, "imdb")
+    task, batch = _task_and_batch(cfg)
+    params = task.init(jax.random.key(1))
+    lr = 0.5
+    step = jax.jit(make_train_step(task.loss_fn, optax.sgd(lr)))
+    new, _, metrics = step(params, optax.sgd(lr).init(params), batch)
+
+    np_params = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+    loss, cache = reference.seed_forward(
+        np_params, np.asarray(batch["tokens"]), np.asarray(batch["labels"])
+    )
+    grads = reference.seed_backward(np_params, cache)
+    np.testing.assert_allclose(float(metrics["loss"]), loss, rtol=1e-5)
+    for name in ("embedding", "W_o", "b_o"):
+        np.testing.assert_allclose(new[name], np_params[name] - lr * grads[name], atol=1e-5)
+    for name in ("W_x", "W_h", "b"):
+        np.testing.assert_allclose(
+            getattr(new["rnn"], name),
+            getattr(np_params["rnn"], name) - lr * grads["rnn"][name],
+            atol=1e-5,
+        )
+
+
+@pytest.mark.parametrize("task_name", ["adding", "imdb", "shakespeare"])
+def test_one_step_changes_every_leaf_and_does_not_recompile(tmp_path, task_name):
+    cfg = _config(tmp_path, task_name)
+    task, batch = _task_and_batch(cfg)
+    traces = []
+
+    def loss_fn(params, batch):
+        traces.append(1)  # runs only while tracing
+        return task.loss_fn(params, batch)
+
+    tx = optax.adam(1e-2)
+    step = jax.jit(make_train_step(loss_fn, tx))
+    params = task.init(jax.random.key(0))
+    new, state, metrics = step(params, tx.init(params), batch)
+    changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), params, new)
+    assert all(jax.tree.leaves(changed)), changed
+    assert np.isfinite(float(metrics["loss"]))
+    step(new, state, batch)
+    assert len(traces) == 1  # the second call reuses the compiled step
+
+
+def _losses(run_dir):
+    return [(r["step"], r["split"], r["loss"]) for r in read_metrics(run_dir / "metrics.jsonl")]
+
+
+def test_same_seed_same_numbers_and_resume_equals_uninterrupted(tmp_path):
+    a = train(_config(tmp_path, "adding", train={"run_dir": str(tmp_path / "a")}))
+    b = train(_config(tmp_path, "adding", train={"run_dir": str(tmp_path / "b")}))
+    assert a.status == "finished" and a.step == 12
+    assert _losses(a.run_dir) == _losses(b.run_dir)  # same seed -> same numbers, exactly
+
+    # interrupted after 7 steps (between the checkpoints at 5 and 10), then resumed
+    cfg_c = _config(tmp_path, "adding", train={"run_dir": str(tmp_path / "c")})
+    c1 = train(cfg_c, stop_at_step=7)
+    assert c1.status == "interrupted" and c1.step == 7
+    assert max(r["step"] for r in read_metrics(tmp_path / "c" / "metrics.jsonl")) == 7
+    c2 = train(cfg_c, resume=True)
+    assert c2.status == "finished"
+    assert _losses(a.run_dir) == _losses(c2.run_dir)
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(c2.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    for name in ("curves.png", "summary.json", "config.yaml"):
+        assert (c2.run_dir / name).exists()
+
+    d = train(_config(tmp_path, "adding", seed=1, train={"run_dir": str(tmp_path / "d")}))
+    assert _losses(d.run_dir) != _losses(a.run_dir)  # another seed -> other numbers
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    # a "step" schedule multiplies the learning rate by 1e30 after 6 steps: the loss blows up
+    cfg = _config(
+        tmp_path,
+        "adding",
+        optim={
+            "name": "sgd",
+            "learning_rate": 0.01,
+            "schedule": "step",
+            "step_every": 6,
+            "step_factor": 1e30,
+        },
+        train={"steps": 40, "checkpoint_every": 3},
+    )
+    with pytest.raises(Diverged, match=r"non-finite loss or gradient at step (7|8|9|1\d) ") as info:
+        train(cfg)
+    bad_step = int(str(info.value).split("at step ")[1].split(" ")[0])
+    good = (bad_step - 1) // 3 * 3
+    assert f"step {good})" in str(info.value)
+    steps = sorted(
+        int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()
+    )
+    assert steps[-1] == good
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    cfg = _config(tmp_path, "adding", train={"steps": 5})
+    train(cfg)
+    ckpt = tmp_path / "run" / "checkpoints" / "5"
+    files = [p for p in ckpt.rglob("*") if p.is_file()]
+    assert files
+    for p in files:
+        p.write_bytes(b"\x00garbage\xff" * 3)
+    with pytest.raises(CheckpointError, match=r"checkpoints/5 is corrupt or unreadable"):
+        train(cfg, resume=True)
+
+
+def test_existing_checkpoints_need_resume_and_same_config(tmp_path):
+    cfg = _config(tmp_path, "adding", train={"steps": 5})
+    train(cfg)
+    with pytest.raises(CheckpointError, match="already holds checkpoints.*--resume"):
+        train(cfg)
+    other = _config(tmp_path, "adding", train={"steps": 8}, model={"hidden_size": 9})
+    with pytest.raises(CheckpointError, match="another task/seed/data/model config"):
+        train(other, resume=True)
+    more = train(_config(tmp_path, "adding", train={"steps": 8}), resume=True)  # extend a run
+    assert more.step == 8
+
+
+def _run_script(code, env_extra, timeout=240):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **env_extra}
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+SHARDED = """
+    import json, sys, jax
+    from jaxrnn.training.config import from_dict
+    from jaxrnn.training.loop import train, read_metrics
+    cfg = from_dict({"task": "adding", "seed": 3, "data": {"T": 10, "test_size": 16},
+                     "model": {"hidden_size": 8},
+                     "optim": {"learning_rate": 0.01, "clip_norm": 1.0},
+                     "train": {"batch_size": 8, "steps": 5, "log_every": 1, "eval_every": 5,
+                               "eval_batch_size": 8, "progress": False,
+                               "run_dir": sys.argv[1] if len(sys.argv) > 1 else "%s"}})
+    r = train(cfg)
+    print(json.dumps({"devices": jax.device_count(),
+                      "shards": len(r.params["W_o"].sharding.device_set),
+                      "losses": [m["loss"] for m in read_metrics(r.run_dir / "metrics.jsonl")]}))
+"""
+
+
+def test_data_parallel_over_4_devices_equals_single_device(tmp_path):
+    one = _run_script(SHARDED % (tmp_path / "one"), {"XLA_FLAGS": ""})
+    four = _run_script(
+        SHARDED % (tmp_path / "four"), {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    )
+    assert one["devices"] == 1 and four["devices"] == 4
+    assert four["shards"] == 4  # parameters replicated over the 4 devices
+    assert len(one["losses"]) == 6  # 5 train records + 1 evaluation
+    np.testing.assert_allclose(four["losses"], one["losses"], rtol=1e-5, atol=1e-6)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    run = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "--config",
+        str(ROOT / "configs" / "adding_problem.yaml"),
+        "--set",
+        "train.steps=100000",
+        "--set",
+        "data.T=10",
+        "--set",
+        "train.log_every=1",
+        "--set",
+        "train.progress=false",
+        "--set",
+        f"train.run_dir={run}",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    assert "interrupted at step" in err
+    stopped = json.loads(out.strip().splitlines()[-1])
+    assert stopped["status"] == "interrupted"
+    saved = [int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit()]
+    assert stopped["step"] in saved
