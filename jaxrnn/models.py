@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxrnn import cells
+from jaxrnn import dropout as dropout_lib
 from jaxrnn.cells._common import Array
 from jaxrnn.layer import rnn
 
@@ -43,6 +44,10 @@ class ClassifierConfig:
     hidden_size: int = 100  # H: RNN units
     cell: str = "simple"  # a name registered in jaxrnn.cells
     cell_options: tuple[tuple[str, Any], ...] = ()  # extra kwargs of cells.<cell>.init
+    # Keras's LSTM(..., dropout, recurrent_dropout): one mask per sequence on x_t / h_{t-1},
+    # applied only when classifier_logits gets a key (training); 0 = off
+    dropout: float = 0.0
+    recurrent_dropout: float = 0.0
 
 
 def init_classifier(key: Array, cfg: ClassifierConfig, dtype: Any = jnp.float32) -> dict[str, Any]:
@@ -74,7 +79,12 @@ def check_tokens(tokens: Any, vocab_size: int) -> None:
 
 
 def classifier_logits(
-    cfg: ClassifierConfig, params: dict[str, Any], tokens: Array, lengths: Array | None = None
+    cfg: ClassifierConfig,
+    params: dict[str, Any],
+    tokens: Array,
+    lengths: Array | None = None,
+    *,
+    key: Array | None = None,
 ) -> Array:
     """Logit of the positive class for each sequence.
 
@@ -83,15 +93,28 @@ def classifier_logits(
         params: from :func:`init_classifier`.
         tokens: ``[B, T]`` int word ids (0 = padding).
         lengths: optional ``[B]`` true lengths of left-aligned (post-padded) sequences.
+        key: PRNG key for ``cfg.dropout`` / ``cfg.recurrent_dropout`` (training); ``None``
+            (evaluation): no dropout.
 
     Returns:
         ``[B]`` logits; ``jax.nn.sigmoid`` of them is the probability of "positive".
     """
     check_tokens(tokens, cfg.vocab_size)
     xs = jnp.take(params["embedding"], tokens, axis=0)  # [B, T] -> [B, T, E]
-    h_T, _ = rnn(
-        cells.get(cfg.cell).cell, params["rnn"], xs, lengths=lengths
-    )  # [B, H] (or carry tuple)
+    cell = cells.get(cfg.cell).cell
+    if key is not None and (cfg.dropout or cfg.recurrent_dropout):
+        masks = dropout_lib.rnn_dropout_masks(  # x [(G,) B, E], h [(G,) B, H]: one per sequence
+            key,
+            cell,
+            cfg.embed_dim,
+            cfg.hidden_size,
+            tokens.shape[:1],
+            dropout=cfg.dropout,
+            recurrent_dropout=cfg.recurrent_dropout,
+            dtype=xs.dtype,
+        )
+        cell = dropout_lib.with_masks(cell, masks)
+    h_T, _ = rnn(cell, params["rnn"], xs, lengths=lengths)  # [B, H] (or carry tuple)
     h_T = h_T[0] if isinstance(h_T, tuple) else h_T  # LSTM-style carries (h, c): keep h
     return (h_T @ params["W_o"] + params["b_o"])[:, 0]  # [B, H] @ [H, 1] -> [B]
 
@@ -107,9 +130,14 @@ def classifier_loss(
     tokens: Array,
     labels: Array,
     lengths: Array | None = None,
+    *,
+    key: Array | None = None,
 ) -> Array:
-    """Mean binary cross-entropy of the classifier on ``tokens [B, T]``, ``labels [B]``."""
-    return binary_cross_entropy(classifier_logits(cfg, params, tokens, lengths), labels)
+    """Mean binary cross-entropy of the classifier on ``tokens [B, T]``, ``labels [B]``.
+
+    ``key``: dropout key (training), as in :func:`classifier_logits`.
+    """
+    return binary_cross_entropy(classifier_logits(cfg, params, tokens, lengths, key=key), labels)
 
 
 def _final_h(carry: Any) -> Array:

@@ -61,6 +61,12 @@ GOOD = "task: adding\ntrain:\n  steps: 10\n"
         ("task: adding\ntrain: {steps: 10}\noptim: {name: lion}\n", [], ["'optim.name'", "lion"]),
         ("task: imdb\ntrain: {steps: 10}\ndata: {padding: middle}\n", [], ["'data.padding'"]),
         (
+            "task: imdb\ntrain: {steps: 10}\nmodel: {recurrent_dropout: 1.0}\n",
+            [],
+            ["'model.recurrent_dropout' must be in [0, 1)", "1.0", "bad.yaml"],
+        ),
+        ("task: adding\ntrain: {steps: 10}\nmodel: {dropout: 0.1}\n", [], ["'model.dropout'"]),
+        (
             "task: adding\ntrain: {steps: 10, batch_size: 0}\n",
             [],
             ["'train.batch_size' must be > 0"],

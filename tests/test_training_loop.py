@@ -146,6 +146,35 @@ def test_same_seed_same_numbers_and_resume_equals_uninterrupted(tmp_path):
     assert _losses(d.run_dir) != _losses(a.run_dir)  # another seed -> other numbers
 
 
+def test_dropout_runs_are_reproducible_resumable_and_evaluated_without_dropout(tmp_path):
+    drop = {"cell": "lstm", "dropout": 0.3, "recurrent_dropout": 0.2}
+    a = train(_config(tmp_path, "imdb", model=drop, train={"run_dir": str(tmp_path / "a")}))
+    b = train(_config(tmp_path, "imdb", model=drop, train={"run_dir": str(tmp_path / "b")}))
+    assert _losses(a.run_dir) == _losses(b.run_dir)  # the dropout keys come from the seed
+    cfg_c = _config(tmp_path, "imdb", model=drop, train={"run_dir": str(tmp_path / "c")})
+    assert train(cfg_c, stop_at_step=7).status == "interrupted"
+    c = train(cfg_c, resume=True)
+    assert _losses(a.run_dir) == _losses(c.run_dir)  # step s's masks do not depend on resuming
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(c.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+    plain = train(
+        _config(tmp_path, "imdb", model={"cell": "lstm"}, train={"run_dir": str(tmp_path / "p")})
+    )
+    first = lambda run: [r["loss"] for r in read_metrics(run / "metrics.jsonl")][0]  # noqa: E731
+    assert first(a.run_dir) != first(plain.run_dir)  # same init and batch; dropout changed step 1
+
+    # evaluation is deterministic: the test loss of a's final params, recomputed without a key
+    cfg = _config(tmp_path, "imdb", model=drop)
+    ds = data_lib.make_dataset(cfg.task, cfg.data, cfg.seed, cfg.train.batch_size)
+    task = make_task(cfg, ds)
+    sums = {}
+    for batch in ds.eval_batches(16):
+        for k, v in task.eval_fn(a.params, {k: jnp.asarray(v) for k, v in batch.items()}).items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+    np.testing.assert_allclose(task.summarize(sums)["loss"], a.metrics["test_loss"], rtol=1e-5)
+
+
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     # a "step" schedule multiplies the learning rate by 1e30 after 6 steps: the loss blows up
     cfg = _config(

@@ -79,6 +79,8 @@ class ImdbModel:
     # keyword arguments of cells.<cell>.init
     cell_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     chrono_t_max: int = 0  # lstm: chrono bias init (Tallec & Ollivier 2018); 0 = off
+    dropout: float = 0.0  # Keras's dropout on x_t (one mask per sequence), training only
+    recurrent_dropout: float = 0.0  # Keras's recurrent_dropout on h_{t-1}, training only
 
 
 @dataclasses.dataclass(frozen=True)
@@ -308,6 +310,10 @@ def _check_semantics(cfg: Config, where: str) -> None:
             bad(f"{key!r} must be > 0; got {value!r}")
     if cfg.optim.clip_norm is not None and cfg.optim.clip_norm <= 0:
         bad(f"'optim.clip_norm' must be > 0 or null; got {cfg.optim.clip_norm!r}")
+    for name in ("dropout", "recurrent_dropout"):
+        rate = getattr(cfg.model, name, 0.0)
+        if not 0.0 <= rate < 1.0:
+            bad(f"'model.{name}' must be in [0, 1); got {rate!r}")
 
 
 def parse_overrides(overrides: list[str]) -> tuple[dict[str, Any], dict[str, str]]:

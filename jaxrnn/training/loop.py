@@ -5,15 +5,17 @@
     config -> data set -> task (model + loss) -> optimizer -> loop:
         for step in range(start, total_steps):
             batch = dataset.train_batch(step)                       # a function of (seed, step)
-            params, opt_state, metrics = train_step(params, opt_state, batch)
+            params, opt_state, metrics = train_step(params, opt_state, batch[, dropout key])
             every log_every:        append a "train" record to metrics.jsonl
             every eval_every:       evaluate on the test split, append a "test" record
             every checkpoint_every: save a checkpoint (and at the end, and on Ctrl-C)
 
 Reproducibility: parameters come from ``fold_in(key(seed), 0)`` and the batch of every step from
-``(seed, step)`` (see :mod:`jaxrnn.training.data`); none of the models draws random numbers
-while training (sampling at the end uses ``fold_in(key(seed), total_steps)``). A run resumed
-from a checkpoint therefore continues with the very numbers of an uninterrupted run.
+``(seed, step)`` (see :mod:`jaxrnn.training.data`); dropout (``model.dropout``,
+``model.recurrent_dropout``) draws its masks at step ``s`` from
+``fold_in(fold_in(key(seed), DROPOUT_STREAM), s)`` (sampling at the end uses
+``fold_in(key(seed), total_steps)``). A run resumed from a checkpoint therefore continues with the
+very numbers of an uninterrupted run.
 
 Data parallelism: a 1-D ``Mesh`` over all devices (of all processes), the batch sharded along
 its first axis, parameters and optimizer state replicated; ``jit`` inserts the gradient
@@ -120,15 +122,19 @@ class DataParallel:
         return jax.device_put(tree, self.replicated)
 
 
+DROPOUT_STREAM = 2**31 - 1  # folded into key(seed) for the dropout keys; no step count reaches it
+
+
 # --- the step --------------------------------------------------------------------------------
 
 
 def make_train_step(
     loss_fn: Callable[[Any, dict], tuple[jax.Array, dict]], tx: optax.GradientTransformation
 ) -> Callable[[Any, Any, dict], tuple[Any, Any, dict]]:
-    """The pure step ``train_step(params, opt_state, batch) -> (params, opt_state, metrics)``.
+    """The pure step ``train_step(params, opt_state, batch[, key]) -> (params, opt_state, metrics)``.
 
-    ``metrics`` holds what ``loss_fn`` returns plus ``grad_norm`` (before clipping).
+    ``metrics`` holds what ``loss_fn`` returns plus ``grad_norm`` (before clipping). Given a
+    ``key`` (dropout), the step calls ``loss_fn(params, batch, key)``.
 
     Examples:
         >>> import jax, jax.numpy as jnp, optax
@@ -140,8 +146,9 @@ def make_train_step(
         (0.4, 4.0)
     """
 
-    def train_step(params, opt_state, batch):
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
+    def train_step(params, opt_state, batch, key=None):
+        args = (params, batch) if key is None else (params, batch, key)
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(*args)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         return params, opt_state, {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
@@ -310,9 +317,11 @@ def train(
     opt_state = dp.put_replicated(tx.init(params))
     train_step = jax.jit(
         make_train_step(task.loss_fn, tx),
-        in_shardings=(dp.replicated, dp.replicated, dp.batch),
+        in_shardings=(dp.replicated, dp.replicated, dp.batch)
+        + ((dp.replicated,) if task.stochastic else ()),
         out_shardings=dp.replicated,
     )
+    dropout_key = jax.random.fold_in(key, DROPOUT_STREAM)  # step s: fold_in(dropout_key, s)
     eval_step = jax.jit(
         task.eval_fn, in_shardings=(dp.replicated, dp.batch), out_shardings=dp.replicated
     )
@@ -370,7 +379,8 @@ def train(
         step = start
         while step < n_steps:
             batch = dp.put_batch(dataset.train_batch(step))
-            params, opt_state, m = train_step(params, opt_state, batch)
+            extra = (jax.random.fold_in(dropout_key, step),) if task.stochastic else ()
+            params, opt_state, m = train_step(params, opt_state, batch, *extra)
             m = jax.device_get(m)
             loss, grad_norm = float(m["loss"]), float(m["grad_norm"])
             step += 1

@@ -34,6 +34,8 @@ class Task:
     eval_fn: Callable[[Any, dict], dict]  # (params, batch) -> weighted sums
     summarize: Callable[[dict], dict]  # totals -> metrics
     model_cfg: Any
+    # loss_fn takes a third argument, a PRNG key (dropout), fresh at every step
+    stochastic: bool = False
 
 
 def _options(opts: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -52,15 +54,18 @@ def imdb_task(cfg: Config) -> Task:
         hidden_size=cfg.model.hidden_size,
         cell=cfg.model.cell,
         cell_options=_options(cfg.model.cell_options),
+        dropout=cfg.model.dropout,
+        recurrent_dropout=cfg.model.recurrent_dropout,
     )
     use_lengths = cfg.data.padding == "post"  # post-padding: mask the tail via lengths
+    stochastic = bool(mcfg.dropout or mcfg.recurrent_dropout)
 
-    def logits(params, batch):
+    def logits(params, batch, key=None):
         lengths = batch["lengths"] if use_lengths else None
-        return models.classifier_logits(mcfg, params, batch["tokens"], lengths)  # [B]
+        return models.classifier_logits(mcfg, params, batch["tokens"], lengths, key=key)  # [B]
 
-    def loss_fn(params, batch):
-        z = logits(params, batch)
+    def loss_fn(params, batch, key=None):
+        z = logits(params, batch, key)
         loss = models.binary_cross_entropy(z, batch["labels"])
         acc = jnp.mean((z > 0) == (batch["labels"] == 1))
         return loss, {"loss": loss, "accuracy": acc}
@@ -88,7 +93,7 @@ def imdb_task(cfg: Config) -> Task:
             params["rnn"] = dataclasses.replace(params["rnn"], b=b)
         return params
 
-    return Task(init, loss_fn, eval_fn, _mean_metrics, mcfg)
+    return Task(init, loss_fn, eval_fn, _mean_metrics, mcfg, stochastic)
 
 
 def shakespeare_task(cfg: Config, vocab_size: int) -> Task:
