@@ -20,8 +20,9 @@ SHARED = ROOT.parent / "shared" / "data" / "aclImdb_labeled.tar.gz"
 
 
 @pytest.mark.slow
-def test_adding_problem_irnn_reaches_target(tmp_path):
-    # as a user runs it: a fresh process (float32 throughout; the suite enables x64), seed 0
+@pytest.mark.parametrize("seed", [0, 3])  # seed 3 diverged before the config's Adam eps fix
+def test_adding_problem_irnn_reaches_target(tmp_path, seed):
+    # as a user runs it: a fresh process (float32 throughout; the suite enables x64)
     cmd = [
         sys.executable,
         str(ROOT / "train.py"),
@@ -31,6 +32,8 @@ def test_adding_problem_irnn_reaches_target(tmp_path):
         f"train.run_dir={tmp_path}",
         "--set",
         "train.progress=false",
+        "--set",
+        f"seed={seed}",
     ]
     out = subprocess.run(
         cmd,
