@@ -12,6 +12,12 @@ How it measures (a benchmark, not a test: nothing asserts a time):
   runner goes round by round, asking each worker in turn for a few timed steps
   while the others sleep. Slow phases of a shared machine then hit every
   framework alike, and ratios are taken within the same run;
+* the order of the workers is shuffled every round, and before each worker's
+  turn the runner waits ``--settle`` seconds: a worker whose thread pool
+  spin-waits after its turn (OpenMP in PyTorch, OpenBLAS in NumPy) would
+  otherwise hold a core while the next one is timed. With a fixed cyclic
+  order the same framework always came right after NumPy and was timed on one
+  core for its first ~100 ms (seen as bimodal step times);
 * each step is timed alone (wall clock, after ``block_until_ready`` /
   ``cuda.synchronize``); the table gives the median and the interquartile range;
 * ``--device auto`` uses the GPU when JAX/PyTorch see one (``cpu`` / ``gpu`` to force).
@@ -23,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import subprocess
 import sys
 import time
@@ -150,9 +157,16 @@ class Worker:
 
 
 def run_case(
-    spec: dict[str, Any], fws: list[str], device: str, reps: int, budget_s: float, warmup: int
+    spec: dict[str, Any],
+    fws: list[str],
+    device: str,
+    reps: int,
+    budget_s: float,
+    warmup: int,
+    settle_s: float = 0.0,
 ) -> dict[str, Any]:
-    """Times ``fws`` on ``spec``: ``reps`` rounds, each framework once per round."""
+    """Times ``fws`` on ``spec``: ``reps`` rounds, each framework once per round, in an order
+    shuffled every round (seeded), after ``settle_s`` seconds of quiet before each turn."""
     print(f"== {case_name(spec)}", flush=True)
     workers, results = [], {}
     for fw in fws:  # one at a time: compilation is heavy too
@@ -168,10 +182,12 @@ def run_case(
         w.rounds = reps if est * reps <= 4 * budget_s else max(1, int(4 * budget_s / est))
         results[fw] = {"times": [], "first_s": w.info["first_s"], "rss_mb": w.info["rss_mb"]}
         workers.append(w)
+    rng = random.Random(0)
     for r in range(reps):
-        order = workers[r % len(workers) :] + workers[: r % len(workers)] if workers else []
+        order = rng.sample(workers, len(workers))
         for w in order:
             if r < w.rounds:
+                time.sleep(settle_s)
                 out = w.run(w.per_round)
                 results[w.fw]["times"] += out["times"]
                 results[w.fw]["rss_mb"] = out["rss_mb"]
@@ -236,6 +252,12 @@ def main() -> None:
         help="about this many timed seconds per framework per case",
     )
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps after compilation")
+    ap.add_argument(
+        "--settle",
+        type=float,
+        default=0.5,
+        help="seconds of quiet before each worker's turn (lets spinning thread pools sleep)",
+    )
     ap.add_argument("--device", default="auto", help="auto | cpu | gpu")
     ap.add_argument("--frameworks", default=None, help="comma-separated subset (default: all)")
     ap.add_argument(
@@ -256,11 +278,11 @@ def main() -> None:
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {"command": " ".join(["python"] + sys.argv), "machine": machine_info(), "device": args.device,
-              "reps": args.reps, "cases": []}  # fmt: skip
+              "reps": args.reps, "settle_s": args.settle, "cases": []}  # fmt: skip
     for name in names:
         for spec, fws in workloads(name, args.device):
             fws = [f for f in fws if only is None or f in only or f == "matmul"]
-            res = run_case(spec, fws, args.device, args.reps, args.budget, args.warmup)
+            res = run_case(spec, fws, args.device, args.reps, args.budget, args.warmup, args.settle)
             res["workload"] = name
             record["cases"].append(res)
             out.write_text(json.dumps(record, indent=1))  # partial results survive an interrupt
