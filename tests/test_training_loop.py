@@ -266,6 +266,63 @@ def test_data_parallel_over_4_devices_equals_single_device(tmp_path):
     np.testing.assert_allclose(four["losses"], one["losses"], rtol=1e-5, atol=1e-6)
 
 
+MULTI = """
+    import json, sys, jax
+    from jaxrnn.training.config import from_dict
+    from jaxrnn.training.loop import train, read_metrics
+    cfg = from_dict({"task": "adding", "seed": 3, "data": {"T": 10, "test_size": 16},
+                     "model": {"hidden_size": 8},
+                     "optim": {"learning_rate": 0.01, "clip_norm": 1.0},
+                     "train": {"batch_size": 8, "steps": 5, "log_every": 1, "eval_every": 5,
+                               "eval_batch_size": 8, "progress": False, "run_dir": "%s"}})
+    r = train(cfg)
+    if jax.process_index() == 0:  # the chief writes the metrics; the other may finish first
+        print(json.dumps({"devices": jax.device_count(), "processes": jax.process_count(),
+                          "shards": len(r.params["W_o"].sharding.device_set),
+                          "losses": [m["loss"] for m in read_metrics(r.run_dir / "metrics.jsonl")]}))
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_processes_over_jax_distributed_equal_single_device(tmp_path):
+    # the multi-host path on one machine: 2 processes x 2 host devices, connected by
+    # jax.distributed (JAX_COORDINATOR_ADDRESS & co., read by the loop), Gloo collectives
+    one = _run_script(SHARDED % (tmp_path / "one"), {"XLA_FLAGS": ""})
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(MULTI % (tmp_path / "two"))],
+            env={
+                **os.environ,
+                "PYTHONPATH": str(ROOT),
+                "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+                "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
+                "JAX_NUM_PROCESSES": "2",
+                "JAX_PROCESS_ID": str(i),
+            },
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = [proc.communicate(timeout=300) for proc in procs]
+    for proc, (_, err) in zip(procs, outs, strict=True):
+        assert proc.returncode == 0, err[-3000:]
+    two = json.loads(outs[0][0].strip().splitlines()[-1])  # process 0 writes the metrics
+    assert two["processes"] == 2 and two["devices"] == 4 and two["shards"] == 4
+    np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-5, atol=1e-6)
+    assert (tmp_path / "two" / "checkpoints" / "5").is_dir()  # written jointly, once
+
+
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     run = tmp_path / "run"
     cmd = [
