@@ -314,7 +314,11 @@ def test_two_processes_over_jax_distributed_equal_single_device(tmp_path):
         )
         for i in range(2)
     ]
-    outs = [proc.communicate(timeout=300) for proc in procs]
+    try:
+        outs = [proc.communicate(timeout=300) for proc in procs]
+    finally:
+        for proc in procs:  # a process whose peer died would wait for it forever
+            proc.kill()
     for proc, (_, err) in zip(procs, outs, strict=True):
         assert proc.returncode == 0, err[-3000:]
     two = json.loads(outs[0][0].strip().splitlines()[-1])  # process 0 writes the metrics
