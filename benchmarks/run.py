@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+SETTLE_S = 0.5  # seconds of quiet before each worker's turn (see the module docstring)
 SEED = dict(V=5000, E=32, B=64, T=250, H=100, cell="simple")  # the seed model of the issue
 
 PEERS = [
@@ -163,7 +164,7 @@ def run_case(
     reps: int,
     budget_s: float,
     warmup: int,
-    settle_s: float = 0.0,
+    settle_s: float = SETTLE_S,
 ) -> dict[str, Any]:
     """Times ``fws`` on ``spec``: ``reps`` rounds, each framework once per round, in an order
     shuffled every round (seeded), after ``settle_s`` seconds of quiet before each turn."""
@@ -255,7 +256,7 @@ def main() -> None:
     ap.add_argument(
         "--settle",
         type=float,
-        default=0.5,
+        default=SETTLE_S,
         help="seconds of quiet before each worker's turn (lets spinning thread pools sleep)",
     )
     ap.add_argument("--device", default="auto", help="auto | cpu | gpu")

@@ -202,8 +202,8 @@ def _lstm_forward(U, idx, W_h, h0, c0, unroll):
     # One tanh over all four gate blocks: sigmoid(z) = (1 + tanh(z / 2)) / 2, so the blocks
     # i, f, o are pre-scaled by 1/2 and post-mapped by (1 + t) / 2, and g is tanh(z) itself.
     # One [B, 4H] element-wise pass instead of four slices (~12% off the forward scan on CPU).
-    half = jnp.full((4, H), 0.5, W_h.dtype).at[2].set(1.0).reshape(4 * H)  # [4H]
-    shift = jnp.full((4, H), 0.5, W_h.dtype).at[2].set(0.0).reshape(4 * H)  # [4H]
+    half = np.repeat(np.array([0.5, 0.5, 1.0, 0.5], W_h.dtype), H)  # [4H]  blocks i, f, g, o
+    shift = np.repeat(np.array([0.5, 0.5, 0.0, 0.5], W_h.dtype), H)  # [4H]
 
     def step(carry, x):
         h, c = carry

@@ -5,6 +5,7 @@ import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -224,18 +225,32 @@ def test_existing_checkpoints_need_resume_and_same_config(tmp_path):
     assert more.step == 8
 
 
-def _run_script(code, env_extra, timeout=240):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), **env_extra}
-    out = subprocess.run(
+def _start_script(code, env_extra):
+    """A fresh Python process running ``code`` (the repository on its path)."""
+    return subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(code)],
-        env=env,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env_extra},
         cwd=ROOT,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
     )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _results(procs, timeout=240):
+    """Waits for every process; each must succeed. The last stdout line of the first, as JSON."""
+    try:
+        outs = [proc.communicate(timeout=timeout) for proc in procs]
+    finally:
+        for proc in procs:  # a process whose peer died would wait for it forever
+            proc.kill()
+    for proc, (_, err) in zip(procs, outs, strict=True):
+        assert proc.returncode == 0, err[-3000:]
+    return json.loads(outs[0][0].strip().splitlines()[-1])
+
+
+def _run_script(code, env_extra, timeout=240):
+    return _results([_start_script(code, env_extra)], timeout)
 
 
 SHARDED = """
@@ -249,9 +264,10 @@ SHARDED = """
                                "eval_batch_size": 8, "progress": False,
                                "run_dir": sys.argv[1] if len(sys.argv) > 1 else "%s"}})
     r = train(cfg)
-    print(json.dumps({"devices": jax.device_count(),
-                      "shards": len(r.params["W_o"].sharding.device_set),
-                      "losses": [m["loss"] for m in read_metrics(r.run_dir / "metrics.jsonl")]}))
+    if jax.process_index() == 0:  # the chief writes the metrics; another process may end first
+        print(json.dumps({"devices": jax.device_count(), "processes": jax.process_count(),
+                          "shards": len(r.params["W_o"].sharding.device_set),
+                          "losses": [m["loss"] for m in read_metrics(r.run_dir / "metrics.jsonl")]}))
 """
 
 
@@ -266,26 +282,7 @@ def test_data_parallel_over_4_devices_equals_single_device(tmp_path):
     np.testing.assert_allclose(four["losses"], one["losses"], rtol=1e-5, atol=1e-6)
 
 
-MULTI = """
-    import json, sys, jax
-    from jaxrnn.training.config import from_dict
-    from jaxrnn.training.loop import train, read_metrics
-    cfg = from_dict({"task": "adding", "seed": 3, "data": {"T": 10, "test_size": 16},
-                     "model": {"hidden_size": 8},
-                     "optim": {"learning_rate": 0.01, "clip_norm": 1.0},
-                     "train": {"batch_size": 8, "steps": 5, "log_every": 1, "eval_every": 5,
-                               "eval_batch_size": 8, "progress": False, "run_dir": "%s"}})
-    r = train(cfg)
-    if jax.process_index() == 0:  # the chief writes the metrics; the other may finish first
-        print(json.dumps({"devices": jax.device_count(), "processes": jax.process_count(),
-                          "shards": len(r.params["W_o"].sharding.device_set),
-                          "losses": [m["loss"] for m in read_metrics(r.run_dir / "metrics.jsonl")]}))
-"""
-
-
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("localhost", 0))
         return sock.getsockname()[1]
@@ -296,32 +293,18 @@ def test_two_processes_over_jax_distributed_equal_single_device(tmp_path):
     # jax.distributed (JAX_COORDINATOR_ADDRESS & co., read by the loop), Gloo collectives
     one = _run_script(SHARDED % (tmp_path / "one"), {"XLA_FLAGS": ""})
     port = _free_port()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(MULTI % (tmp_path / "two"))],
-            env={
-                **os.environ,
-                "PYTHONPATH": str(ROOT),
-                "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-                "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
-                "JAX_NUM_PROCESSES": "2",
-                "JAX_PROCESS_ID": str(i),
-            },
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    try:
-        outs = [proc.communicate(timeout=300) for proc in procs]
-    finally:
-        for proc in procs:  # a process whose peer died would wait for it forever
-            proc.kill()
-    for proc, (_, err) in zip(procs, outs, strict=True):
-        assert proc.returncode == 0, err[-3000:]
-    two = json.loads(outs[0][0].strip().splitlines()[-1])  # process 0 writes the metrics
+    env = {
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
+        "JAX_NUM_PROCESSES": "2",
+    }
+    two = _results(
+        [
+            _start_script(SHARDED % (tmp_path / "two"), {**env, "JAX_PROCESS_ID": str(i)})
+            for i in (0, 1)
+        ],
+        timeout=300,
+    )  # process 0 prints
     assert two["processes"] == 2 and two["devices"] == 4 and two["shards"] == 4
     np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-5, atol=1e-6)
     assert (tmp_path / "two" / "checkpoints" / "5").is_dir()  # written jointly, once
