@@ -79,6 +79,27 @@ def test_rnn_outputs_and_grads_equal_plain(name, kw, T, unroll, time_major, key)
     _close(g_fast, g_plain)
 
 
+@pytest.mark.parametrize("name", ["simple", "lstm", "gru"])
+@pytest.mark.parametrize("T", [0, 1, 2])
+def test_short_sequences_equal_plain(name, T, key):
+    """T = 0 (falls back), 1 (the backward loop runs no step after the peeled one), 2."""
+    B, D, H = 2, 3, 4
+    mod, p = _init(name, key, D, H)
+    xs = jax.random.normal(jax.random.key(1), (B, T, D), jnp.float64)
+    run_fast = functools.partial(fast.rnn, kernels=fast.ALL_KERNELS)
+    _close(run_fast(mod.cell, p, xs), rnn(mod.cell, p, xs))
+
+    def loss(p, xs, run, last_only):
+        carry, ys = run(mod.cell, p, xs)
+        out = sum(jnp.sum(jnp.sin(c)) for c in jax.tree.leaves(carry))
+        return out if last_only else out + jnp.sum(ys * ys)
+
+    for last_only in (True, False):
+        g_fast = jax.grad(loss, argnums=(0, 1))(p, xs, run_fast, last_only)
+        g_plain = jax.grad(loss, argnums=(0, 1))(p, xs, rnn, last_only)
+        _close(g_fast, g_plain)
+
+
 def test_fast_kernels_are_used():
     assert (
         fast._supported(cells.simple.cell, cells.simple.init(jax.random.key(0), 2, 3)) == "simple"
@@ -146,6 +167,21 @@ def test_classifier_loss_and_grads_equal_plain(cell_name, key):
     g_fast = jax.grad(lambda p: fast.classifier_loss(cfg, p, few, labels[:1], **kw))(params)
     g_plain = jax.grad(lambda p: models.classifier_loss(cfg, p, few, labels[:1]))(params)
     _close(g_fast, g_plain)
+
+
+@pytest.mark.parametrize("cell_name", ["simple", "lstm", "gru"])
+@pytest.mark.parametrize("B,T", [(40, 1), (20, 2), (1, 1)])
+def test_classifier_short_sequences_equal_plain(cell_name, B, T, key):
+    """The last-state-only kernels (table and projected-rows branches) at T = 1, 2."""
+    cfg = models.ClassifierConfig(vocab_size=30, embed_dim=3, hidden_size=4, cell=cell_name)
+    params = models.init_classifier(key, cfg, dtype=jnp.float64)
+    tokens = jax.random.randint(jax.random.key(1), (B, T), 0, 30)
+    labels = (jnp.arange(B) % 2).astype(jnp.float64)
+    kw = dict(kernels=fast.ALL_KERNELS)
+    _close(
+        jax.value_and_grad(lambda p: fast.classifier_loss(cfg, p, tokens, labels, **kw))(params),
+        jax.value_and_grad(lambda p: models.classifier_loss(cfg, p, tokens, labels))(params),
+    )
 
 
 def test_classifier_grads_equal_numpy_reference(key):
