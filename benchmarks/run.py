@@ -20,7 +20,11 @@ How it measures (a benchmark, not a test: nothing asserts a time):
   core for its first ~100 ms (seen as bimodal step times);
 * each step is timed alone (wall clock, after ``block_until_ready`` /
   ``cuda.synchronize``); the table gives the median and the interquartile range;
-* ``--device auto`` uses the GPU when JAX/PyTorch see one (``cpu`` / ``gpu`` to force).
+* ``--device auto`` uses the GPU when JAX/PyTorch see one (``cpu`` / ``gpu`` to force);
+* ``--host-env hugepages`` (default) starts EVERY worker, peers included, with
+  ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (:mod:`jaxrnn.runtime`: XLA's large
+  per-step host buffers on transparent huge pages; what ``train.py`` sets for itself),
+  so all frameworks run in the same environment; ``--host-env default`` leaves it out.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from jaxrnn import runtime  # noqa: E402  (host_env: no JAX computation at import)
+
 SETTLE_S = 0.5  # seconds of quiet before each worker's turn (see the module docstring)
 SEED = dict(V=5000, E=32, B=64, T=250, H=100, cell="simple")  # the seed model of the issue
 
@@ -126,8 +133,12 @@ def _has_gpu() -> bool:
 class Worker:
     """A framework in its own process (see :mod:`benchmarks.worker`)."""
 
-    def __init__(self, fw: str, spec: dict[str, Any], device: str, warmup: int):
+    def __init__(
+        self, fw: str, spec: dict[str, Any], device: str, warmup: int, host_env: str = "hugepages"
+    ):
         env = dict(os.environ, PYTHONPATH=str(ROOT), KERAS_BACKEND="jax")
+        if host_env == "hugepages":
+            env = runtime.host_env(env)
         self.fw = fw
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.worker", "--framework", fw, "--spec",
@@ -165,13 +176,14 @@ def run_case(
     budget_s: float,
     warmup: int,
     settle_s: float = SETTLE_S,
+    host_env: str = "hugepages",
 ) -> dict[str, Any]:
     """Times ``fws`` on ``spec``: ``reps`` rounds, each framework once per round, in an order
     shuffled every round (seeded), after ``settle_s`` seconds of quiet before each turn."""
     print(f"== {case_name(spec)}", flush=True)
     workers, results = [], {}
     for fw in fws:  # one at a time: compilation is heavy too
-        w = Worker(fw, spec, device, warmup)
+        w = Worker(fw, spec, device, warmup, host_env)
         if not w.info.get("ready"):
             print(f"   {fw:12s} skipped: {w.info.get('error')}", flush=True)
             results[fw] = {"error": w.info.get("error")}
@@ -260,6 +272,12 @@ def main() -> None:
         help="seconds of quiet before each worker's turn (lets spinning thread pools sleep)",
     )
     ap.add_argument("--device", default="auto", help="auto | cpu | gpu")
+    ap.add_argument(
+        "--host-env",
+        default="hugepages",
+        choices=["hugepages", "default"],
+        help="environment of every worker (see the module docstring)",
+    )
     ap.add_argument("--frameworks", default=None, help="comma-separated subset (default: all)")
     ap.add_argument(
         "--out", default=None, help="JSON file (default benchmarks/results/<workload>.json)"
@@ -279,11 +297,17 @@ def main() -> None:
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {"command": " ".join(["python"] + sys.argv), "machine": machine_info(), "device": args.device,
-              "reps": args.reps, "settle_s": args.settle, "cases": []}  # fmt: skip
+              "reps": args.reps, "settle_s": args.settle, "host_env": args.host_env,
+              "glibc_tunables": runtime.host_env(os.environ).get("GLIBC_TUNABLES")
+              if args.host_env == "hugepages" else os.environ.get("GLIBC_TUNABLES"),
+              "cases": []}  # fmt: skip
     for name in names:
         for spec, fws in workloads(name, args.device):
             fws = [f for f in fws if only is None or f in only or f == "matmul"]
-            res = run_case(spec, fws, args.device, args.reps, args.budget, args.warmup, args.settle)
+            res = run_case(
+                spec, fws, args.device, args.reps, args.budget, args.warmup, args.settle,
+                args.host_env,
+            )  # fmt: skip
             res["workload"] = name
             record["cases"].append(res)
             out.write_text(json.dumps(record, indent=1))  # partial results survive an interrupt

@@ -65,5 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if result.status == "finished" else 130
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The ``jaxrnn-train`` command: :func:`main` after the huge-page restart of ``train.py``."""
+    from jaxrnn.runtime import restart_with_hugepages
+
+    restart_with_hugepages()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,74 @@
+"""jaxrnn.runtime: the huge-page tunable is composed correctly and the restart keeps the
+command line, the PID and the environment, once."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from jaxrnn import runtime
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize(
+    "before,glibc,after",
+    [
+        (None, (2, 36), runtime.HUGEPAGE_TUNABLE),
+        (
+            "glibc.malloc.arena_max=4",
+            (2, 35),
+            f"glibc.malloc.arena_max=4:{runtime.HUGEPAGE_TUNABLE}",
+        ),
+        ("glibc.malloc.hugetlb=0", (2, 40), runtime.HUGEPAGE_TUNABLE),  # replaced, not doubled
+        ("glibc.malloc.arena_max=4", (2, 34), "glibc.malloc.arena_max=4"),  # tunable unknown
+        (None, None, None),  # not glibc
+    ],
+)
+def test_host_env(before, glibc, after):
+    env = {"HOME": "/x"} if before is None else {"HOME": "/x", "GLIBC_TUNABLES": before}
+    out = runtime.host_env(env, glibc=glibc)
+    assert out.get("GLIBC_TUNABLES") == after
+    assert out["HOME"] == "/x" and env.get("GLIBC_TUNABLES") == before  # a copy
+    assert runtime.hugepages_active(out) == (after is not None and "hugetlb=1" in after)
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    print("start", os.getpid(), flush=True)
+    from jaxrnn import runtime
+    runtime.restart_with_hugepages()
+    print(json.dumps({"pid": os.getpid(), "argv": sys.argv[1:],
+                      "tunables": os.environ.get("GLIBC_TUNABLES")}))
+    """
+)
+
+
+@pytest.mark.skipif(
+    (runtime.glibc_version() or (0, 0)) < (2, 35), reason="needs glibc >= 2.35 (Linux)"
+)
+@pytest.mark.parametrize("opt_out", [False, True])
+def test_restart_with_hugepages(tmp_path, opt_out):
+    script = tmp_path / "prog.py"
+    script.write_text(SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    env.update(PYTHONPATH=str(ROOT), GLIBC_TUNABLES="glibc.malloc.arena_max=8")
+    if opt_out:
+        env[runtime.OPT_OUT] = "0"
+    out = subprocess.run(
+        [sys.executable, str(script), "--flag", "a b"], env=env, capture_output=True, text=True,
+        timeout=120, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    starts = [line for line in out if line.startswith("start")]
+    res = json.loads(out[-1])
+    assert res["argv"] == ["--flag", "a b"]
+    if opt_out:
+        assert len(starts) == 1 and res["tunables"] == "glibc.malloc.arena_max=8"
+    else:  # restarted exactly once, in place, other tunables kept
+        assert len(starts) == 2 and starts[0] == starts[1] == f"start {res['pid']}"
+        assert res["tunables"] == f"glibc.malloc.arena_max=8:{runtime.HUGEPAGE_TUNABLE}"
