@@ -230,29 +230,35 @@ def _sigmoid(a: Array) -> Array:
 
 
 def _lstm_forward(U, idx, W_h, h0, c0, unroll):
-    """LSTM recurrence on ``u_t = x_t W_x + b``; returns ``hs, cs, gates [T, B, 4H]``."""
+    """LSTM recurrence on ``u_t = x_t W_x + b`` -> buffers ``S_h, S_c: [T + 1, B, H]``
+    (``S[0]`` the initial state, ``S[t + 1]`` the state after step ``t``) and the gate
+    activations ``Gs: [T, B, 4H]``, each written in place like :func:`_simple_forward`."""
     H = W_h.shape[0]
-    xs, get_u = _inputs(U, idx)
-
+    T = idx.shape[0] if idx is not None else U.shape[0]
     # One tanh over all four gate blocks: sigmoid(z) = (1 + tanh(z / 2)) / 2, so the blocks
     # i, f, o are pre-scaled by 1/2 and post-mapped by (1 + t) / 2, and g is tanh(z) itself.
     # One [B, 4H] element-wise pass instead of four slices (~12% off the forward scan on CPU).
     half = np.repeat(np.array([0.5, 0.5, 1.0, 0.5], W_h.dtype), H)  # [4H]  blocks i, f, g, o
     shift = np.repeat(np.array([0.5, 0.5, 0.0, 0.5], W_h.dtype), H)  # [4H]
+    S_h = jnp.zeros((T + 1, *h0.shape), h0.dtype).at[0].set(h0)  # [T + 1, B, H]
+    S_c = jnp.zeros((T + 1, *c0.shape), c0.dtype).at[0].set(c0)  # [T + 1, B, H]
+    Gs = jnp.zeros((T, h0.shape[0], 4 * H), h0.dtype)  # [T, B, 4H]
 
-    def step(carry, x):
-        h, c = carry
-        z = get_u(x) + h @ W_h  # [B, 4H]
+    def step(t, carry):
+        c_prev, S_h, S_c, Gs = carry
+        z = _step_input(U, idx, t) + _row(S_h, t) @ W_h  # [B, 4H]
         gates = jnp.tanh(z * half) * half + shift  # [B, 4H]: sigmoid | sigmoid | tanh | sigmoid
         i, f, g, o = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H : 3 * H], gates[:, 3 * H :]
-        c = f * c + i * g  # [B, H]
+        # c_{t-1} is carried, not read back from S_c: a read and an in-place write of the same
+        # buffer in two fusions made XLA copy the whole buffer every step
+        c = f * c_prev + i * g  # [B, H]
         h = o * jnp.tanh(c)
-        return (h, c), (h, c, gates)
+        return c, _set_row(S_h, h, t + 1), _set_row(S_c, c, t + 1), _set_row(Gs, gates, t)
 
-    _, (hs, cs, gates) = jax.lax.scan(
-        step, (h0, c0), xs, unroll=divisor_unroll(xs.shape[0], unroll)
+    _, S_h, S_c, Gs = jax.lax.fori_loop(
+        0, T, step, (c0, S_h, S_c, Gs), unroll=divisor_unroll(T, unroll)
     )
-    return hs, cs, gates
+    return S_h, S_c, Gs
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
@@ -275,51 +281,61 @@ def lstm_scan(U, W_h, h0, c0, idx=None, unroll=DEFAULT_UNROLL, last_only=False):
     Returns:
         ``(hs [T, B, H], (h_T, c_T))``, or ``(h_T, c_T)`` with ``last_only``.
     """
-    hs, cs, _ = _lstm_forward(U, idx, W_h, h0, c0, unroll)
-    return (hs[-1], cs[-1]) if last_only else (hs, (hs[-1], cs[-1]))
+    S_h, S_c, _ = _lstm_forward(U, idx, W_h, h0, c0, unroll)
+    return (S_h[-1], S_c[-1]) if last_only else (S_h[1:], (S_h[-1], S_c[-1]))
 
 
 def _lstm_scan_fwd(U, W_h, h0, c0, idx, unroll, last_only):
-    hs, cs, gates = _lstm_forward(U, idx, W_h, h0, c0, unroll)
-    out = (hs[-1], cs[-1]) if last_only else (hs, (hs[-1], cs[-1]))
-    return out, (hs, cs, gates, W_h, h0, c0, U, idx)
+    S_h, S_c, Gs = _lstm_forward(U, idx, W_h, h0, c0, unroll)
+    out = (S_h[-1], S_c[-1]) if last_only else (S_h[1:], (S_h[-1], S_c[-1]))
+    return out, (S_h, S_c, Gs, W_h, U, idx)
 
 
 def _lstm_scan_bwd(unroll, last_only, res, g):
-    hs, cs, gates, W_h, h0, c0, U, idx = res
+    S_h, S_c, Gs, W_h, U, idx = res
     H = W_h.shape[0]
-    if last_only:
-        g_hs, (g_hT, g_cT) = None, g
-    else:
-        g_hs, (g_hT, g_cT) = g
+    T = Gs.shape[0]
+    g_hs, (g_hT, g_cT) = (None, g) if last_only else g
     W_hT = W_h.T  # [4H, H]
-    cs_prev = jnp.concatenate([c0[None], cs[:-1]], axis=0)  # [T, B, H]  c_{t-1}
 
-    def step(carry, inp):
-        dh, dc = carry
-        gt, c, c_prev = inp[:3]
-        if g_hs is not None:
-            dh = dh + inp[3]
+    half = np.repeat(np.array([0.5, 0.5, 1.0, 0.5], W_h.dtype), H)  # [4H] as in the forward
+    shift = np.repeat(np.array([0.5, 0.5, 0.0, 0.5], W_h.dtype), H)
+
+    def dz_of(dh, dc, t):
+        """dL/dz_t [B, 4H] and dL/dc_{t-1} from dL/dh_t, the dL/dc_t carried from t + 1."""
+        gt, c, c_prev = _row(Gs, t), _row(S_c, t + 1), _row(S_c, t)
         i, f, gg, o = gt[:, :H], gt[:, H : 2 * H], gt[:, 2 * H : 3 * H], gt[:, 3 * H :]
         tc = jnp.tanh(c)
-        dc = dc + dh * o * (1.0 - tc * tc)
-        dz = jnp.concatenate(
-            [
-                dc * gg * i * (1.0 - i),  # dz_i
-                dc * c_prev * f * (1.0 - f),  # dz_f
-                dc * i * (1.0 - gg * gg),  # dz_g
-                dh * tc * o * (1.0 - o),  # dz_o
-            ],
-            axis=-1,
-        )  # [B, 4H]
-        return (dz @ W_hT, dc * f), dz
+        dc = dc + dh * o * (1.0 - tc * tc)  # [B, H]
+        # dL/d(gates) [B, 4H] times d(gates)/dz in one expression (one fusion on CPU):
+        # gates = tanh(z half) half + shift, so d(gates)/dz = half^2 - (gates - shift)^2,
+        # i.e. s (1 - s) for the sigmoid blocks and 1 - g^2 for the tanh block
+        d_gates = jnp.concatenate([dc * gg, dc * c_prev, dc * i, dh * tc], axis=-1)
+        q = gt - shift
+        return d_gates * (half * half - q * q), dc * f
 
-    xs = (gates, cs, cs_prev) if g_hs is None else (gates, cs, cs_prev, g_hs)
-    u = divisor_unroll(hs.shape[0], unroll)
-    (dh0, dc0), dZ = jax.lax.scan(step, (g_hT, g_cT), xs, reverse=True, unroll=u)
-    h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # [T, B, H]
-    dW_h = h_prev.reshape(-1, H).T @ dZ.reshape(-1, 4 * H)  # [H, T B] @ [T B, 4H]: one matmul
-    dU, didx = _input_cotangent(dZ, U, idx)
+    # D[t] = dL/dz_t, D[T] = 0, written in place; step T - 1 (where the cotangents of
+    # h_T, c_T enter) is peeled off, the loop runs t = T - 2 .. 0.
+    D = jnp.zeros((T + 1, *Gs.shape[1:]), Gs.dtype)  # [T + 1, B, 4H]
+    dh_last = g_hT if g_hs is None else g_hT + g_hs[T - 1]
+    dz, dc = dz_of(dh_last, g_cT, T - 1)
+    D = D.at[T - 1].set(dz)
+
+    def step(j, carry):
+        D, dc = carry
+        t = T - 2 - j
+        dh = _row(D, t + 1) @ W_hT  # [B, H]
+        if g_hs is not None:
+            dh = dh + _row(g_hs, t)
+        dz, dc = dz_of(dh, dc, t)
+        return _set_row(D, dz, t), dc
+
+    n = T - 1
+    D, dc0 = jax.lax.fori_loop(0, n, step, (D, dc), unroll=divisor_unroll(max(n, 1), unroll))
+    dh0 = D[0] @ W_hT  # [B, H]
+    # dW_h = sum_t h_{t-1}^T dz_t = S_h^T D over all T + 1 rows (D[T] = 0): one matmul
+    dW_h = S_h.reshape(-1, H).T @ D.reshape(-1, 4 * H)  # [H, (T+1) B] @ [(T+1) B, 4H]
+    dU, didx = _input_cotangent(D, U, idx)
     return dU, dW_h, dh0, dc0, didx
 
 
