@@ -346,21 +346,27 @@ lstm_scan.defvjp(_lstm_scan_fwd, _lstm_scan_bwd)
 
 
 def _gru_forward(U, idx, W_h, b_h, h0, unroll):
-    """GRU (reset_after) on ``a_t = x_t W_x + b_x``; returns ``hs, saved [T, B, 4H]``."""
+    """GRU (reset_after) on ``a_t = x_t W_x + b_x`` -> states ``S: [T + 1, B, H]``
+    (``S[0] = h_0``) and ``Sv: [T, B, 4H]`` = ``[z, r, n, u_h]`` of every step, written
+    in place (``h`` is carried too: the update reads ``h_{t-1}`` element-wise)."""
     H = W_h.shape[0]
-    xs, get_u = _inputs(U, idx)
+    T = idx.shape[0] if idx is not None else U.shape[0]
+    S = jnp.zeros((T + 1, *h0.shape), h0.dtype).at[0].set(h0)  # [T + 1, B, H]
+    Sv = jnp.zeros((T, h0.shape[0], 4 * H), h0.dtype)  # [T, B, 4H]
 
-    def step(h, x):
-        a = get_u(x)  # [B, 3H]
+    def step(t, carry):
+        h, S, Sv = carry
+        a = _step_input(U, idx, t)  # [B, 3H]
         u = h @ W_h + b_h  # [B, 3H]
         z = _sigmoid(a[:, :H] + u[:, :H])
         r = _sigmoid(a[:, H : 2 * H] + u[:, H : 2 * H])
         n = jnp.tanh(a[:, 2 * H :] + r * u[:, 2 * H :])
         h = z * h + (1.0 - z) * n  # [B, H]
-        return h, (h, jnp.concatenate([z, r, n, u[:, 2 * H :]], axis=-1))
+        sv = jnp.concatenate([z, r, n, u[:, 2 * H :]], axis=-1)  # [B, 4H]
+        return h, _set_row(S, h, t + 1), _set_row(Sv, sv, t)
 
-    _, (hs, saved) = jax.lax.scan(step, h0, xs, unroll=divisor_unroll(xs.shape[0], unroll))
-    return hs, saved
+    _, S, Sv = jax.lax.fori_loop(0, T, step, (h0, S, Sv), unroll=divisor_unroll(T, unroll))
+    return S, Sv
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
@@ -385,38 +391,44 @@ def gru_scan(U, W_h, b_h, h0, idx=None, unroll=DEFAULT_UNROLL, last_only=False):
     Returns:
         ``hs: [T, B, H]``, or ``h_T: [B, H]`` with ``last_only``.
     """
-    hs, _ = _gru_forward(U, idx, W_h, b_h, h0, unroll)
-    return hs[-1] if last_only else hs
+    S, _ = _gru_forward(U, idx, W_h, b_h, h0, unroll)
+    return S[-1] if last_only else S[1:]
 
 
 def _gru_scan_fwd(U, W_h, b_h, h0, idx, unroll, last_only):
-    hs, saved = _gru_forward(U, idx, W_h, b_h, h0, unroll)
-    return (hs[-1] if last_only else hs), (hs, saved, W_h, h0, U, idx)
+    S, Sv = _gru_forward(U, idx, W_h, b_h, h0, unroll)
+    return (S[-1] if last_only else S[1:]), (S, Sv, W_h, U, idx)
 
 
 def _gru_scan_bwd(unroll, last_only, res, g):
-    hs, saved, W_h, h0, U, idx = res
+    S, Sv, W_h, U, idx = res
     H = W_h.shape[0]
+    T = Sv.shape[0]
     W_hT = W_h.T  # [3H, H]
-    h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # [T, B, H]  h_{t-1}
+    # D[t] = dL/du_t [B, 3H] and N[t] = dL/d(n_t pre-activation) [B, H]; row T stays 0;
+    # both written in place
+    D = jnp.zeros((T + 1, S.shape[1], 3 * H), S.dtype)  # [T + 1, B, 3H]
+    N = jnp.zeros((T + 1, S.shape[1], H), S.dtype)  # [T + 1, B, H]
 
-    def step(dh, inp):
-        sv, hp = inp[:2]
-        if not last_only:
-            dh = dh + inp[2]
+    def step(j, carry):
+        dh, D, N = carry  # dh = dL/dh_t
+        t = T - 1 - j
+        sv, hp = _row(Sv, t), _row(S, t)
         z, r, n, u_h = sv[:, :H], sv[:, H : 2 * H], sv[:, 2 * H : 3 * H], sv[:, 3 * H :]
         dn = dh * (1.0 - z) * (1.0 - n * n)  # dL/d(pre-tanh)
         dz = dh * (hp - n) * z * (1.0 - z)  # dL/d(pre-sigmoid z)
         dr = dn * u_h * r * (1.0 - r)  # dL/d(pre-sigmoid r)
         du = jnp.concatenate([dz, dr, dn * r], axis=-1)  # [B, 3H]  dL/du
-        return dh * z + du @ W_hT, (du, dn)
+        dh = dh * z + du @ W_hT  # dL/dh_{t-1}
+        if not last_only:  # + the cotangent of output t - 1 (none before step 0)
+            dh = dh + _row(g, jnp.maximum(t - 1, 0)) * (t > 0).astype(dh.dtype)
+        return dh, _set_row(D, du, t), _set_row(N, dn, t)
 
-    xs = (saved, h_prev) if last_only else (saved, h_prev, g)
-    init = g if last_only else jnp.zeros_like(h0)
-    u = divisor_unroll(hs.shape[0], unroll)
-    dh0, (dU_h, dN) = jax.lax.scan(step, init, xs, reverse=True, unroll=u)
-    dA = jnp.concatenate([dU_h[..., : 2 * H], dN], axis=-1)  # [T, B, 3H]  dL/dU
-    dW_h = h_prev.reshape(-1, H).T @ dU_h.reshape(-1, 3 * H)  # one matmul
+    dh_T = g if last_only else g[T - 1]
+    dh0, D, N = jax.lax.fori_loop(0, T, step, (dh_T, D, N), unroll=divisor_unroll(T, unroll))
+    dU_h = D
+    dA = jnp.concatenate([D[..., : 2 * H], N], axis=-1)  # [T + 1, B, 3H]  dL/dU
+    dW_h = S.reshape(-1, H).T @ D.reshape(-1, 3 * H)  # one matmul over T + 1 rows (D[T] = 0)
     db_h = dU_h.sum(axis=(0, 1))  # [3H]
     dU, didx = _input_cotangent(dA, U, idx)
     return dU, dW_h, db_h, dh0, didx
