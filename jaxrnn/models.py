@@ -23,6 +23,7 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -303,13 +304,17 @@ def init_regressor(key: Array, cfg: RegressorConfig, dtype: Any = jnp.float32) -
     }
 
 
-def regressor_predict(cfg: RegressorConfig, params: dict[str, Any], xs: Array) -> Array:
+def regressor_predict(
+    cfg: RegressorConfig, params: dict[str, Any], xs: Array, *, rnn_fn: Callable = rnn
+) -> Array:
     """Prediction ``h_T @ W_o + b_o`` for each sequence.
 
     Args:
         cfg: model settings.
         params: from :func:`init_regressor`.
         xs: ``[B, T, D]`` float inputs.
+        rnn_fn: what runs the recurrence: :func:`jaxrnn.rnn` (default) or
+            :func:`jaxrnn.fast.rnn` (same signature, same numbers).
 
     Returns:
         ``[B]`` predictions.
@@ -322,5 +327,5 @@ def regressor_predict(cfg: RegressorConfig, params: dict[str, Any], xs: Array) -
         >>> models.regressor_predict(cfg, params, jnp.zeros((3, 20, 2), jnp.float32)).shape
         (3,)
     """
-    carry, _ = rnn(cells.get(cfg.cell).cell, params["rnn"], xs)
+    carry, _ = rnn_fn(cells.get(cfg.cell).cell, params["rnn"], xs)
     return (_final_h(carry) @ params["W_o"] + params["b_o"])[:, 0]  # [B, H] @ [H, 1] -> [B]

@@ -74,9 +74,11 @@ def _task_and_batch(cfg):
     return task, batch
 
 
-def test_train_step_equals_sgd_on_numpy_reference_gradients(tmp_path):
-    """One SGD step of the IMDB task == params - lr * (hand-derived BPTT gradients)."""
-    cfg = _config(tmp_path, "imdb")
+@pytest.mark.parametrize("fast", [False, True])
+def test_train_step_equals_sgd_on_numpy_reference_gradients(tmp_path, fast):
+    """One SGD step of the IMDB task == params - lr * (hand-derived BPTT gradients), on the
+    plain and on the fast path (``model.fast``)."""
+    cfg = _config(tmp_path, "imdb", model={"embed_dim": 6, "hidden_size": 8, "fast": fast})
     task, batch = _task_and_batch(cfg)
     params = task.init(jax.random.key(1))
     lr = 0.5
@@ -118,6 +120,29 @@ def test_one_step_changes_every_leaf_and_does_not_recompile(tmp_path, task_name)
     assert np.isfinite(float(metrics["loss"]))
     step(new, state, batch)
     assert len(traces) == 1  # the second call reuses the compiled step
+
+
+@pytest.mark.parametrize(
+    "task_name,model",
+    [
+        ("imdb", {"cell": "simple"}),
+        ("imdb", {"cell": "lstm"}),
+        ("adding", {"cell": "lstm"}),
+        ("adding", {"cell": "simple", "cell_options": {"activation": "relu"}}),
+    ],
+)
+def test_fast_flag_trains_to_the_same_numbers(tmp_path, task_name, model):
+    """``model.fast: true`` (jaxrnn.fast) gives the plain path's losses, step by step."""
+    runs = {}
+    for flag in (False, True):
+        cfg = _config(
+            tmp_path, task_name, model={**model, "hidden_size": 8, "fast": flag},
+            train={"run_dir": str(tmp_path / str(flag))},
+        )  # fmt: skip
+        runs[flag] = train(cfg)
+    plain, fast = (_losses(runs[f].run_dir) for f in (False, True))
+    assert [r[:2] for r in plain] == [r[:2] for r in fast] and len(plain) > 12
+    np.testing.assert_allclose([r[2] for r in fast], [r[2] for r in plain], rtol=2e-5)
 
 
 def _losses(run_dir):

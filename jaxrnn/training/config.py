@@ -81,6 +81,8 @@ class ImdbModel:
     chrono_t_max: int = 0  # lstm: chrono bias init (Tallec & Ollivier 2018); 0 = off
     dropout: float = 0.0  # Keras's dropout on x_t (one mask per sequence), training only
     recurrent_dropout: float = 0.0  # Keras's recurrent_dropout on h_{t-1}, training only
+    # jaxrnn.fast where it applies (same numbers; lengths or active dropout: plain path)
+    fast: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +99,7 @@ class AddingModel:
     cell: str = "simple"
     cell_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     chrono_t_max: int = 0  # lstm: chrono bias init (Tallec & Ollivier 2018); 0 = off
+    fast: bool = False  # jaxrnn.fast.rnn instead of jaxrnn.rnn (same numbers)
 
 
 # --- shared sections -------------------------------------------------------------------------

@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxrnn import models
+from jaxrnn import fast, models
+from jaxrnn.layer import rnn
 from jaxrnn.training.config import Config
 
 
@@ -62,6 +63,8 @@ def imdb_task(cfg: Config) -> Task:
 
     def logits(params, batch, key=None):
         lengths = batch["lengths"] if use_lengths else None
+        if cfg.model.fast and lengths is None and not (key is not None and stochastic):
+            return fast.classifier_logits(mcfg, params, batch["tokens"])  # [B], same numbers
         return models.classifier_logits(mcfg, params, batch["tokens"], lengths, key=key)  # [B]
 
     def loss_fn(params, batch, key=None):
@@ -136,13 +139,15 @@ def adding_task(cfg: Config) -> Task:
         chrono_t_max=cfg.model.chrono_t_max,
     )
 
+    rnn_fn = fast.rnn if cfg.model.fast else rnn
+
     def loss_fn(params, batch):
-        err = models.regressor_predict(mcfg, params, batch["xs"]) - batch["y"]  # [B]
+        err = models.regressor_predict(mcfg, params, batch["xs"], rnn_fn=rnn_fn) - batch["y"]  # [B]
         loss = jnp.mean(err**2)
         return loss, {"loss": loss}
 
     def eval_fn(params, batch):
-        err = models.regressor_predict(mcfg, params, batch["xs"]) - batch["y"]
+        err = models.regressor_predict(mcfg, params, batch["xs"], rnn_fn=rnn_fn) - batch["y"]
         return {"loss_sum": jnp.sum(err**2 * batch["mask"]), "count": jnp.sum(batch["mask"])}
 
     def summarize(totals):
