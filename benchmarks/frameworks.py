@@ -47,7 +47,9 @@ def _jax_device(device: str):
     return jax.devices(device)[0]  # "gpu" / "cuda"
 
 
-def _jax_train_step(loss_fn: Callable, params: Any, tokens, labels, device) -> Callable[[], None]:
+def _jax_train_step(
+    loss_fn: Callable, params: Any, tokens, labels, device, compiler_options=None
+) -> Callable[[], None]:
     """Jitted ``value_and_grad`` + ``optax.adam`` step with donated params and state."""
     import jax
     import optax
@@ -63,7 +65,7 @@ def _jax_train_step(loss_fn: Callable, params: Any, tokens, labels, device) -> C
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    step = jax.jit(step.__wrapped__, donate_argnums=(0, 1))
+    step = jax.jit(step.__wrapped__, donate_argnums=(0, 1), compiler_options=compiler_options)
     state = [params, opt_state]
 
     def run() -> None:
@@ -74,11 +76,13 @@ def _jax_train_step(loss_fn: Callable, params: Any, tokens, labels, device) -> C
     return run
 
 
-def _jax_infer_step(logits_fn: Callable, params: Any, tokens, device) -> Callable[[], None]:
+def _jax_infer_step(
+    logits_fn: Callable, params: Any, tokens, device, compiler_options=None
+) -> Callable[[], None]:
     import jax
 
     params, tokens = jax.device_put((params, tokens), device)
-    f = jax.jit(logits_fn)
+    f = jax.jit(logits_fn, compiler_options=compiler_options)
 
     def run() -> None:
         f(params, tokens).block_until_ready()
@@ -91,7 +95,7 @@ def build_jaxrnn(spec: dict[str, Any], device: str, variant: str = "plain") -> C
     ``lax.scan`` with autodiff); ``"fast"`` is :mod:`jaxrnn.fast`."""
     import jax
 
-    from jaxrnn import models
+    from jaxrnn import models, runtime
 
     dev = _jax_device(device)
     cfg = models.ClassifierConfig(
@@ -109,9 +113,12 @@ def build_jaxrnn(spec: dict[str, Any], device: str, variant: str = "plain") -> C
         logits_fn = lambda p, x: fast.classifier_logits(cfg, p, x)  # noqa: E731
     else:
         raise ValueError(f"unknown jaxrnn variant {variant!r}")
+    # jaxrnn's own compile settings (jaxrnn/runtime.py: 512-bit vectors on an AVX-512 CPU),
+    # as train.py uses them; the plain variant is compiled like the peers
+    xla = runtime.compiler_options(dev.platform) if variant == "fast" else None
     if spec["mode"] == "train":
-        return _jax_train_step(loss_fn, params, tokens, labels, dev)
-    return _jax_infer_step(logits_fn, params, tokens, dev)
+        return _jax_train_step(loss_fn, params, tokens, labels, dev, xla)
+    return _jax_infer_step(logits_fn, params, tokens, dev, xla)
 
 
 def build_flax(spec: dict[str, Any], device: str) -> Callable[[], None]:

@@ -191,6 +191,12 @@ def main() -> None:
             f"{m.get('loadavg_end', [float('nan')])[0]:.1f} at end; versions "
             + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
             + (f"; large-matmul peak in this run: **{peak:.0f} GFLOP/s**" if peak else "")
+            + (
+                f"; workers' environment: `{rec['host_env']}`"
+                f" (GLIBC_TUNABLES={rec.get('glibc_tunables') or 'unset'})"
+                if "host_env" in rec
+                else "; workers' environment: default (run before `--host-env` existed)"
+            )
             + "\n"
         )
         for c in rec["cases"]:

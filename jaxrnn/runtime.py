@@ -26,6 +26,13 @@ disabled removed every fault (LSTM 40 ms) but slowed the simple step by ~10%
 ``MALLOC_TRIM_THRESHOLD_`` alone switch off glibc's adaptive threshold and made the
 simple step fault 20 MiB per step (6.6 -> 11.5 ms).
 
+The second setting is per compilation, for jaxrnn's own jitted steps
+(:func:`compiler_options`): on a CPU with AVX-512, XLA:CPU is asked for 512-bit vectors
+(it prefers 256 by default, for Intel parts that slow their clock on wide vectors).
+Element-wise fusions then run ~2x faster (tanh over ``[64, 400]``: 6.6 -> 3.3 us per
+step) and whole training steps ~3-4% faster here (simple / LSTM / GRU seed steps,
+in-process A/B); the matmuls (XNNPACK) are not affected.
+
 Examples:
     >>> from jaxrnn import runtime
     >>> env = runtime.host_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"}, glibc=(2, 36))
@@ -40,6 +47,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
+from typing import Any
 
 HUGEPAGE_TUNABLE = "glibc.malloc.hugetlb=1"
 OPT_OUT = "JAXRNN_HUGEPAGES"  # set to 0 to keep the process as started
@@ -91,3 +99,25 @@ def restart_with_hugepages() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *argv[1:]], env)
+
+
+def cpu_has_avx512(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether the host CPU reports AVX-512 (``avx512f``); ``False`` where unknown."""
+    try:
+        with open(cpuinfo) as f:
+            return any(line.startswith("flags") and " avx512f" in line for line in f)
+    except OSError:
+        return False
+
+
+def compiler_options(backend: str | None = None) -> dict[str, Any]:
+    """XLA options for jaxrnn's jitted steps on ``backend`` (default: JAX's default backend):
+    ``{"xla_cpu_prefer_vector_width": 512}`` on a CPU with AVX-512, else ``{}``.
+    Pass as ``jax.jit(f, compiler_options=runtime.compiler_options())``."""
+    if backend is None:
+        import jax
+
+        backend = jax.default_backend()
+    if backend == "cpu" and cpu_has_avx512():
+        return {"xla_cpu_prefer_vector_width": 512}
+    return {}

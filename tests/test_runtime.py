@@ -72,3 +72,36 @@ def test_restart_with_hugepages(tmp_path, opt_out):
     else:  # restarted exactly once, in place, other tunables kept
         assert len(starts) == 2 and starts[0] == starts[1] == f"start {res['pid']}"
         assert res["tunables"] == f"glibc.malloc.arena_max=8:{runtime.HUGEPAGE_TUNABLE}"
+
+
+@pytest.mark.parametrize(
+    "flags,expected", [("fpu avx2 avx512f avx512vl", True), ("fpu avx2", False)]
+)
+def test_cpu_has_avx512(tmp_path, flags, expected):
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    assert runtime.cpu_has_avx512(str(info)) is expected
+    assert runtime.cpu_has_avx512(str(tmp_path / "missing")) is False
+
+
+def test_compiler_options_keep_the_numbers(key):
+    """The options are {} off CPU, and a jitted fast training gradient compiled with them
+    equals the one compiled without (float32 rounding)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jaxrnn import fast, models
+
+    assert runtime.compiler_options("gpu") == {}
+    opts = runtime.compiler_options("cpu")
+    assert opts == ({"xla_cpu_prefer_vector_width": 512} if runtime.cpu_has_avx512() else {})
+    cfg = models.ClassifierConfig(vocab_size=50, embed_dim=4, hidden_size=8, cell="lstm")
+    params = models.init_classifier(key, cfg)
+    tokens = jax.random.randint(jax.random.key(1), (6, 20), 0, 50)
+    labels = (jnp.arange(6) % 2).astype(jnp.float32)
+    grad = jax.value_and_grad(lambda p: fast.classifier_loss(cfg, p, tokens, labels))
+    with_opts = jax.jit(grad, compiler_options={"xla_cpu_prefer_vector_width": 512})(params)
+    without = jax.jit(grad)(params)
+    for a, b in zip(jax.tree.leaves(with_opts), jax.tree.leaves(without), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)

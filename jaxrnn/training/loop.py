@@ -43,6 +43,7 @@ import yaml
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
+from jaxrnn import runtime
 from jaxrnn.training import data as data_lib
 from jaxrnn.training.checkpoint import Checkpointer, CheckpointError
 from jaxrnn.training.config import Config
@@ -315,15 +316,20 @@ def train(
     key = jax.random.key(cfg.seed)
     params = dp.put_replicated(task.init(jax.random.fold_in(key, 0)))
     opt_state = dp.put_replicated(tx.init(params))
+    xla = runtime.compiler_options()  # 512-bit vectors on an AVX-512 CPU (jaxrnn/runtime.py)
     train_step = jax.jit(
         make_train_step(task.loss_fn, tx),
         in_shardings=(dp.replicated, dp.replicated, dp.batch)
         + ((dp.replicated,) if task.stochastic else ()),
         out_shardings=dp.replicated,
+        compiler_options=xla,
     )
     dropout_key = jax.random.fold_in(key, DROPOUT_STREAM)  # step s: fold_in(dropout_key, s)
     eval_step = jax.jit(
-        task.eval_fn, in_shardings=(dp.replicated, dp.batch), out_shardings=dp.replicated
+        task.eval_fn,
+        in_shardings=(dp.replicated, dp.batch),
+        out_shardings=dp.replicated,
+        compiler_options=xla,
     )
 
     ckpt = Checkpointer(run_dir / "checkpoints", keep=cfg.train.keep_checkpoints)
