@@ -21,10 +21,10 @@ How it measures (a benchmark, not a test: nothing asserts a time):
 * each step is timed alone (wall clock, after ``block_until_ready`` /
   ``cuda.synchronize``); the table gives the median and the interquartile range;
 * ``--device auto`` uses the GPU when JAX/PyTorch see one (``cpu`` / ``gpu`` to force);
-* ``--host-env hugepages`` (default) starts EVERY worker, peers included, with
-  ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (:mod:`jaxrnn.runtime`: XLA's large
-  per-step host buffers on transparent huge pages; what ``train.py`` sets for itself),
-  so all frameworks run in the same environment; ``--host-env default`` leaves it out.
+* ``--host-env tuned`` (default) starts EVERY worker, peers included, with jaxrnn's glibc
+  malloc tunables (:mod:`jaxrnn.runtime`: XLA's per-step host buffers stay mapped instead
+  of being faulted in again every step; what ``train.py`` sets for itself), so all
+  frameworks run in the same environment; ``--host-env default`` leaves them out.
 """
 
 from __future__ import annotations
@@ -134,10 +134,10 @@ class Worker:
     """A framework in its own process (see :mod:`benchmarks.worker`)."""
 
     def __init__(
-        self, fw: str, spec: dict[str, Any], device: str, warmup: int, host_env: str = "hugepages"
+        self, fw: str, spec: dict[str, Any], device: str, warmup: int, host_env: str = "tuned"
     ):
         env = dict(os.environ, PYTHONPATH=str(ROOT), KERAS_BACKEND="jax")
-        if host_env == "hugepages":
+        if host_env == "tuned":
             env = runtime.host_env(env)
         self.fw = fw
         self.proc = subprocess.Popen(
@@ -176,7 +176,7 @@ def run_case(
     budget_s: float,
     warmup: int,
     settle_s: float = SETTLE_S,
-    host_env: str = "hugepages",
+    host_env: str = "tuned",
 ) -> dict[str, Any]:
     """Times ``fws`` on ``spec``: ``reps`` rounds, each framework once per round, in an order
     shuffled every round (seeded), after ``settle_s`` seconds of quiet before each turn."""
@@ -274,8 +274,8 @@ def main() -> None:
     ap.add_argument("--device", default="auto", help="auto | cpu | gpu")
     ap.add_argument(
         "--host-env",
-        default="hugepages",
-        choices=["hugepages", "default"],
+        default="tuned",
+        choices=["tuned", "default"],
         help="environment of every worker (see the module docstring)",
     )
     ap.add_argument("--frameworks", default=None, help="comma-separated subset (default: all)")
@@ -299,7 +299,7 @@ def main() -> None:
     record = {"command": " ".join(["python"] + sys.argv), "machine": machine_info(), "device": args.device,
               "reps": args.reps, "settle_s": args.settle, "host_env": args.host_env,
               "glibc_tunables": runtime.host_env(os.environ).get("GLIBC_TUNABLES")
-              if args.host_env == "hugepages" else os.environ.get("GLIBC_TUNABLES"),
+              if args.host_env == "tuned" else os.environ.get("GLIBC_TUNABLES"),
               "cases": []}  # fmt: skip
     for name in names:
         for spec, fws in workloads(name, args.device):

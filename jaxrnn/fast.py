@@ -9,8 +9,15 @@ outside the loop, and the loop body keeps only what must be sequential::
     h_t = cell_update(U_t + h_{t-1} W_h)  # the scan: one small matmul per step
     -- backward (custom VJP) --
     dA_t, dh_{t-1} = cell_backward(dh_t, saved_t) ; dh_{t-1} += dA_t W_h^T    # the scan
-    dW_h = H_prev^T dA                   # ONE matmul [H, T B] @ [T B, G H] after the scan
+    dW_h = H_prev^T dA                   # ONE matmul [H, T B] @ [T B, G H] after the loop
     dW_x = X^T dA,  dx = dA W_x^T,  db = sum dA   # by autodiff of the hoisted matmul
+
+The loops write into preallocated buffers in place: ``S = [h_0, h_1, ..., h_T]:
+[T + 1, B, H]`` in the forward pass (step ``t`` reads row ``t``, writes row ``t + 1``),
+``D = [dA_0, ..., dA_{T-1}, 0]`` in the backward pass; so ``h_prev = S[:-1]`` needs no
+concatenation and ``dW_h = S^T D`` is one matmul over both whole buffers (the zero row
+adds nothing). On XLA:CPU this measured ~4% faster on the seed training step than
+stacking ``lax.scan`` outputs (one copy per step fewer, no ``[T, B, H]`` concatenation).
 
 Autodiff of the plain scan instead accumulates ``dW_h`` with a small
 ``[H, B] @ [B, G H]`` product in every backward step, carries it through the
@@ -83,19 +90,6 @@ def divisor_unroll(T: int, unroll: int) -> int:
     return max(d for d in range(1, max(1, min(unroll, T)) + 1) if T % d == 0)
 
 
-def _inputs(U: Array, idx: Array | None) -> tuple[Array, Callable[[Array], Array]]:
-    """What the forward scan runs over, and how a step gets its ``u_t: [B, G H]``.
-
-    ``idx=None``: ``U: [T, B, G H]`` is sliced step by step. Otherwise ``U`` is a
-    projected embedding table ``[V, G H]`` and ``u_t = U[idx[t]]`` is gathered
-    inside the loop, so no ``[T, B, G H]`` tensor is ever built (on a CPU, filling
-    and paging such buffers cost more than the gathers; see RESULTS.md).
-    """
-    if idx is None:
-        return U, lambda u: u
-    return idx, lambda i: jnp.take(U, i, axis=0)
-
-
 def _input_cotangent(dZ: Array, U: Array, idx: Array | None) -> tuple[Array, Any]:
     """Cotangents of ``(U, idx)`` from ``dZ = dL/du: [T, B, G H]``.
 
@@ -123,7 +117,11 @@ def _set_row(buf: Array, value: Array, t: Array) -> Array:
 
 
 def _step_input(U: Array, idx: Array | None, t: Array) -> Array:
-    """``u_t: [B, G H]``: ``U[t]`` of ``U: [T, B, G H]``, or ``U[idx[t]]`` of a table ``[V, G H]``."""
+    """``u_t: [B, G H]``: ``U[t]`` of ``U: [T, B, G H]``, or ``U[idx[t]]`` of a table ``[V, G H]``.
+
+    With a table the rows are gathered inside the loop, so no ``[T, B, G H]`` tensor is
+    ever built (on a CPU, filling and paging such buffers cost more than the gathers).
+    """
     return _row(U, t) if idx is None else jnp.take(U, _row(idx, t), axis=0)
 
 

@@ -1,30 +1,35 @@
-"""Process settings for speed on a CPU host: big XLA buffers on transparent huge pages.
+"""Process settings for speed on a CPU host: keep XLA's per-step buffers mapped.
 
 XLA:CPU allocates an executable's temporary buffer afresh at every call
-(``posix_memalign``) and frees it when the call ends. glibc serves a request that
-large (above its 32 MiB mmap threshold, or above 64 MiB from a worker thread's
-arena, always) with a fresh ``mmap`` and returns it with ``munmap``, so every
-training step faults the whole buffer in again, 4 KiB page by page, and the
-kernel zeroes each page. Measured on this project's 2-core CPU machine
-(``strace``, ``getrusage``; ``benchmarks/RESULTS.md``): the LSTM seed training step
-(B=64, T=250, H=100) maps and unmaps one 84.8 MB buffer per step, 20,700 minor page
-faults (81 MiB) per step, 61 ms a step. With the glibc tunable
-``glibc.malloc.hugetlb=1`` (glibc >= 2.35) glibc asks for transparent huge pages on
-such mappings (``madvise(MADV_HUGEPAGE)``): 276 faults per step and 42 ms; the GRU
-step goes from 49 to 36 ms. Steps whose buffers stay under the threshold (the
-simple-cell seed step) reuse their memory anyway and are unchanged.
+(``posix_memalign``) and frees it when the call ends. glibc then hands the memory back
+to the kernel in two ways: a request above the mmap threshold (adaptive, at most 32 MiB)
+gets a fresh ``mmap`` and is ``munmap``-ed when freed, and the heaps of XLA's worker
+threads are trimmed (``madvise(MADV_DONTNEED)``) when their free top grows. Either way
+the next step faults the buffer in again, 4 KiB page by page, and the kernel zeroes each
+page. Measured on this project's 2-core CPU machine (``strace``, ``getrusage``;
+``benchmarks/RESULTS.md``):
 
-glibc reads tunables only when a process starts, so the setting is applied by
-starting the program again with it (:func:`restart_with_hugepages`, what
-``train.py`` does), or by exporting it yourself::
+* LSTM seed training step (B=64, T=250, H=100): one 84.8 MB buffer mapped and unmapped
+  per step, 20,700 minor page faults (81 MiB) per step, 61 ms a step;
+* simple-cell seed step as the benchmark runs it (parameters donated): 5,350 faults
+  (21 MiB) per step, 12.0 ms a step.
 
-    GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python my_script.py
+Three glibc tunables (glibc >= 2.35) remove that cost, :data:`HOST_TUNABLES`:
+``glibc.malloc.hugetlb=1`` asks for transparent huge pages on mappings (the LSTM's 85 MB
+buffer: 276 faults, 42 ms); ``glibc.malloc.mmap_threshold=33554432`` fixes the threshold at
+its maximum of 32 MiB and ``glibc.malloc.trim_threshold=2147483647`` stops heap trimming,
+so buffers up to 32 MiB are reused in place (simple step: 18 faults, 6.8 ms). Memory freed
+below 32 MiB then stays with the process (its RSS does not shrink back), which suits a
+training process. Tried and worse: ``MALLOC_ARENA_MAX=1`` with mmap disabled (no faults at
+all, but ~10% slower simple steps: one arena lock for all of XLA's threads); the trim or
+mmap threshold alone without huge pages (LSTM still 59 ms).
 
-Other allocator settings measured worse overall: ``MALLOC_ARENA_MAX=1`` with mmap
-disabled removed every fault (LSTM 40 ms) but slowed the simple step by ~10%
-(one arena lock for all of XLA's threads), and ``MALLOC_MMAP_MAX_=0`` or
-``MALLOC_TRIM_THRESHOLD_`` alone switch off glibc's adaptive threshold and made the
-simple step fault 20 MiB per step (6.6 -> 11.5 ms).
+glibc reads tunables only when a process starts, so they are applied by starting the
+program again with them (:func:`restart_with_tunables`, what ``train.py`` does), or by
+exporting them yourself::
+
+    GLIBC_TUNABLES=glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=33554432:\\
+    glibc.malloc.trim_threshold=2147483647 python my_script.py
 
 The second setting is per compilation, for jaxrnn's own jitted steps
 (:func:`compiler_options`): on a CPU with AVX-512, XLA:CPU is asked for 512-bit vectors
@@ -36,8 +41,9 @@ in-process A/B); the matmuls (XNNPACK) are not affected.
 Examples:
     >>> from jaxrnn import runtime
     >>> env = runtime.host_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"}, glibc=(2, 36))
-    >>> env["GLIBC_TUNABLES"]
-    'glibc.malloc.arena_max=4:glibc.malloc.hugetlb=1'
+    >>> env["GLIBC_TUNABLES"].split(":")  # doctest: +NORMALIZE_WHITESPACE
+    ['glibc.malloc.arena_max=4', 'glibc.malloc.hugetlb=1',
+     'glibc.malloc.mmap_threshold=33554432', 'glibc.malloc.trim_threshold=2147483647']
     >>> runtime.host_env({}, glibc=None)  # not glibc (macOS, musl): nothing to set
     {}
 """
@@ -49,8 +55,12 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-HUGEPAGE_TUNABLE = "glibc.malloc.hugetlb=1"
-OPT_OUT = "JAXRNN_HUGEPAGES"  # set to 0 to keep the process as started
+HOST_TUNABLES = (
+    "glibc.malloc.hugetlb=1",  # transparent huge pages for mapped chunks (> 32 MiB)
+    "glibc.malloc.mmap_threshold=33554432",  # 32 MiB, glibc's maximum: smaller ones on heaps
+    "glibc.malloc.trim_threshold=2147483647",  # never trim heaps: no re-faulting next step
+)
+OPT_OUT = "JAXRNN_HOST_TUNABLES"  # set to 0 to keep the process as started
 
 
 def glibc_version() -> tuple[int, int] | None:
@@ -66,34 +76,36 @@ def glibc_version() -> tuple[int, int] | None:
 def host_env(
     env: Mapping[str, str] | None = None, *, glibc: tuple[int, int] | None | str = "detect"
 ) -> dict[str, str]:
-    """A copy of ``env`` (default ``os.environ``) with :data:`HUGEPAGE_TUNABLE` added to
-    ``GLIBC_TUNABLES`` where the C library understands it (glibc >= 2.35); otherwise an
-    unchanged copy. Other tunables already set are kept."""
+    """A copy of ``env`` (default ``os.environ``) with :data:`HOST_TUNABLES` in
+    ``GLIBC_TUNABLES`` where the C library understands them (glibc >= 2.35); otherwise an
+    unchanged copy. Other tunables already set are kept; ours replace earlier values."""
     out = dict(os.environ if env is None else env)
     version = glibc_version() if glibc == "detect" else glibc
     if version is None or tuple(version) < (2, 35):
         return out
-    tunables = [t for t in out.get("GLIBC_TUNABLES", "").split(":") if t]
-    tunables = [t for t in tunables if not t.startswith("glibc.malloc.hugetlb=")]
-    out["GLIBC_TUNABLES"] = ":".join([*tunables, HUGEPAGE_TUNABLE])
+    ours = {t.split("=")[0] for t in HOST_TUNABLES}
+    kept = [
+        t for t in out.get("GLIBC_TUNABLES", "").split(":") if t and t.split("=")[0] not in ours
+    ]
+    out["GLIBC_TUNABLES"] = ":".join([*kept, *HOST_TUNABLES])
     return out
 
 
-def hugepages_active(env: Mapping[str, str] | None = None) -> bool:
-    """Whether ``env`` (default: this process's) already carries :data:`HUGEPAGE_TUNABLE`."""
+def tunables_active(env: Mapping[str, str] | None = None) -> bool:
+    """Whether ``env`` (default: this process's) already carries all :data:`HOST_TUNABLES`."""
     env = os.environ if env is None else env
-    return HUGEPAGE_TUNABLE in env.get("GLIBC_TUNABLES", "").split(":")
+    return set(HOST_TUNABLES) <= set(env.get("GLIBC_TUNABLES", "").split(":"))
 
 
-def restart_with_hugepages() -> None:
+def restart_with_tunables() -> None:
     """Start this program again (same interpreter, same command line, same PID) with
-    :data:`HUGEPAGE_TUNABLE` set, unless it is set already, the C library is not a
-    recent glibc, or ``JAXRNN_HUGEPAGES=0``. Call it first thing in a ``__main__``
+    :data:`HOST_TUNABLES` set, unless they are set already, the C library is not a
+    recent glibc, or ``JAXRNN_HOST_TUNABLES=0``. Call it first thing in a ``__main__``
     block: the process image is replaced, nothing after the call runs in this one."""
-    if hugepages_active() or os.environ.get(OPT_OUT) == "0":
+    if tunables_active() or os.environ.get(OPT_OUT) == "0":
         return
     env = host_env()
-    if not hugepages_active(env):
+    if not tunables_active(env):
         return  # not glibc >= 2.35: nothing to gain
     argv = list(getattr(sys, "orig_argv", [])) or [sys.executable, *sys.argv]
     sys.stdout.flush()

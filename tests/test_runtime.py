@@ -1,4 +1,4 @@
-"""jaxrnn.runtime: the huge-page tunable is composed correctly and the restart keeps the
+"""jaxrnn.runtime: the malloc tunables are composed correctly and the restart keeps the
 command line, the PID and the environment, once."""
 
 import json
@@ -15,16 +15,15 @@ from jaxrnn import runtime
 ROOT = Path(__file__).resolve().parent.parent
 
 
+OURS = ":".join(runtime.HOST_TUNABLES)
+
+
 @pytest.mark.parametrize(
     "before,glibc,after",
     [
-        (None, (2, 36), runtime.HUGEPAGE_TUNABLE),
-        (
-            "glibc.malloc.arena_max=4",
-            (2, 35),
-            f"glibc.malloc.arena_max=4:{runtime.HUGEPAGE_TUNABLE}",
-        ),
-        ("glibc.malloc.hugetlb=0", (2, 40), runtime.HUGEPAGE_TUNABLE),  # replaced, not doubled
+        (None, (2, 36), OURS),
+        ("glibc.malloc.arena_max=4", (2, 35), f"glibc.malloc.arena_max=4:{OURS}"),
+        ("glibc.malloc.hugetlb=0", (2, 40), OURS),  # replaced, not doubled
         ("glibc.malloc.arena_max=4", (2, 34), "glibc.malloc.arena_max=4"),  # tunable unknown
         (None, None, None),  # not glibc
     ],
@@ -34,7 +33,7 @@ def test_host_env(before, glibc, after):
     out = runtime.host_env(env, glibc=glibc)
     assert out.get("GLIBC_TUNABLES") == after
     assert out["HOME"] == "/x" and env.get("GLIBC_TUNABLES") == before  # a copy
-    assert runtime.hugepages_active(out) == (after is not None and "hugetlb=1" in after)
+    assert runtime.tunables_active(out) == (after is not None and OURS in after)
 
 
 SCRIPT = textwrap.dedent(
@@ -42,7 +41,7 @@ SCRIPT = textwrap.dedent(
     import json, os, sys
     print("start", os.getpid(), flush=True)
     from jaxrnn import runtime
-    runtime.restart_with_hugepages()
+    runtime.restart_with_tunables()
     print(json.dumps({"pid": os.getpid(), "argv": sys.argv[1:],
                       "tunables": os.environ.get("GLIBC_TUNABLES")}))
     """
@@ -53,7 +52,7 @@ SCRIPT = textwrap.dedent(
     (runtime.glibc_version() or (0, 0)) < (2, 35), reason="needs glibc >= 2.35 (Linux)"
 )
 @pytest.mark.parametrize("opt_out", [False, True])
-def test_restart_with_hugepages(tmp_path, opt_out):
+def test_restart_with_tunables(tmp_path, opt_out):
     script = tmp_path / "prog.py"
     script.write_text(SCRIPT)
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
@@ -71,7 +70,7 @@ def test_restart_with_hugepages(tmp_path, opt_out):
         assert len(starts) == 1 and res["tunables"] == "glibc.malloc.arena_max=8"
     else:  # restarted exactly once, in place, other tunables kept
         assert len(starts) == 2 and starts[0] == starts[1] == f"start {res['pid']}"
-        assert res["tunables"] == f"glibc.malloc.arena_max=8:{runtime.HUGEPAGE_TUNABLE}"
+        assert res["tunables"] == f"glibc.malloc.arena_max=8:{OURS}"
 
 
 @pytest.mark.parametrize(

@@ -66,10 +66,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    """The ``jaxrnn-train`` command: :func:`main` after the huge-page restart of ``train.py``."""
-    from jaxrnn.runtime import restart_with_hugepages
+    """The ``jaxrnn-train`` command: :func:`main` after the allocator restart of ``train.py``."""
+    from jaxrnn.runtime import restart_with_tunables
 
-    restart_with_hugepages()
+    restart_with_tunables()
     sys.exit(main())
 
 
