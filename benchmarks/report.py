@@ -20,6 +20,12 @@ COLORS = {
     "keras-fit": "tab:cyan", "flax": "tab:green", "torch": "tab:brown",
     "torch-1thread": "tab:purple", "numpy": "tab:gray",
 }  # fmt: skip
+HOST_ENV = {  # run.py --host-env
+    "tuned": "`--host-env tuned`: every worker with GLIBC_TUNABLES={}",
+    "jaxrnn": "`--host-env jaxrnn`: the jaxrnn workers with GLIBC_TUNABLES={}, the peers without",
+    "default": "`--host-env default`: no worker with jaxrnn's tunables (GLIBC_TUNABLES={})",
+    None: "workers in the default environment (a run from before `--host-env`)",
+}
 REF = "jaxrnn-fast"  # ratios are "peer time / jaxrnn-fast time" (> 1: jaxrnn-fast is faster)
 
 
@@ -191,11 +197,9 @@ def main() -> None:
             f"{m.get('loadavg_end', [float('nan')])[0]:.1f} at end; versions "
             + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
             + (f"; large-matmul peak in this run: **{peak:.0f} GFLOP/s**" if peak else "")
-            + (
-                f"; workers' environment: `{rec['host_env']}`"
-                f" (GLIBC_TUNABLES={rec.get('glibc_tunables') or 'unset'})"
-                if "host_env" in rec
-                else "; workers' environment: default (run before `--host-env` existed)"
+            + "; "
+            + HOST_ENV.get(rec.get("host_env"), HOST_ENV[None]).format(
+                rec.get("glibc_tunables") or "unset"
             )
             + "\n"
         )

@@ -24,7 +24,9 @@ How it measures (a benchmark, not a test: nothing asserts a time):
 * ``--host-env tuned`` (default) starts EVERY worker, peers included, with jaxrnn's glibc
   malloc tunables (:mod:`jaxrnn.runtime`: XLA's per-step host buffers stay mapped instead
   of being faulted in again every step; what ``train.py`` sets for itself), so all
-  frameworks run in the same environment; ``--host-env default`` leaves them out.
+  frameworks run in the same environment; ``--host-env jaxrnn`` gives them to the jaxrnn
+  workers only (each library as it ships: ``train.py`` sets them, the peers do not);
+  ``--host-env default`` leaves them out.
 """
 
 from __future__ import annotations
@@ -137,7 +139,7 @@ class Worker:
         self, fw: str, spec: dict[str, Any], device: str, warmup: int, host_env: str = "tuned"
     ):
         env = dict(os.environ, PYTHONPATH=str(ROOT), KERAS_BACKEND="jax")
-        if host_env == "tuned":
+        if host_env == "tuned" or (host_env == "jaxrnn" and fw.startswith("jaxrnn")):
             env = runtime.host_env(env)
         self.fw = fw
         self.proc = subprocess.Popen(
@@ -275,7 +277,7 @@ def main() -> None:
     ap.add_argument(
         "--host-env",
         default="tuned",
-        choices=["tuned", "default"],
+        choices=["tuned", "jaxrnn", "default"],
         help="environment of every worker (see the module docstring)",
     )
     ap.add_argument("--frameworks", default=None, help="comma-separated subset (default: all)")
@@ -299,7 +301,7 @@ def main() -> None:
     record = {"command": " ".join(["python"] + sys.argv), "machine": machine_info(), "device": args.device,
               "reps": args.reps, "settle_s": args.settle, "host_env": args.host_env,
               "glibc_tunables": runtime.host_env(os.environ).get("GLIBC_TUNABLES")
-              if args.host_env == "tuned" else os.environ.get("GLIBC_TUNABLES"),
+              if args.host_env != "default" else os.environ.get("GLIBC_TUNABLES"),
               "cases": []}  # fmt: skip
     for name in names:
         for spec, fws in workloads(name, args.device):
