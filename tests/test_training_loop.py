@@ -248,6 +248,11 @@ def test_existing_checkpoints_need_resume_and_same_config(tmp_path):
         train(other, resume=True)
     more = train(_config(tmp_path, "adding", train={"steps": 8}), resume=True)  # extend a run
     assert more.step == 8
+    # the code path may change across --resume (same model, same numbers)
+    faster = _config(
+        tmp_path, "adding", train={"steps": 10}, model={"hidden_size": 8, "fast": True}
+    )
+    assert train(faster, resume=True).step == 10
 
 
 def _start_script(code, env_extra):

@@ -263,8 +263,11 @@ def _in_main_thread() -> bool:
 
 
 def _comparable(cfg_dict: dict) -> dict:
-    """The parts of a config that must not change across ``--resume``."""
-    return {k: cfg_dict[k] for k in ("task", "seed", "data", "model")}
+    """The parts of a config that must not change across ``--resume``. ``model.fast`` may:
+    it picks the code path, not the model (and checkpoints written before it existed lack it)."""
+    out = {k: cfg_dict[k] for k in ("task", "seed", "data", "model")}
+    out["model"] = {k: v for k, v in out["model"].items() if k != "fast"}
+    return out
 
 
 def train(
