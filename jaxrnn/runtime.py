@@ -107,10 +107,15 @@ def restart_with_tunables() -> None:
     env = host_env()
     if not tunables_active(env):
         return  # not glibc >= 2.35: nothing to gain
+    if not sys.executable:  # embedded interpreter: nothing to restart
+        return
     argv = list(getattr(sys, "orig_argv", [])) or [sys.executable, *sys.argv]
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *argv[1:]], env)
+    try:
+        os.execve(sys.executable, [sys.executable, *argv[1:]], env)
+    except OSError as e:  # e.g. a sandbox that forbids exec: run on, just slower
+        print(f"jaxrnn: no restart with the malloc tunables ({e}); continuing", file=sys.stderr)
 
 
 def cpu_has_avx512(cpuinfo: str = "/proc/cpuinfo") -> bool:
