@@ -18,6 +18,10 @@ How it measures (a benchmark, not a test: nothing asserts a time):
   otherwise hold a core while the next one is timed. With a fixed cyclic
   order the same framework always came right after NumPy and was timed on one
   core for its first ~100 ms (seen as bimodal step times);
+* each turn starts with ``--round-warmup`` untimed steps (default 1): after the
+  0.5 s of quiet the first step of a turn was often slow (e.g. the LSTM: 47-100 ms against
+  a steady 39-41 ms, for jaxrnn and for the plain path alike), a wake-up cost of the
+  interleaving that back-to-back training steps do not pay;
 * each step is timed alone (wall clock, after ``block_until_ready`` /
   ``cuda.synchronize``); the table gives the median and the interquartile range;
 * ``--device auto`` uses the GPU when JAX/PyTorch see one (``cpu`` / ``gpu`` to force);
@@ -47,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 from jaxrnn import runtime  # noqa: E402  (host_env: no JAX computation at import)
 
 SETTLE_S = 0.5  # seconds of quiet before each worker's turn (see the module docstring)
+ROUND_WARMUP = 1  # untimed steps at the start of each turn (see the module docstring)
 SEED = dict(V=5000, E=32, B=64, T=250, H=100, cell="simple")  # the seed model of the issue
 
 PEERS = [
@@ -156,8 +161,8 @@ class Worker:
                 return json.loads(line[2:])
         return {"ready": False, "error": f"worker exited with {self.proc.wait()}"}
 
-    def run(self, n: int) -> dict[str, Any]:
-        self.proc.stdin.write(f"run {n}\n")
+    def run(self, n: int, untimed: int = 0) -> dict[str, Any]:
+        self.proc.stdin.write(f"run {n} {untimed}\n")
         self.proc.stdin.flush()
         return self._read()
 
@@ -179,9 +184,11 @@ def run_case(
     warmup: int,
     settle_s: float = SETTLE_S,
     host_env: str = "tuned",
+    round_warmup: int = ROUND_WARMUP,
 ) -> dict[str, Any]:
     """Times ``fws`` on ``spec``: ``reps`` rounds, each framework once per round, in an order
-    shuffled every round (seeded), after ``settle_s`` seconds of quiet before each turn."""
+    shuffled every round (seeded), after ``settle_s`` seconds of quiet before each turn and
+    ``round_warmup`` untimed steps at the start of each turn."""
     print(f"== {case_name(spec)}", flush=True)
     workers, results = [], {}
     for fw in fws:  # one at a time: compilation is heavy too
@@ -203,7 +210,7 @@ def run_case(
         for w in order:
             if r < w.rounds:
                 time.sleep(settle_s)
-                out = w.run(w.per_round)
+                out = w.run(w.per_round, round_warmup)
                 results[w.fw]["times"] += out["times"]
                 results[w.fw]["rss_mb"] = out["rss_mb"]
     for w in workers:
@@ -273,6 +280,12 @@ def main() -> None:
         default=SETTLE_S,
         help="seconds of quiet before each worker's turn (lets spinning thread pools sleep)",
     )
+    ap.add_argument(
+        "--round-warmup",
+        type=int,
+        default=ROUND_WARMUP,
+        help="untimed steps at the start of each worker's turn (see the module docstring)",
+    )
     ap.add_argument("--device", default="auto", help="auto | cpu | gpu")
     ap.add_argument(
         "--host-env",
@@ -299,7 +312,8 @@ def main() -> None:
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {"command": " ".join(["python"] + sys.argv), "machine": machine_info(), "device": args.device,
-              "reps": args.reps, "settle_s": args.settle, "host_env": args.host_env,
+              "reps": args.reps, "settle_s": args.settle, "round_warmup": args.round_warmup,
+              "host_env": args.host_env,
               "glibc_tunables": runtime.host_env(os.environ).get("GLIBC_TUNABLES")
               if args.host_env != "default" else os.environ.get("GLIBC_TUNABLES"),
               "cases": []}  # fmt: skip
@@ -308,7 +322,7 @@ def main() -> None:
             fws = [f for f in fws if only is None or f in only or f == "matmul"]
             res = run_case(
                 spec, fws, args.device, args.reps, args.budget, args.warmup, args.settle,
-                args.host_env,
+                args.host_env, args.round_warmup,
             )  # fmt: skip
             res["workload"] = name
             record["cases"].append(res)

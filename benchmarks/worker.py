@@ -5,7 +5,7 @@ runner can interleave frameworks round by round (while one worker times, the
 others wait on ``stdin`` and use no CPU)::
 
     -> (start)                 <- @@{"ready": true, "first_s": ..., "warmup_s": [...], "rss_mb": ...}
-    -> run 5                   <- @@{"times": [5 wall times in seconds]}
+    -> run 5 1                 <- @@{"times": [5 wall times in seconds]}  (after 1 untimed step)
     -> quit
 
 Lines the frameworks print themselves are passed through; protocol lines start with ``@@``.
@@ -60,6 +60,8 @@ def main() -> None:
         cmd = line.split()
         if not cmd or cmd[0] == "quit":
             break
+        for _ in range(int(cmd[2]) if len(cmd) > 2 else 0):  # untimed: wake the process up
+            step()
         times = []
         for _ in range(int(cmd[1])):
             t0 = time.perf_counter()
