@@ -131,15 +131,26 @@ def test_one_step_changes_every_leaf_and_does_not_recompile(tmp_path, task_name)
         ("adding", {"cell": "simple", "cell_options": {"activation": "relu"}}),
     ],
 )
-def test_fast_flag_trains_to_the_same_numbers(tmp_path, task_name, model):
-    """``model.fast: true`` (jaxrnn.fast) gives the plain path's losses, step by step."""
+def test_fast_flag_trains_to_the_same_numbers(tmp_path, monkeypatch, task_name, model):
+    """``model.fast: true`` runs jaxrnn.fast (counted) and gives the plain path's losses,
+    step by step."""
+    from jaxrnn import fast as fast_lib
+
+    calls = []
+    for name in ("classifier_logits", "rnn"):
+        original = getattr(fast_lib, name)
+        monkeypatch.setattr(
+            fast_lib, name, lambda *a, _f=original, **k: calls.append(1) or _f(*a, **k)
+        )
     runs = {}
     for flag in (False, True):
         cfg = _config(
             tmp_path, task_name, model={**model, "hidden_size": 8, "fast": flag},
             train={"run_dir": str(tmp_path / str(flag))},
         )  # fmt: skip
+        n_before = len(calls)
         runs[flag] = train(cfg)
+        assert (len(calls) > n_before) == flag  # the fast path ran exactly when asked for
     plain, fast = (_losses(runs[f].run_dir) for f in (False, True))
     assert [r[:2] for r in plain] == [r[:2] for r in fast] and len(plain) > 12
     np.testing.assert_allclose([r[2] for r in fast], [r[2] for r in plain], rtol=2e-5)
