@@ -6,12 +6,7 @@ host buffers mapped (:mod:`jaxrnn.runtime`; LSTM/GRU steps ~1.4x faster on a CPU
 ``JAXRNN_HOST_TUNABLES=0`` skips it.
 """
 
-import sys
-
 if __name__ == "__main__":
-    from jaxrnn.runtime import restart_with_tunables
+    from jaxrnn.training.cli import run
 
-    restart_with_tunables()  # replaces this process once; returns in the restarted one
-    from jaxrnn.training.cli import main
-
-    sys.exit(main())
+    run()  # the restart, then the CLI (the same entry point as ``jaxrnn-train``)

@@ -91,19 +91,17 @@ def divisor_unroll(T: int, unroll: int) -> int:
 
 
 def _input_cotangent(dZ: Array, U: Array, idx: Array | None) -> tuple[Array, Any]:
-    """Cotangents of ``(U, idx)`` from ``dZ = dL/du: [T, B, G H]``.
+    """Cotangents of ``(U, idx)`` from a kernel's gradient buffer ``dZ: [T + 1, B, G H]``
+    (``dZ[t] = dL/du_t``, ``dZ[T] = 0``).
 
-    ``dZ`` may carry one extra zero row (``[T + 1, B, G H]``, ``dZ[T] = 0``: the kernels'
-    gradient buffers): it is dropped for ``U: [T, ...]``, and for a table it is scattered
-    too (onto row 0, adding nothing) so the ``[T B, G H]`` updates are not sliced out.
+    For ``U: [T, ...]`` the zero row is dropped; for a table it is scattered too (onto
+    row 0, adding nothing) so the ``[T B, G H]`` updates are not sliced out of the buffer.
     """
-    T = U.shape[0] if idx is None else idx.shape[0]
     if idx is None:
-        return dZ[:T], None
-    if dZ.shape[0] == T + 1:
-        idx = jnp.concatenate([idx, jnp.zeros((1, *idx.shape[1:]), idx.dtype)])  # [T + 1, B]
-    dU = jnp.zeros_like(U).at[idx.reshape(-1)].add(dZ.reshape(-1, U.shape[-1]))  # [V, G H]
-    return dU, np.zeros((T, *idx.shape[1:]), jax.dtypes.float0)
+        return dZ[:-1], None
+    idx_ext = jnp.concatenate([idx, jnp.zeros((1, *idx.shape[1:]), idx.dtype)])  # [T + 1, B]
+    dU = jnp.zeros_like(U).at[idx_ext.reshape(-1)].add(dZ.reshape(-1, U.shape[-1]))  # [V, G H]
+    return dU, np.zeros(idx.shape, jax.dtypes.float0)
 
 
 def _row(buf: Array, t: Array) -> Array:
@@ -114,6 +112,16 @@ def _row(buf: Array, t: Array) -> Array:
 def _set_row(buf: Array, value: Array, t: Array) -> Array:
     """``buf.at[t].set(value)`` for a traced ``t`` (in place inside a loop)."""
     return jax.lax.dynamic_update_index_in_dim(buf, value, t, 0)
+
+
+def _num_steps(U: Array, idx: Array | None) -> int:
+    """``T``: rows of ``U: [T, B, G H]``, or of ``idx: [T, B]`` for a table ``U: [V, G H]``."""
+    return U.shape[0] if idx is None else idx.shape[0]
+
+
+def _state_buffer(x0: Array, T: int) -> Array:
+    """``[T + 1, B, H]`` with row 0 = ``x0: [B, H]``; the loop writes rows 1..T in place."""
+    return jnp.zeros((T + 1, *x0.shape), x0.dtype).at[0].set(x0)
 
 
 def _step_input(U: Array, idx: Array | None, t: Array) -> Array:
@@ -135,8 +143,8 @@ def _simple_forward(U, idx, W_h, h0, activation, unroll) -> Array:
     (in-process A/B; the whole training step: 7.13 -> 6.82 ms, benchmarks/RESULTS.md).
     """
     f = _ACT[activation]
-    T = idx.shape[0] if idx is not None else U.shape[0]
-    S = jnp.zeros((T + 1, *h0.shape), h0.dtype).at[0].set(h0)  # [T + 1, B, H]
+    T = _num_steps(U, idx)
+    S = _state_buffer(h0, T)  # [T + 1, B, H]
 
     def step(t, S):
         return _set_row(S, f(_step_input(U, idx, t) + _row(S, t) @ W_h), t + 1)
@@ -223,8 +231,13 @@ simple_scan.defvjp(_simple_scan_fwd, _simple_scan_bwd)
 # ------------------------------------------------------------------------------ LSTM cell
 
 
-def _sigmoid(a: Array) -> Array:
-    return jax.nn.sigmoid(a)
+def _lstm_gate_affine(H: int, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(half, shift): [4H]`` with ``gates = tanh(z * half) * half + shift`` for the blocks
+    ``i, f, g, o``: ``sigmoid(z) = (1 + tanh(z / 2)) / 2`` for ``i, f, o``, ``tanh(z)`` for ``g``.
+    One ``[B, 4H]`` element-wise pass instead of four slices (~12% off the forward loop on CPU)."""
+    half = np.repeat(np.array([0.5, 0.5, 1.0, 0.5], dtype), H)
+    shift = np.repeat(np.array([0.5, 0.5, 0.0, 0.5], dtype), H)
+    return half, shift
 
 
 def _lstm_forward(U, idx, W_h, h0, c0, unroll):
@@ -232,14 +245,9 @@ def _lstm_forward(U, idx, W_h, h0, c0, unroll):
     (``S[0]`` the initial state, ``S[t + 1]`` the state after step ``t``) and the gate
     activations ``Gs: [T, B, 4H]``, each written in place like :func:`_simple_forward`."""
     H = W_h.shape[0]
-    T = idx.shape[0] if idx is not None else U.shape[0]
-    # One tanh over all four gate blocks: sigmoid(z) = (1 + tanh(z / 2)) / 2, so the blocks
-    # i, f, o are pre-scaled by 1/2 and post-mapped by (1 + t) / 2, and g is tanh(z) itself.
-    # One [B, 4H] element-wise pass instead of four slices (~12% off the forward scan on CPU).
-    half = np.repeat(np.array([0.5, 0.5, 1.0, 0.5], W_h.dtype), H)  # [4H]  blocks i, f, g, o
-    shift = np.repeat(np.array([0.5, 0.5, 0.0, 0.5], W_h.dtype), H)  # [4H]
-    S_h = jnp.zeros((T + 1, *h0.shape), h0.dtype).at[0].set(h0)  # [T + 1, B, H]
-    S_c = jnp.zeros((T + 1, *c0.shape), c0.dtype).at[0].set(c0)  # [T + 1, B, H]
+    T = _num_steps(U, idx)
+    half, shift = _lstm_gate_affine(H, W_h.dtype)  # one tanh over all four gate blocks
+    S_h, S_c = _state_buffer(h0, T), _state_buffer(c0, T)  # [T + 1, B, H] each
     Gs = jnp.zeros((T, h0.shape[0], 4 * H), h0.dtype)  # [T, B, 4H]
 
     def step(t, carry):
@@ -296,8 +304,7 @@ def _lstm_scan_bwd(unroll, last_only, res, g):
     g_hs, (g_hT, g_cT) = (None, g) if last_only else g
     W_hT = W_h.T  # [4H, H]
 
-    half = np.repeat(np.array([0.5, 0.5, 1.0, 0.5], W_h.dtype), H)  # [4H] as in the forward
-    shift = np.repeat(np.array([0.5, 0.5, 0.0, 0.5], W_h.dtype), H)
+    half, shift = _lstm_gate_affine(H, W_h.dtype)
 
     def dz_of(dh, dc, t):
         """dL/dz_t [B, 4H] and dL/dc_{t-1} from dL/dh_t, the dL/dc_t carried from t + 1."""
@@ -348,16 +355,16 @@ def _gru_forward(U, idx, W_h, b_h, h0, unroll):
     (``S[0] = h_0``) and ``Sv: [T, B, 4H]`` = ``[z, r, n, u_h]`` of every step, written
     in place (``h`` is carried too: the update reads ``h_{t-1}`` element-wise)."""
     H = W_h.shape[0]
-    T = idx.shape[0] if idx is not None else U.shape[0]
-    S = jnp.zeros((T + 1, *h0.shape), h0.dtype).at[0].set(h0)  # [T + 1, B, H]
+    T = _num_steps(U, idx)
+    S = _state_buffer(h0, T)  # [T + 1, B, H]
     Sv = jnp.zeros((T, h0.shape[0], 4 * H), h0.dtype)  # [T, B, 4H]
 
     def step(t, carry):
         h, S, Sv = carry
         a = _step_input(U, idx, t)  # [B, 3H]
         u = h @ W_h + b_h  # [B, 3H]
-        z = _sigmoid(a[:, :H] + u[:, :H])
-        r = _sigmoid(a[:, H : 2 * H] + u[:, H : 2 * H])
+        z = jax.nn.sigmoid(a[:, :H] + u[:, :H])
+        r = jax.nn.sigmoid(a[:, H : 2 * H] + u[:, H : 2 * H])
         n = jnp.tanh(a[:, 2 * H :] + r * u[:, 2 * H :])
         h = z * h + (1.0 - z) * n  # [B, H]
         sv = jnp.concatenate([z, r, n, u[:, 2 * H :]], axis=-1)  # [B, 4H]
@@ -409,20 +416,20 @@ def _gru_scan_bwd(unroll, last_only, res, g):
     N = jnp.zeros((T + 1, S.shape[1], H), S.dtype)  # [T + 1, B, H]
 
     def step(j, carry):
-        dh, D, N = carry  # dh = dL/dh_t
+        dh, D, N = carry  # dh = dL/dh_t through h_{t+1} (last_only: g at t = T - 1)
         t = T - 1 - j
+        if not last_only:
+            dh = dh + _row(g, t)  # + the cotangent of output t
         sv, hp = _row(Sv, t), _row(S, t)
         z, r, n, u_h = sv[:, :H], sv[:, H : 2 * H], sv[:, 2 * H : 3 * H], sv[:, 3 * H :]
         dn = dh * (1.0 - z) * (1.0 - n * n)  # dL/d(pre-tanh)
         dz = dh * (hp - n) * z * (1.0 - z)  # dL/d(pre-sigmoid z)
         dr = dn * u_h * r * (1.0 - r)  # dL/d(pre-sigmoid r)
         du = jnp.concatenate([dz, dr, dn * r], axis=-1)  # [B, 3H]  dL/du
-        dh = dh * z + du @ W_hT  # dL/dh_{t-1}
-        if not last_only:  # + the cotangent of output t - 1 (none before step 0)
-            dh = dh + _row(g, jnp.maximum(t - 1, 0)) * (t > 0).astype(dh.dtype)
+        dh = dh * z + du @ W_hT  # dL/dh_{t-1} through h_t
         return dh, _set_row(D, du, t), _set_row(N, dn, t)
 
-    dh_T = g if last_only else g[T - 1]
+    dh_T = g if last_only else jnp.zeros_like(S[0])
     dh0, D, N = jax.lax.fori_loop(0, T, step, (dh_T, D, N), unroll=divisor_unroll(T, unroll))
     dU_h = D
     dA = jnp.concatenate([D[..., : 2 * H], N], axis=-1)  # [T + 1, B, 3H]  dL/dU
@@ -582,22 +589,26 @@ def classifier_logits(
     tokens: Array,
     lengths: Array | None = None,
     *,
+    key: Array | None = None,
     unroll: int = DEFAULT_UNROLL,
     kernels: Any = KERNELS,
 ) -> Array:
-    """:func:`jaxrnn.models.classifier_logits` on the fast path.
+    """:func:`jaxrnn.models.classifier_logits` on the fast path (same arguments).
 
     The input projection is folded into the embedding: ``u_t = (E W_x + b)[tokens[:, t]]``
     (``[V, G H]`` table; rows gathered inside the scan), so no ``[B, T, E]`` or
     ``[T, B, G H]`` tensor is built and nothing is transposed. When the batch has fewer
     tokens than the vocabulary (``B T < V``, e.g. one review) the rows used are
-    projected instead (``[T, B, E] @ [E, G H]``, one matmul). Falls back to the plain model where no fast kernel applies.
+    projected instead (``[T, B, E] @ [E, G H]``, one matmul). Falls back to the plain model
+    where no fast kernel applies: ``lengths``, active dropout, other cells, ``T = 0``.
 
     Args:
         cfg: model settings.
         params: from :func:`jaxrnn.models.init_classifier`.
         tokens: ``[B, T]`` int word ids.
         lengths: optional ``[B]`` (plain path).
+        key: PRNG key for ``cfg.dropout`` / ``cfg.recurrent_dropout`` (plain path when dropout
+            is active); ``None``: no dropout.
         unroll: steps per loop iteration.
         kernels: which fast kernels may be used (see :func:`rnn`).
 
@@ -606,8 +617,14 @@ def classifier_logits(
     """
     cell = cells.get(cfg.cell).cell
     p = params["rnn"]
-    if lengths is not None or _supported(cell, p, kernels) is None or tokens.shape[-1] == 0:
-        return models.classifier_logits(cfg, params, tokens, lengths)
+    dropout = key is not None and bool(cfg.dropout or cfg.recurrent_dropout)
+    if (
+        lengths is not None
+        or dropout
+        or _supported(cell, p, kernels) is None
+        or tokens.shape[-1] == 0
+    ):
+        return models.classifier_logits(cfg, params, tokens, lengths, key=key)
     models.check_tokens(tokens, cfg.vocab_size)
     B, T = tokens.shape
     h0 = cell.initial_carry(p, (B,))

@@ -199,8 +199,8 @@ def test_classifier_grads_equal_numpy_reference(key):
         np.testing.assert_allclose(np.asarray(getattr(grads["rnn"], k)), ref["rnn"][k], **TOL)
 
 
-def test_classifier_with_lengths_falls_back(key):
-    cfg = models.ClassifierConfig(vocab_size=20, embed_dim=3, hidden_size=4)
+def test_classifier_with_lengths_or_dropout_falls_back(key):
+    cfg = models.ClassifierConfig(vocab_size=20, embed_dim=3, hidden_size=4, dropout=0.5)
     params = models.init_classifier(key, cfg, dtype=jnp.float64)
     tokens = jax.random.randint(jax.random.key(1), (2, 6), 0, 20)
     lengths = jnp.array([6, 2])
@@ -208,3 +208,7 @@ def test_classifier_with_lengths_falls_back(key):
         fast.classifier_logits(cfg, params, tokens, lengths),
         models.classifier_logits(cfg, params, tokens, lengths),
     )
+    k = jax.random.key(3)  # dropout active: the plain model with the same masks
+    dropped = fast.classifier_logits(cfg, params, tokens, key=k)
+    _close(dropped, models.classifier_logits(cfg, params, tokens, key=k))
+    assert not np.allclose(dropped, models.classifier_logits(cfg, params, tokens))

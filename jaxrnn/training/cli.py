@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    """The ``jaxrnn-train`` command: :func:`main` after the allocator restart of ``train.py``."""
+    """``train.py`` and ``jaxrnn-train``: restart once with the malloc tunables
+    (:func:`jaxrnn.runtime.restart_with_tunables`), then :func:`main`."""
     from jaxrnn.runtime import restart_with_tunables
 
     restart_with_tunables()

@@ -61,11 +61,12 @@ def imdb_task(cfg: Config) -> Task:
     use_lengths = cfg.data.padding == "post"  # post-padding: mask the tail via lengths
     stochastic = bool(mcfg.dropout or mcfg.recurrent_dropout)
 
+    # jaxrnn.fast falls back to the plain model itself (lengths, active dropout)
+    classifier_logits = fast.classifier_logits if cfg.model.fast else models.classifier_logits
+
     def logits(params, batch, key=None):
         lengths = batch["lengths"] if use_lengths else None
-        if cfg.model.fast and lengths is None and not (key is not None and stochastic):
-            return fast.classifier_logits(mcfg, params, batch["tokens"])  # [B], same numbers
-        return models.classifier_logits(mcfg, params, batch["tokens"], lengths, key=key)  # [B]
+        return classifier_logits(mcfg, params, batch["tokens"], lengths, key=key)  # [B]
 
     def loss_fn(params, batch, key=None):
         z = logits(params, batch, key)
