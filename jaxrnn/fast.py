@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrnn import cells, models
+from jaxrnn import cells, models, native
 from jaxrnn.cells._common import Array
 from jaxrnn.layer import rnn as plain_rnn
 
@@ -142,6 +142,21 @@ def _simple_forward(U, idx, W_h, h0, activation, unroll) -> Array:
     This layout measured ~10% faster per forward loop than carrying ``h`` and stacking it
     (in-process A/B; the whole training step: 7.13 -> 6.82 ms, benchmarks/RESULTS.md).
     """
+    if _use_native(U, activation):
+        return jax.lax.platform_dependent(
+            cpu=lambda: native.simple_forward(U, idx, W_h, h0, activation),
+            default=lambda: _simple_forward_xla(U, idx, W_h, h0, activation, unroll),
+        )
+    return _simple_forward_xla(U, idx, W_h, h0, activation, unroll)
+
+
+def _use_native(x: Array, activation: str) -> bool:
+    """Whether the simple-cell loops go to :mod:`jaxrnn.native` (float32, AVX-512 CPU, built)."""
+    return native.supports(x.dtype, activation)
+
+
+def _simple_forward_xla(U, idx, W_h, h0, activation, unroll) -> Array:
+    """:func:`_simple_forward` as an XLA loop (any dtype, any backend)."""
     f = _ACT[activation]
     T = _num_steps(U, idx)
     S = _state_buffer(h0, T)  # [T + 1, B, H]
@@ -194,11 +209,33 @@ def _simple_scan_fwd(U, W_h, h0, idx, activation, unroll, last_only):
 
 def _simple_scan_bwd(activation, unroll, last_only, res, g):
     S, W_h, U, idx = res  # S: [T + 1, B, H] = [h_0, ..., h_T]
+
+    # D[t] = dL/da_t (a_t the pre-activation of step t), D[T] = 0: one buffer written in
+    # place, row t from row t + 1, like the forward pass.
+    def xla():
+        D, dW_h = _simple_backward_xla(S, W_h, g, activation, unroll, last_only)
+        return D, dW_h, _input_cotangent(D, U, idx)[0]
+
+    def cpu():  # one call: the loop, dW_h and (for a table) the scatter into dU
+        vocab = 0 if idx is None else U.shape[0]
+        D, dW_h, dTable = native.simple_backward(S, W_h, g, activation, idx, vocab)
+        return D, dW_h, (D[:-1] if idx is None else dTable)
+
+    if _use_native(S, activation):
+        D, dW_h, dU = jax.lax.platform_dependent(cpu=cpu, default=xla)
+    else:
+        D, dW_h, dU = xla()
+    dh0 = D[0] @ W_h.T  # [B, H]
+    didx = None if idx is None else np.zeros(idx.shape, jax.dtypes.float0)
+    return dU, dW_h, dh0, didx
+
+
+def _simple_backward_xla(S, W_h, g, activation, unroll, last_only) -> Array:
+    """``(D, dW_h)``: ``D: [T + 1, B, H]`` (``D[t] = dL/da_t``, ``D[T] = 0``) from an XLA
+    loop, and ``dW_h = S^T D: [H, H]``."""
     d = _DERIV_FROM_OUTPUT[activation]
     W_hT = W_h.T  # [H, H]
     T = S.shape[0] - 1
-    # D[t] = dL/da_t (a_t the pre-activation of step t), D[T] = 0: one buffer written in
-    # place, row t from row t + 1, like the forward pass.
     D = jnp.zeros_like(S)  # [T + 1, B, H]
     if last_only:  # g = dL/dh_T: [B, H]; the last step is peeled off
         D = D.at[T - 1].set(g * d(S[T]))
@@ -216,13 +253,10 @@ def _simple_scan_bwd(activation, unroll, last_only, res, g):
 
         n = T
     D = jax.lax.fori_loop(0, n, step, D, unroll=divisor_unroll(max(n, 1), unroll))
-    dh0 = D[0] @ W_hT  # [B, H]
     H = W_h.shape[0]
     # dW_h = sum_t h_{t-1}^T da_t = S^T D over all T + 1 rows (D[T] = 0): ONE matmul
     # [H, (T + 1) B] @ [(T + 1) B, H], with no slice of either buffer copied.
-    dW_h = S.reshape(-1, H).T @ D.reshape(-1, H)
-    dU, didx = _input_cotangent(D, U, idx)
-    return dU, dW_h, dh0, didx
+    return D, S.reshape(-1, H).T @ D.reshape(-1, H)
 
 
 simple_scan.defvjp(_simple_scan_fwd, _simple_scan_bwd)

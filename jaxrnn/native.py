@@ -1,0 +1,272 @@
+"""Hand-written CPU kernels for the simple-cell recurrence, called from XLA (FFI custom calls).
+
+:mod:`jaxrnn.fast` keeps only the sequential part of an RNN inside its loops; on a CPU
+even that is several small XLA operations per time step, run one after another on one
+core. ``csrc/rnn_cpu.cc`` runs the whole loop as one call instead::
+
+    forward   S[0] = h_0,  S[t + 1] = f(u_t + S[t] @ W_h)                    S: [T + 1, B, H]
+    backward  D[T] = 0,    D[t] = (g_t + D[t + 1] @ W_h^T) * f'(S[t + 1])     D: [T + 1, B, H]
+
+the same buffers as :func:`jaxrnn.fast.simple_scan` (``u_t = U[t]`` or ``table[idx[t]]``;
+``g_t = dL/dh_{t+1}``), so ``dW_h = S^T D``, ``dh_0 = D[0] W_h^T`` and the input gradients
+stay in XLA. Batch rows never interact in the recurrence, so the rows are split over the
+threads of XLA's CPU thread pool, each running all ``T`` steps on its rows; every step is
+a register-blocked AVX-512 product with the activation applied before the store
+(``tanh`` through ``expm1``, float32). Numbers match the XLA loops to float32 rounding and
+do not depend on the thread count (``tests/test_native.py``).
+
+The kernels are compiled on first use with the system C++ compiler (``$CXX``, else
+``c++``/``g++``) against the XLA FFI headers that ship with jaxlib, for the CPU at hand
+(``-march=native``), and cached under ``$JAXRNN_CACHE_DIR`` (default
+``~/.cache/jaxrnn``), keyed by source, compiler, flags, jaxlib version and CPU flags.
+They are used for float32 on CPUs with AVX-512; elsewhere (other CPUs, GPU/TPU via
+``lax.platform_dependent``, float64, no compiler) :mod:`jaxrnn.fast` runs its XLA loops.
+``JAXRNN_NATIVE=0`` turns them off; ``JAXRNN_NATIVE=require`` makes a failed build an
+error instead of a warning and a fallback.
+
+Examples:
+    >>> import functools, jax.numpy as jnp
+    >>> from jaxrnn import native
+    >>> if native.available():  # AVX-512 CPU, compiler present
+    ...     f32 = functools.partial(jnp.zeros, dtype=jnp.float32)
+    ...     U = f32((5, 2, 3)) + 1.0                        # [T, B, H]
+    ...     S = native.simple_forward(U, None, f32((3, 3)), f32((2, 3)), "tanh")  # W_h, h0
+    ...     assert S.shape == (6, 2, 3) and bool(jnp.allclose(S[1:], jnp.tanh(1.0)))
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrnn.cells._common import Array
+from jaxrnn.runtime import cpu_has_avx512
+
+SOURCE = Path(__file__).with_name("csrc") / "rnn_cpu.cc"
+SWITCH = "JAXRNN_NATIVE"  # "0": off; unset / "1": where available; "require": build must work
+ACTIVATIONS = {"tanh": 0, "sigmoid": 1, "relu": 2, "identity": 3, "linear": 3}
+_SYMBOLS = {
+    "jaxrnn_simple_forward": "JaxrnnSimpleForward",
+    "jaxrnn_simple_backward": "JaxrnnSimpleBackward",
+}
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
+
+
+class NativeUnavailable(RuntimeError):
+    """The native kernels cannot be built or loaded here (the message says why)."""
+
+
+def cache_dir() -> Path:
+    """Where built kernels are kept: ``$JAXRNN_CACHE_DIR``, else ``$XDG_CACHE_HOME/jaxrnn``
+    (``~/.cache/jaxrnn``)."""
+    if os.environ.get("JAXRNN_CACHE_DIR"):
+        return Path(os.environ["JAXRNN_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "jaxrnn"
+
+
+def compiler() -> str:
+    """The C++ compiler to use: ``$CXX``, else the first of ``c++``, ``g++``, ``clang++``."""
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return name
+    raise NativeUnavailable("no C++ compiler found (set CXX, or install g++)")
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return ""
+
+
+def build(directory: Path | None = None) -> Path:
+    """Compiles ``csrc/rnn_cpu.cc`` into a shared library (once; cached) and returns its path.
+
+    Raises:
+        NativeUnavailable: no AVX-512, no compiler, or the compiler failed (its output is
+            in the message).
+    """
+    if not cpu_has_avx512():
+        raise NativeUnavailable("the CPU has no AVX-512 (avx512f); the kernels need it")
+    cxx = compiler()
+    include = jax.ffi.include_dir()
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(
+        b"\0".join(
+            [
+                source,
+                cxx.encode(),
+                " ".join(FLAGS).encode(),
+                include.encode(),
+                jax.__version__.encode(),
+                _cpu_flags().encode(),
+            ]
+        )  # fmt: skip
+    ).hexdigest()[:16]
+    directory = Path(directory) if directory is not None else cache_dir()
+    out = directory / f"rnn_cpu-{key}.so"
+    if out.exists():
+        return out
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
+    os.close(fd)
+    cmd = [cxx, *FLAGS, "-isystem", include, str(SOURCE), "-o", tmp]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            raise NativeUnavailable(
+                f"compiling {SOURCE.name} failed ({' '.join(cmd)}):\n{proc.stderr[-4000:]}"
+            )
+        os.replace(tmp, out)  # atomic: concurrent builders never see half a file
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+@functools.cache
+def _load() -> str | None:
+    """Builds, loads and registers the kernels once; ``None`` on success, else the reason."""
+    import ctypes
+
+    if os.environ.get(SWITCH, "1") == "0":
+        return f"turned off ({SWITCH}=0)"
+    try:
+        lib = ctypes.cdll.LoadLibrary(str(build()))
+    except (NativeUnavailable, OSError, subprocess.SubprocessError) as e:
+        if os.environ.get(SWITCH) == "require":
+            raise NativeUnavailable(str(e)) from e
+        if cpu_has_avx512():  # a CPU the kernels are for, but the build failed: say so
+            warnings.warn(f"jaxrnn.native: kernels unavailable, using XLA loops: {e}", stacklevel=3)
+        return str(e)
+    for target, symbol in _SYMBOLS.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+    return None
+
+
+def available() -> bool:
+    """Whether the kernels are built and registered (builds them on the first call)."""
+    return _load() is None
+
+
+def unavailable_reason() -> str | None:
+    """Why :func:`available` is ``False`` (``None`` when it is ``True``)."""
+    return _load()
+
+
+def supports(dtype, activation: str) -> bool:
+    """Whether :func:`simple_forward` / :func:`simple_backward` run for this dtype and activation."""
+    return jnp.dtype(dtype) == jnp.float32 and activation in ACTIVATIONS and available()
+
+
+def _require(dtype, activation: str) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"jaxrnn.native: activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")  # fmt: skip
+    if jnp.dtype(dtype) != jnp.float32:
+        raise TypeError(f"jaxrnn.native: the kernels are float32; got {jnp.dtype(dtype)}")
+    reason = _load()
+    if reason is not None:
+        raise NativeUnavailable(reason)
+
+
+def simple_forward(
+    U: Array, idx: Array | None, W_h: Array, h0: Array, activation: str, threads: int = 0
+) -> Array:
+    """``S: [T + 1, B, H]`` with ``S[0] = h0`` and ``S[t + 1] = f(u_t + S[t] @ W_h)``.
+
+    Args:
+        U: ``[T, B, H]`` input projections; or, with ``idx``, a table ``[V, H]`` with
+            ``u_t = U[idx[t]]`` (a row outside ``[0, V)`` reads as NaN, as ``jnp.take``).
+        idx: ``None`` or ``[T, B]`` int row ids.
+        W_h: ``[H, H]``.  h0: ``[B, H]``.  All float32.
+        activation: ``tanh``, ``sigmoid``, ``relu``, ``identity`` / ``linear``.
+        threads: row chunks to run in parallel (0: the XLA CPU thread pool's size).
+    """
+    _require(U.dtype, activation)
+    B, H = h0.shape
+    if idx is None:
+        T = U.shape[0]
+        if U.shape != (T, B, H):
+            raise ValueError(f"jaxrnn.native.simple_forward: U must be [T, B, H] = [T, {B}, {H}]; got {U.shape}")  # fmt: skip
+        idx = jnp.zeros((0,), jnp.int32)
+    else:
+        T = idx.shape[0]
+        if U.ndim != 2 or U.shape[1] != H or idx.shape != (T, B):
+            raise ValueError(f"jaxrnn.native.simple_forward: with idx, U must be a table [V, {H}] and idx [T, {B}]; got U {U.shape}, idx {idx.shape}")  # fmt: skip
+        idx = idx.astype(jnp.int32)
+    if W_h.shape != (H, H):
+        raise ValueError(f"jaxrnn.native.simple_forward: W_h must be [{H}, {H}]; got {W_h.shape}")  # fmt: skip
+    call = jax.ffi.ffi_call(
+        "jaxrnn_simple_forward",
+        jax.ShapeDtypeStruct((T + 1, B, H), jnp.float32),
+        vmap_method="sequential",
+    )
+    return call(
+        U, idx, W_h, h0, activation=np.int64(ACTIVATIONS[activation]), threads=np.int64(threads)
+    )
+
+
+def simple_backward(
+    S: Array,
+    W_h: Array,
+    g: Array,
+    activation: str,
+    idx: Array | None = None,
+    vocab: int = 0,
+    threads: int = 0,
+) -> tuple[Array, Array, Array | None]:
+    """``(D, dW_h, dTable)`` for the backward pass of :func:`simple_forward`.
+
+    * ``D: [T + 1, B, H]``, ``D[T] = 0``, ``D[t] = (g_t + D[t + 1] @ W_h^T) * f'(S[t + 1])``
+      (``D[t] = dL/du_t``, the cotangent of the step's input projection);
+    * ``dW_h = S^T D: [H, H]``, accumulated inside the loop while ``S[t]`` and ``D[t]`` are
+      in cache (one partial sum per thread, added in a fixed order);
+    * with ``idx``: ``dTable: [vocab, H]``, ``dTable[v] = sum of D[t, b] where idx[t, b] = v``
+      (the cotangent of the table ``U`` of :func:`simple_forward`; ids outside the table add
+      nothing); else ``None``.
+
+    Args:
+        S: ``[T + 1, B, H]`` from :func:`simple_forward` (``T >= 1``).
+        W_h: ``[H, H]``.
+        g: ``[T, B, H]`` cotangents of ``S[1:]``; or ``[B, H]``, the cotangent of ``S[T]`` only.
+        activation: as in :func:`simple_forward`.
+        idx: ``None`` or the ``[T, B]`` row ids given to :func:`simple_forward`.
+        vocab: rows ``V`` of that table (with ``idx``).
+        threads: as in :func:`simple_forward`.
+    """
+    _require(S.dtype, activation)
+    T, B, H = S.shape[0] - 1, S.shape[1], S.shape[2]
+    if T < 1 or W_h.shape != (H, H) or g.shape not in ((T, B, H), (B, H)):
+        raise ValueError(f"jaxrnn.native.simple_backward: expected S [T + 1, B, H] with T >= 1, W_h [H, H], g [T, B, H] or [B, H]; got S {S.shape}, W_h {W_h.shape}, g {g.shape}")  # fmt: skip
+    if idx is None:
+        V, idx = 0, jnp.zeros((0,), jnp.int32)
+    else:
+        if idx.shape != (T, B) or vocab < 1:
+            raise ValueError(f"jaxrnn.native.simple_backward: idx must be [T, B] = [{T}, {B}] with vocab >= 1; got idx {idx.shape}, vocab {vocab}")  # fmt: skip
+        V, idx = int(vocab), idx.astype(jnp.int32)
+    call = jax.ffi.ffi_call(
+        "jaxrnn_simple_backward",
+        (
+            jax.ShapeDtypeStruct(S.shape, jnp.float32),  # D
+            jax.ShapeDtypeStruct((H, H), jnp.float32),  # dW_h
+            jax.ShapeDtypeStruct((V, H), jnp.float32),  # dTable
+        ),
+        vmap_method="sequential",
+    )
+    D, dW_h, dTable = call(
+        S, W_h, g.astype(jnp.float32), idx, activation=np.int64(ACTIVATIONS[activation]),
+        threads=np.int64(threads),
+    )  # fmt: skip
+    return D, dW_h, (dTable if V else None)

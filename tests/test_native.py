@@ -1,0 +1,245 @@
+"""The hand-written CPU kernels (jaxrnn.native) against NumPy float64 and the XLA loops.
+
+They run where the CPU has AVX-512 (CI's does); there a failed build fails these tests
+rather than skipping them.
+"""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrnn import fast, models, native
+from jaxrnn.runtime import cpu_has_avx512
+
+pytestmark = pytest.mark.skipif(not cpu_has_avx512(), reason="native kernels need AVX-512")
+
+ACTS = {
+    "tanh": (np.tanh, lambda h: 1 - h * h),
+    "sigmoid": (lambda a: 1 / (1 + np.exp(-a)), lambda h: h * (1 - h)),
+    "relu": (lambda a: np.maximum(a, 0), lambda h: (h > 0) * 1.0),
+    "identity": (lambda a: a, np.ones_like),
+}
+# (T, B, H): one row / one unit; H not a multiple of 16 (masked columns), B not a multiple of
+# the 4-row blocks, H above one 64-column tile, the seed size
+SHAPES = [(1, 1, 1), (3, 5, 7), (6, 9, 16), (7, 33, 130), (20, 64, 100)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built():
+    native.build()  # raises NativeUnavailable (with the compiler's output) if it cannot
+    assert native.available(), native.unavailable_reason()
+
+
+def _data(T, B, H, V=None, seed=0):
+    rng = np.random.default_rng(seed)
+    U = rng.normal(size=(V, H) if V else (T, B, H))
+    idx = rng.integers(0, V, size=(T, B)) if V else None
+    W = rng.normal(size=(H, H)) / np.sqrt(H)
+    h0 = rng.normal(size=(B, H)) * 0.5
+    return U, idx, W, h0
+
+
+def _np_forward(U, idx, W, h0, act):
+    f = ACTS[act][0]
+    S = [h0]
+    for t in range(idx.shape[0] if idx is not None else U.shape[0]):
+        u = U[idx[t]] if idx is not None else U[t]
+        S.append(f(u + S[-1] @ W))
+    return np.stack(S)
+
+
+def _np_backward(S, W, g, act, idx=None, V=0):
+    d = ACTS[act][1]
+    T = S.shape[0] - 1
+    D = np.zeros_like(S)
+    for t in range(T - 1, -1, -1):
+        gt = g[t] if g.ndim == 3 else (g if t == T - 1 else 0.0)
+        D[t] = (gt + D[t + 1] @ W.T) * d(S[t + 1])
+    dW = np.einsum("tbk,tbj->kj", S, D)
+    dTable = None
+    if idx is not None:
+        dTable = np.zeros((V, S.shape[2]))
+        np.add.at(dTable, idx.reshape(-1), D[:-1].reshape(-1, S.shape[2]))
+    return D, dW, dTable
+
+
+def _close(got, want, tol=1e-5):
+    """float32 against float64: errors relative to the largest entry (1 for small ones)."""
+    scale = 1.0 + np.abs(want).max()
+    np.testing.assert_allclose(np.asarray(got) / scale, want / scale, rtol=tol, atol=tol)
+
+
+def _f32(*xs):
+    return [None if x is None else jnp.asarray(x, jnp.float32) for x in xs]
+
+
+@pytest.mark.parametrize("act", list(ACTS))
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("table", [False, True])
+def test_forward_matches_numpy(shape, act, table):
+    T, B, H = shape
+    U, idx, W, h0 = _data(T, B, H, V=11 if table else None)
+    ids = None if idx is None else jnp.asarray(idx, jnp.int32)
+    S = native.simple_forward(*_f32(U), ids, *_f32(W, h0), act)
+    ref = _np_forward(U, idx, W, h0, act)
+    assert S.shape == (T + 1, B, H) and S.dtype == jnp.float32
+    _close(S, ref)
+
+
+@pytest.mark.parametrize("act", list(ACTS))
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("last_only", [False, True])
+def test_backward_matches_numpy(shape, act, last_only):
+    T, B, H = shape
+    V = 13
+    U, idx, W, h0 = _data(T, B, H, V=V, seed=1)
+    S = _np_forward(U, idx, W, h0, act)
+    rng = np.random.default_rng(2)
+    g = rng.normal(size=(B, H) if last_only else (T, B, H))
+    D, dW, dTable = native.simple_backward(
+        *_f32(S, W, g), act, jnp.asarray(idx, jnp.int32), vocab=V
+    )
+    D_ref, dW_ref, dTable_ref = _np_backward(S, W, g, act, idx, V)
+    _close(D, D_ref)
+    _close(dW, dW_ref)
+    _close(dTable, dTable_ref)
+    _, _, none = native.simple_backward(*_f32(S, W, g), act)
+    assert none is None
+
+
+def test_tanh_accuracy_over_range_and_nan():
+    """The kernel's own tanh (expm1-based) against NumPy's, from -30 to 30, and NaN kept."""
+    a = np.concatenate([np.linspace(-30, 30, 6001), [1e-30, -1e-8, 1e-4, 0.0, np.nan]])
+    U = a.reshape(1, 1, -1)
+    H = U.shape[-1]
+    U32, W, h0 = _f32(U, np.zeros((H, H)), np.zeros((1, H)))
+    S = native.simple_forward(U32, None, W, h0, "tanh")
+    out = np.asarray(S[1, 0])
+    ref = np.tanh(a.astype(np.float32).astype(np.float64))
+    finite = ~np.isnan(a)
+    np.testing.assert_allclose(out[finite], ref[finite], rtol=3e-7, atol=1e-37)
+    assert np.isnan(out[~finite]).all()
+    assert out[np.argmax(a == 30)] == 1.0 and out[np.argmax(a == -30)] == -1.0
+
+
+def test_thread_count_does_not_change_the_states():
+    """Rows are computed by one thread each, in the same order: bitwise-equal S and D."""
+    U, idx, W, h0 = _data(40, 64, 100, V=50)
+    args = (jnp.asarray(U, jnp.float32), jnp.asarray(idx, jnp.int32), *_f32(W, h0))
+    S1 = native.simple_forward(*args, "tanh", threads=1)
+    g = jnp.asarray(np.random.default_rng(3).normal(size=(40, 64, 100)), jnp.float32)
+    D1, dW1, dT1 = native.simple_backward(S1, args[2], g, "tanh", args[1], 50, threads=1)
+    for threads in (2, 3, 16):
+        S = native.simple_forward(*args, "tanh", threads=threads)
+        np.testing.assert_array_equal(np.asarray(S), np.asarray(S1))
+        D, dW, dT = native.simple_backward(S, args[2], g, "tanh", args[1], 50, threads=threads)
+        np.testing.assert_array_equal(np.asarray(D), np.asarray(D1))
+        np.testing.assert_array_equal(np.asarray(dT), np.asarray(dT1))  # owner-split scatter
+        # dW sums per-thread partials: only the order of the float32 sum changes
+        _close(dW, np.asarray(dW1, np.float64), tol=1e-6)
+
+
+def test_out_of_range_ids_read_nan_and_add_nothing():
+    """As jnp.take (fill) and XLA's scatter (drop): row -1 / V gives NaN states, no update."""
+    U, idx, W, h0 = _data(3, 4, 5, V=6)
+    idx[1, 2], idx[2, 0] = -1, 6
+    S = np.asarray(
+        native.simple_forward(*_f32(U), jnp.asarray(idx, jnp.int32), *_f32(W, h0), "tanh")
+    )
+    assert np.isnan(S[2, 2]).all() and np.isnan(S[3, 0]).all() and not np.isnan(S[1]).any()
+    Sc = np.nan_to_num(S)
+    g = np.ones((3, 4, 5))
+    _, _, dT = native.simple_backward(*_f32(Sc, W, g), "tanh", jnp.asarray(idx, jnp.int32), vocab=6)
+    _, _, dT_ref = _np_backward(Sc, W, g, "tanh", np.where((idx >= 0) & (idx < 6), idx, 0), 6)
+    D_ref = _np_backward(Sc, W, g, "tanh")[0]
+    dT_ref[0] -= D_ref[1, 2] + D_ref[2, 0]  # the two dropped updates were put on row 0 above
+    np.testing.assert_allclose(np.asarray(dT), dT_ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("act", ["tanh", "relu"])
+@pytest.mark.parametrize("last_only", [False, True])
+@pytest.mark.parametrize("table", [False, True])
+def test_simple_scan_gradients_native_vs_xla_loops(act, last_only, table, monkeypatch):
+    """fast.simple_scan (float32) takes the kernels; the same function with them switched
+    off runs the XLA loops: values and all gradients agree."""
+    T, B, H, V = 30, 8, 24, 40
+    U, idx, W, h0 = _data(T, B, H, V=V if table else None, seed=4)
+    ids = None if idx is None else jnp.asarray(idx, jnp.int32)
+    w = jnp.asarray(np.random.default_rng(5).normal(size=(B, H) if last_only else (T, B, H)), jnp.float32)  # fmt: skip
+
+    def loss(U, W, h0):
+        out = fast.simple_scan(U, W, h0, ids, act, 1, last_only)
+        return jnp.sum(out * w)
+
+    args = _f32(U, W, h0)
+    hlo = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(*args).as_text()
+    assert "jaxrnn_simple_forward" in hlo and "jaxrnn_simple_backward" in hlo
+    got = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(*args)
+    monkeypatch.setattr(fast, "_use_native", lambda x, activation: False)
+    want = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(*args)
+    hlo = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(*args).as_text()
+    assert "jaxrnn_simple" not in hlo
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        scale = 1 + float(jnp.max(jnp.abs(b)))
+        np.testing.assert_allclose(
+            np.asarray(a) / scale, np.asarray(b) / scale, rtol=1e-5, atol=2e-6
+        )
+
+
+def test_seed_classifier_gradients_native_vs_float64_plain():
+    """The seed model's float32 fast gradients (kernels) against the plain model in float64."""
+    cfg = models.ClassifierConfig(vocab_size=300, embed_dim=8, hidden_size=20, cell="simple")
+    rng = np.random.default_rng(6)
+    tokens = jnp.asarray(rng.integers(0, 300, size=(16, 40)), jnp.int32)
+    labels = jnp.asarray(rng.integers(0, 2, size=(16,)), jnp.float32)
+    p64 = models.init_classifier(jax.random.key(1), cfg, dtype=jnp.float64)
+    p32 = jax.tree.map(lambda x: x.astype(jnp.float32), p64)
+    g32 = jax.jit(jax.grad(lambda p: fast.classifier_loss(cfg, p, tokens, labels)))(p32)
+    g64 = jax.grad(lambda p: models.classifier_loss(cfg, p, tokens, labels))(p64)
+    for a, b in zip(jax.tree.leaves(g32), jax.tree.leaves(g64), strict=True):
+        scale = float(jnp.max(jnp.abs(b)))
+        np.testing.assert_allclose(np.asarray(a) / scale, np.asarray(b) / scale, atol=2e-5)
+
+
+def test_bad_inputs_raise_in_python():
+    U, idx, W, h0 = _f32(*_data(4, 3, 5))
+    with pytest.raises(ValueError, match=r"U must be \[T, B, H\] = \[T, 3, 5\]; got \(4, 3, 6\)"):
+        native.simple_forward(jnp.zeros((4, 3, 6), jnp.float32), None, W, h0, "tanh")
+    with pytest.raises(ValueError, match=r"W_h must be \[5, 5\]; got \(5, 4\)"):
+        native.simple_forward(U, None, W[:, :4], h0, "tanh")
+    with pytest.raises(ValueError, match=r"with idx, U must be a table \[V, 5\] and idx \[T, 3\]"):
+        native.simple_forward(U, jnp.zeros((4, 2), jnp.int32), W, h0, "tanh")
+    with pytest.raises(TypeError, match="float32; got float64"):
+        native.simple_forward(U.astype(jnp.float64), None, W, h0, "tanh")
+    with pytest.raises(ValueError, match="activation must be one of"):
+        native.simple_forward(U, None, W, h0, "gelu")
+    S = native.simple_forward(U, None, W, h0, "tanh")
+    with pytest.raises(ValueError, match=r"g \[T, B, H\] or \[B, H\]; got .* g \(4, 5\)"):
+        native.simple_backward(S, W, jnp.zeros((4, 5), jnp.float32), "tanh")
+
+
+def test_build_is_cached_and_switch_turns_it_off(tmp_path):
+    first = native.build(tmp_path)
+    mtime = first.stat().st_mtime_ns
+    assert native.build(tmp_path) == first and first.stat().st_mtime_ns == mtime
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary left behind
+    code = "from jaxrnn import native; print(native.available(), native.unavailable_reason())"
+    env = {**os.environ, native.SWITCH: "0"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "False turned off (JAXRNN_NATIVE=0)", out.stderr
+
+
+def test_build_error_names_the_compiler_output(tmp_path, monkeypatch):
+    bad = tmp_path / "bad.cc"
+    bad.write_text("this is not C++\n")
+    monkeypatch.setattr(native, "SOURCE", bad)
+    with pytest.raises(native.NativeUnavailable, match="compiling bad.cc failed"):
+        native.build(tmp_path / "cache")
+    assert not list((tmp_path / "cache").glob("*.so*")) and not list(
+        (tmp_path / "cache").glob("tmp*")
+    )
