@@ -92,7 +92,8 @@ def _jax_infer_step(
 
 def build_jaxrnn(spec: dict[str, Any], device: str, variant: str = "plain") -> Callable[[], None]:
     """jaxrnn's seed model: ``variant="plain"`` is ``models.classifier_loss`` (``rnn``,
-    ``lax.scan`` with autodiff); ``"fast"`` is :mod:`jaxrnn.fast`."""
+    ``lax.scan`` with autodiff); ``"fast"`` is :mod:`jaxrnn.fast` (with the native CPU kernels
+    of :mod:`jaxrnn.native` where they apply); ``"fast-xla"`` the same with them off."""
     import jax
 
     from jaxrnn import models, runtime
@@ -106,7 +107,9 @@ def build_jaxrnn(spec: dict[str, Any], device: str, variant: str = "plain") -> C
     if variant == "plain":
         loss_fn = lambda p, x, y: models.classifier_loss(cfg, p, x, y)  # noqa: E731
         logits_fn = lambda p, x: models.classifier_logits(cfg, p, x)  # noqa: E731
-    elif variant == "fast":
+    elif variant in ("fast", "fast-xla"):
+        if variant == "fast-xla":  # the fast path with its XLA loops: no native kernels
+            os.environ["JAXRNN_NATIVE"] = "0"
         from jaxrnn import fast
 
         loss_fn = lambda p, x, y: fast.classifier_loss(cfg, p, x, y)  # noqa: E731
@@ -115,7 +118,7 @@ def build_jaxrnn(spec: dict[str, Any], device: str, variant: str = "plain") -> C
         raise ValueError(f"unknown jaxrnn variant {variant!r}")
     # jaxrnn's own compile settings (jaxrnn/runtime.py: 512-bit vectors on an AVX-512 CPU),
     # as train.py uses them; the plain variant is compiled like the peers
-    xla = runtime.compiler_options(dev.platform) if variant == "fast" else None
+    xla = runtime.compiler_options(dev.platform) if variant != "plain" else None
     if spec["mode"] == "train":
         return _jax_train_step(loss_fn, params, tokens, labels, dev, xla)
     return _jax_infer_step(logits_fn, params, tokens, dev, xla)
@@ -339,6 +342,7 @@ def build_matmul(spec: dict[str, Any], device: str) -> Callable[[], None]:
 
 FRAMEWORKS: dict[str, Callable[[dict[str, Any], str], Callable[[], None]]] = {
     "jaxrnn-fast": lambda s, d: build_jaxrnn(s, d, "fast"),
+    "jaxrnn-fast-xla": lambda s, d: build_jaxrnn(s, d, "fast-xla"),
     "jaxrnn": lambda s, d: build_jaxrnn(s, d, "plain"),
     "flax": build_flax,
     "keras-jax": lambda s, d: build_keras(s, d, "jit"),

@@ -16,7 +16,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 COLORS = {
-    "jaxrnn-fast": "tab:red", "jaxrnn": "tab:orange", "keras-jax": "tab:blue",
+    "jaxrnn-fast": "tab:red", "jaxrnn-fast-xla": "tab:pink", "jaxrnn": "tab:orange",
+    "keras-jax": "tab:blue",
     "keras-fit": "tab:cyan", "flax": "tab:green", "torch": "tab:brown",
     "torch-1thread": "tab:purple", "numpy": "tab:gray",
 }  # fmt: skip

@@ -56,6 +56,7 @@ SEED = dict(V=5000, E=32, B=64, T=250, H=100, cell="simple")  # the seed model o
 
 PEERS = [
     "jaxrnn-fast",
+    "jaxrnn-fast-xla",
     "jaxrnn",
     "keras-jax",
     "keras-fit",
@@ -66,6 +67,7 @@ PEERS = [
 ]
 GATED_PEERS = [
     "jaxrnn-fast",
+    "jaxrnn-fast-xla",
     "jaxrnn",
     "keras-jax",
     "flax",

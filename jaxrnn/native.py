@@ -1,24 +1,30 @@
-"""Hand-written CPU kernels for the simple-cell recurrence, called from XLA (FFI custom calls).
+"""Hand-written CPU kernels for the simple-cell and LSTM recurrences (XLA FFI custom calls).
 
 :mod:`jaxrnn.fast` keeps only the sequential part of an RNN inside its loops; on a CPU
-even that is several small XLA operations per time step, run one after another on one
-core. ``csrc/rnn_cpu.cc`` runs the whole loop as one call instead::
+even that is several small XLA operations per time step (a ``[B, H] @ [H, G H]`` dot, a
+fusion, a dynamic-update-slice), run one after another on one core. ``csrc/rnn_cpu.cc``
+runs each whole loop as one call instead, on the buffers of :mod:`jaxrnn.fast`::
 
-    forward   S[0] = h_0,  S[t + 1] = f(u_t + S[t] @ W_h)                    S: [T + 1, B, H]
-    backward  D[T] = 0,    D[t] = (g_t + D[t + 1] @ W_h^T) * f'(S[t + 1])     D: [T + 1, B, H]
+    simple  forward   S[0] = h_0,  S[t + 1] = f(u_t + S[t] @ W_h)                  S: [T + 1, B, H]
+            backward  D[T] = 0,    D[t] = (g_t + D[t + 1] @ W_h^T) * f'(S[t + 1])   D: [T + 1, B, H]
+    LSTM    forward   S_h, S_c: [T + 1, B, H] and the gates G: [T, B, 4H]
+            backward  D[t] = dL/dz_t: [T + 1, B, 4H] and dL/dc_0
 
-the same buffers as :func:`jaxrnn.fast.simple_scan` (``u_t = U[t]`` or ``table[idx[t]]``;
-``g_t = dL/dh_{t+1}``), so ``dW_h = S^T D``, ``dh_0 = D[0] W_h^T`` and the input gradients
-stay in XLA. Batch rows never interact in the recurrence, so the rows are split over the
-threads of XLA's CPU thread pool, each running all ``T`` steps on its rows; every step is
-a register-blocked AVX-512 product with the activation applied before the store
-(``tanh`` through ``expm1``, float32). Numbers match the XLA loops to float32 rounding and
-do not depend on the thread count (``tests/test_native.py``).
+(``u_t = U[t]`` or ``table[idx[t]]``, ``g_t = dL/dh_{t+1}``). The backward calls also return
+``dW_h = S^T D`` (accumulated per step while ``S[t]`` and ``D[t]`` are in cache) and, for a
+table, its gradient (a scatter-add of the rows of ``D``, split among threads by table row).
+Batch rows never interact in a recurrence, so the rows are split over the threads of XLA's
+CPU thread pool, each running all ``T`` steps on its rows; every step is a register-blocked
+AVX-512 product with the cell update applied in registers before the store (the LSTM's
+``W_h`` columns are interleaved per 16 units so one block holds all four gates). ``tanh`` is
+computed through ``expm1`` (float32 rounding), sigmoid as ``(1 + tanh(a / 2)) / 2``.
+Numbers match the XLA loops and NumPy to float32 rounding, and states do not depend on the
+thread count (``tests/test_native.py``).
 
 The kernels are compiled on first use with the system C++ compiler (``$CXX``, else
-``c++``/``g++``) against the XLA FFI headers that ship with jaxlib, for the CPU at hand
-(``-march=native``), and cached under ``$JAXRNN_CACHE_DIR`` (default
-``~/.cache/jaxrnn``), keyed by source, compiler, flags, jaxlib version and CPU flags.
+``c++``/``g++``/``clang++``; ~7 s) against the XLA FFI headers that ship with jaxlib, for
+the CPU at hand (``-march=native``), and cached under ``$JAXRNN_CACHE_DIR`` (default
+``~/.cache/jaxrnn``), keyed by source, compiler, flags, jax version and CPU flags.
 They are used for float32 on CPUs with AVX-512; elsewhere (other CPUs, GPU/TPU via
 ``lax.platform_dependent``, float64, no compiler) :mod:`jaxrnn.fast` runs its XLA loops.
 ``JAXRNN_NATIVE=0`` turns them off; ``JAXRNN_NATIVE=require`` makes a failed build an
@@ -58,6 +64,8 @@ ACTIVATIONS = {"tanh": 0, "sigmoid": 1, "relu": 2, "identity": 3, "linear": 3}
 _SYMBOLS = {
     "jaxrnn_simple_forward": "JaxrnnSimpleForward",
     "jaxrnn_simple_backward": "JaxrnnSimpleBackward",
+    "jaxrnn_lstm_forward": "JaxrnnLstmForward",
+    "jaxrnn_lstm_backward": "JaxrnnLstmBackward",
 }
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
 
@@ -166,12 +174,16 @@ def unavailable_reason() -> str | None:
     return _load()
 
 
-def supports(dtype, activation: str) -> bool:
-    """Whether :func:`simple_forward` / :func:`simple_backward` run for this dtype and activation."""
+def supports(dtype, activation: str = "tanh") -> bool:
+    """Whether the kernels run for this dtype (and simple-cell activation)."""
     return jnp.dtype(dtype) == jnp.float32 and activation in ACTIVATIONS and available()
 
 
-def _require(dtype, activation: str) -> None:
+def _table_ids(idx: Array | None) -> Array:
+    return jnp.zeros((0,), jnp.int32) if idx is None else idx.astype(jnp.int32)
+
+
+def _require(dtype, activation: str = "tanh") -> None:
     if activation not in ACTIVATIONS:
         raise ValueError(f"jaxrnn.native: activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")  # fmt: skip
     if jnp.dtype(dtype) != jnp.float32:
@@ -270,3 +282,88 @@ def simple_backward(
         threads=np.int64(threads),
     )  # fmt: skip
     return D, dW_h, (dTable if V else None)
+
+
+def lstm_forward(
+    U: Array, idx: Array | None, W_h: Array, h0: Array, c0: Array, threads: int = 0
+) -> tuple[Array, Array, Array]:
+    """The LSTM recurrence (gate order ``i, f, g, o``; sigmoid / tanh) on input projections.
+
+    ``z_t = u_t + h_{t-1} W_h``, ``c_t = f c_{t-1} + i g``, ``h_t = o tanh(c_t)``.
+
+    Args:
+        U: ``[T, B, 4H]``; or, with ``idx``, a table ``[V, 4H]`` (``u_t = U[idx[t]]``).
+        idx: ``None`` or ``[T, B]`` int row ids.
+        W_h: ``[H, 4H]``.  h0, c0: ``[B, H]``.  All float32.
+        threads: as in :func:`simple_forward`.
+
+    Returns:
+        ``(S_h, S_c, G)``: states ``[T + 1, B, H]`` each (row 0 the initial one) and the gate
+        activations ``G = [i | f | g | o]: [T, B, 4H]`` (what the backward pass reads).
+    """
+    _require(U.dtype)
+    B, H = h0.shape
+    T = U.shape[0] if idx is None else idx.shape[0]
+    want = (U.shape[0], 4 * H) if idx is not None else (T, B, 4 * H)
+    if U.shape != want or W_h.shape != (H, 4 * H) or c0.shape != (B, H) or (idx is not None and idx.shape != (T, B)):  # fmt: skip
+        raise ValueError(f"jaxrnn.native.lstm_forward: expected U [T, B, 4H] (or a table [V, 4H] with idx [T, B]), W_h [H, 4H], h0 and c0 [B, H] with B, H = {B}, {H}; got U {U.shape}, idx {None if idx is None else idx.shape}, W_h {W_h.shape}, c0 {c0.shape}")  # fmt: skip
+    f32 = jnp.float32
+    call = jax.ffi.ffi_call(
+        "jaxrnn_lstm_forward",
+        (
+            jax.ShapeDtypeStruct((T + 1, B, H), f32),
+            jax.ShapeDtypeStruct((T + 1, B, H), f32),
+            jax.ShapeDtypeStruct((T, B, 4 * H), f32),
+        ),
+        vmap_method="sequential",
+    )
+    return call(U, _table_ids(idx), W_h, h0, c0, threads=np.int64(threads))
+
+
+def lstm_backward(
+    S_h: Array,
+    S_c: Array,
+    G: Array,
+    W_h: Array,
+    g_hs: Array | None,
+    g_hT: Array,
+    g_cT: Array,
+    idx: Array | None = None,
+    vocab: int = 0,
+    threads: int = 0,
+) -> tuple[Array, Array, Array, Array | None]:
+    """``(D, dW_h, dc0, dTable)`` for the backward pass of :func:`lstm_forward`.
+
+    ``D: [T + 1, B, 4H]`` = ``dL/dz_t`` (``D[T] = 0``), ``dW_h = S_h^T D: [H, 4H]``,
+    ``dc0 = dL/dc_0: [B, H]`` and, with ``idx``, ``dTable: [vocab, 4H]`` (as in
+    :func:`simple_backward`; else ``None``). ``g_hs``: ``[T, B, H]`` cotangents of
+    ``S_h[1:]`` or ``None``; ``g_hT, g_cT``: ``[B, H]`` cotangents of ``h_T, c_T``.
+    """
+    _require(S_h.dtype)
+    T, B, H = S_h.shape[0] - 1, S_h.shape[1], S_h.shape[2]
+    ok = (
+        T >= 1 and S_c.shape == S_h.shape and G.shape == (T, B, 4 * H)
+        and W_h.shape == (H, 4 * H) and g_hT.shape == (B, H) and g_cT.shape == (B, H)
+        and (g_hs is None or g_hs.shape == (T, B, H))
+        and (idx is None or (idx.shape == (T, B) and vocab >= 1))
+    )  # fmt: skip
+    if not ok:
+        raise ValueError(f"jaxrnn.native.lstm_backward: expected S_h, S_c [T + 1, B, H] (T >= 1), G [T, B, 4H], W_h [H, 4H], g_hs [T, B, H] or None, g_hT, g_cT [B, H], idx [T, B] with vocab >= 1; got S_h {S_h.shape}, S_c {S_c.shape}, G {G.shape}, W_h {W_h.shape}, g_hs {None if g_hs is None else g_hs.shape}, g_hT {g_hT.shape}, g_cT {g_cT.shape}, idx {None if idx is None else idx.shape}, vocab {vocab}")  # fmt: skip
+    V = 0 if idx is None else int(vocab)
+    f32 = jnp.float32
+    call = jax.ffi.ffi_call(
+        "jaxrnn_lstm_backward",
+        (
+            jax.ShapeDtypeStruct((T + 1, B, 4 * H), f32),  # D
+            jax.ShapeDtypeStruct((H, 4 * H), f32),  # dW_h
+            jax.ShapeDtypeStruct((B, H), f32),  # dc0
+            jax.ShapeDtypeStruct((V, 4 * H), f32),  # dTable
+        ),
+        vmap_method="sequential",
+    )
+    hs = jnp.zeros((0,), f32) if g_hs is None else g_hs.astype(f32)
+    D, dW_h, dc0, dTable = call(
+        S_h, S_c, G, W_h, hs, g_hT.astype(f32), g_cT.astype(f32), _table_ids(idx),
+        threads=np.int64(threads),
+    )  # fmt: skip
+    return D, dW_h, dc0, (dTable if V else None)

@@ -191,21 +191,6 @@ def test_simple_scan_gradients_native_vs_xla_loops(act, last_only, table, monkey
         )
 
 
-def test_seed_classifier_gradients_native_vs_float64_plain():
-    """The seed model's float32 fast gradients (kernels) against the plain model in float64."""
-    cfg = models.ClassifierConfig(vocab_size=300, embed_dim=8, hidden_size=20, cell="simple")
-    rng = np.random.default_rng(6)
-    tokens = jnp.asarray(rng.integers(0, 300, size=(16, 40)), jnp.int32)
-    labels = jnp.asarray(rng.integers(0, 2, size=(16,)), jnp.float32)
-    p64 = models.init_classifier(jax.random.key(1), cfg, dtype=jnp.float64)
-    p32 = jax.tree.map(lambda x: x.astype(jnp.float32), p64)
-    g32 = jax.jit(jax.grad(lambda p: fast.classifier_loss(cfg, p, tokens, labels)))(p32)
-    g64 = jax.grad(lambda p: models.classifier_loss(cfg, p, tokens, labels))(p64)
-    for a, b in zip(jax.tree.leaves(g32), jax.tree.leaves(g64), strict=True):
-        scale = float(jnp.max(jnp.abs(b)))
-        np.testing.assert_allclose(np.asarray(a) / scale, np.asarray(b) / scale, atol=2e-5)
-
-
 def test_bad_inputs_raise_in_python():
     U, idx, W, h0 = _f32(*_data(4, 3, 5))
     with pytest.raises(ValueError, match=r"U must be \[T, B, H\] = \[T, 3, 5\]; got \(4, 3, 6\)"):
@@ -243,3 +228,123 @@ def test_build_error_names_the_compiler_output(tmp_path, monkeypatch):
     assert not list((tmp_path / "cache").glob("*.so*")) and not list(
         (tmp_path / "cache").glob("tmp*")
     )
+
+
+# ----------------------------------------------------------------------------------- LSTM
+
+
+def _sig(a):
+    return 1 / (1 + np.exp(-a))
+
+
+def _np_lstm_forward(U, idx, W, h0, c0):
+    H = h0.shape[1]
+    hs, cs, gs = [h0], [c0], []
+    for t in range(idx.shape[0] if idx is not None else U.shape[0]):
+        z = (U[idx[t]] if idx is not None else U[t]) + hs[-1] @ W
+        i, f, g, o = _sig(z[:, :H]), _sig(z[:, H : 2 * H]), np.tanh(z[:, 2 * H : 3 * H]), _sig(z[:, 3 * H :])  # fmt: skip
+        cs.append(f * cs[-1] + i * g)
+        hs.append(o * np.tanh(cs[-1]))
+        gs.append(np.concatenate([i, f, g, o], axis=1))
+    return np.stack(hs), np.stack(cs), np.stack(gs)
+
+
+def _lstm_data(T, B, H, V=None, seed=0):
+    rng = np.random.default_rng(seed)
+    U = rng.normal(size=(V, 4 * H) if V else (T, B, 4 * H))
+    idx = rng.integers(0, V, size=(T, B)) if V else None
+    W = rng.normal(size=(H, 4 * H)) / np.sqrt(H)
+    return U, idx, W, rng.normal(size=(B, H)) * 0.5, rng.normal(size=(B, H)) * 0.5
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("table", [False, True])
+def test_lstm_forward_matches_numpy(shape, table):
+    T, B, H = shape
+    U, idx, W, h0, c0 = _lstm_data(T, B, H, V=11 if table else None)
+    ids = None if idx is None else jnp.asarray(idx, jnp.int32)
+    S_h, S_c, G = native.lstm_forward(*_f32(U), ids, *_f32(W, h0, c0))
+    for got, want in zip((S_h, S_c, G), _np_lstm_forward(U, idx, W, h0, c0), strict=True):
+        assert got.shape == want.shape and got.dtype == jnp.float32
+        _close(got, want)
+
+
+@pytest.mark.parametrize("last_only", [False, True])
+@pytest.mark.parametrize("table", [False, True])
+def test_lstm_scan_gradients_native_vs_xla_loops(last_only, table, monkeypatch):
+    """fast.lstm_scan (float32) on the kernels and on the XLA loops: values and gradients."""
+    T, B, H, V = 25, 9, 20, 30
+    U, idx, W, h0, c0 = _lstm_data(T, B, H, V=V if table else None, seed=7)
+    ids = None if idx is None else jnp.asarray(idx, jnp.int32)
+    rng = np.random.default_rng(8)
+    w_hs, w_h, w_c = _f32(rng.normal(size=(T, B, H)), rng.normal(size=(B, H)), rng.normal(size=(B, H)))  # fmt: skip
+
+    def loss(U, W, h0, c0):
+        out = fast.lstm_scan(U, W, h0, c0, ids, 1, last_only)
+        (h_T, c_T), extra = (out, 0.0) if last_only else (out[1], jnp.sum(out[0] * w_hs))
+        return jnp.sum(h_T * w_h) + jnp.sum(c_T * w_c) + extra
+
+    args = _f32(U, W, h0, c0)
+    grad = jax.value_and_grad(loss, argnums=(0, 1, 2, 3))
+    hlo = jax.jit(grad).lower(*args).as_text()
+    assert "jaxrnn_lstm_forward" in hlo and "jaxrnn_lstm_backward" in hlo
+    got = jax.jit(grad)(*args)
+    monkeypatch.setattr(native, "supports", lambda dtype, activation="tanh": False)
+    grad = jax.value_and_grad(loss, argnums=(0, 1, 2, 3))  # a new function: traced anew
+    assert "jaxrnn_lstm" not in jax.jit(grad).lower(*args).as_text()
+    want = jax.jit(grad)(*args)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        _close(a, np.asarray(b, np.float64))
+
+
+@pytest.mark.parametrize("cell", ["simple", "lstm"])
+def test_seed_classifier_gradients_native_vs_float64_plain(cell):
+    """The seed model's float32 fast gradients (kernels) against the plain model in float64."""
+    cfg = models.ClassifierConfig(vocab_size=300, embed_dim=8, hidden_size=20, cell=cell)
+    rng = np.random.default_rng(6)
+    tokens = jnp.asarray(rng.integers(0, 300, size=(16, 40)), jnp.int32)
+    labels = jnp.asarray(rng.integers(0, 2, size=(16,)), jnp.float32)
+    p64 = models.init_classifier(jax.random.key(1), cfg, dtype=jnp.float64)
+    p32 = jax.tree.map(lambda x: x.astype(jnp.float32), p64)
+    loss32 = jax.jit(lambda p: fast.classifier_loss(cfg, p, tokens, labels))
+    assert f"jaxrnn_{cell}_backward" in jax.jit(jax.grad(loss32)).lower(p32).as_text()
+    g32 = jax.jit(jax.grad(loss32))(p32)
+    g64 = jax.grad(lambda p: models.classifier_loss(cfg, p, tokens, labels))(p64)
+    for a, b in zip(jax.tree.leaves(g32), jax.tree.leaves(g64), strict=True):
+        scale = float(jnp.max(jnp.abs(b)))
+        np.testing.assert_allclose(np.asarray(a) / scale, np.asarray(b) / scale, atol=2e-5)
+
+
+def test_lstm_thread_count_does_not_change_the_states():
+    T, B, H, V = 30, 64, 100, 50
+    U, idx, W, h0, c0 = _lstm_data(T, B, H, V=V, seed=9)
+    ids = jnp.asarray(idx, jnp.int32)
+    U, W, h0, c0 = _f32(U, W, h0, c0)
+    rng = np.random.default_rng(10)
+    g_hs, g_hT, g_cT = _f32(rng.normal(size=(T, B, H)), rng.normal(size=(B, H)), rng.normal(size=(B, H)))  # fmt: skip
+    ref = None
+    for threads in (1, 2, 3):
+        S = native.lstm_forward(U, ids, W, h0, c0, threads=threads)
+        out = native.lstm_backward(*S, W, g_hs, g_hT, g_cT, ids, V, threads=threads)
+        exact = [*S, out[0], out[2], out[3]]  # states, gates, D, dc0, dTable: bitwise
+        if ref is None:
+            ref = (exact, out[1])
+            continue
+        for a, b in zip(exact, ref[0], strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        _close(out[1], np.asarray(ref[1], np.float64), tol=1e-6)
+
+
+def test_lstm_bad_inputs_raise_in_python():
+    U, _, W, h0, c0 = _f32(*_lstm_data(4, 3, 5))
+    with pytest.raises(
+        ValueError, match=r"lstm_forward: expected U \[T, B, 4H\].*got U \(4, 3, 19\)"
+    ):
+        native.lstm_forward(U[..., :19], None, W, h0, c0)
+    with pytest.raises(ValueError, match=r"W_h \(5, 5\)"):
+        native.lstm_forward(U, None, W[:, :5], h0, c0)
+    S_h, S_c, G = native.lstm_forward(U, None, W, h0, c0)
+    with pytest.raises(ValueError, match=r"lstm_backward: .* g_hT \(3, 4\)"):
+        native.lstm_backward(S_h, S_c, G, W, None, h0[:, :4], c0)
+    with pytest.raises(TypeError, match="float32; got float64"):
+        native.lstm_forward(U.astype(jnp.float64), None, W, h0, c0)

@@ -1,21 +1,26 @@
-// Hand-written CPU kernels for the simple-cell recurrence (XLA FFI custom calls).
+// Hand-written CPU kernels for the simple-cell and LSTM recurrences (XLA FFI custom calls).
 //
-//   forward   S[0] = h0,   S[t + 1] = f(u_t + S[t] @ W)              S: [T + 1, B, H]
-//   backward  D[T] = 0,    D[t] = (g_t + D[t + 1] @ W^T) * f'(S[t + 1])  D: [T + 1, B, H]
+// simple:  forward   S[0] = h0,   S[t + 1] = f(u_t + S[t] @ W)                 S: [T + 1, B, H]
+//          backward  D[T] = 0,    D[t] = (g_t + D[t + 1] @ W^T) * f'(S[t + 1])  D: [T + 1, B, H]
+// LSTM:    see the LSTM section below.
 //
-// with u_t = U[t] ([T, B, H]) or u_t = table[idx[t]] (table [V, H], idx [T, B] int32).
-// jaxrnn/native.py builds this file, registers the two handlers and calls them from
-// jaxrnn/fast.py; dW_h = S^T D, dh0 = D[0] W^T and the input cotangents stay in XLA.
+// with u_t = U[t] ([T, B, G H]) or u_t = table[idx[t]] (table [V, G H], idx [T, B] int32).
+// The backward kernels also return dW_h = S^T D and, for a table, the table's gradient.
+// jaxrnn/native.py builds this file, registers the handlers and calls them from
+// jaxrnn/fast.py; dh0 = D[0] W^T stays in XLA.
 //
-// Why by hand: in XLA:CPU every step of the loop is a few small thunks (a [B, H] @ [H, H]
+// Why by hand: in XLA:CPU every step of the loop is a few small thunks (a [B, H] @ [H, G H]
 // dot, a fusion, a dynamic-update-slice) run one after another on one core. Here
 //  * batch rows never interact in the recurrence, so rows are split across the threads of
 //    XLA's intra-op pool, each thread running all T steps on its rows (no sync per step);
-//  * each step is one register-blocked AVX-512 loop: a block of 4 rows x 64 columns of
+//  * each step is one register-blocked AVX-512 loop: a block of rows x columns of
 //    accumulators stays in registers over the whole k loop, and the activation (or the
-//    derivative) is applied to the registers before the single store.
-// Results do not depend on the number of threads (each row is computed by one thread, in
-// the same order). Built only where the CPU has AVX-512 (native.py checks first).
+//    derivative, or the LSTM cell update) is applied to the registers before the store;
+//  * dW_h is accumulated per step while S[t] and D[t] are in cache (XLA's one big
+//    [H, T B] @ [T B, G H] product after the loop took 1.3-1.8 ms of a 5 ms step here).
+// States do not depend on the number of threads (each row is computed by one thread, in
+// the same order); dW_h sums per-thread partials. Built only where the CPU has AVX-512
+// (native.py checks first).
 
 #include <immintrin.h>
 
@@ -27,6 +32,7 @@
 #include <limits>
 #include <memory>
 #include <string>
+#include <type_traits>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -119,79 +125,102 @@ __mmask16 ColumnMask(int64_t j, int64_t H) {
                         : static_cast<__mmask16>((1u << left) - 1u);
 }
 
+// A padded right-hand matrix for the step products: M is [K, ld] (64-byte aligned, ld a
+// multiple of 16, zero beyond the valid columns), so full vector loads are always safe.
+struct Panel {
+  const float* M;
+  int64_t ld;  // row stride (floats) = the padded width the tiles run over
+  int64_t K;   // rows (the reduction length)
+};
+
+// Marks an epilogue that takes a row's NV accumulators at once (the LSTM's four gates of 16
+// units); a plain epilogue takes one vector at a time.
+template <class F>
+struct PerGroup {
+  F f;
+};
+template <class T>
+struct IsPerGroup : std::false_type {};
+template <class F>
+struct IsPerGroup<PerGroup<F>> : std::true_type {};
+
 // One register block: acc[r][v] = X[r, :] @ M[:, j0 + 16 v : j0 + 16 v + 16] for R rows of X
-// (row stride H, K = H columns) and NV column vectors of the padded M ([H, Hp], zero
-// columns beyond H so full loads are safe); then epi(r, j, acc[r][v]) per vector.
+// (row stride ldx, P.K columns) and NV column vectors of P; then epi(r, j0 + 16 v, acc[r][v])
+// per vector, or epi.f(r, j0, acc[r]) for a PerGroup epilogue.
 template <int R, int NV, class Epilogue>
-inline void Block(const float* x, int64_t H, const float* M, int64_t Hp, int64_t j0,
-                  const Epilogue& epi) {
+inline void Block(const float* x, int64_t ldx, const Panel& P, int64_t j0, const Epilogue& epi) {
   __m512 acc[R][NV];
   JAXRNN_UNROLL for (int r = 0; r < R; ++r)
     JAXRNN_UNROLL for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
-  const float* m = M + j0;
-  for (int64_t k = 0; k < H; ++k, m += Hp) {
+  const float* m = P.M + j0;
+  for (int64_t k = 0; k < P.K; ++k, m += P.ld) {
     __m512 w[NV];
     JAXRNN_UNROLL for (int v = 0; v < NV; ++v) w[v] = _mm512_load_ps(m + kLanes * v);
     JAXRNN_UNROLL for (int r = 0; r < R; ++r) {
-      const __m512 a = _mm512_set1_ps(x[r * H + k]);
+      const __m512 a = _mm512_set1_ps(x[r * ldx + k]);
       JAXRNN_UNROLL for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(a, w[v], acc[r][v]);
     }
   }
-  JAXRNN_UNROLL for (int r = 0; r < R; ++r)
-    JAXRNN_UNROLL for (int v = 0; v < NV; ++v) epi(r, j0 + kLanes * v, acc[r][v]);
+  if constexpr (IsPerGroup<Epilogue>::value) {
+    JAXRNN_UNROLL for (int r = 0; r < R; ++r) epi.f(r, j0, acc[r]);
+  } else {
+    JAXRNN_UNROLL for (int r = 0; r < R; ++r)
+      JAXRNN_UNROLL for (int v = 0; v < NV; ++v) epi(r, j0 + kLanes * v, acc[r][v]);
+  }
 }
 
 // Block<R, NV> for nv <= NV vectors (the last column tile may be narrower).
 template <int R, int NV, class Epilogue>
-inline void BlockUpTo(int64_t nv, const float* x, int64_t H, const float* M, int64_t Hp,
-                      int64_t j0, const Epilogue& epi) {
-  if constexpr (NV > 1) {
-    if (nv < NV) return BlockUpTo<R, NV - 1>(nv, x, H, M, Hp, j0, epi);
+inline void BlockUpTo(int64_t nv, const float* x, int64_t ldx, const Panel& P, int64_t j0,
+                      const Epilogue& epi) {
+  if constexpr (NV > 1 && !IsPerGroup<Epilogue>::value) {  // groups: P.ld is a multiple
+    if (nv < NV) return BlockUpTo<R, NV - 1>(nv, x, ldx, P, j0, epi);
   }
-  Block<R, NV>(x, H, M, Hp, j0, epi);
+  Block<R, NV>(x, ldx, P, j0, epi);
 }
 
-template <int R, class Epilogue>
-inline void RowBlock(const float* x, int64_t H, const float* M, int64_t Hp,
-                     const Epilogue& epi) {
-  for (int64_t j0 = 0; j0 < Hp; j0 += kLanes * kBlockVecs) {
-    BlockUpTo<R, kBlockVecs>((Hp - j0) / kLanes, x, H, M, Hp, j0, epi);
+template <int R, int NV, class Epilogue>
+inline void RowBlock(const float* x, int64_t ldx, const Panel& P, const Epilogue& epi) {
+  for (int64_t j0 = 0; j0 < P.ld; j0 += kLanes * NV) {
+    BlockUpTo<R, NV>((P.ld - j0) / kLanes, x, ldx, P, j0, epi);
   }
 }
 
 // RowBlock<R> for r <= R rows (the last row block may be shorter).
-template <int R, class Epilogue>
-inline void RowBlockUpTo(int64_t r, const float* x, int64_t H, const float* M, int64_t Hp,
+template <int R, int NV, class Epilogue>
+inline void RowBlockUpTo(int64_t r, const float* x, int64_t ldx, const Panel& P,
                          const Epilogue& epi) {
   if constexpr (R > 1) {
-    if (r < R) return RowBlockUpTo<R - 1>(r, x, H, M, Hp, epi);
+    if (r < R) return RowBlockUpTo<R - 1, NV>(r, x, ldx, P, epi);
   }
-  RowBlock<R>(x, H, M, Hp, epi);
+  RowBlock<R, NV>(x, ldx, P, epi);
 }
 
-// out rows [b0, b1) of one step: epi(b, j, (X @ M)[b, j:j+16]) with X rows at x (stride H).
-template <class MakeEpilogue>
-void StepRows(const float* x, int64_t b0, int64_t b1, int64_t H, const float* M, int64_t Hp,
+// One step for rows [b0, b1): epi(b, j, (X @ M)[b, j:j+16]) (or per group of NV vectors) with
+// X rows at x (row stride ldx); tiles of NV vectors.
+template <int NV = kBlockVecs, class MakeEpilogue>
+void StepRows(const float* x, int64_t ldx, int64_t b0, int64_t b1, const Panel& P,
               const MakeEpilogue& make_epi) {
   for (int64_t b = b0; b < b1; b += kBlockRows) {
-    RowBlockUpTo<kBlockRows>(b1 - b, x + b * H, H, M, Hp, make_epi(b));
+    RowBlockUpTo<kBlockRows, NV>(b1 - b, x + b * ldx, ldx, P, make_epi(b));
   }
 }
 
 // Weight-gradient block: dW[k0 + kk, j0 + 16 v + :16] += sum_b X[b, k0 + kk] * Y[b, j0 + 16 v + :16]
-// over `rows` rows of X and Y (both row stride H); dW is [H, Hp], 64-byte aligned. KR x NV
-// accumulators stay in registers over the rows; dW is read and written once per call.
+// over `rows` rows of X (stride ldx) and Y (stride ldy, N valid columns); dW is [K, ldw],
+// 64-byte aligned. KR x NV accumulators stay in registers over the rows; dW is read and
+// written once per call.
 template <int KR, int NV>
-inline void OuterBlock(const float* X, const float* Y, int64_t rows, int64_t H, int64_t k0,
-                       int64_t j0, float* dW, int64_t Hp) {
+inline void OuterBlock(const float* X, int64_t ldx, const float* Y, int64_t ldy, int64_t N,
+                       int64_t rows, int64_t k0, int64_t j0, float* dW, int64_t ldw) {
   __m512 acc[KR][NV];
   __mmask16 mask[NV];
-  JAXRNN_UNROLL for (int v = 0; v < NV; ++v) mask[v] = ColumnMask(j0 + kLanes * v, H);
+  JAXRNN_UNROLL for (int v = 0; v < NV; ++v) mask[v] = ColumnMask(j0 + kLanes * v, N);
   JAXRNN_UNROLL for (int kk = 0; kk < KR; ++kk)
     JAXRNN_UNROLL for (int v = 0; v < NV; ++v) acc[kk][v] = _mm512_setzero_ps();
   for (int64_t b = 0; b < rows; ++b) {
-    const float* y = Y + b * H + j0;
-    const float* x = X + b * H + k0;
+    const float* y = Y + b * ldy + j0;
+    const float* x = X + b * ldx + k0;
     __m512 yv[NV];
     JAXRNN_UNROLL for (int v = 0; v < NV; ++v) yv[v] = _mm512_maskz_loadu_ps(mask[v], y + kLanes * v);
     JAXRNN_UNROLL for (int kk = 0; kk < KR; ++kk) {
@@ -200,7 +229,7 @@ inline void OuterBlock(const float* X, const float* Y, int64_t rows, int64_t H, 
     }
   }
   JAXRNN_UNROLL for (int kk = 0; kk < KR; ++kk) {
-    float* w = dW + (k0 + kk) * Hp + j0;
+    float* w = dW + (k0 + kk) * ldw + j0;
     JAXRNN_UNROLL for (int v = 0; v < NV; ++v) {
       _mm512_store_ps(w + kLanes * v, _mm512_add_ps(_mm512_load_ps(w + kLanes * v), acc[kk][v]));
     }
@@ -208,24 +237,26 @@ inline void OuterBlock(const float* X, const float* Y, int64_t rows, int64_t H, 
 }
 
 template <int KR, int NV>
-inline void OuterBlockUpTo(int64_t kr, int64_t nv, const float* X, const float* Y, int64_t rows,
-                           int64_t H, int64_t k0, int64_t j0, float* dW, int64_t Hp) {
+inline void OuterBlockUpTo(int64_t kr, int64_t nv, const float* X, int64_t ldx, const float* Y,
+                           int64_t ldy, int64_t N, int64_t rows, int64_t k0, int64_t j0,
+                           float* dW, int64_t ldw) {
   if constexpr (KR > 1) {
-    if (kr < KR) return OuterBlockUpTo<KR - 1, NV>(kr, nv, X, Y, rows, H, k0, j0, dW, Hp);
+    if (kr < KR) return OuterBlockUpTo<KR - 1, NV>(kr, nv, X, ldx, Y, ldy, N, rows, k0, j0, dW, ldw);
   }
   if constexpr (NV > 1) {
-    if (nv < NV) return OuterBlockUpTo<KR, NV - 1>(kr, nv, X, Y, rows, H, k0, j0, dW, Hp);
+    if (nv < NV) return OuterBlockUpTo<KR, NV - 1>(kr, nv, X, ldx, Y, ldy, N, rows, k0, j0, dW, ldw);
   }
-  OuterBlock<KR, NV>(X, Y, rows, H, k0, j0, dW, Hp);
+  OuterBlock<KR, NV>(X, ldx, Y, ldy, N, rows, k0, j0, dW, ldw);
 }
 
-// dW += X^T Y for X, Y: [rows, H] (row stride H); dW: [H, Hp].
-void AccumulateOuter(const float* X, const float* Y, int64_t rows, int64_t H, float* dW,
-                     int64_t Hp) {
-  for (int64_t j0 = 0; j0 < Hp; j0 += kLanes * kOuterVecs) {
-    const int64_t nv = std::min<int64_t>(kOuterVecs, (Hp - j0) / kLanes);
-    for (int64_t k0 = 0; k0 < H; k0 += kOuterRows) {
-      OuterBlockUpTo<kOuterRows, kOuterVecs>(H - k0, nv, X, Y, rows, H, k0, j0, dW, Hp);
+// dW += X^T Y for X: [rows, K] (stride ldx), Y: [rows, N] (stride ldy); dW: [K, ldw],
+// ldw = N rounded up to 16.
+void AccumulateOuter(const float* X, int64_t ldx, int64_t K, const float* Y, int64_t ldy,
+                     int64_t N, int64_t rows, float* dW, int64_t ldw) {
+  for (int64_t j0 = 0; j0 < ldw; j0 += kLanes * kOuterVecs) {
+    const int64_t nv = std::min<int64_t>(kOuterVecs, (ldw - j0) / kLanes);
+    for (int64_t k0 = 0; k0 < K; k0 += kOuterRows) {
+      OuterBlockUpTo<kOuterRows, kOuterVecs>(K - k0, nv, X, ldx, Y, ldy, N, rows, k0, j0, dW, ldw);
     }
   }
 }
@@ -338,7 +369,7 @@ void Forward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int64_t 
     for (int64_t t = 0; t < T; ++t) {
       const float* x = S + t * B * H;
       float* out = S + (t + 1) * B * H;
-      StepRows(x, b0, b1, H, Wp, Hp, [&](int64_t b) {
+      StepRows(x, H, b0, b1, Panel{Wp, Hp, H}, [&](int64_t b) {
         return [&, b](int r, int64_t j, __m512 acc) {
           const int64_t row = b + r;
           const float* u;
@@ -371,7 +402,7 @@ void Backward(ffi::ThreadPool& pool, const float* S, const float* WTp, int64_t H
       float* out = D + t * B * H;
       const float* h = S + (t + 1) * B * H;
       const float* gt = last_only ? (t == T - 1 ? g : nullptr) : g + t * B * H;
-      StepRows(x, b0, b1, H, WTp, Hp, [&](int64_t b) {
+      StepRows(x, H, b0, b1, Panel{WTp, Hp, H}, [&](int64_t b) {
         return [&, b](int r, int64_t j, __m512 acc) {
           const int64_t o = (b + r) * H + j;
           const __mmask16 mask = ColumnMask(j, H);
@@ -382,7 +413,7 @@ void Backward(ffi::ThreadPool& pool, const float* S, const float* WTp, int64_t H
       });
       // dW += h_t^T da_t for this chunk's rows, while both are in cache (S[t] = h_{t-1}
       // of step t in the docs' numbering: the state the step read)
-      AccumulateOuter(S + (t * B + b0) * H, out + b0 * H, b1 - b0, H, dWc, Hp);
+      AccumulateOuter(S + (t * B + b0) * H, H, H, out + b0 * H, H, H, b1 - b0, dWc, Hp);
     }
   });
   for (int64_t k = 0; k < H; ++k) {
@@ -417,6 +448,150 @@ void ScatterRows(ffi::ThreadPool& pool, const float* D, const int32_t* idx, int6
       }
     }
   });
+}
+
+// ------------------------------------------------------------------------------- LSTM
+//
+//   forward   z = u_t + h_{t-1} @ W_h   ([B, 4H], gate blocks i | f | g | o)
+//             i, f, o = sigmoid(z_i, z_f, z_o), g = tanh(z_g), c_t = f c_{t-1} + i g,
+//             h_t = o tanh(c_t)        -> S_h, S_c [T + 1, B, H], G = gates [T, B, 4H]
+//   backward  dh = g_t + D[t + 1] @ W_h^T, dc = dc_{t+1} f_{t+1} + dh o (1 - tanh(c_t)^2),
+//             D[t] = dL/dz_t = [dc g i(1-i), dc c_{t-1} f(1-f), dc i (1-g^2), dh tanh(c_t) o(1-o)]
+//
+// The forward product runs over W_h with its columns interleaved per 16 units ([i f g o] of
+// units 16 v .. 16 v + 15 side by side), so one register block holds all four gates of its
+// units and the cell update happens in registers.
+
+// W_h [H, 4H] -> [H, 4 Hp]: column block v (64 wide) = gates i, f, g, o of units 16 v + 0..15.
+struct LstmForwardPanel {
+  Aligned buf;
+  int64_t ld;
+  LstmForwardPanel(const float* W, int64_t H)
+      : buf(H * 4 * RoundUp(H, kLanes)), ld(4 * RoundUp(H, kLanes)) {
+    if (buf.data == nullptr) return;
+    for (int64_t k = 0; k < H; ++k)
+      for (int64_t q = 0; q < 4; ++q)
+        for (int64_t u = 0; u < H; ++u)
+          buf.data[k * ld + (u / kLanes) * 4 * kLanes + q * kLanes + u % kLanes] =
+              W[k * 4 * H + q * H + u];
+  }
+};
+
+// W_h [H, 4H] -> W_h^T padded: [4H, Hp].
+struct LstmBackwardPanel {
+  Aligned buf;
+  int64_t ld;
+  LstmBackwardPanel(const float* W, int64_t H) : buf(4 * H * RoundUp(H, kLanes)), ld(RoundUp(H, kLanes)) {
+    if (buf.data == nullptr) return;
+    for (int64_t k = 0; k < 4 * H; ++k)
+      for (int64_t j = 0; j < H; ++j) buf.data[k * ld + j] = W[j * 4 * H + k];
+  }
+};
+
+__m512 Sigmoid(__m512 a) { return Apply<kSigmoid>(a); }
+
+void LstmForward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int64_t V,
+                 const LstmForwardPanel& Wp, const float* h0, const float* c0, float* Sh,
+                 float* Sc, float* G, int64_t T, int64_t B, int64_t H, int64_t threads) {
+  std::memcpy(Sh, h0, sizeof(float) * B * H);
+  std::memcpy(Sc, c0, sizeof(float) * B * H);
+  const int64_t G4 = 4 * H;
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const RowSplit split(B, Threads(pool, threads));
+  const Panel P{Wp.buf.data, Wp.ld, H};
+  ParallelFor(pool, split.chunks, [&](int64_t c) {
+    const int64_t b0 = c * split.rows_per_chunk;
+    const int64_t b1 = std::min(B, b0 + split.rows_per_chunk);
+    alignas(64) float nan_row[kLanes];
+    std::fill(nan_row, nan_row + kLanes, nan);
+    for (int64_t t = 0; t < T; ++t) {
+      const float* x = Sh + t * B * H;
+      StepRows<4>(x, H, b0, b1, P, [&](int64_t b) {
+        auto f = [&, b](int r, int64_t j0, const __m512* z) {
+          const int64_t row = b + r, j = j0 / 4;  // 64 interleaved columns = 16 units
+          const __mmask16 mask = ColumnMask(j, H);
+          const float* u;
+          if (idx == nullptr) {
+            u = U + (t * B + row) * G4;
+          } else {
+            const int32_t i = idx[t * B + row];
+            u = (i >= 0 && i < V) ? U + static_cast<int64_t>(i) * G4 : nullptr;
+          }
+          __m512 a[4];
+          JAXRNN_UNROLL for (int q = 0; q < 4; ++q) {
+            a[q] = _mm512_add_ps(z[q], _mm512_maskz_loadu_ps(mask, u ? u + q * H + j : nan_row));
+          }
+          const __m512 ig = Sigmoid(a[0]), fg = Sigmoid(a[1]), gg = Tanh(a[2]), og = Sigmoid(a[3]);
+          const int64_t o = (t * B + row) * H + j;
+          const __m512 cp = _mm512_maskz_loadu_ps(mask, Sc + o);
+          const __m512 cn = _mm512_fmadd_ps(fg, cp, _mm512_mul_ps(ig, gg));
+          _mm512_mask_storeu_ps(Sc + o + B * H, mask, cn);
+          _mm512_mask_storeu_ps(Sh + o + B * H, mask, _mm512_mul_ps(og, Tanh(cn)));
+          float* gt = G + (t * B + row) * G4 + j;
+          _mm512_mask_storeu_ps(gt, mask, ig);
+          _mm512_mask_storeu_ps(gt + H, mask, fg);
+          _mm512_mask_storeu_ps(gt + 2 * H, mask, gg);
+          _mm512_mask_storeu_ps(gt + 3 * H, mask, og);
+        };
+        return PerGroup<decltype(f)>{f};
+      });
+    }
+  });
+}
+
+void LstmBackward(ffi::ThreadPool& pool, const float* Sh, const float* Sc, const float* G,
+                  const LstmBackwardPanel& WTp, const float* g_hs, const float* g_hT,
+                  const float* g_cT, float* D, float* dW, float* dc, const RowSplit& split,
+                  float* partial, int64_t ldw, int64_t T, int64_t B, int64_t H) {
+  const int64_t G4 = 4 * H;
+  std::memset(D + T * B * G4, 0, sizeof(float) * B * G4);
+  std::memcpy(dc, g_cT, sizeof(float) * B * H);  // the carried dL/dc, ends as dL/dc_0
+  const Panel P{WTp.buf.data, WTp.ld, G4};
+  const __m512 one = Set(1.0f);
+  ParallelFor(pool, split.chunks, [&](int64_t c) {
+    const int64_t b0 = c * split.rows_per_chunk;
+    const int64_t b1 = std::min(B, b0 + split.rows_per_chunk);
+    float* dWc = partial + c * H * ldw;
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const float* x = D + (t + 1) * B * G4;
+      float* out = D + t * B * G4;
+      const float* gh = g_hs ? g_hs + t * B * H : nullptr;
+      const float* ghT = t == T - 1 ? g_hT : nullptr;
+      StepRows(x, G4, b0, b1, P, [&](int64_t b) {
+        return [&, b](int r, int64_t j, __m512 acc) {
+          const int64_t row = b + r, o = row * H + j;
+          const __mmask16 mask = ColumnMask(j, H);
+          __m512 dh = acc;
+          if (gh) dh = _mm512_add_ps(dh, _mm512_maskz_loadu_ps(mask, gh + o));
+          if (ghT) dh = _mm512_add_ps(dh, _mm512_maskz_loadu_ps(mask, ghT + o));
+          const float* gt = G + (t * B + row) * G4 + j;
+          const __m512 ig = _mm512_maskz_loadu_ps(mask, gt);
+          const __m512 fg = _mm512_maskz_loadu_ps(mask, gt + H);
+          const __m512 gg = _mm512_maskz_loadu_ps(mask, gt + 2 * H);
+          const __m512 og = _mm512_maskz_loadu_ps(mask, gt + 3 * H);
+          const __m512 cn = _mm512_maskz_loadu_ps(mask, Sc + (t + 1) * B * H + o);
+          const __m512 cp = _mm512_maskz_loadu_ps(mask, Sc + t * B * H + o);
+          const __m512 tc = Tanh(cn);
+          const __m512 dcv = _mm512_fmadd_ps(_mm512_mul_ps(dh, og), _mm512_fnmadd_ps(tc, tc, one),
+                                             _mm512_maskz_loadu_ps(mask, dc + o));
+          float* d = out + row * G4 + j;
+          _mm512_mask_storeu_ps(d, mask, _mm512_mul_ps(_mm512_mul_ps(dcv, gg), DerivFromOutput<kSigmoid>(ig)));
+          _mm512_mask_storeu_ps(d + H, mask, _mm512_mul_ps(_mm512_mul_ps(dcv, cp), DerivFromOutput<kSigmoid>(fg)));
+          _mm512_mask_storeu_ps(d + 2 * H, mask, _mm512_mul_ps(_mm512_mul_ps(dcv, ig), DerivFromOutput<kTanh>(gg)));
+          _mm512_mask_storeu_ps(d + 3 * H, mask, _mm512_mul_ps(_mm512_mul_ps(dh, tc), DerivFromOutput<kSigmoid>(og)));
+          _mm512_mask_storeu_ps(dc + o, mask, _mm512_mul_ps(dcv, fg));
+        };
+      });
+      AccumulateOuter(Sh + (t * B + b0) * H, H, H, out + b0 * G4, G4, G4, b1 - b0, dWc, ldw);
+    }
+  });
+  for (int64_t k = 0; k < H; ++k) {
+    for (int64_t j = 0; j < G4; ++j) {
+      float sum = 0.0f;
+      for (int64_t c = 0; c < split.chunks; ++c) sum += partial[(c * H + k) * ldw + j];
+      dW[k * G4 + j] = sum;
+    }
+  }
 }
 
 std::string Shape(ffi::Span<const int64_t> dims) {
@@ -521,6 +696,98 @@ ffi::Error SimpleBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> S,
   return ffi::Error::Success();
 }
 
+ffi::Error LstmForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> U,
+                           ffi::Buffer<ffi::S32> idx, ffi::Buffer<ffi::F32> W,
+                           ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
+                           ffi::ResultBuffer<ffi::F32> Sh, ffi::ResultBuffer<ffi::F32> Sc,
+                           ffi::ResultBuffer<ffi::F32> G, int64_t threads) {
+  const auto sd = Sh->dimensions();
+  if (sd.size() != 3) return ffi::Error::InvalidArgument("jaxrnn_lstm_forward: S_h " + Shape(sd));
+  const int64_t T = sd[0] - 1, B = sd[1], H = sd[2];
+  const auto ud = U.dimensions();
+  const bool table = ud.size() == 2;
+  const bool ok = W.dimensions().size() == 2 && W.dimensions()[0] == H &&
+                  W.dimensions()[1] == 4 * H &&
+                  static_cast<int64_t>(h0.element_count()) == B * H &&
+                  static_cast<int64_t>(c0.element_count()) == B * H &&
+                  Sc->element_count() == Sh->element_count() &&
+                  static_cast<int64_t>(G->element_count()) == T * B * 4 * H &&
+                  (table ? (ud[1] == 4 * H && static_cast<int64_t>(idx.element_count()) == T * B)
+                         : (ud.size() == 3 && ud[0] == T && ud[1] == B && ud[2] == 4 * H));
+  if (!ok) {
+    return ffi::Error::InvalidArgument(
+        "jaxrnn_lstm_forward: expected U [T, B, 4H] or [V, 4H] with idx [T, B], W [H, 4H], "
+        "h0, c0 [B, H] for S_h [T + 1, B, H] = " + Shape(sd) + "; got U " + Shape(ud) + ", idx " +
+        Shape(idx.dimensions()) + ", W " + Shape(W.dimensions()) + ", h0 " +
+        Shape(h0.dimensions()) + ", c0 " + Shape(c0.dimensions()));
+  }
+  if (B == 0 || H == 0) return ffi::Error::Success();
+  const LstmForwardPanel Wp(W.typed_data(), H);
+  if (Wp.buf.data == nullptr) return ffi::Error::Internal("jaxrnn_lstm_forward: out of memory");
+  LstmForward(pool, U.typed_data(), table ? idx.typed_data() : nullptr, table ? ud[0] : 0, Wp,
+              h0.typed_data(), c0.typed_data(), Sh->typed_data(), Sc->typed_data(),
+              G->typed_data(), T, B, H, threads);
+  return ffi::Error::Success();
+}
+
+ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> Sh,
+                            ffi::Buffer<ffi::F32> Sc, ffi::Buffer<ffi::F32> G,
+                            ffi::Buffer<ffi::F32> W, ffi::Buffer<ffi::F32> g_hs,
+                            ffi::Buffer<ffi::F32> g_hT, ffi::Buffer<ffi::F32> g_cT,
+                            ffi::Buffer<ffi::S32> idx, ffi::ResultBuffer<ffi::F32> D,
+                            ffi::ResultBuffer<ffi::F32> dW, ffi::ResultBuffer<ffi::F32> dc0,
+                            ffi::ResultBuffer<ffi::F32> dTable, int64_t threads) {
+  const auto sd = Sh.dimensions();
+  const auto td = dTable->dimensions();
+  const bool shapes_ok = sd.size() == 3 && Sc.element_count() == Sh.element_count();
+  const int64_t T = shapes_ok ? sd[0] - 1 : 0, B = shapes_ok ? sd[1] : 0,
+                H = shapes_ok ? sd[2] : 0;
+  const int64_t V = td.size() == 2 ? td[0] : -1;
+  const int64_t n_hs = static_cast<int64_t>(g_hs.element_count());
+  const bool ok = shapes_ok && T >= 1 && W.dimensions().size() == 2 &&
+                  W.dimensions()[0] == H && W.dimensions()[1] == 4 * H &&
+                  static_cast<int64_t>(G.element_count()) == T * B * 4 * H &&
+                  static_cast<int64_t>(D->element_count()) == (T + 1) * B * 4 * H &&
+                  static_cast<int64_t>(dW->element_count()) == 4 * H * H &&
+                  static_cast<int64_t>(dc0->element_count()) == B * H &&
+                  static_cast<int64_t>(g_hT.element_count()) == B * H &&
+                  static_cast<int64_t>(g_cT.element_count()) == B * H &&
+                  (n_hs == 0 || n_hs == T * B * H) && V >= 0 && td[1] == 4 * H &&
+                  (V == 0 || static_cast<int64_t>(idx.element_count()) == T * B);
+  if (!ok) {
+    return ffi::Error::InvalidArgument(
+        "jaxrnn_lstm_backward: expected S_h, S_c [T + 1, B, H] (T >= 1), G [T, B, 4H], W [H, 4H], "
+        "g_hs [T, B, H] or empty, g_hT, g_cT [B, H], dTable [V, 4H] with idx [T, B]; got S_h " +
+        Shape(sd) + ", S_c " + Shape(Sc.dimensions()) + ", G " + Shape(G.dimensions()) +
+        ", W " + Shape(W.dimensions()) + ", g_hs " + Shape(g_hs.dimensions()) + ", g_hT " +
+        Shape(g_hT.dimensions()) + ", g_cT " + Shape(g_cT.dimensions()) + ", dTable " +
+        Shape(td) + ", idx " + Shape(idx.dimensions()));
+  }
+  if (H == 0) return ffi::Error::Success();
+  if (B == 0) {
+    std::memset(dW->typed_data(), 0, sizeof(float) * 4 * H * H);
+    std::memset(dTable->typed_data(), 0, sizeof(float) * V * 4 * H);
+    return ffi::Error::Success();
+  }
+  const LstmBackwardPanel WTp(W.typed_data(), H);
+  const int64_t threads_used = Threads(pool, threads);
+  const RowSplit split(B, threads_used);
+  const int64_t ldw = RoundUp(4 * H, kLanes);
+  Aligned partial(split.chunks * H * ldw);
+  if (WTp.buf.data == nullptr || partial.data == nullptr) {
+    return ffi::Error::Internal("jaxrnn_lstm_backward: out of memory");
+  }
+  LstmBackward(pool, Sh.typed_data(), Sc.typed_data(), G.typed_data(), WTp,
+               n_hs ? g_hs.typed_data() : nullptr, g_hT.typed_data(), g_cT.typed_data(),
+               D->typed_data(), dW->typed_data(), dc0->typed_data(), split, partial.data, ldw,
+               T, B, H);
+  if (V > 0) {
+    ScatterRows(pool, D->typed_data(), idx.typed_data(), T, B, 4 * H, dTable->typed_data(), V,
+                threads_used);
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnSimpleForward, SimpleForwardImpl,
@@ -545,4 +812,34 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnSimpleBackward, SimpleBackwardImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dW_h = S^T D [H, H]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dTable [V, H] (V = 0: none)
                                   .Attr<int64_t>("activation")
+                                  .Attr<int64_t>("threads"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnLstmForward, LstmForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // U [T, B, 4H] or table [V, 4H]
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // idx [T, B] (table only)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // W_h [H, 4H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0 [B, H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // c0 [B, H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // S_h [T + 1, B, H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // S_c [T + 1, B, H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // G (gates) [T, B, 4H]
+                                  .Attr<int64_t>("threads"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnLstmBackward, LstmBackwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // S_h [T + 1, B, H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // S_c [T + 1, B, H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // G [T, B, 4H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // W_h [H, 4H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // g_hs [T, B, H] or [0]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // g_hT [B, H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // g_cT [B, H]
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // idx [T, B] (table only)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // D = dL/dz [T + 1, B, 4H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dW_h [H, 4H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dL/dc_0 [B, H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dTable [V, 4H] (V = 0: none)
                                   .Attr<int64_t>("threads"));
