@@ -422,6 +422,17 @@ lstm_scan.defvjp(_lstm_scan_fwd, _lstm_scan_bwd)
 
 
 def _gru_forward(U, idx, W_h, b_h, h0, unroll):
+    """``(S, Sv)``: :func:`jaxrnn.native.gru_forward` for float32 on an AVX-512 CPU, else
+    :func:`_gru_forward_xla`."""
+    if native.supports(U.dtype):
+        return jax.lax.platform_dependent(
+            cpu=lambda: native.gru_forward(U, idx, W_h, b_h, h0),
+            default=lambda: _gru_forward_xla(U, idx, W_h, b_h, h0, unroll),
+        )
+    return _gru_forward_xla(U, idx, W_h, b_h, h0, unroll)
+
+
+def _gru_forward_xla(U, idx, W_h, b_h, h0, unroll):
     """GRU (reset_after) on ``a_t = x_t W_x + b_x`` -> states ``S: [T + 1, B, H]``
     (``S[0] = h_0``) and ``Sv: [T, B, 4H]`` = ``[z, r, n, u_h]`` of every step, written
     in place (``h`` is carried too: the update reads ``h_{t-1}`` element-wise)."""
@@ -478,6 +489,25 @@ def _gru_scan_fwd(U, W_h, b_h, h0, idx, unroll, last_only):
 
 def _gru_scan_bwd(unroll, last_only, res, g):
     S, Sv, W_h, U, idx = res
+
+    def cpu():  # one call: the loop, dW_h and (for a table) the scatter into dU
+        vocab = 0 if idx is None else U.shape[0]
+        D, A, carry, dW_h, dTable = native.gru_backward(S, Sv, W_h, g, idx, vocab)
+        dU = A[:-1] if idx is None else dTable
+        return dU, dW_h, D.sum(axis=(0, 1)), carry + D[0] @ W_h.T
+
+    if native.supports(S.dtype):
+        dU, dW_h, db_h, dh0 = jax.lax.platform_dependent(
+            cpu=cpu, default=lambda: _gru_backward_xla(S, Sv, W_h, U, idx, g, unroll, last_only)
+        )
+    else:
+        dU, dW_h, db_h, dh0 = _gru_backward_xla(S, Sv, W_h, U, idx, g, unroll, last_only)
+    didx = None if idx is None else np.zeros(idx.shape, jax.dtypes.float0)
+    return dU, dW_h, db_h, dh0, didx
+
+
+def _gru_backward_xla(S, Sv, W_h, U, idx, g, unroll, last_only):
+    """``(dU, dW_h, db_h, dh0)`` of the GRU from an XLA loop."""
     H = W_h.shape[0]
     T = Sv.shape[0]
     W_hT = W_h.T  # [3H, H]
@@ -506,8 +536,7 @@ def _gru_scan_bwd(unroll, last_only, res, g):
     dA = jnp.concatenate([D[..., : 2 * H], N], axis=-1)  # [T + 1, B, 3H]  dL/dU
     dW_h = S.reshape(-1, H).T @ D.reshape(-1, 3 * H)  # one matmul over T + 1 rows (D[T] = 0)
     db_h = dU_h.sum(axis=(0, 1))  # [3H]
-    dU, didx = _input_cotangent(dA, U, idx)
-    return dU, dW_h, db_h, dh0, didx
+    return _input_cotangent(dA, U, idx)[0], dW_h, db_h, dh0
 
 
 gru_scan.defvjp(_gru_scan_fwd, _gru_scan_bwd)

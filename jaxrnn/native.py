@@ -66,6 +66,8 @@ _SYMBOLS = {
     "jaxrnn_simple_backward": "JaxrnnSimpleBackward",
     "jaxrnn_lstm_forward": "JaxrnnLstmForward",
     "jaxrnn_lstm_backward": "JaxrnnLstmBackward",
+    "jaxrnn_gru_forward": "JaxrnnGruForward",
+    "jaxrnn_gru_backward": "JaxrnnGruBackward",
 }
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
 
@@ -367,3 +369,82 @@ def lstm_backward(
         threads=np.int64(threads),
     )  # fmt: skip
     return D, dW_h, dc0, (dTable if V else None)
+
+
+def gru_forward(
+    U: Array, idx: Array | None, W_h: Array, b_h: Array, h0: Array, threads: int = 0
+) -> tuple[Array, Array]:
+    """The GRU recurrence, ``reset_after`` (gate order ``z, r, n``), on input projections.
+
+    ``[u_z, u_r, u_n] = h_{t-1} W_h + b_h``, ``z = sigmoid(a_z + u_z)``,
+    ``r = sigmoid(a_r + u_r)``, ``n = tanh(a_n + r u_n)``, ``h_t = z h_{t-1} + (1 - z) n``.
+
+    Args:
+        U: ``[T, B, 3H]`` (``a_t = x_t W_x + b_x``); or, with ``idx``, a table ``[V, 3H]``.
+        idx: ``None`` or ``[T, B]`` int row ids.
+        W_h: ``[H, 3H]``.  b_h: ``[3H]``.  h0: ``[B, H]``.  All float32.
+        threads: as in :func:`simple_forward`.
+
+    Returns:
+        ``(S, Sv)``: states ``[T + 1, B, H]`` (row 0 = ``h0``) and ``[z | r | n | u_n]:
+        [T, B, 4H]`` per step (what the backward pass reads).
+    """
+    _require(U.dtype)
+    B, H = h0.shape
+    T = U.shape[0] if idx is None else idx.shape[0]
+    want = (U.shape[0], 3 * H) if idx is not None else (T, B, 3 * H)
+    if U.shape != want or W_h.shape != (H, 3 * H) or b_h.shape != (3 * H,) or (idx is not None and idx.shape != (T, B)):  # fmt: skip
+        raise ValueError(f"jaxrnn.native.gru_forward: expected U [T, B, 3H] (or a table [V, 3H] with idx [T, B]), W_h [H, 3H], b_h [3H], h0 [B, H] with B, H = {B}, {H}; got U {U.shape}, idx {None if idx is None else idx.shape}, W_h {W_h.shape}, b_h {b_h.shape}")  # fmt: skip
+    f32 = jnp.float32
+    call = jax.ffi.ffi_call(
+        "jaxrnn_gru_forward",
+        (jax.ShapeDtypeStruct((T + 1, B, H), f32), jax.ShapeDtypeStruct((T, B, 4 * H), f32)),
+        vmap_method="sequential",
+    )
+    return call(U, _table_ids(idx), W_h, b_h, h0, threads=np.int64(threads))
+
+
+def gru_backward(
+    S: Array,
+    Sv: Array,
+    W_h: Array,
+    g: Array,
+    idx: Array | None = None,
+    vocab: int = 0,
+    threads: int = 0,
+) -> tuple[Array, Array, Array, Array, Array | None]:
+    """``(D, A, carry, dW_h, dTable)`` for the backward pass of :func:`gru_forward`.
+
+    ``D = dL/du: [T + 1, B, 3H]`` (the recurrent pre-activations, ``D[T] = 0``),
+    ``A = dL/da: [T + 1, B, 3H]`` (the input projections; they differ in the ``n`` block by
+    the factor ``r``), ``carry = z_0 dL/dh_0`` through the update gate (``dL/dh_0 = carry +
+    D[0] W_h^T``), ``dW_h = S^T D: [H, 3H]`` and, with ``idx``, ``dTable: [vocab, 3H]``
+    (the rows of ``A`` added by id; else ``None``). ``g``: ``[T, B, H]`` cotangents of
+    ``S[1:]``, or ``[B, H]`` for ``S[T]`` only.
+    """
+    _require(S.dtype)
+    T, B, H = S.shape[0] - 1, S.shape[1], S.shape[2]
+    ok = (
+        T >= 1 and Sv.shape == (T, B, 4 * H) and W_h.shape == (H, 3 * H)
+        and g.shape in ((T, B, H), (B, H))
+        and (idx is None or (idx.shape == (T, B) and vocab >= 1))
+    )  # fmt: skip
+    if not ok:
+        raise ValueError(f"jaxrnn.native.gru_backward: expected S [T + 1, B, H] (T >= 1), Sv [T, B, 4H], W_h [H, 3H], g [T, B, H] or [B, H], idx [T, B] with vocab >= 1; got S {S.shape}, Sv {Sv.shape}, W_h {W_h.shape}, g {g.shape}, idx {None if idx is None else idx.shape}, vocab {vocab}")  # fmt: skip
+    V = 0 if idx is None else int(vocab)
+    f32 = jnp.float32
+    call = jax.ffi.ffi_call(
+        "jaxrnn_gru_backward",
+        (
+            jax.ShapeDtypeStruct((T + 1, B, 3 * H), f32),  # D
+            jax.ShapeDtypeStruct((T + 1, B, 3 * H), f32),  # A
+            jax.ShapeDtypeStruct((B, H), f32),  # carry
+            jax.ShapeDtypeStruct((H, 3 * H), f32),  # dW_h
+            jax.ShapeDtypeStruct((V, 3 * H), f32),  # dTable
+        ),
+        vmap_method="sequential",
+    )
+    D, A, carry, dW_h, dTable = call(
+        S, Sv, W_h, g.astype(f32), _table_ids(idx), threads=np.int64(threads)
+    )
+    return D, A, carry, dW_h, (dTable if V else None)

@@ -297,7 +297,7 @@ def test_lstm_scan_gradients_native_vs_xla_loops(last_only, table, monkeypatch):
         _close(a, np.asarray(b, np.float64))
 
 
-@pytest.mark.parametrize("cell", ["simple", "lstm"])
+@pytest.mark.parametrize("cell", ["simple", "lstm", "gru"])
 def test_seed_classifier_gradients_native_vs_float64_plain(cell):
     """The seed model's float32 fast gradients (kernels) against the plain model in float64."""
     cfg = models.ClassifierConfig(vocab_size=300, embed_dim=8, hidden_size=20, cell=cell)
@@ -306,7 +306,9 @@ def test_seed_classifier_gradients_native_vs_float64_plain(cell):
     labels = jnp.asarray(rng.integers(0, 2, size=(16,)), jnp.float32)
     p64 = models.init_classifier(jax.random.key(1), cfg, dtype=jnp.float64)
     p32 = jax.tree.map(lambda x: x.astype(jnp.float32), p64)
-    loss32 = jax.jit(lambda p: fast.classifier_loss(cfg, p, tokens, labels))
+    loss32 = jax.jit(
+        lambda p: fast.classifier_loss(cfg, p, tokens, labels, kernels=fast.ALL_KERNELS)
+    )
     assert f"jaxrnn_{cell}_backward" in jax.jit(jax.grad(loss32)).lower(p32).as_text()
     g32 = jax.jit(jax.grad(loss32))(p32)
     g64 = jax.grad(lambda p: models.classifier_loss(cfg, p, tokens, labels))(p64)
@@ -348,3 +350,92 @@ def test_lstm_bad_inputs_raise_in_python():
         native.lstm_backward(S_h, S_c, G, W, None, h0[:, :4], c0)
     with pytest.raises(TypeError, match="float32; got float64"):
         native.lstm_forward(U.astype(jnp.float64), None, W, h0, c0)
+
+
+# ------------------------------------------------------------------------------------ GRU
+
+
+def _np_gru_forward(U, idx, W, b, h0):
+    H = h0.shape[1]
+    S, Sv = [h0], []
+    for t in range(idx.shape[0] if idx is not None else U.shape[0]):
+        a = U[idx[t]] if idx is not None else U[t]
+        u = S[-1] @ W + b
+        z, r = _sig(a[:, :H] + u[:, :H]), _sig(a[:, H : 2 * H] + u[:, H : 2 * H])
+        n = np.tanh(a[:, 2 * H :] + r * u[:, 2 * H :])
+        S.append(z * S[-1] + (1 - z) * n)
+        Sv.append(np.concatenate([z, r, n, u[:, 2 * H :]], axis=1))
+    return np.stack(S), np.stack(Sv)
+
+
+def _gru_data(T, B, H, V=None, seed=0):
+    rng = np.random.default_rng(seed)
+    U = rng.normal(size=(V, 3 * H) if V else (T, B, 3 * H))
+    idx = rng.integers(0, V, size=(T, B)) if V else None
+    W = rng.normal(size=(H, 3 * H)) / np.sqrt(H)
+    return U, idx, W, rng.normal(size=3 * H) * 0.3, rng.normal(size=(B, H)) * 0.5
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("table", [False, True])
+def test_gru_forward_matches_numpy(shape, table):
+    T, B, H = shape
+    U, idx, W, b, h0 = _gru_data(T, B, H, V=11 if table else None)
+    ids = None if idx is None else jnp.asarray(idx, jnp.int32)
+    S, Sv = native.gru_forward(*_f32(U), ids, *_f32(W, b, h0))
+    for got, want in zip((S, Sv), _np_gru_forward(U, idx, W, b, h0), strict=True):
+        assert got.shape == want.shape and got.dtype == jnp.float32
+        _close(got, want)
+
+
+@pytest.mark.parametrize("last_only", [False, True])
+@pytest.mark.parametrize("table", [False, True])
+def test_gru_scan_gradients_native_vs_xla_loops(last_only, table, monkeypatch):
+    """fast.gru_scan (float32) on the kernels and on the XLA loops: values and gradients."""
+    T, B, H, V = 25, 9, 20, 30
+    U, idx, W, b, h0 = _gru_data(T, B, H, V=V if table else None, seed=11)
+    ids = None if idx is None else jnp.asarray(idx, jnp.int32)
+    w = jnp.asarray(np.random.default_rng(12).normal(size=(B, H) if last_only else (T, B, H)), jnp.float32)  # fmt: skip
+
+    def loss(U, W, b, h0):
+        return jnp.sum(fast.gru_scan(U, W, b, h0, ids, 1, last_only) * w)
+
+    args = _f32(U, W, b, h0)
+    grad = jax.value_and_grad(loss, argnums=(0, 1, 2, 3))
+    hlo = jax.jit(grad).lower(*args).as_text()
+    assert "jaxrnn_gru_forward" in hlo and "jaxrnn_gru_backward" in hlo
+    got = jax.jit(grad)(*args)
+    monkeypatch.setattr(native, "supports", lambda dtype, activation="tanh": False)
+    grad = jax.value_and_grad(loss, argnums=(0, 1, 2, 3))  # a new function: traced anew
+    assert "jaxrnn_gru" not in jax.jit(grad).lower(*args).as_text()
+    want = jax.jit(grad)(*args)
+    for a, b_ in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        _close(a, np.asarray(b_, np.float64))
+
+
+def test_gru_thread_count_does_not_change_the_states():
+    T, B, H, V = 30, 64, 100, 50
+    U, idx, W, b, h0 = _gru_data(T, B, H, V=V, seed=13)
+    ids = jnp.asarray(idx, jnp.int32)
+    U, W, b, h0 = _f32(U, W, b, h0)
+    g = jnp.asarray(np.random.default_rng(14).normal(size=(T, B, H)), jnp.float32)
+    ref = None
+    for threads in (1, 2, 3):
+        S, Sv = native.gru_forward(U, ids, W, b, h0, threads=threads)
+        D, A, carry, dW, dT = native.gru_backward(S, Sv, W, g, ids, V, threads=threads)
+        exact = [S, Sv, D, A, carry, dT]
+        if ref is None:
+            ref = (exact, dW)
+            continue
+        for x, y in zip(exact, ref[0], strict=True):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+        _close(dW, np.asarray(ref[1], np.float64), tol=1e-6)
+
+
+def test_gru_bad_inputs_raise_in_python():
+    U, _, W, b, h0 = _f32(*_gru_data(4, 3, 5))
+    with pytest.raises(ValueError, match=r"gru_forward: expected .* got .* b_h \(14,\)"):
+        native.gru_forward(U, None, W, b[:14], h0)
+    S, Sv = native.gru_forward(U, None, W, b, h0)
+    with pytest.raises(ValueError, match=r"gru_backward: .* g \(3, 4\)"):
+        native.gru_backward(S, Sv, W, h0[:, :4])

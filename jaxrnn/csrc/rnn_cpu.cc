@@ -450,6 +450,36 @@ void ScatterRows(ffi::ThreadPool& pool, const float* D, const int32_t* idx, int6
   });
 }
 
+// ----------------------------------------------------------------------- gated panels
+
+// W_h [H, G H] -> [H, G Hp]: column block v (G x 16 wide) = the G gate columns of units
+// 16 v + 0..15, side by side.
+struct InterleavedPanel {
+  Aligned buf;
+  int64_t ld;
+  InterleavedPanel(const float* W, int64_t H, int64_t gates)
+      : buf(H * gates * RoundUp(H, kLanes)), ld(gates * RoundUp(H, kLanes)) {
+    if (buf.data == nullptr) return;
+    for (int64_t k = 0; k < H; ++k)
+      for (int64_t q = 0; q < gates; ++q)
+        for (int64_t u = 0; u < H; ++u)
+          buf.data[k * ld + (u / kLanes) * gates * kLanes + q * kLanes + u % kLanes] =
+              W[k * gates * H + q * H + u];
+  }
+};
+
+// W_h [H, G H] -> W_h^T padded: [G H, Hp].
+struct TransposedPanel {
+  Aligned buf;
+  int64_t ld;
+  TransposedPanel(const float* W, int64_t H, int64_t gates)
+      : buf(gates * H * RoundUp(H, kLanes)), ld(RoundUp(H, kLanes)) {
+    if (buf.data == nullptr) return;
+    for (int64_t k = 0; k < gates * H; ++k)
+      for (int64_t j = 0; j < H; ++j) buf.data[k * ld + j] = W[j * gates * H + k];
+  }
+};
+
 // ------------------------------------------------------------------------------- LSTM
 //
 //   forward   z = u_t + h_{t-1} @ W_h   ([B, 4H], gate blocks i | f | g | o)
@@ -462,36 +492,10 @@ void ScatterRows(ffi::ThreadPool& pool, const float* D, const int32_t* idx, int6
 // units 16 v .. 16 v + 15 side by side), so one register block holds all four gates of its
 // units and the cell update happens in registers.
 
-// W_h [H, 4H] -> [H, 4 Hp]: column block v (64 wide) = gates i, f, g, o of units 16 v + 0..15.
-struct LstmForwardPanel {
-  Aligned buf;
-  int64_t ld;
-  LstmForwardPanel(const float* W, int64_t H)
-      : buf(H * 4 * RoundUp(H, kLanes)), ld(4 * RoundUp(H, kLanes)) {
-    if (buf.data == nullptr) return;
-    for (int64_t k = 0; k < H; ++k)
-      for (int64_t q = 0; q < 4; ++q)
-        for (int64_t u = 0; u < H; ++u)
-          buf.data[k * ld + (u / kLanes) * 4 * kLanes + q * kLanes + u % kLanes] =
-              W[k * 4 * H + q * H + u];
-  }
-};
-
-// W_h [H, 4H] -> W_h^T padded: [4H, Hp].
-struct LstmBackwardPanel {
-  Aligned buf;
-  int64_t ld;
-  LstmBackwardPanel(const float* W, int64_t H) : buf(4 * H * RoundUp(H, kLanes)), ld(RoundUp(H, kLanes)) {
-    if (buf.data == nullptr) return;
-    for (int64_t k = 0; k < 4 * H; ++k)
-      for (int64_t j = 0; j < H; ++j) buf.data[k * ld + j] = W[j * 4 * H + k];
-  }
-};
-
 __m512 Sigmoid(__m512 a) { return Apply<kSigmoid>(a); }
 
 void LstmForward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int64_t V,
-                 const LstmForwardPanel& Wp, const float* h0, const float* c0, float* Sh,
+                 const InterleavedPanel& Wp, const float* h0, const float* c0, float* Sh,
                  float* Sc, float* G, int64_t T, int64_t B, int64_t H, int64_t threads) {
   std::memcpy(Sh, h0, sizeof(float) * B * H);
   std::memcpy(Sc, c0, sizeof(float) * B * H);
@@ -540,7 +544,7 @@ void LstmForward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int6
 }
 
 void LstmBackward(ffi::ThreadPool& pool, const float* Sh, const float* Sc, const float* G,
-                  const LstmBackwardPanel& WTp, const float* g_hs, const float* g_hT,
+                  const TransposedPanel& WTp, const float* g_hs, const float* g_hT,
                   const float* g_cT, float* D, float* dW, float* dc, const RowSplit& split,
                   float* partial, int64_t ldw, int64_t T, int64_t B, int64_t H) {
   const int64_t G4 = 4 * H;
@@ -590,6 +594,126 @@ void LstmBackward(ffi::ThreadPool& pool, const float* Sh, const float* Sc, const
       float sum = 0.0f;
       for (int64_t c = 0; c < split.chunks; ++c) sum += partial[(c * H + k) * ldw + j];
       dW[k * G4 + j] = sum;
+    }
+  }
+}
+
+// -------------------------------------------------------------------------------- GRU
+//
+// reset_after (Keras / cuDNN form), gate blocks z | r | n:
+//   forward   [u_z, u_r, u_n] = h_{t-1} @ W_h + b_h, z = sigmoid(a_z + u_z),
+//             r = sigmoid(a_r + u_r), n = tanh(a_n + r u_n), h_t = z h_{t-1} + (1 - z) n
+//             -> S [T + 1, B, H], V = [z | r | n | u_n] [T, B, 4H]
+//   backward  dh = g_t + carry + D[t + 1] @ W_h^T   (carry = z_{t+1} dL/dh_{t+1})
+//             dn = dh (1 - z)(1 - n^2), dz = dh (h_{t-1} - n) z (1 - z), dr = dn u_n r (1 - r)
+//             D[t] = dL/du_t = [dz, dr, dn r], A[t] = dL/da_t = [dz, dr, dn]   ([T + 1, B, 3H])
+// As for the LSTM, the forward product runs over W_h with its columns interleaved per 16 units.
+
+void GruForward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int64_t V,
+                const InterleavedPanel& Wp, const float* bh, const float* h0, float* S,
+                float* Sv, int64_t T, int64_t B, int64_t H, int64_t threads) {
+  std::memcpy(S, h0, sizeof(float) * B * H);
+  const int64_t G3 = 3 * H;
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const RowSplit split(B, Threads(pool, threads));
+  const Panel P{Wp.buf.data, Wp.ld, H};
+  const __m512 one = Set(1.0f);
+  ParallelFor(pool, split.chunks, [&](int64_t c) {
+    const int64_t b0 = c * split.rows_per_chunk;
+    const int64_t b1 = std::min(B, b0 + split.rows_per_chunk);
+    alignas(64) float nan_row[kLanes];
+    std::fill(nan_row, nan_row + kLanes, nan);
+    for (int64_t t = 0; t < T; ++t) {
+      StepRows<3>(S + t * B * H, H, b0, b1, P, [&](int64_t b) {
+        auto f = [&, b](int r, int64_t j0, const __m512* acc) {
+          const int64_t row = b + r, j = j0 / 3;  // 48 interleaved columns = 16 units
+          const __mmask16 mask = ColumnMask(j, H);
+          const float* a;
+          if (idx == nullptr) {
+            a = U + (t * B + row) * G3;
+          } else {
+            const int32_t i = idx[t * B + row];
+            a = (i >= 0 && i < V) ? U + static_cast<int64_t>(i) * G3 : nullptr;
+          }
+          __m512 in[3], u[3];
+          JAXRNN_UNROLL for (int q = 0; q < 3; ++q) {
+            in[q] = _mm512_maskz_loadu_ps(mask, a ? a + q * H + j : nan_row);
+            u[q] = _mm512_add_ps(acc[q], _mm512_maskz_loadu_ps(mask, bh + q * H + j));
+          }
+          const __m512 z = Sigmoid(_mm512_add_ps(in[0], u[0]));
+          const __m512 rg = Sigmoid(_mm512_add_ps(in[1], u[1]));
+          const __m512 n = Tanh(_mm512_fmadd_ps(rg, u[2], in[2]));
+          const int64_t o = (t * B + row) * H + j;
+          const __m512 hp = _mm512_maskz_loadu_ps(mask, S + o);
+          // h = z h_prev + (1 - z) n
+          const __m512 h = _mm512_fmadd_ps(z, hp, _mm512_mul_ps(_mm512_sub_ps(one, z), n));
+          _mm512_mask_storeu_ps(S + o + B * H, mask, h);
+          float* v = Sv + (t * B + row) * 4 * H + j;
+          _mm512_mask_storeu_ps(v, mask, z);
+          _mm512_mask_storeu_ps(v + H, mask, rg);
+          _mm512_mask_storeu_ps(v + 2 * H, mask, n);
+          _mm512_mask_storeu_ps(v + 3 * H, mask, u[2]);
+        };
+        return PerGroup<decltype(f)>{f};
+      });
+    }
+  });
+}
+
+void GruBackward(ffi::ThreadPool& pool, const float* S, const float* Sv,
+                 const TransposedPanel& WTp, const float* g, bool last_only, float* D,
+                 float* A, float* carry, float* dW, const RowSplit& split, float* partial,
+                 int64_t ldw, int64_t T, int64_t B, int64_t H) {
+  const int64_t G3 = 3 * H;
+  std::memset(D + T * B * G3, 0, sizeof(float) * B * G3);
+  std::memset(A + T * B * G3, 0, sizeof(float) * B * G3);
+  std::memset(carry, 0, sizeof(float) * B * H);  // z_{t+1} dL/dh_{t+1}; ends as z_0 dL/dh_0
+  const Panel P{WTp.buf.data, WTp.ld, G3};
+  const __m512 one = Set(1.0f);
+  ParallelFor(pool, split.chunks, [&](int64_t c) {
+    const int64_t b0 = c * split.rows_per_chunk;
+    const int64_t b1 = std::min(B, b0 + split.rows_per_chunk);
+    float* dWc = partial + c * H * ldw;
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const float* gt = last_only ? (t == T - 1 ? g : nullptr) : g + t * B * H;
+      float* out = D + t * B * G3;
+      float* outA = A + t * B * G3;
+      StepRows(D + (t + 1) * B * G3, G3, b0, b1, P, [&](int64_t b) {
+        return [&, b](int r, int64_t j, __m512 acc) {
+          const int64_t row = b + r, o = row * H + j;
+          const __mmask16 mask = ColumnMask(j, H);
+          __m512 dh = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(mask, carry + o));
+          if (gt) dh = _mm512_add_ps(dh, _mm512_maskz_loadu_ps(mask, gt + o));
+          const float* v = Sv + (t * B + row) * 4 * H + j;
+          const __m512 z = _mm512_maskz_loadu_ps(mask, v);
+          const __m512 rg = _mm512_maskz_loadu_ps(mask, v + H);
+          const __m512 n = _mm512_maskz_loadu_ps(mask, v + 2 * H);
+          const __m512 un = _mm512_maskz_loadu_ps(mask, v + 3 * H);
+          const __m512 hp = _mm512_maskz_loadu_ps(mask, S + t * B * H + o);
+          const __m512 dn = _mm512_mul_ps(_mm512_mul_ps(dh, _mm512_sub_ps(one, z)),
+                                          DerivFromOutput<kTanh>(n));
+          const __m512 dz = _mm512_mul_ps(_mm512_mul_ps(dh, _mm512_sub_ps(hp, n)),
+                                          DerivFromOutput<kSigmoid>(z));
+          const __m512 dr = _mm512_mul_ps(_mm512_mul_ps(dn, un), DerivFromOutput<kSigmoid>(rg));
+          float* d = out + row * G3 + j;
+          float* da = outA + row * G3 + j;
+          _mm512_mask_storeu_ps(d, mask, dz);
+          _mm512_mask_storeu_ps(d + H, mask, dr);
+          _mm512_mask_storeu_ps(d + 2 * H, mask, _mm512_mul_ps(dn, rg));
+          _mm512_mask_storeu_ps(da, mask, dz);
+          _mm512_mask_storeu_ps(da + H, mask, dr);
+          _mm512_mask_storeu_ps(da + 2 * H, mask, dn);
+          _mm512_mask_storeu_ps(carry + o, mask, _mm512_mul_ps(dh, z));
+        };
+      });
+      AccumulateOuter(S + (t * B + b0) * H, H, H, out + b0 * G3, G3, G3, b1 - b0, dWc, ldw);
+    }
+  });
+  for (int64_t k = 0; k < H; ++k) {
+    for (int64_t j = 0; j < G3; ++j) {
+      float sum = 0.0f;
+      for (int64_t c = 0; c < split.chunks; ++c) sum += partial[(c * H + k) * ldw + j];
+      dW[k * G3 + j] = sum;
     }
   }
 }
@@ -722,7 +846,7 @@ ffi::Error LstmForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> U,
         Shape(h0.dimensions()) + ", c0 " + Shape(c0.dimensions()));
   }
   if (B == 0 || H == 0) return ffi::Error::Success();
-  const LstmForwardPanel Wp(W.typed_data(), H);
+  const InterleavedPanel Wp(W.typed_data(), H, 4);
   if (Wp.buf.data == nullptr) return ffi::Error::Internal("jaxrnn_lstm_forward: out of memory");
   LstmForward(pool, U.typed_data(), table ? idx.typed_data() : nullptr, table ? ud[0] : 0, Wp,
               h0.typed_data(), c0.typed_data(), Sh->typed_data(), Sc->typed_data(),
@@ -769,7 +893,7 @@ ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> Sh,
     std::memset(dTable->typed_data(), 0, sizeof(float) * V * 4 * H);
     return ffi::Error::Success();
   }
-  const LstmBackwardPanel WTp(W.typed_data(), H);
+  const TransposedPanel WTp(W.typed_data(), H, 4);
   const int64_t threads_used = Threads(pool, threads);
   const RowSplit split(B, threads_used);
   const int64_t ldw = RoundUp(4 * H, kLanes);
@@ -783,6 +907,94 @@ ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> Sh,
                T, B, H);
   if (V > 0) {
     ScatterRows(pool, D->typed_data(), idx.typed_data(), T, B, 4 * H, dTable->typed_data(), V,
+                threads_used);
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error GruForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> U,
+                          ffi::Buffer<ffi::S32> idx, ffi::Buffer<ffi::F32> W,
+                          ffi::Buffer<ffi::F32> bh, ffi::Buffer<ffi::F32> h0,
+                          ffi::ResultBuffer<ffi::F32> S, ffi::ResultBuffer<ffi::F32> Sv,
+                          int64_t threads) {
+  const auto sd = S->dimensions();
+  if (sd.size() != 3) return ffi::Error::InvalidArgument("jaxrnn_gru_forward: S " + Shape(sd));
+  const int64_t T = sd[0] - 1, B = sd[1], H = sd[2];
+  const auto ud = U.dimensions();
+  const bool table = ud.size() == 2;
+  const bool ok = W.dimensions().size() == 2 && W.dimensions()[0] == H &&
+                  W.dimensions()[1] == 3 * H &&
+                  static_cast<int64_t>(bh.element_count()) == 3 * H &&
+                  static_cast<int64_t>(h0.element_count()) == B * H &&
+                  static_cast<int64_t>(Sv->element_count()) == T * B * 4 * H &&
+                  (table ? (ud[1] == 3 * H && static_cast<int64_t>(idx.element_count()) == T * B)
+                         : (ud.size() == 3 && ud[0] == T && ud[1] == B && ud[2] == 3 * H));
+  if (!ok) {
+    return ffi::Error::InvalidArgument(
+        "jaxrnn_gru_forward: expected U [T, B, 3H] or [V, 3H] with idx [T, B], W [H, 3H], "
+        "b_h [3H], h0 [B, H] for S [T + 1, B, H] = " + Shape(sd) + "; got U " + Shape(ud) +
+        ", idx " + Shape(idx.dimensions()) + ", W " + Shape(W.dimensions()) + ", b_h " +
+        Shape(bh.dimensions()) + ", h0 " + Shape(h0.dimensions()));
+  }
+  if (B == 0 || H == 0) return ffi::Error::Success();
+  const InterleavedPanel Wp(W.typed_data(), H, 3);
+  if (Wp.buf.data == nullptr) return ffi::Error::Internal("jaxrnn_gru_forward: out of memory");
+  GruForward(pool, U.typed_data(), table ? idx.typed_data() : nullptr, table ? ud[0] : 0, Wp,
+             bh.typed_data(), h0.typed_data(), S->typed_data(), Sv->typed_data(), T, B, H,
+             threads);
+  return ffi::Error::Success();
+}
+
+ffi::Error GruBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> S,
+                           ffi::Buffer<ffi::F32> Sv, ffi::Buffer<ffi::F32> W,
+                           ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::S32> idx,
+                           ffi::ResultBuffer<ffi::F32> D, ffi::ResultBuffer<ffi::F32> A,
+                           ffi::ResultBuffer<ffi::F32> carry, ffi::ResultBuffer<ffi::F32> dW,
+                           ffi::ResultBuffer<ffi::F32> dTable, int64_t threads) {
+  const auto sd = S.dimensions();
+  const auto gd = g.dimensions();
+  const auto td = dTable->dimensions();
+  const int64_t T = sd.size() == 3 ? sd[0] - 1 : 0, B = sd.size() == 3 ? sd[1] : 0,
+                H = sd.size() == 3 ? sd[2] : 0;
+  const int64_t V = td.size() == 2 ? td[0] : -1;
+  const bool last_only = gd.size() == 2;
+  const bool ok = sd.size() == 3 && T >= 1 && W.dimensions().size() == 2 &&
+                  W.dimensions()[0] == H && W.dimensions()[1] == 3 * H &&
+                  static_cast<int64_t>(Sv.element_count()) == T * B * 4 * H &&
+                  static_cast<int64_t>(D->element_count()) == (T + 1) * B * 3 * H &&
+                  static_cast<int64_t>(A->element_count()) == (T + 1) * B * 3 * H &&
+                  static_cast<int64_t>(carry->element_count()) == B * H &&
+                  static_cast<int64_t>(dW->element_count()) == 3 * H * H &&
+                  (last_only ? (gd[0] == B && gd[1] == H)
+                             : (gd.size() == 3 && gd[0] == T && gd[1] == B && gd[2] == H)) &&
+                  V >= 0 && td[1] == 3 * H &&
+                  (V == 0 || static_cast<int64_t>(idx.element_count()) == T * B);
+  if (!ok) {
+    return ffi::Error::InvalidArgument(
+        "jaxrnn_gru_backward: expected S [T + 1, B, H] (T >= 1), Sv [T, B, 4H], W [H, 3H], "
+        "g [T, B, H] or [B, H], dTable [V, 3H] with idx [T, B]; got S " + Shape(sd) + ", Sv " +
+        Shape(Sv.dimensions()) + ", W " + Shape(W.dimensions()) + ", g " + Shape(gd) +
+        ", dTable " + Shape(td) + ", idx " + Shape(idx.dimensions()));
+  }
+  if (H == 0) return ffi::Error::Success();
+  if (B == 0) {
+    std::memset(dW->typed_data(), 0, sizeof(float) * 3 * H * H);
+    std::memset(dTable->typed_data(), 0, sizeof(float) * V * 3 * H);
+    return ffi::Error::Success();
+  }
+  const TransposedPanel WTp(W.typed_data(), H, 3);
+  const int64_t threads_used = Threads(pool, threads);
+  const RowSplit split(B, threads_used);
+  const int64_t ldw = RoundUp(3 * H, kLanes);
+  Aligned partial(split.chunks * H * ldw);
+  if (WTp.buf.data == nullptr || partial.data == nullptr) {
+    return ffi::Error::Internal("jaxrnn_gru_backward: out of memory");
+  }
+  GruBackward(pool, S.typed_data(), Sv.typed_data(), WTp, g.typed_data(), last_only,
+              D->typed_data(), A->typed_data(), carry->typed_data(), dW->typed_data(), split,
+              partial.data, ldw, T, B, H);
+  if (V > 0) {
+    ScatterRows(pool, A->typed_data(), idx.typed_data(), T, B, 3 * H, dTable->typed_data(), V,
                 threads_used);
   }
   return ffi::Error::Success();
@@ -842,4 +1054,31 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnLstmBackward, LstmBackwardImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dW_h [H, 4H]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dL/dc_0 [B, H]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dTable [V, 4H] (V = 0: none)
+                                  .Attr<int64_t>("threads"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnGruForward, GruForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // U [T, B, 3H] or table [V, 3H]
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // idx [T, B] (table only)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // W_h [H, 3H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // b_h [3H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0 [B, H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // S [T + 1, B, H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // Sv = [z|r|n|u_n] [T, B, 4H]
+                                  .Attr<int64_t>("threads"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnGruBackward, GruBackwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // S [T + 1, B, H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // Sv [T, B, 4H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // W_h [H, 3H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // g [T, B, H] or [B, H]
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // idx [T, B] (table only)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // D = dL/du [T + 1, B, 3H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // A = dL/da [T + 1, B, 3H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // z_0 dL/dh_0 [B, H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dW_h [H, 3H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dTable [V, 3H] (V = 0: none)
                                   .Attr<int64_t>("threads"));
