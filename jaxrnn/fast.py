@@ -546,15 +546,25 @@ gru_scan.defvjp(_gru_scan_fwd, _gru_scan_bwd)
 
 
 ALL_KERNELS = frozenset({"simple", "lstm", "gru"})
-# Used by default. The GRU kernel is opt-in (kernels=ALL_KERNELS): ~1.05x the plain path on
-# the seed classifier, but 0.69x in fast.rnn at H = 512 (the char LM: the hoisted [T, B, 3H]
-# projections and their gradients are large there; benchmarks/RESULTS.md).
-KERNELS = frozenset({"simple", "lstm"})
+# The default, "auto": the simple and LSTM kernels always, the GRU's up to H = GRU_AUTO_MAX_H.
+# Measured here (float32, native kernels, training step vs the plain path): the seed
+# classifier GRU(100) 0.54x the plain time; fast.rnn over a [64, 128, 64] sequence with every
+# output in the loss 0.94x at H = 128 but 1.18x at H = 256 and 1.39x at H = 512 (the hoisted
+# [T, B, 3H] projections and their two gradient buffers cost more than the loop saves).
+KERNELS = "auto"
+GRU_AUTO_MAX_H = 128
 
 
 def _supported(cell: Callable, params: Any, kernels: Any = ALL_KERNELS) -> str | None:
-    """The fast kernel for ``cell``/``params`` among ``kernels``, or ``None`` (plain path)."""
+    """The fast kernel for ``cell``/``params`` among ``kernels`` (a set of names, or
+    ``"auto"``: see :data:`KERNELS`), or ``None`` (plain path)."""
     kind = _kernel_for(cell, params)
+    if isinstance(kernels, str):
+        if kernels != "auto":
+            raise ValueError(f"kernels must be 'auto' or a set of {sorted(ALL_KERNELS)}; got {kernels!r}")  # fmt: skip
+        if kind == "gru" and params.W_h.shape[0] > GRU_AUTO_MAX_H:
+            return None
+        return kind
     return kind if kind in kernels else None
 
 
@@ -643,8 +653,8 @@ def rnn(
         cell, params, xs, h0, lengths, reverse, time_major: as in :func:`jaxrnn.rnn`
             (``xs: [B, T, D]``, ``[T, B, D]`` with ``time_major``, or ``[T, D]``).
         unroll: steps per loop iteration of the sequential scans.
-        kernels: which fast kernels may be used (default :data:`KERNELS`: simple and LSTM;
-            :data:`ALL_KERNELS` adds the GRU's).
+        kernels: which fast kernels may be used: ``"auto"`` (default, :data:`KERNELS`: simple
+            and LSTM, the GRU up to ``H = 128``) or a set of names, e.g. :data:`ALL_KERNELS`.
 
     Returns:
         ``(final_carry, ys)`` as :func:`jaxrnn.rnn`.

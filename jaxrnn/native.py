@@ -70,6 +70,16 @@ _SYMBOLS = {
     "jaxrnn_gru_backward": "JaxrnnGruBackward",
 }
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
+# dW_h is accumulated inside the backward loop while each thread's [H, G H] partial sum fits
+# in L2 with room to spare; above that (e.g. the GRU at H = 512: 3 MB) the per-step
+# read-modify-write of the partial costs more than XLA's one [H, T B] @ [T B, G H] matmul
+# after the loop, which the caller then computes.
+FUSED_DW_BYTES = 256 * 1024
+
+
+def fuse_dw(H: int, G: int) -> bool:
+    """Whether the backward kernels accumulate ``dW_h: [H, G H]`` themselves."""
+    return H * G * H * 4 <= FUSED_DW_BYTES
 
 
 class NativeUnavailable(RuntimeError):
@@ -279,10 +289,13 @@ def simple_backward(
         ),
         vmap_method="sequential",
     )
+    fused = fuse_dw(H, 1)
     D, dW_h, dTable = call(
         S, W_h, g.astype(jnp.float32), idx, activation=np.int64(ACTIVATIONS[activation]),
-        threads=np.int64(threads),
+        threads=np.int64(threads), fuse_dw=np.int64(fused),
     )  # fmt: skip
+    if not fused:
+        dW_h = S.reshape(-1, H).T @ D.reshape(-1, H)
     return D, dW_h, (dTable if V else None)
 
 
@@ -364,10 +377,13 @@ def lstm_backward(
         vmap_method="sequential",
     )
     hs = jnp.zeros((0,), f32) if g_hs is None else g_hs.astype(f32)
+    fused = fuse_dw(H, 4)
     D, dW_h, dc0, dTable = call(
         S_h, S_c, G, W_h, hs, g_hT.astype(f32), g_cT.astype(f32), _table_ids(idx),
-        threads=np.int64(threads),
+        threads=np.int64(threads), fuse_dw=np.int64(fused),
     )  # fmt: skip
+    if not fused:
+        dW_h = S_h.reshape(-1, H).T @ D.reshape(-1, 4 * H)
     return D, dW_h, dc0, (dTable if V else None)
 
 
@@ -444,7 +460,11 @@ def gru_backward(
         ),
         vmap_method="sequential",
     )
+    fused = fuse_dw(H, 3)
     D, A, carry, dW_h, dTable = call(
-        S, Sv, W_h, g.astype(f32), _table_ids(idx), threads=np.int64(threads)
-    )
+        S, Sv, W_h, g.astype(f32), _table_ids(idx), threads=np.int64(threads),
+        fuse_dw=np.int64(fused),
+    )  # fmt: skip
+    if not fused:
+        dW_h = S.reshape(-1, H).T @ D.reshape(-1, 3 * H)
     return D, A, carry, dW_h, (dTable if V else None)

@@ -91,10 +91,13 @@ def test_forward_matches_numpy(shape, act, table):
     _close(S, ref)
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("act", list(ACTS))
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("last_only", [False, True])
-def test_backward_matches_numpy(shape, act, last_only):
+def test_backward_matches_numpy(shape, act, last_only, fused, monkeypatch):
+    """D, dW_h (accumulated in the loop, or by XLA after it as for large H) and dTable."""
+    monkeypatch.setattr(native, "fuse_dw", lambda H, G: fused)
     T, B, H = shape
     V = 13
     U, idx, W, h0 = _data(T, B, H, V=V, seed=1)
@@ -208,6 +211,11 @@ def test_bad_inputs_raise_in_python():
         native.simple_backward(S, W, jnp.zeros((4, 5), jnp.float32), "tanh")
 
 
+def test_fused_weight_gradient_only_where_it_fits_in_cache():
+    assert native.fuse_dw(100, 1) and native.fuse_dw(100, 4) and native.fuse_dw(256, 1)
+    assert not native.fuse_dw(257, 1) and not native.fuse_dw(512, 3) and not native.fuse_dw(129, 4)
+
+
 def test_build_is_cached_and_switch_turns_it_off(tmp_path):
     first = native.build(tmp_path)
     mtime = first.stat().st_mtime_ns
@@ -269,10 +277,12 @@ def test_lstm_forward_matches_numpy(shape, table):
         _close(got, want)
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("last_only", [False, True])
 @pytest.mark.parametrize("table", [False, True])
-def test_lstm_scan_gradients_native_vs_xla_loops(last_only, table, monkeypatch):
+def test_lstm_scan_gradients_native_vs_xla_loops(last_only, table, fused, monkeypatch):
     """fast.lstm_scan (float32) on the kernels and on the XLA loops: values and gradients."""
+    monkeypatch.setattr(native, "fuse_dw", lambda H, G: fused)
     T, B, H, V = 25, 9, 20, 30
     U, idx, W, h0, c0 = _lstm_data(T, B, H, V=V if table else None, seed=7)
     ids = None if idx is None else jnp.asarray(idx, jnp.int32)
@@ -388,10 +398,12 @@ def test_gru_forward_matches_numpy(shape, table):
         _close(got, want)
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("last_only", [False, True])
 @pytest.mark.parametrize("table", [False, True])
-def test_gru_scan_gradients_native_vs_xla_loops(last_only, table, monkeypatch):
+def test_gru_scan_gradients_native_vs_xla_loops(last_only, table, fused, monkeypatch):
     """fast.gru_scan (float32) on the kernels and on the XLA loops: values and gradients."""
+    monkeypatch.setattr(native, "fuse_dw", lambda H, G: fused)
     T, B, H, V = 25, 9, 20, 30
     U, idx, W, b, h0 = _gru_data(T, B, H, V=V if table else None, seed=11)
     ids = None if idx is None else jnp.asarray(idx, jnp.int32)

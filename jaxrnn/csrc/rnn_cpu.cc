@@ -179,30 +179,29 @@ inline void BlockUpTo(int64_t nv, const float* x, int64_t ldx, const Panel& P, i
   Block<R, NV>(x, ldx, P, j0, epi);
 }
 
+// Block<R, NV> for r <= R rows (the last row block may be shorter).
 template <int R, int NV, class Epilogue>
-inline void RowBlock(const float* x, int64_t ldx, const Panel& P, const Epilogue& epi) {
-  for (int64_t j0 = 0; j0 < P.ld; j0 += kLanes * NV) {
-    BlockUpTo<R, NV>((P.ld - j0) / kLanes, x, ldx, P, j0, epi);
-  }
-}
-
-// RowBlock<R> for r <= R rows (the last row block may be shorter).
-template <int R, int NV, class Epilogue>
-inline void RowBlockUpTo(int64_t r, const float* x, int64_t ldx, const Panel& P,
-                         const Epilogue& epi) {
+inline void BlockRowsUpTo(int64_t r, int64_t nv, const float* x, int64_t ldx, const Panel& P,
+                          int64_t j0, const Epilogue& epi) {
   if constexpr (R > 1) {
-    if (r < R) return RowBlockUpTo<R - 1, NV>(r, x, ldx, P, epi);
+    if (r < R) return BlockRowsUpTo<R - 1, NV>(r, nv, x, ldx, P, j0, epi);
   }
-  RowBlock<R, NV>(x, ldx, P, epi);
+  BlockUpTo<R, NV>(nv, x, ldx, P, j0, epi);
 }
 
 // One step for rows [b0, b1): epi(b, j, (X @ M)[b, j:j+16]) (or per group of NV vectors) with
-// X rows at x (row stride ldx); tiles of NV vectors.
+// X rows at x (row stride ldx). Column tiles of NV vectors outside, row blocks inside: a
+// tile of M ([K, 16 NV]) is read from memory once per step and stays in L1/L2 for all rows
+// (rows outside re-streamed all of M per row block: at H = 512 the GRU's 3 MB W_h, 8 times
+// a step, 1.5x slower than XLA).
 template <int NV = kBlockVecs, class MakeEpilogue>
 void StepRows(const float* x, int64_t ldx, int64_t b0, int64_t b1, const Panel& P,
               const MakeEpilogue& make_epi) {
-  for (int64_t b = b0; b < b1; b += kBlockRows) {
-    RowBlockUpTo<kBlockRows, NV>(b1 - b, x + b * ldx, ldx, P, make_epi(b));
+  for (int64_t j0 = 0; j0 < P.ld; j0 += kLanes * NV) {
+    const int64_t nv = std::min<int64_t>(NV, (P.ld - j0) / kLanes);
+    for (int64_t b = b0; b < b1; b += kBlockRows) {
+      BlockRowsUpTo<kBlockRows, NV>(b1 - b, nv, x + b * ldx, ldx, P, j0, make_epi(b));
+    }
   }
 }
 
@@ -391,7 +390,7 @@ void Forward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int64_t 
 template <int64_t act>
 void Backward(ffi::ThreadPool& pool, const float* S, const float* WTp, int64_t Hp,
               const float* g, bool last_only, float* D, float* dW, const RowSplit& split,
-              float* partial, int64_t T, int64_t B, int64_t H) {
+              float* partial, bool fuse_dw, int64_t T, int64_t B, int64_t H) {
   std::memset(D + T * B * H, 0, sizeof(float) * B * H);
   ParallelFor(pool, split.chunks, [&](int64_t c) {
     const int64_t b0 = c * split.rows_per_chunk;
@@ -413,9 +412,13 @@ void Backward(ffi::ThreadPool& pool, const float* S, const float* WTp, int64_t H
       });
       // dW += h_t^T da_t for this chunk's rows, while both are in cache (S[t] = h_{t-1}
       // of step t in the docs' numbering: the state the step read)
-      AccumulateOuter(S + (t * B + b0) * H, H, H, out + b0 * H, H, H, b1 - b0, dWc, Hp);
+      if (fuse_dw) AccumulateOuter(S + (t * B + b0) * H, H, H, out + b0 * H, H, H, b1 - b0, dWc, Hp);
     }
   });
+  if (!fuse_dw) {  // the caller computes dW_h = S^T D itself (large H: one big matmul)
+    std::memset(dW, 0, sizeof(float) * H * H);
+    return;
+  }
   for (int64_t k = 0; k < H; ++k) {
     for (int64_t j = 0; j < H; ++j) {
       float sum = 0.0f;
@@ -546,7 +549,7 @@ void LstmForward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int6
 void LstmBackward(ffi::ThreadPool& pool, const float* Sh, const float* Sc, const float* G,
                   const TransposedPanel& WTp, const float* g_hs, const float* g_hT,
                   const float* g_cT, float* D, float* dW, float* dc, const RowSplit& split,
-                  float* partial, int64_t ldw, int64_t T, int64_t B, int64_t H) {
+                  float* partial, bool fuse_dw, int64_t ldw, int64_t T, int64_t B, int64_t H) {
   const int64_t G4 = 4 * H;
   std::memset(D + T * B * G4, 0, sizeof(float) * B * G4);
   std::memcpy(dc, g_cT, sizeof(float) * B * H);  // the carried dL/dc, ends as dL/dc_0
@@ -586,9 +589,13 @@ void LstmBackward(ffi::ThreadPool& pool, const float* Sh, const float* Sc, const
           _mm512_mask_storeu_ps(dc + o, mask, _mm512_mul_ps(dcv, fg));
         };
       });
-      AccumulateOuter(Sh + (t * B + b0) * H, H, H, out + b0 * G4, G4, G4, b1 - b0, dWc, ldw);
+      if (fuse_dw) AccumulateOuter(Sh + (t * B + b0) * H, H, H, out + b0 * G4, G4, G4, b1 - b0, dWc, ldw);
     }
   });
+  if (!fuse_dw) {  // the caller computes dW_h = S^T D itself (large H: one big matmul)
+    std::memset(dW, 0, sizeof(float) * H * G4);
+    return;
+  }
   for (int64_t k = 0; k < H; ++k) {
     for (int64_t j = 0; j < G4; ++j) {
       float sum = 0.0f;
@@ -663,7 +670,7 @@ void GruForward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int64
 void GruBackward(ffi::ThreadPool& pool, const float* S, const float* Sv,
                  const TransposedPanel& WTp, const float* g, bool last_only, float* D,
                  float* A, float* carry, float* dW, const RowSplit& split, float* partial,
-                 int64_t ldw, int64_t T, int64_t B, int64_t H) {
+                 bool fuse_dw, int64_t ldw, int64_t T, int64_t B, int64_t H) {
   const int64_t G3 = 3 * H;
   std::memset(D + T * B * G3, 0, sizeof(float) * B * G3);
   std::memset(A + T * B * G3, 0, sizeof(float) * B * G3);
@@ -706,9 +713,13 @@ void GruBackward(ffi::ThreadPool& pool, const float* S, const float* Sv,
           _mm512_mask_storeu_ps(carry + o, mask, _mm512_mul_ps(dh, z));
         };
       });
-      AccumulateOuter(S + (t * B + b0) * H, H, H, out + b0 * G3, G3, G3, b1 - b0, dWc, ldw);
+      if (fuse_dw) AccumulateOuter(S + (t * B + b0) * H, H, H, out + b0 * G3, G3, G3, b1 - b0, dWc, ldw);
     }
   });
+  if (!fuse_dw) {  // the caller computes dW_h = S^T D itself (large H: one big matmul)
+    std::memset(dW, 0, sizeof(float) * H * G3);
+    return;
+  }
   for (int64_t k = 0; k < H; ++k) {
     for (int64_t j = 0; j < G3; ++j) {
       float sum = 0.0f;
@@ -772,7 +783,7 @@ ffi::Error SimpleBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> S,
                               ffi::Buffer<ffi::F32> W, ffi::Buffer<ffi::F32> g,
                               ffi::Buffer<ffi::S32> idx, ffi::ResultBuffer<ffi::F32> D,
                               ffi::ResultBuffer<ffi::F32> dW, ffi::ResultBuffer<ffi::F32> dTable,
-                              int64_t activation, int64_t threads) {
+                              int64_t activation, int64_t threads, int64_t fuse_dw) {
   const auto sd = S.dimensions();
   const auto gd = g.dimensions();
   const auto td = dTable->dimensions();
@@ -805,14 +816,14 @@ ffi::Error SimpleBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> S,
   const Padded WTp(W.typed_data(), H, /*transpose=*/true);
   const int64_t threads_used = Threads(pool, threads);
   const RowSplit split(B, threads_used);
-  Aligned partial(split.chunks * H * WTp.Hp);  // one [H, Hp] partial dW per chunk
+  Aligned partial(fuse_dw ? split.chunks * H * WTp.Hp : 1);  // one [H, Hp] partial dW per chunk
   if (WTp.data == nullptr || partial.data == nullptr) {
     return ffi::Error::Internal("jaxrnn_simple_backward: out of memory");
   }
   const ffi::Error status = Dispatch(activation, [&](auto act) {
     Backward<decltype(act)::value>(pool, S.typed_data(), WTp.data, WTp.Hp, g.typed_data(),
                                    last_only, D->typed_data(), dW->typed_data(), split,
-                                   partial.data, T, B, H);
+                                   partial.data, fuse_dw != 0, T, B, H);
   });
   if (status.failure() || V == 0) return status;
   ScatterRows(pool, D->typed_data(), idx.typed_data(), T, B, H, dTable->typed_data(), V,
@@ -860,7 +871,8 @@ ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> Sh,
                             ffi::Buffer<ffi::F32> g_hT, ffi::Buffer<ffi::F32> g_cT,
                             ffi::Buffer<ffi::S32> idx, ffi::ResultBuffer<ffi::F32> D,
                             ffi::ResultBuffer<ffi::F32> dW, ffi::ResultBuffer<ffi::F32> dc0,
-                            ffi::ResultBuffer<ffi::F32> dTable, int64_t threads) {
+                            ffi::ResultBuffer<ffi::F32> dTable, int64_t threads,
+                            int64_t fuse_dw) {
   const auto sd = Sh.dimensions();
   const auto td = dTable->dimensions();
   const bool shapes_ok = sd.size() == 3 && Sc.element_count() == Sh.element_count();
@@ -897,14 +909,14 @@ ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> Sh,
   const int64_t threads_used = Threads(pool, threads);
   const RowSplit split(B, threads_used);
   const int64_t ldw = RoundUp(4 * H, kLanes);
-  Aligned partial(split.chunks * H * ldw);
+  Aligned partial(fuse_dw ? split.chunks * H * ldw : 1);
   if (WTp.buf.data == nullptr || partial.data == nullptr) {
     return ffi::Error::Internal("jaxrnn_lstm_backward: out of memory");
   }
   LstmBackward(pool, Sh.typed_data(), Sc.typed_data(), G.typed_data(), WTp,
                n_hs ? g_hs.typed_data() : nullptr, g_hT.typed_data(), g_cT.typed_data(),
-               D->typed_data(), dW->typed_data(), dc0->typed_data(), split, partial.data, ldw,
-               T, B, H);
+               D->typed_data(), dW->typed_data(), dc0->typed_data(), split, partial.data,
+               fuse_dw != 0, ldw, T, B, H);
   if (V > 0) {
     ScatterRows(pool, D->typed_data(), idx.typed_data(), T, B, 4 * H, dTable->typed_data(), V,
                 threads_used);
@@ -950,7 +962,8 @@ ffi::Error GruBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> S,
                            ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::S32> idx,
                            ffi::ResultBuffer<ffi::F32> D, ffi::ResultBuffer<ffi::F32> A,
                            ffi::ResultBuffer<ffi::F32> carry, ffi::ResultBuffer<ffi::F32> dW,
-                           ffi::ResultBuffer<ffi::F32> dTable, int64_t threads) {
+                           ffi::ResultBuffer<ffi::F32> dTable, int64_t threads,
+                           int64_t fuse_dw) {
   const auto sd = S.dimensions();
   const auto gd = g.dimensions();
   const auto td = dTable->dimensions();
@@ -986,13 +999,13 @@ ffi::Error GruBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> S,
   const int64_t threads_used = Threads(pool, threads);
   const RowSplit split(B, threads_used);
   const int64_t ldw = RoundUp(3 * H, kLanes);
-  Aligned partial(split.chunks * H * ldw);
+  Aligned partial(fuse_dw ? split.chunks * H * ldw : 1);
   if (WTp.buf.data == nullptr || partial.data == nullptr) {
     return ffi::Error::Internal("jaxrnn_gru_backward: out of memory");
   }
   GruBackward(pool, S.typed_data(), Sv.typed_data(), WTp, g.typed_data(), last_only,
               D->typed_data(), A->typed_data(), carry->typed_data(), dW->typed_data(), split,
-              partial.data, ldw, T, B, H);
+              partial.data, fuse_dw != 0, ldw, T, B, H);
   if (V > 0) {
     ScatterRows(pool, A->typed_data(), idx.typed_data(), T, B, 3 * H, dTable->typed_data(), V,
                 threads_used);
@@ -1024,7 +1037,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnSimpleBackward, SimpleBackwardImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dW_h = S^T D [H, H]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dTable [V, H] (V = 0: none)
                                   .Attr<int64_t>("activation")
-                                  .Attr<int64_t>("threads"));
+                                  .Attr<int64_t>("threads")
+                                  .Attr<int64_t>("fuse_dw"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnLstmForward, LstmForwardImpl,
                               ffi::Ffi::Bind()
@@ -1054,7 +1068,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnLstmBackward, LstmBackwardImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dW_h [H, 4H]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dL/dc_0 [B, H]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dTable [V, 4H] (V = 0: none)
-                                  .Attr<int64_t>("threads"));
+                                  .Attr<int64_t>("threads")
+                                  .Attr<int64_t>("fuse_dw"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnGruForward, GruForwardImpl,
                               ffi::Ffi::Bind()
@@ -1081,4 +1096,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnGruBackward, GruBackwardImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // z_0 dL/dh_0 [B, H]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dW_h [H, 3H]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dTable [V, 3H] (V = 0: none)
-                                  .Attr<int64_t>("threads"));
+                                  .Attr<int64_t>("threads")
+                                  .Attr<int64_t>("fuse_dw"));
