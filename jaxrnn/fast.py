@@ -26,14 +26,15 @@ projection goes one step further: ``x_t W_x + b = (E W_x + b)[w_t]`` — project
 the ``[V, E]`` embedding table once (``V E G H`` instead of ``T B E G H``
 multiply-adds) and gather rows of the projected table.
 
-For float32 on a CPU with AVX-512 the simple-cell and LSTM loops (forward and backward,
+For float32 on a CPU with AVX-512 the simple, LSTM and GRU loops (forward and backward,
 with ``dW_h`` and the table's gradient) run as hand-written kernels instead,
 :mod:`jaxrnn.native` (XLA FFI custom calls, chosen per platform with
-``lax.platform_dependent``; the seed training step 7.1 -> 4.6 ms here). Everything else,
-and every other dtype / backend, runs the XLA loops below.
+``lax.platform_dependent``; the seed training step 7.4 -> 4.8 ms here,
+benchmarks/RESULTS.md). Every other dtype / backend runs the XLA loops below.
 
 Everything here is checked against the plain path in float64 (outputs and
-gradients; ``tests/test_fast.py``; the kernels in float32, ``tests/test_native.py``). What is not covered falls back to
+gradients; ``tests/test_fast.py``; the kernels in float32, ``tests/test_native.py``).
+What is not covered falls back to
 :func:`jaxrnn.rnn`: ``lengths``, ``reverse``, cells other than simple / LSTM / GRU
 (reset_after), activations without an output-based derivative, dropout masks.
 
@@ -148,7 +149,7 @@ def _simple_forward(U, idx, W_h, h0, activation, unroll) -> Array:
     This layout measured ~10% faster per forward loop than carrying ``h`` and stacking it
     (in-process A/B; the whole training step: 7.13 -> 6.82 ms, benchmarks/RESULTS.md).
     """
-    if _use_native(U, activation):
+    if _use_native(U, W_h, activation):
         return jax.lax.platform_dependent(
             cpu=lambda: native.simple_forward(U, idx, W_h, h0, activation),
             default=lambda: _simple_forward_xla(U, idx, W_h, h0, activation, unroll),
@@ -156,9 +157,11 @@ def _simple_forward(U, idx, W_h, h0, activation, unroll) -> Array:
     return _simple_forward_xla(U, idx, W_h, h0, activation, unroll)
 
 
-def _use_native(x: Array, activation: str) -> bool:
-    """Whether the simple-cell loops go to :mod:`jaxrnn.native` (float32, AVX-512 CPU, built)."""
-    return native.supports(x.dtype, activation)
+def _use_native(x: Array, W_h: Array, activation: str = "tanh") -> bool:
+    """Whether a cell's loops go to :mod:`jaxrnn.native` (float32, AVX-512 CPU, built, ``W_h:
+    [H, G H]`` small enough: :func:`jaxrnn.native.supports`)."""
+    H = W_h.shape[0]
+    return native.supports(x.dtype, activation, H, W_h.shape[1] // H)
 
 
 def _simple_forward_xla(U, idx, W_h, h0, activation, unroll) -> Array:
@@ -227,7 +230,7 @@ def _simple_scan_bwd(activation, unroll, last_only, res, g):
         D, dW_h, dTable = native.simple_backward(S, W_h, g, activation, idx, vocab)
         return D, dW_h, (D[:-1] if idx is None else dTable)
 
-    if _use_native(S, activation):
+    if _use_native(S, W_h, activation):
         D, dW_h, dU = jax.lax.platform_dependent(cpu=cpu, default=xla)
     else:
         D, dW_h, dU = xla()
@@ -283,7 +286,7 @@ def _lstm_gate_affine(H: int, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
 def _lstm_forward(U, idx, W_h, h0, c0, unroll):
     """``(S_h, S_c, Gs)``: :func:`jaxrnn.native.lstm_forward` for float32 on an AVX-512 CPU,
     else :func:`_lstm_forward_xla`."""
-    if native.supports(U.dtype):
+    if _use_native(U, W_h):
         return jax.lax.platform_dependent(
             cpu=lambda: native.lstm_forward(U, idx, W_h, h0, c0),
             default=lambda: _lstm_forward_xla(U, idx, W_h, h0, c0, unroll),
@@ -361,7 +364,7 @@ def _lstm_scan_bwd(unroll, last_only, res, g):
         D, dW_h, dc0, dTable = native.lstm_backward(S_h, S_c, Gs, W_h, g_hs, g_hT, g_cT, idx, vocab)
         return D, dW_h, dc0, (D[:-1] if idx is None else dTable)
 
-    if native.supports(S_h.dtype):
+    if _use_native(S_h, W_h):
         D, dW_h, dc0, dU = jax.lax.platform_dependent(cpu=cpu, default=xla)
     else:
         D, dW_h, dc0, dU = xla()
@@ -424,7 +427,7 @@ lstm_scan.defvjp(_lstm_scan_fwd, _lstm_scan_bwd)
 def _gru_forward(U, idx, W_h, b_h, h0, unroll):
     """``(S, Sv)``: :func:`jaxrnn.native.gru_forward` for float32 on an AVX-512 CPU, else
     :func:`_gru_forward_xla`."""
-    if native.supports(U.dtype):
+    if _use_native(U, W_h):
         return jax.lax.platform_dependent(
             cpu=lambda: native.gru_forward(U, idx, W_h, b_h, h0),
             default=lambda: _gru_forward_xla(U, idx, W_h, b_h, h0, unroll),
@@ -496,7 +499,7 @@ def _gru_scan_bwd(unroll, last_only, res, g):
         dU = A[:-1] if idx is None else dTable
         return dU, dW_h, D.sum(axis=(0, 1)), carry + D[0] @ W_h.T
 
-    if native.supports(S.dtype):
+    if _use_native(S, W_h):
         dU, dW_h, db_h, dh0 = jax.lax.platform_dependent(
             cpu=cpu, default=lambda: _gru_backward_xla(S, Sv, W_h, U, idx, g, unroll, last_only)
         )
@@ -549,7 +552,7 @@ ALL_KERNELS = frozenset({"simple", "lstm", "gru"})
 # The default, "auto": the simple and LSTM kernels always, the GRU's up to H = GRU_AUTO_MAX_H.
 # Measured here (float32, native kernels, training step vs the plain path): the seed
 # classifier GRU(100) 0.54x the plain time; fast.rnn over a [64, 128, 64] sequence with every
-# output in the loss 0.94x at H = 128 but 1.18x at H = 256 and 1.39x at H = 512 (the hoisted
+# output in the loss 0.94x at H = 128 but 1.18x at H = 256 and 1.30x at H = 512 (the hoisted
 # [T, B, 3H] projections and their two gradient buffers cost more than the loop saves).
 KERNELS = "auto"
 GRU_AUTO_MAX_H = 128

@@ -183,7 +183,7 @@ def test_simple_scan_gradients_native_vs_xla_loops(act, last_only, table, monkey
     hlo = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(*args).as_text()
     assert "jaxrnn_simple_forward" in hlo and "jaxrnn_simple_backward" in hlo
     got = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(*args)
-    monkeypatch.setattr(fast, "_use_native", lambda x, activation: False)
+    monkeypatch.setattr(fast, "_use_native", lambda *args: False)
     want = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(*args)
     hlo = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(*args).as_text()
     assert "jaxrnn_simple" not in hlo
@@ -209,6 +209,16 @@ def test_bad_inputs_raise_in_python():
     S = native.simple_forward(U, None, W, h0, "tanh")
     with pytest.raises(ValueError, match=r"g \[T, B, H\] or \[B, H\]; got .* g \(4, 5\)"):
         native.simple_backward(S, W, jnp.zeros((4, 5), jnp.float32), "tanh")
+
+
+def test_kernels_only_for_weights_that_fit_in_cache():
+    assert native.supports(jnp.float32, "tanh", 512, 1) and native.supports(
+        jnp.float32, "tanh", 256, 4
+    )
+    assert not native.supports(jnp.float32, "tanh", 513, 1)
+    assert not native.supports(jnp.float32, "tanh", 257, 4)
+    assert not native.supports(jnp.float64, "tanh", 100, 1)
+    assert not native.supports(jnp.float32, "gelu", 100, 1)
 
 
 def test_fused_weight_gradient_only_where_it_fits_in_cache():
@@ -299,7 +309,7 @@ def test_lstm_scan_gradients_native_vs_xla_loops(last_only, table, fused, monkey
     hlo = jax.jit(grad).lower(*args).as_text()
     assert "jaxrnn_lstm_forward" in hlo and "jaxrnn_lstm_backward" in hlo
     got = jax.jit(grad)(*args)
-    monkeypatch.setattr(native, "supports", lambda dtype, activation="tanh": False)
+    monkeypatch.setattr(native, "supports", lambda *args: False)
     grad = jax.value_and_grad(loss, argnums=(0, 1, 2, 3))  # a new function: traced anew
     assert "jaxrnn_lstm" not in jax.jit(grad).lower(*args).as_text()
     want = jax.jit(grad)(*args)
@@ -417,7 +427,7 @@ def test_gru_scan_gradients_native_vs_xla_loops(last_only, table, fused, monkeyp
     hlo = jax.jit(grad).lower(*args).as_text()
     assert "jaxrnn_gru_forward" in hlo and "jaxrnn_gru_backward" in hlo
     got = jax.jit(grad)(*args)
-    monkeypatch.setattr(native, "supports", lambda dtype, activation="tanh": False)
+    monkeypatch.setattr(native, "supports", lambda *args: False)
     grad = jax.value_and_grad(loss, argnums=(0, 1, 2, 3))  # a new function: traced anew
     assert "jaxrnn_gru" not in jax.jit(grad).lower(*args).as_text()
     want = jax.jit(grad)(*args)
