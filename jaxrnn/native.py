@@ -1,4 +1,4 @@
-"""Hand-written CPU kernels for the simple-cell and LSTM recurrences (XLA FFI custom calls).
+"""Hand-written CPU kernels for the simple-cell, LSTM and GRU recurrences (XLA FFI custom calls).
 
 :mod:`jaxrnn.fast` keeps only the sequential part of an RNN inside its loops; on a CPU
 even that is several small XLA operations per time step (a ``[B, H] @ [H, G H]`` dot, a
@@ -9,14 +9,16 @@ runs each whole loop as one call instead, on the buffers of :mod:`jaxrnn.fast`::
             backward  D[T] = 0,    D[t] = (g_t + D[t + 1] @ W_h^T) * f'(S[t + 1])   D: [T + 1, B, H]
     LSTM    forward   S_h, S_c: [T + 1, B, H] and the gates G: [T, B, 4H]
             backward  D[t] = dL/dz_t: [T + 1, B, 4H] and dL/dc_0
+    GRU     forward   S: [T + 1, B, H] and [z | r | n | u_n]: [T, B, 4H]   (reset_after)
+            backward  dL/du, dL/da: [T + 1, B, 3H] and z_0 dL/dh_0
 
 (``u_t = U[t]`` or ``table[idx[t]]``, ``g_t = dL/dh_{t+1}``). The backward calls also return
 ``dW_h = S^T D`` (accumulated per step while ``S[t]`` and ``D[t]`` are in cache) and, for a
 table, its gradient (a scatter-add of the rows of ``D``, split among threads by table row).
 Batch rows never interact in a recurrence, so the rows are split over the threads of XLA's
 CPU thread pool, each running all ``T`` steps on its rows; every step is a register-blocked
-AVX-512 product with the cell update applied in registers before the store (the LSTM's
-``W_h`` columns are interleaved per 16 units so one block holds all four gates). ``tanh`` is
+AVX-512 product with the cell update applied in registers before the store (the gated
+cells' ``W_h`` columns are interleaved per 16 units so one block holds all their gates). ``tanh`` is
 computed through ``expm1`` (float32 rounding), sigmoid as ``(1 + tanh(a / 2)) / 2``.
 Numbers match the XLA loops and NumPy to float32 rounding, and states do not depend on the
 thread count (``tests/test_native.py``).

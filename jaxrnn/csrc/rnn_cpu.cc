@@ -352,6 +352,24 @@ int64_t Threads(ffi::ThreadPool& pool, int64_t requested) {
   return std::max<int64_t>(1, pool.num_threads());
 }
 
+// dW [H, N] = the per-chunk partial sums ([H, ldw] each) added in chunk order; zeros when
+// the loop did not accumulate them (fused = false: the caller computes dW_h = S^T D itself,
+// one big matmul, for large H).
+void ReducePartials(const float* partial, int64_t chunks, int64_t H, int64_t N, int64_t ldw,
+                    bool fused, float* dW) {
+  if (!fused) {
+    std::memset(dW, 0, sizeof(float) * H * N);
+    return;
+  }
+  for (int64_t k = 0; k < H; ++k) {
+    for (int64_t j = 0; j < N; ++j) {
+      float sum = 0.0f;
+      for (int64_t c = 0; c < chunks; ++c) sum += partial[(c * H + k) * ldw + j];
+      dW[k * N + j] = sum;
+    }
+  }
+}
+
 template <int64_t act>
 void Forward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int64_t V,
              const float* Wp, int64_t Hp, const float* h0, float* S, int64_t T, int64_t B,
@@ -415,17 +433,7 @@ void Backward(ffi::ThreadPool& pool, const float* S, const float* WTp, int64_t H
       if (fuse_dw) AccumulateOuter(S + (t * B + b0) * H, H, H, out + b0 * H, H, H, b1 - b0, dWc, Hp);
     }
   });
-  if (!fuse_dw) {  // the caller computes dW_h = S^T D itself (large H: one big matmul)
-    std::memset(dW, 0, sizeof(float) * H * H);
-    return;
-  }
-  for (int64_t k = 0; k < H; ++k) {
-    for (int64_t j = 0; j < H; ++j) {
-      float sum = 0.0f;
-      for (int64_t c = 0; c < split.chunks; ++c) sum += partial[(c * H + k) * Hp + j];
-      dW[k * H + j] = sum;
-    }
-  }
+  ReducePartials(partial, split.chunks, H, H, Hp, fuse_dw, dW);
 }
 
 // dTable[v] = sum of D[t][b] over (t, b) with idx[t][b] = v, for a table [V, H]. The rows
@@ -592,17 +600,7 @@ void LstmBackward(ffi::ThreadPool& pool, const float* Sh, const float* Sc, const
       if (fuse_dw) AccumulateOuter(Sh + (t * B + b0) * H, H, H, out + b0 * G4, G4, G4, b1 - b0, dWc, ldw);
     }
   });
-  if (!fuse_dw) {  // the caller computes dW_h = S^T D itself (large H: one big matmul)
-    std::memset(dW, 0, sizeof(float) * H * G4);
-    return;
-  }
-  for (int64_t k = 0; k < H; ++k) {
-    for (int64_t j = 0; j < G4; ++j) {
-      float sum = 0.0f;
-      for (int64_t c = 0; c < split.chunks; ++c) sum += partial[(c * H + k) * ldw + j];
-      dW[k * G4 + j] = sum;
-    }
-  }
+  ReducePartials(partial, split.chunks, H, G4, ldw, fuse_dw, dW);
 }
 
 // -------------------------------------------------------------------------------- GRU
@@ -716,17 +714,7 @@ void GruBackward(ffi::ThreadPool& pool, const float* S, const float* Sv,
       if (fuse_dw) AccumulateOuter(S + (t * B + b0) * H, H, H, out + b0 * G3, G3, G3, b1 - b0, dWc, ldw);
     }
   });
-  if (!fuse_dw) {  // the caller computes dW_h = S^T D itself (large H: one big matmul)
-    std::memset(dW, 0, sizeof(float) * H * G3);
-    return;
-  }
-  for (int64_t k = 0; k < H; ++k) {
-    for (int64_t j = 0; j < G3; ++j) {
-      float sum = 0.0f;
-      for (int64_t c = 0; c < split.chunks; ++c) sum += partial[(c * H + k) * ldw + j];
-      dW[k * G3 + j] = sum;
-    }
-  }
+  ReducePartials(partial, split.chunks, H, G3, ldw, fuse_dw, dW);
 }
 
 std::string Shape(ffi::Span<const int64_t> dims) {
