@@ -25,7 +25,7 @@ ACTS = {
     "identity": (lambda a: a, np.ones_like),
 }
 # (T, B, H): one row / one unit; H not a multiple of 16 (masked columns), B not a multiple of
-# the 4-row blocks, H above one 64-column tile, the seed size
+# the 8-row blocks, H above one 48-column tile, the seed size
 SHAPES = [(1, 1, 1), (3, 5, 7), (6, 9, 16), (7, 33, 130), (20, 64, 100)]
 
 
