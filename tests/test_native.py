@@ -164,6 +164,37 @@ def test_out_of_range_ids_read_nan_and_add_nothing():
     np.testing.assert_allclose(np.asarray(dT), dT_ref, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_table_gradient_of_a_table_larger_than_l2(threads):
+    """A thread's part of the table over 1 MiB (threads=1 here) takes the copy-on-first-update
+    path, a smaller one (threads=2) the zero-first path: both equal NumPy's scatter, rows
+    never hit (and out-of-range ids) included."""
+    T, B, H, V = 30, 16, 80, 4000  # 4000 x 80 floats = 1.28 MB
+    U, idx, W, h0 = _data(T, B, H, V=V, seed=11)
+    idx = idx % 1500  # rows 1500.. are never hit
+    idx[3, 4], idx[7, 0] = -2, V
+    S = np.nan_to_num(
+        np.asarray(
+            native.simple_forward(*_f32(U), jnp.asarray(idx, jnp.int32), *_f32(W, h0), "tanh")
+        )
+    )
+    g = np.random.default_rng(12).normal(size=(T, B, H))
+    # a first call that fills every row, freed: the allocator tends to hand its buffer to the
+    # next call, so rows the kernel forgot to zero would show its numbers
+    every = jnp.asarray(np.arange(T * B).reshape(T, B) * 7 % V, jnp.int32)
+    first = native.simple_backward(*_f32(S, W, g), "tanh", every, vocab=V, threads=threads)
+    assert np.asarray(first[2])[1500:].any()
+    del first
+    ids = jnp.asarray(idx, jnp.int32)
+    _, _, dT = native.simple_backward(*_f32(S, W, g), "tanh", ids, vocab=V, threads=threads)
+    D_ref = _np_backward(S, W, g, "tanh")[0]
+    ok = (idx >= 0) & (idx < V)
+    dT_ref = np.zeros((V, H))
+    np.add.at(dT_ref, idx[ok], D_ref[:T][ok])
+    np.testing.assert_allclose(np.asarray(dT), dT_ref, rtol=1e-4, atol=1e-5)
+    assert not np.asarray(dT)[1500:].any()
+
+
 @pytest.mark.parametrize("act", ["tanh", "relu"])
 @pytest.mark.parametrize("last_only", [False, True])
 @pytest.mark.parametrize("table", [False, True])

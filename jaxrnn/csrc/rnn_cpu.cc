@@ -33,6 +33,7 @@
 #include <memory>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -465,24 +466,49 @@ void Backward(ffi::ThreadPool& pool, const float* S, const float* WTp, int64_t H
 // dTable[v] = sum of D[t][b] over (t, b) with idx[t][b] = v, for a table [V, H]. The rows
 // of dTable are split among the threads by owner (no two threads write one row, no atomics)
 // and each thread adds its rows' updates in (t, b) order: deterministic for any thread
-// count. Ids outside [0, V) add nothing (as XLA's scatter drops them).
+// count. Ids outside [0, V) add nothing (as XLA's scatter drops them). The rows of D and
+// dTable 8 ids ahead are prefetched (D is mostly out of cache by now, the table rows are
+// random). Where a thread's part of the table is larger than L2, a row's first update is a
+// copy (no zeroing pass, no read) and rows never hit are zeroed at the end: the seed LSTM's
+// scatter 1.5 -> 0.95 ms. A smaller part is zeroed first, which also brings it into L2 (the
+// simple cell's 1 MB half: 0.1 ms faster that way).
 void ScatterRows(ffi::ThreadPool& pool, const float* D, const int32_t* idx, int64_t T,
                  int64_t B, int64_t H, float* dTable, int64_t V, int64_t threads) {
   const int64_t chunks = std::max<int64_t>(1, std::min(threads, V / 64));
   const int64_t per = (V + chunks - 1) / chunks;
+  constexpr int64_t kAhead = 8;
   ParallelFor(pool, chunks, [&](int64_t c) {
     const int64_t v0 = c * per, v1 = std::min(V, v0 + per);
-    std::memset(dTable + v0 * H, 0, sizeof(float) * (v1 - v0) * H);
-    for (int64_t n = 0; n < T * B; ++n) {
+    const bool zero_first = (v1 - v0) * H * static_cast<int64_t>(sizeof(float)) <= (int64_t{1} << 20);
+    if (zero_first) std::memset(dTable + v0 * H, 0, sizeof(float) * (v1 - v0) * H);
+    // seen[v - v0]: row v has been written (always, where it was zeroed first)
+    std::vector<uint8_t> seen(static_cast<size_t>(std::max<int64_t>(v1 - v0, 0)), zero_first ? 1 : 0);
+    const int64_t N = T * B;
+    for (int64_t n = 0; n < N; ++n) {
+      if (n + kAhead < N) {
+        const int64_t w = idx[n + kAhead];
+        if (w >= v0 && w < v1) {
+          PrefetchSpan(D + (n + kAhead) * H, H);
+          PrefetchSpan(dTable + w * H, H);
+        }
+      }
       const int64_t v = idx[n];
       if (v < v0 || v >= v1) continue;
       float* row = dTable + v * H;
       const float* d = D + n * H;
+      if (!seen[v - v0]) {
+        seen[v - v0] = 1;
+        std::memcpy(row, d, sizeof(float) * H);
+        continue;
+      }
       for (int64_t j = 0; j < H; j += kLanes) {
         const __mmask16 mask = ColumnMask(j, H);
         _mm512_mask_storeu_ps(row + j, mask, _mm512_add_ps(_mm512_maskz_loadu_ps(mask, row + j),
                                                            _mm512_maskz_loadu_ps(mask, d + j)));
       }
+    }
+    for (int64_t v = v0; v < v1; ++v) {
+      if (!seen[v - v0]) std::memset(dTable + v * H, 0, sizeof(float) * H);
     }
   });
 }
