@@ -195,11 +195,11 @@ inline void BlockRowsUpTo(int64_t r, int64_t nv, const float* x, int64_t ldx, co
 // accumulators) load half the panel vectors per FMA that 4 x 4 does and keep a narrower tile
 // in L1 (the backward's panels are tall, K = G H): seed steps, simple 4.2 -> 3.4 ms, LSTM
 // 21.7 -> 19.3, GRU 17.8 -> 15.3 (with the prefetches below). The LSTM forward keeps 4 x 4:
-// its epilogue takes a unit group's four gates at once. Column tiles of NV vectors outside,
-// row blocks inside: a
-// tile of M ([K, 16 NV]) is read from memory once per step and stays in L1/L2 for all rows
-// (rows outside re-streamed all of M per row block: at H = 512 the GRU's 3 MB W_h, 8 times
-// a step; its fast.rnn step went 287 -> 262 ms, the seed LSTM step 28.2 -> 25.7 ms).
+// its epilogue takes a unit group's four gates at once.
+// Column tiles of NV vectors outside, row blocks inside: a tile of M ([K, 16 NV]) is read
+// from memory once per step and stays in L1/L2 for all rows (rows outside re-streamed all of
+// M per row block: at H = 512 the GRU's 3 MB W_h, 8 times a step; its fast.rnn step went
+// 287 -> 262 ms, the seed LSTM step 28.2 -> 25.7 ms).
 template <int NV = kBlockVecs, int BR = kBlockRows, class MakeEpilogue>
 void StepRows(const float* x, int64_t ldx, int64_t b0, int64_t b1, const Panel& P,
               const MakeEpilogue& make_epi) {
@@ -479,10 +479,11 @@ void ScatterRows(ffi::ThreadPool& pool, const float* D, const int32_t* idx, int6
   constexpr int64_t kAhead = 8;
   ParallelFor(pool, chunks, [&](int64_t c) {
     const int64_t v0 = c * per, v1 = std::min(V, v0 + per);
-    const bool zero_first = (v1 - v0) * H * static_cast<int64_t>(sizeof(float)) <= (int64_t{1} << 20);
-    if (zero_first) std::memset(dTable + v0 * H, 0, sizeof(float) * (v1 - v0) * H);
+    const int64_t rows = std::max<int64_t>(v1 - v0, 0);
+    const bool zero_first = rows * H * static_cast<int64_t>(sizeof(float)) <= (int64_t{1} << 20);
+    if (zero_first) std::memset(dTable + v0 * H, 0, sizeof(float) * rows * H);
     // seen[v - v0]: row v has been written (always, where it was zeroed first)
-    std::vector<uint8_t> seen(static_cast<size_t>(std::max<int64_t>(v1 - v0, 0)), zero_first ? 1 : 0);
+    std::vector<uint8_t> seen(static_cast<size_t>(rows), zero_first ? 1 : 0);
     const int64_t N = T * B;
     for (int64_t n = 0; n < N; ++n) {
       if (n + kAhead < N) {
