@@ -479,7 +479,7 @@ void ScatterRows(ffi::ThreadPool& pool, const float* D, const int32_t* idx, int6
   constexpr int64_t kAhead = 8;
   ParallelFor(pool, chunks, [&](int64_t c) {
     const int64_t v0 = c * per, v1 = std::min(V, v0 + per);
-    const int64_t rows = std::max<int64_t>(v1 - v0, 0);
+    const int64_t rows = v1 - v0;  // > 0: chunks <= V / 64, so v0 < V
     const bool zero_first = rows * H * static_cast<int64_t>(sizeof(float)) <= (int64_t{1} << 20);
     if (zero_first) std::memset(dTable + v0 * H, 0, sizeof(float) * rows * H);
     // seen[v - v0]: row v has been written (always, where it was zeroed first)
