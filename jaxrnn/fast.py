@@ -357,18 +357,21 @@ def _lstm_scan_bwd(unroll, last_only, res, g):
 
     def xla():
         D, dW_h, dc0 = _lstm_backward_xla(S_h, S_c, Gs, W_h, g_hs, g_hT, g_cT, unroll)
-        return D, dW_h, dc0, _input_cotangent(D, U, idx)[0]
+        return D[0], dW_h, dc0, _input_cotangent(D, U, idx)[0]
 
     def cpu():  # one call: the loop, dW_h and (for a table) the scatter into dU
         vocab = 0 if idx is None else U.shape[0]
-        D, dW_h, dc0, dTable = native.lstm_backward(S_h, S_c, Gs, W_h, g_hs, g_hT, g_cT, idx, vocab)
-        return D, dW_h, dc0, (D[:-1] if idx is None else dTable)
+        # with a table only D[0] leaves the call (for dh0): 26 MB less per seed step
+        D, dW_h, dc0, dTable = native.lstm_backward(
+            S_h, S_c, Gs, W_h, g_hs, g_hT, g_cT, idx, vocab, all_rows=idx is None
+        )
+        return D[0], dW_h, dc0, (D[:-1] if idx is None else dTable)
 
     if _use_native(S_h, W_h):
-        D, dW_h, dc0, dU = jax.lax.platform_dependent(cpu=cpu, default=xla)
+        D0, dW_h, dc0, dU = jax.lax.platform_dependent(cpu=cpu, default=xla)
     else:
-        D, dW_h, dc0, dU = xla()
-    dh0 = D[0] @ W_h.T  # [B, H]
+        D0, dW_h, dc0, dU = xla()
+    dh0 = D0 @ W_h.T  # [B, H]
     didx = None if idx is None else np.zeros(idx.shape, jax.dtypes.float0)
     return dU, dW_h, dh0, dc0, didx
 
@@ -495,7 +498,10 @@ def _gru_scan_bwd(unroll, last_only, res, g):
 
     def cpu():  # one call: the loop, dW_h and (for a table) the scatter into dU
         vocab = 0 if idx is None else U.shape[0]
-        D, A, carry, dW_h, dTable = native.gru_backward(S, Sv, W_h, g, idx, vocab)
+        # with a table only A[0] leaves the call (A feeds just the table's gradient)
+        D, A, carry, dW_h, dTable = native.gru_backward(
+            S, Sv, W_h, g, idx, vocab, all_rows=idx is None
+        )
         dU = A[:-1] if idx is None else dTable
         return dU, dW_h, D.sum(axis=(0, 1)), carry + D[0] @ W_h.T
 

@@ -362,6 +362,7 @@ def lstm_backward(
     idx: Array | None = None,
     vocab: int = 0,
     threads: int = 0,
+    all_rows: bool = True,
 ) -> tuple[Array, Array, Array, Array | None]:
     """``(D, dW_h, dc0, dTable)`` for the backward pass of :func:`lstm_forward`.
 
@@ -369,6 +370,10 @@ def lstm_backward(
     ``dc0 = dL/dc_0: [B, H]`` and, with ``idx``, ``dTable: [vocab, 4H]`` (as in
     :func:`simple_backward`; else ``None``). ``g_hs``: ``[T, B, H]`` cotangents of
     ``S_h[1:]`` or ``None``; ``g_hT, g_cT``: ``[B, H]`` cotangents of ``h_T, c_T``.
+    ``all_rows=False``: ``D`` is returned as ``D[:1]: [1, B, 4H]`` (what ``dL/dh_0`` needs
+    when the table's gradient is all that uses ``D``), the rest stays a scratch buffer of the
+    call and out of XLA's per-step memory (where ``dW_h`` is accumulated in the call:
+    :func:`fuse_dw`; otherwise ``D`` is needed for it and returned whole).
     """
     _require(S_h.dtype)
     T, B, H = S_h.shape[0] - 1, S_h.shape[1], S_h.shape[2]
@@ -382,10 +387,12 @@ def lstm_backward(
         raise ValueError(f"jaxrnn.native.lstm_backward: expected S_h, S_c [T + 1, B, H] (T >= 1), G [T, B, 4H], W_h [H, 4H], g_hs [T, B, H] or None, g_hT, g_cT [B, H], idx [T, B] with vocab >= 1; got S_h {S_h.shape}, S_c {S_c.shape}, G {G.shape}, W_h {W_h.shape}, g_hs {None if g_hs is None else g_hs.shape}, g_hT {g_hT.shape}, g_cT {g_cT.shape}, idx {None if idx is None else idx.shape}, vocab {vocab}")  # fmt: skip
     V = 0 if idx is None else int(vocab)
     f32 = jnp.float32
+    fused = fuse_dw(H, 4)
+    rows = T + 1 if all_rows or not fused else 1
     call = jax.ffi.ffi_call(
         "jaxrnn_lstm_backward",
         (
-            jax.ShapeDtypeStruct((T + 1, B, 4 * H), f32),  # D
+            jax.ShapeDtypeStruct((rows, B, 4 * H), f32),  # D (or its first row)
             jax.ShapeDtypeStruct((H, 4 * H), f32),  # dW_h
             jax.ShapeDtypeStruct((B, H), f32),  # dc0
             jax.ShapeDtypeStruct((V, 4 * H), f32),  # dTable
@@ -393,7 +400,6 @@ def lstm_backward(
         vmap_method="sequential",
     )
     hs = jnp.zeros((0,), f32) if g_hs is None else g_hs.astype(f32)
-    fused = fuse_dw(H, 4)
     D, dW_h, dc0, dTable = call(
         S_h, S_c, G, W_h, hs, g_hT.astype(f32), g_cT.astype(f32), _table_ids(idx),
         threads=np.int64(threads), fuse_dw=np.int64(fused),
@@ -444,6 +450,7 @@ def gru_backward(
     idx: Array | None = None,
     vocab: int = 0,
     threads: int = 0,
+    all_rows: bool = True,
 ) -> tuple[Array, Array, Array, Array, Array | None]:
     """``(D, A, carry, dW_h, dTable)`` for the backward pass of :func:`gru_forward`.
 
@@ -452,7 +459,9 @@ def gru_backward(
     the factor ``r``), ``carry = z_0 dL/dh_0`` through the update gate (``dL/dh_0 = carry +
     D[0] W_h^T``), ``dW_h = S^T D: [H, 3H]`` and, with ``idx``, ``dTable: [vocab, 3H]``
     (the rows of ``A`` added by id; else ``None``). ``g``: ``[T, B, H]`` cotangents of
-    ``S[1:]``, or ``[B, H]`` for ``S[T]`` only.
+    ``S[1:]``, or ``[B, H]`` for ``S[T]`` only. ``all_rows=False``: ``A`` is returned as
+    ``A[:1]: [1, B, 3H]`` and the rest stays inside the call (as in :func:`lstm_backward`;
+    with a table, its gradient is all that needs ``A``).
     """
     _require(S.dtype)
     T, B, H = S.shape[0] - 1, S.shape[1], S.shape[2]
@@ -469,7 +478,7 @@ def gru_backward(
         "jaxrnn_gru_backward",
         (
             jax.ShapeDtypeStruct((T + 1, B, 3 * H), f32),  # D
-            jax.ShapeDtypeStruct((T + 1, B, 3 * H), f32),  # A
+            jax.ShapeDtypeStruct((T + 1 if all_rows else 1, B, 3 * H), f32),  # A (or A[:1])
             jax.ShapeDtypeStruct((B, H), f32),  # carry
             jax.ShapeDtypeStruct((H, 3 * H), f32),  # dW_h
             jax.ShapeDtypeStruct((V, 3 * H), f32),  # dTable

@@ -14,22 +14,38 @@ page. Measured on this project's 2-core CPU machine (``strace``, ``getrusage``;
 * simple-cell seed step as the benchmark runs it (parameters donated): 5,350 faults
   (21 MiB) per step, 12.0 ms a step.
 
-Three glibc tunables (glibc >= 2.35) remove that cost, :data:`HOST_TUNABLES`:
-``glibc.malloc.hugetlb=1`` asks for transparent huge pages on mappings (the LSTM's 85 MB
-buffer: 276 faults, 42 ms); ``glibc.malloc.mmap_threshold=33554432`` fixes the threshold at
-its maximum of 32 MiB and ``glibc.malloc.trim_threshold=2147483647`` stops heap trimming,
-so buffers up to 32 MiB are reused in place (simple step: 18 faults, 6.8 ms). Memory freed
-below 32 MiB then stays with the process (its RSS does not shrink back), which suits a
-training process. Tried and worse: ``MALLOC_ARENA_MAX=1`` with mmap disabled (no faults at
-all, but ~10% slower simple steps: one arena lock for all of XLA's threads); the trim or
-mmap threshold alone without huge pages (LSTM still 59 ms).
+Four glibc tunables (glibc >= 2.35) remove that cost, :data:`HOST_TUNABLES`:
+
+* ``glibc.malloc.mmap_max=0``: no request gets a mapping of its own; all come from heaps,
+  where memory freed after one step is reused by the next;
+* ``glibc.malloc.top_pad=67108864`` (64 MiB): glibc unmaps an emptied worker-thread heap
+  (at most 64 MiB each) unless the pad it must keep free exceeds the room left in the
+  heap before it; a 64 MiB pad always does, so the heap that holds a step's buffer stays
+  mapped between steps (the pad is address space, touched only when used);
+* ``glibc.malloc.trim_threshold=2147483647``: heaps are never trimmed;
+* ``glibc.malloc.hugetlb=1``: transparent huge pages for the heaps.
+
+A single request above 64 MiB from a worker thread still gets a fresh mapping (a thread
+heap cannot hold it), so :mod:`jaxrnn.fast` keeps the seed models' buffers below that:
+the gated backward kernels keep their ``[T + 1, B, G H]`` gradient to themselves where
+only its first row is needed (LSTM step 72 -> 47 MB, GRU 77 -> 58 MB). Seed training
+steps then fault nothing: LSTM 23.2 -> 17.7 ms, GRU 19.8 -> 14.2 ms, simple cell
+unchanged (interleaved A/B of benchmark worker processes, 2026-11-26; PyTorch's LSTM step
+32.0 -> 28.2 ms with the same tunables). Freed memory stays with the process (its RSS
+does not shrink back), which suits a training process. Tried and worse:
+``glibc.malloc.arena_max=1`` (one heap that grows without limit, so no request is ever
+mapped; but the simple step is ~8% slower, 4.43 -> 4.84 ms: one arena lock for all of
+XLA's threads); the earlier set, ``mmap_threshold=33554432`` (32 MiB, its maximum) with
+huge pages and no trimming, reused buffers up to 32 MiB only (the LSTM's 72 MB buffer:
+~340 page faults per step, huge pages zeroed by the kernel); the trim or mmap threshold
+alone without huge pages.
 
 glibc reads tunables only when a process starts, so they are applied by starting the
 program again with them (:func:`restart_with_tunables`, what ``train.py`` does), or by
 exporting them yourself::
 
-    GLIBC_TUNABLES=glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=33554432:\\
-    glibc.malloc.trim_threshold=2147483647 python my_script.py
+    GLIBC_TUNABLES=glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:\\
+    glibc.malloc.top_pad=67108864:glibc.malloc.trim_threshold=2147483647 python my_script.py
 
 The second setting is per compilation, for jaxrnn's own jitted steps
 (:func:`compiler_options`): on a CPU with AVX-512, XLA:CPU is asked for 512-bit vectors
@@ -42,8 +58,8 @@ Examples:
     >>> from jaxrnn import runtime
     >>> env = runtime.host_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"}, glibc=(2, 36))
     >>> env["GLIBC_TUNABLES"].split(":")  # doctest: +NORMALIZE_WHITESPACE
-    ['glibc.malloc.arena_max=4', 'glibc.malloc.hugetlb=1',
-     'glibc.malloc.mmap_threshold=33554432', 'glibc.malloc.trim_threshold=2147483647']
+    ['glibc.malloc.arena_max=4', 'glibc.malloc.hugetlb=1', 'glibc.malloc.mmap_max=0',
+     'glibc.malloc.top_pad=67108864', 'glibc.malloc.trim_threshold=2147483647']
     >>> runtime.host_env({}, glibc=None)  # not glibc (macOS, musl): nothing to set
     {}
 """
@@ -56,8 +72,9 @@ from collections.abc import Mapping
 from typing import Any
 
 HOST_TUNABLES = (
-    "glibc.malloc.hugetlb=1",  # transparent huge pages for mapped chunks (> 32 MiB)
-    "glibc.malloc.mmap_threshold=33554432",  # 32 MiB, glibc's maximum: smaller ones on heaps
+    "glibc.malloc.hugetlb=1",  # transparent huge pages for the heaps
+    "glibc.malloc.mmap_max=0",  # no request mapped on its own: all from heaps, reused
+    "glibc.malloc.top_pad=67108864",  # 64 MiB: an emptied thread heap stays mapped
     "glibc.malloc.trim_threshold=2147483647",  # never trim heaps: no re-faulting next step
 )
 OPT_OUT = "JAXRNN_HOST_TUNABLES"  # set to 0 to keep the process as started

@@ -388,6 +388,43 @@ def test_lstm_thread_count_does_not_change_the_states():
         _close(out[1], np.asarray(ref[1], np.float64), tol=1e-6)
 
 
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_backward_first_row_only(cell, fused, monkeypatch):
+    """``all_rows=False``: the [T + 1, B, G H] gradient that only the table's gradient needs
+    stays inside the call and only its first row comes back; everything else is bitwise the
+    same. The LSTM returns all of ``D`` anyway where ``dW_h`` is computed outside the call."""
+    monkeypatch.setattr(native, "fuse_dw", lambda H, G: fused)
+    T, B, H, V = 20, 12, 24, 40
+    rng = np.random.default_rng(13)
+    if cell == "lstm":
+        U, idx, W, h0, c0 = _lstm_data(T, B, H, V=V, seed=13)
+        ids = jnp.asarray(idx, jnp.int32)
+        U, W, h0, c0 = _f32(U, W, h0, c0)
+        S = native.lstm_forward(U, ids, W, h0, c0)
+        g = _f32(rng.normal(size=(T, B, H)), rng.normal(size=(B, H)), rng.normal(size=(B, H)))
+        run = lambda rows: native.lstm_backward(*S, W, *g, ids, V, all_rows=rows)  # noqa: E731
+        which = 0  # D
+    else:
+        U, idx, W, b, h0 = _gru_data(T, B, H, V=V, seed=13)
+        ids = jnp.asarray(idx, jnp.int32)
+        U, W, b, h0 = _f32(U, W, b, h0)
+        S = native.gru_forward(U, ids, W, b, h0)
+        g = _f32(rng.normal(size=(T, B, H)))
+        run = lambda rows: native.gru_backward(*S, W, *g, ids, V, all_rows=rows)  # noqa: E731
+        which = 1  # A
+    full, part = run(True), run(False)
+    G = full[which].shape[-1]
+    kept = cell == "lstm" and not fused  # dW_h = S_h^T D outside: D comes back whole
+    assert full[which].shape == (T + 1, B, G)
+    assert part[which].shape == ((T + 1, B, G) if kept else (1, B, G))
+    np.testing.assert_array_equal(np.asarray(part[which]), np.asarray(full[which][: part[which].shape[0]]))  # fmt: skip
+    assert float(jnp.abs(full[which][0]).max()) > 0  # a real row, not zeros
+    for i, (a, b_) in enumerate(zip(full, part, strict=True)):
+        if i != which:
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b_))
+
+
 def test_lstm_bad_inputs_raise_in_python():
     U, _, W, h0, c0 = _f32(*_lstm_data(4, 3, 5))
     with pytest.raises(

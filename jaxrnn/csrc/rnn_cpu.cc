@@ -299,6 +299,18 @@ struct Aligned {
   Aligned& operator=(const Aligned&) = delete;
 };
 
+// A 64-byte aligned float buffer left uninitialised (data == nullptr when n == 0 or out of
+// memory).
+struct Uninitialized {
+  float* data = nullptr;
+  explicit Uninitialized(int64_t n) {
+    if (n > 0) data = static_cast<float*>(std::aligned_alloc(64, RoundUp(n * sizeof(float), 64)));
+  }
+  ~Uninitialized() { std::free(data); }
+  Uninitialized(const Uninitialized&) = delete;
+  Uninitialized& operator=(const Uninitialized&) = delete;
+};
+
 // W ([H, H] row-major) or its transpose, copied into a 64-byte aligned [H, Hp] buffer with
 // zero columns H..Hp-1.
 struct Padded {
@@ -787,6 +799,17 @@ std::string Shape(ffi::Span<const int64_t> dims) {
   return s + "]";
 }
 
+// Whether a [T + 1, B, G H] result buffer was asked for as its first row only, [1, B, G H]
+// (`full` and `row` its element counts): the caller needs just that row (the table's
+// gradient is scattered inside the call), so the whole buffer stays a scratch buffer of the
+// call. For the seed LSTM that takes 26 MB out of XLA's temporary buffer for the step (72 ->
+// 46 MB), below the 64 MB of a glibc thread heap, so the buffer is reused from step to step
+// instead of being mapped and faulted in afresh (jaxrnn/runtime.py).
+bool FirstRowOnly(ffi::Span<const int64_t> dims, int64_t full, int64_t row) {
+  return full != row && dims.size() == 3 && dims[0] == 1 &&
+         dims[0] * dims[1] * dims[2] == row;
+}
+
 template <class Fn>
 ffi::Error Dispatch(int64_t activation, const Fn& fn) {
   switch (activation) {
@@ -932,10 +955,12 @@ ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> Sh,
                 H = shapes_ok ? sd[2] : 0;
   const int64_t V = td.size() == 2 ? td[0] : -1;
   const int64_t n_hs = static_cast<int64_t>(g_hs.element_count());
+  const int64_t full = (T + 1) * B * 4 * H;
+  const bool first_row = FirstRowOnly(D->dimensions(), full, B * 4 * H);
   const bool ok = shapes_ok && T >= 1 && W.dimensions().size() == 2 &&
                   W.dimensions()[0] == H && W.dimensions()[1] == 4 * H &&
                   static_cast<int64_t>(G.element_count()) == T * B * 4 * H &&
-                  static_cast<int64_t>(D->element_count()) == (T + 1) * B * 4 * H &&
+                  (static_cast<int64_t>(D->element_count()) == full || first_row) &&
                   static_cast<int64_t>(dW->element_count()) == 4 * H * H &&
                   static_cast<int64_t>(dc0->element_count()) == B * H &&
                   static_cast<int64_t>(g_hT.element_count()) == B * H &&
@@ -945,8 +970,9 @@ ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> Sh,
   if (!ok) {
     return ffi::Error::InvalidArgument(
         "jaxrnn_lstm_backward: expected S_h, S_c [T + 1, B, H] (T >= 1), G [T, B, 4H], W [H, 4H], "
-        "g_hs [T, B, H] or empty, g_hT, g_cT [B, H], dTable [V, 4H] with idx [T, B]; got S_h " +
-        Shape(sd) + ", S_c " + Shape(Sc.dimensions()) + ", G " + Shape(G.dimensions()) +
+        "g_hs [T, B, H] or empty, g_hT, g_cT [B, H], dTable [V, 4H] with idx [T, B], D "
+        "[T + 1, B, 4H] or [1, B, 4H]; got S_h " + Shape(sd) + ", S_c " +
+        Shape(Sc.dimensions()) + ", D " + Shape(D->dimensions()) + ", G " + Shape(G.dimensions()) +
         ", W " + Shape(W.dimensions()) + ", g_hs " + Shape(g_hs.dimensions()) + ", g_hT " +
         Shape(g_hT.dimensions()) + ", g_cT " + Shape(g_cT.dimensions()) + ", dTable " +
         Shape(td) + ", idx " + Shape(idx.dimensions()));
@@ -962,17 +988,19 @@ ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> Sh,
   const RowSplit split(B, threads_used);
   const int64_t ldw = RoundUp(4 * H, kLanes);
   Aligned partial(fuse_dw ? split.chunks * H * ldw : 1);
-  if (WTp.buf.data == nullptr || partial.data == nullptr) {
+  Uninitialized scratch(first_row ? full : 0);
+  float* Dfull = first_row ? scratch.data : D->typed_data();
+  if (WTp.buf.data == nullptr || partial.data == nullptr || Dfull == nullptr) {
     return ffi::Error::Internal("jaxrnn_lstm_backward: out of memory");
   }
   LstmBackward(pool, Sh.typed_data(), Sc.typed_data(), G.typed_data(), WTp,
-               n_hs ? g_hs.typed_data() : nullptr, g_hT.typed_data(), g_cT.typed_data(),
-               D->typed_data(), dW->typed_data(), dc0->typed_data(), split, partial.data,
-               fuse_dw != 0, ldw, T, B, H);
+               n_hs ? g_hs.typed_data() : nullptr, g_hT.typed_data(), g_cT.typed_data(), Dfull,
+               dW->typed_data(), dc0->typed_data(), split, partial.data, fuse_dw != 0, ldw, T, B,
+               H);
   if (V > 0) {
-    ScatterRows(pool, D->typed_data(), idx.typed_data(), T, B, 4 * H, dTable->typed_data(), V,
-                threads_used);
+    ScatterRows(pool, Dfull, idx.typed_data(), T, B, 4 * H, dTable->typed_data(), V, threads_used);
   }
+  if (first_row) std::memcpy(D->typed_data(), Dfull, sizeof(float) * B * 4 * H);
   return ffi::Error::Success();
 }
 
@@ -1023,11 +1051,13 @@ ffi::Error GruBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> S,
                 H = sd.size() == 3 ? sd[2] : 0;
   const int64_t V = td.size() == 2 ? td[0] : -1;
   const bool last_only = gd.size() == 2;
+  const int64_t full = (T + 1) * B * 3 * H;
+  const bool first_row = FirstRowOnly(A->dimensions(), full, B * 3 * H);
   const bool ok = sd.size() == 3 && T >= 1 && W.dimensions().size() == 2 &&
                   W.dimensions()[0] == H && W.dimensions()[1] == 3 * H &&
                   static_cast<int64_t>(Sv.element_count()) == T * B * 4 * H &&
-                  static_cast<int64_t>(D->element_count()) == (T + 1) * B * 3 * H &&
-                  static_cast<int64_t>(A->element_count()) == (T + 1) * B * 3 * H &&
+                  static_cast<int64_t>(D->element_count()) == full &&
+                  (static_cast<int64_t>(A->element_count()) == full || first_row) &&
                   static_cast<int64_t>(carry->element_count()) == B * H &&
                   static_cast<int64_t>(dW->element_count()) == 3 * H * H &&
                   (last_only ? (gd[0] == B && gd[1] == H)
@@ -1037,8 +1067,10 @@ ffi::Error GruBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> S,
   if (!ok) {
     return ffi::Error::InvalidArgument(
         "jaxrnn_gru_backward: expected S [T + 1, B, H] (T >= 1), Sv [T, B, 4H], W [H, 3H], "
-        "g [T, B, H] or [B, H], dTable [V, 3H] with idx [T, B]; got S " + Shape(sd) + ", Sv " +
-        Shape(Sv.dimensions()) + ", W " + Shape(W.dimensions()) + ", g " + Shape(gd) +
+        "g [T, B, H] or [B, H], dTable [V, 3H] with idx [T, B], D [T + 1, B, 3H], A "
+        "[T + 1, B, 3H] or [1, B, 3H]; got S " + Shape(sd) + ", Sv " + Shape(Sv.dimensions()) +
+        ", D " + Shape(D->dimensions()) + ", A " + Shape(A->dimensions()) + ", W " +
+        Shape(W.dimensions()) + ", g " + Shape(gd) +
         ", dTable " + Shape(td) + ", idx " + Shape(idx.dimensions()));
   }
   if (H == 0) return ffi::Error::Success();
@@ -1052,16 +1084,18 @@ ffi::Error GruBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> S,
   const RowSplit split(B, threads_used);
   const int64_t ldw = RoundUp(3 * H, kLanes);
   Aligned partial(fuse_dw ? split.chunks * H * ldw : 1);
-  if (WTp.buf.data == nullptr || partial.data == nullptr) {
+  Uninitialized scratch(first_row ? full : 0);
+  float* Afull = first_row ? scratch.data : A->typed_data();
+  if (WTp.buf.data == nullptr || partial.data == nullptr || Afull == nullptr) {
     return ffi::Error::Internal("jaxrnn_gru_backward: out of memory");
   }
   GruBackward(pool, S.typed_data(), Sv.typed_data(), WTp, g.typed_data(), last_only,
-              D->typed_data(), A->typed_data(), carry->typed_data(), dW->typed_data(), split,
+              D->typed_data(), Afull, carry->typed_data(), dW->typed_data(), split,
               partial.data, fuse_dw != 0, ldw, T, B, H);
   if (V > 0) {
-    ScatterRows(pool, A->typed_data(), idx.typed_data(), T, B, 3 * H, dTable->typed_data(), V,
-                threads_used);
+    ScatterRows(pool, Afull, idx.typed_data(), T, B, 3 * H, dTable->typed_data(), V, threads_used);
   }
+  if (first_row) std::memcpy(A->typed_data(), Afull, sizeof(float) * B * 3 * H);
   return ffi::Error::Success();
 }
 
@@ -1116,7 +1150,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnLstmBackward, LstmBackwardImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // g_hT [B, H]
                                   .Arg<ffi::Buffer<ffi::F32>>()  // g_cT [B, H]
                                   .Arg<ffi::Buffer<ffi::S32>>()  // idx [T, B] (table only)
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // D = dL/dz [T + 1, B, 4H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // D = dL/dz [T + 1, B, 4H] or [1, B, 4H]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dW_h [H, 4H]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dL/dc_0 [B, H]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dTable [V, 4H] (V = 0: none)
@@ -1144,7 +1178,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnGruBackward, GruBackwardImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // g [T, B, H] or [B, H]
                                   .Arg<ffi::Buffer<ffi::S32>>()  // idx [T, B] (table only)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // D = dL/du [T + 1, B, 3H]
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // A = dL/da [T + 1, B, 3H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // A = dL/da [T + 1, B, 3H] or [1, B, 3H]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // z_0 dL/dh_0 [B, H]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dW_h [H, 3H]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dTable [V, 3H] (V = 0: none)
