@@ -34,8 +34,8 @@ unchanged (interleaved A/B of benchmark worker processes, 2026-11-26; PyTorch's 
 32.0 -> 28.2 ms with the same tunables). Freed memory stays with the process (its RSS
 does not shrink back), which suits a training process. Tried and worse:
 ``glibc.malloc.arena_max=1`` (one heap that grows without limit, so no request is ever
-mapped; but the simple step is ~8% slower, 4.43 -> 4.84 ms: one arena lock for all of
-XLA's threads); the earlier set, ``mmap_threshold=33554432`` (32 MiB, its maximum) with
+mapped; but the simple step is ~8% slower, 4.43 -> 4.84 ms, presumably from all of XLA's
+threads sharing one arena lock); the earlier set, ``mmap_threshold=33554432`` (32 MiB, its maximum) with
 huge pages and no trimming, reused buffers up to 32 MiB only (the LSTM's 72 MB buffer:
 ~340 page faults per step, huge pages zeroed by the kernel); the trim or mmap threshold
 alone without huge pages.

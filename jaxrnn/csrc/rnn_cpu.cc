@@ -803,7 +803,7 @@ std::string Shape(ffi::Span<const int64_t> dims) {
 // (`full` and `row` its element counts): the caller needs just that row (the table's
 // gradient is scattered inside the call), so the whole buffer stays a scratch buffer of the
 // call. For the seed LSTM that takes 26 MB out of XLA's temporary buffer for the step (72 ->
-// 46 MB), below the 64 MB of a glibc thread heap, so the buffer is reused from step to step
+// 47 MB), below the 64 MB of a glibc thread heap, so the buffer is reused from step to step
 // instead of being mapped and faulted in afresh (jaxrnn/runtime.py).
 bool FirstRowOnly(ffi::Span<const int64_t> dims, int64_t full, int64_t row) {
   return full != row && dims.size() == 3 && dims[0] == 1 &&
