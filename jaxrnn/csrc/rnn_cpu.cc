@@ -286,29 +286,18 @@ inline void PrefetchTableRows(const float* table, int64_t width, const int32_t* 
   }
 }
 
-// A zeroed, 64-byte aligned float buffer.
+// A 64-byte aligned float buffer (data == nullptr when out of memory), zeroed unless asked
+// not to be.
 struct Aligned {
   float* data = nullptr;
-  explicit Aligned(int64_t n) {
+  explicit Aligned(int64_t n, bool zeroed = true) {
     const size_t bytes = static_cast<size_t>(RoundUp(std::max<int64_t>(n, 1) * sizeof(float), 64));
     data = static_cast<float*>(std::aligned_alloc(64, bytes));
-    if (data != nullptr) std::memset(data, 0, bytes);
+    if (data != nullptr && zeroed) std::memset(data, 0, bytes);
   }
   ~Aligned() { std::free(data); }
   Aligned(const Aligned&) = delete;
   Aligned& operator=(const Aligned&) = delete;
-};
-
-// A 64-byte aligned float buffer left uninitialised (data == nullptr when n == 0 or out of
-// memory).
-struct Uninitialized {
-  float* data = nullptr;
-  explicit Uninitialized(int64_t n) {
-    if (n > 0) data = static_cast<float*>(std::aligned_alloc(64, RoundUp(n * sizeof(float), 64)));
-  }
-  ~Uninitialized() { std::free(data); }
-  Uninitialized(const Uninitialized&) = delete;
-  Uninitialized& operator=(const Uninitialized&) = delete;
 };
 
 // W ([H, H] row-major) or its transpose, copied into a 64-byte aligned [H, Hp] buffer with
@@ -810,6 +799,23 @@ bool FirstRowOnly(ffi::Span<const int64_t> dims, int64_t full, int64_t row) {
          dims[0] * dims[1] * dims[2] == row;
 }
 
+// Where a backward kernel writes such a buffer: the result itself, or (first row only) an
+// uninitialised scratch buffer whose first row Finish() copies into the result.
+struct GradientRows {
+  float* result;
+  int64_t row;
+  bool first_only;
+  Aligned scratch;
+  float* data;
+  GradientRows(float* result, bool first_only, int64_t full, int64_t row)
+      : result(result), row(row), first_only(first_only),
+        scratch(first_only ? full : 1, /*zeroed=*/false),
+        data(first_only ? scratch.data : result) {}
+  void Finish() const {
+    if (first_only) std::memcpy(result, data, sizeof(float) * row);
+  }
+};
+
 template <class Fn>
 ffi::Error Dispatch(int64_t activation, const Fn& fn) {
   switch (activation) {
@@ -988,19 +994,19 @@ ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> Sh,
   const RowSplit split(B, threads_used);
   const int64_t ldw = RoundUp(4 * H, kLanes);
   Aligned partial(fuse_dw ? split.chunks * H * ldw : 1);
-  Uninitialized scratch(first_row ? full : 0);
-  float* Dfull = first_row ? scratch.data : D->typed_data();
-  if (WTp.buf.data == nullptr || partial.data == nullptr || Dfull == nullptr) {
+  const GradientRows Drows(D->typed_data(), first_row, full, B * 4 * H);
+  if (WTp.buf.data == nullptr || partial.data == nullptr || Drows.data == nullptr) {
     return ffi::Error::Internal("jaxrnn_lstm_backward: out of memory");
   }
   LstmBackward(pool, Sh.typed_data(), Sc.typed_data(), G.typed_data(), WTp,
-               n_hs ? g_hs.typed_data() : nullptr, g_hT.typed_data(), g_cT.typed_data(), Dfull,
-               dW->typed_data(), dc0->typed_data(), split, partial.data, fuse_dw != 0, ldw, T, B,
-               H);
+               n_hs ? g_hs.typed_data() : nullptr, g_hT.typed_data(), g_cT.typed_data(),
+               Drows.data, dW->typed_data(), dc0->typed_data(), split, partial.data,
+               fuse_dw != 0, ldw, T, B, H);
   if (V > 0) {
-    ScatterRows(pool, Dfull, idx.typed_data(), T, B, 4 * H, dTable->typed_data(), V, threads_used);
+    ScatterRows(pool, Drows.data, idx.typed_data(), T, B, 4 * H, dTable->typed_data(), V,
+                threads_used);
   }
-  if (first_row) std::memcpy(D->typed_data(), Dfull, sizeof(float) * B * 4 * H);
+  Drows.Finish();
   return ffi::Error::Success();
 }
 
@@ -1084,18 +1090,18 @@ ffi::Error GruBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> S,
   const RowSplit split(B, threads_used);
   const int64_t ldw = RoundUp(3 * H, kLanes);
   Aligned partial(fuse_dw ? split.chunks * H * ldw : 1);
-  Uninitialized scratch(first_row ? full : 0);
-  float* Afull = first_row ? scratch.data : A->typed_data();
-  if (WTp.buf.data == nullptr || partial.data == nullptr || Afull == nullptr) {
+  const GradientRows Arows(A->typed_data(), first_row, full, B * 3 * H);
+  if (WTp.buf.data == nullptr || partial.data == nullptr || Arows.data == nullptr) {
     return ffi::Error::Internal("jaxrnn_gru_backward: out of memory");
   }
   GruBackward(pool, S.typed_data(), Sv.typed_data(), WTp, g.typed_data(), last_only,
-              D->typed_data(), Afull, carry->typed_data(), dW->typed_data(), split,
+              D->typed_data(), Arows.data, carry->typed_data(), dW->typed_data(), split,
               partial.data, fuse_dw != 0, ldw, T, B, H);
   if (V > 0) {
-    ScatterRows(pool, Afull, idx.typed_data(), T, B, 3 * H, dTable->typed_data(), V, threads_used);
+    ScatterRows(pool, Arows.data, idx.typed_data(), T, B, 3 * H, dTable->typed_data(), V,
+                threads_used);
   }
-  if (first_row) std::memcpy(A->typed_data(), Afull, sizeof(float) * B * 3 * H);
+  Arows.Finish();
   return ffi::Error::Success();
 }
 
