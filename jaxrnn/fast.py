@@ -59,7 +59,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrnn import cells, models, native
+from jaxrnn import dropout as dropout_lib
 from jaxrnn.cells._common import Array
+from jaxrnn.layer import check_lengths
 from jaxrnn.layer import rnn as plain_rnn
 
 DEFAULT_UNROLL = 1  # steps per loop iteration; unrolling did not pay on XLA:CPU here (RESULTS.md)
@@ -712,22 +714,32 @@ def classifier_logits(
     unroll: int = DEFAULT_UNROLL,
     kernels: Any = KERNELS,
 ) -> Array:
-    """:func:`jaxrnn.models.classifier_logits` on the fast path (same arguments).
+    """:func:`jaxrnn.models.classifier_logits` on the fast path (same arguments, same numbers
+    up to rounding).
 
     The input projection is folded into the embedding: ``u_t = (E W_x + b)[tokens[:, t]]``
     (``[V, G H]`` table; rows gathered inside the scan), so no ``[B, T, E]`` or
-    ``[T, B, G H]`` tensor is built and nothing is transposed. When the batch has fewer
-    tokens than the vocabulary (``B T < V``, e.g. one review) the rows used are
-    projected instead (``[T, B, E] @ [E, G H]``, one matmul). Falls back to the plain model
-    where no fast kernel applies: ``lengths``, active dropout, other cells, ``T = 0``.
+    ``[T, B, G H]`` tensor is built and nothing is transposed. The rows used are projected
+    instead (``[T, B, E] @ [E, G H]``, one matmul) when the batch has fewer tokens than the
+    vocabulary (``B T < V``, e.g. one review) or when input dropout is active (each review's
+    mask scales its word vectors before ``W_x``, so no shared table exists).
+
+    ``lengths`` (post-padded reviews): the loop runs over all ``T`` steps and the state
+    after each review's last word, ``h[lengths[b]]``, is picked from the outputs. The
+    plain path instead freezes the carry past the length; the states picked are the same,
+    and the steps over padding get exactly zero gradient (nothing after them reaches the
+    loss), so gradients are the same too.
+
+    Falls back to the plain model where no fast kernel applies: recurrent dropout (a mask
+    inside the recurrence), other cells, ``T = 0``.
 
     Args:
         cfg: model settings.
         params: from :func:`jaxrnn.models.init_classifier`.
         tokens: ``[B, T]`` int word ids.
-        lengths: optional ``[B]`` (plain path).
-        key: PRNG key for ``cfg.dropout`` / ``cfg.recurrent_dropout`` (plain path when dropout
-            is active); ``None``: no dropout.
+        lengths: optional ``[B]`` int true lengths of post-padded reviews, in ``[0, T]``.
+        key: PRNG key for ``cfg.dropout`` / ``cfg.recurrent_dropout`` (the same masks as
+            the plain model draws from it); ``None``: no dropout.
         unroll: steps per loop iteration.
         kernels: which fast kernels may be used (see :func:`rnn`).
 
@@ -738,30 +750,62 @@ def classifier_logits(
     p = params["rnn"]
     dropout = key is not None and bool(cfg.dropout or cfg.recurrent_dropout)
     if (
-        lengths is not None
-        or dropout
+        (dropout and cfg.recurrent_dropout)
         or _supported(cell, p, kernels) is None
         or tokens.shape[-1] == 0
     ):
         return models.classifier_logits(cfg, params, tokens, lengths, key=key)
     models.check_tokens(tokens, cfg.vocab_size)
     B, T = tokens.shape
+    if lengths is not None:
+        lengths = check_lengths(lengths, (B,), T)
     h0 = cell.initial_carry(p, (B,))
     b = input_bias(p)
-    if B * T >= cfg.vocab_size:
+    last_only = lengths is None
+    if dropout or B * T < cfg.vocab_size:
+        xs = jnp.take(params["embedding"], tokens.T, axis=0)  # [T, B, E]
+        if dropout:  # the plain model's masks from the same key: x [B, E], one per review
+            masks = dropout_lib.rnn_dropout_masks(
+                key, cell, cfg.embed_dim, cfg.hidden_size, (B,), dropout=cfg.dropout,
+                dtype=xs.dtype,
+            )  # fmt: skip
+            xs = xs * masks.x
+        U = xs @ p.W_x  # [T, B, E] @ [E, G H]
+        if b is not None:
+            U = U + b
+        carry, ys = scan_projected(cell, p, U, h0, unroll=unroll, last_only=last_only)
+    else:
         # project the table once (V E GH multiply-adds instead of T B E GH); its rows
         # table[tokens[:, t]] are gathered inside the scan: no [T, B, G H] tensor
         table = params["embedding"] @ p.W_x  # [V, E] @ [E, G H] -> [V, G H]
         if b is not None:
             table = table + b
-        h_T, _ = scan_projected(cell, p, table, h0, unroll=unroll, last_only=True, idx=tokens.T)
-    else:  # few tokens (e.g. B = 1): project just the rows used
-        U = jnp.take(params["embedding"], tokens.T, axis=0) @ p.W_x  # [T, B, E] @ [E, G H]
-        if b is not None:
-            U = U + b
-        h_T, _ = scan_projected(cell, p, U, h0, unroll=unroll, last_only=True)
-    h_T = h_T[0] if isinstance(h_T, tuple) else h_T  # LSTM carry (h, c): keep h
+        carry, ys = scan_projected(
+            cell, p, table, h0, unroll=unroll, last_only=last_only, idx=tokens.T
+        )
+    h0_h = h0[0] if isinstance(h0, tuple) else h0  # LSTM carry (h, c): keep h
+    if lengths is None:
+        h_T = carry[0] if isinstance(carry, tuple) else carry
+    else:
+        h_T = state_at(ys, h0_h, lengths)
     return (h_T @ params["W_o"] + params["b_o"])[:, 0]  # [B]
+
+
+def state_at(ys: Array, h0: Array, lengths: Array) -> Array:
+    """The state after ``lengths[b]`` steps of row ``b``: ``[h_0; ys][lengths[b], b]``.
+
+    Args:
+        ys: ``[T, B, H]`` outputs ``h_1 .. h_T`` (time-major).
+        h0: ``[B, H]`` initial state (picked where ``lengths[b] == 0``).
+        lengths: ``[B]`` int in ``[0, T]`` (clipped to it under ``jit``, where the values
+            are not checked: the plain path's mask ``t < lengths`` does the same).
+
+    Returns:
+        ``[B, H]``.
+    """
+    n = jnp.clip(lengths, 0, ys.shape[0])
+    picked = ys[jnp.maximum(n - 1, 0), jnp.arange(ys.shape[1])]  # [B, H]
+    return jnp.where((n > 0)[:, None], picked, h0)
 
 
 def classifier_loss(
@@ -771,9 +815,12 @@ def classifier_loss(
     labels: Array,
     lengths: Array | None = None,
     *,
+    key: Array | None = None,
     unroll: int = DEFAULT_UNROLL,
     kernels: Any = KERNELS,
 ) -> Array:
-    """:func:`jaxrnn.models.classifier_loss` on the fast path (mean BCE)."""
-    logits = classifier_logits(cfg, params, tokens, lengths, unroll=unroll, kernels=kernels)
+    """:func:`jaxrnn.models.classifier_loss` on the fast path (mean BCE; ``key``: dropout)."""
+    logits = classifier_logits(
+        cfg, params, tokens, lengths, key=key, unroll=unroll, kernels=kernels
+    )
     return models.binary_cross_entropy(logits, labels)

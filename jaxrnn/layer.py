@@ -41,7 +41,11 @@ def _initial_carry_fn(cell: Cell) -> Callable[..., Any] | None:
     return None
 
 
-def _check_lengths(lengths: Any, batch_shape: tuple[int, ...], T: int) -> Array:
+def check_lengths(lengths: Any, batch_shape: tuple[int, ...], T: int) -> Array:
+    """``lengths`` as an array, checked at trace time: an integer dtype, shape ``batch_shape``
+    (``(B,)``, or ``()`` for unbatched inputs) and, where the values are known (outside
+    ``jit``), values in ``[0, T]``; raises ``TypeError`` / ``ValueError`` naming what was
+    expected and what was received."""
     lengths = jnp.asarray(lengths)
     if not jnp.issubdtype(lengths.dtype, jnp.integer):
         raise TypeError(f"lengths must have an integer dtype; got {lengths.dtype}")
@@ -49,7 +53,8 @@ def _check_lengths(lengths: Any, batch_shape: tuple[int, ...], T: int) -> Array:
         what = f"[B] = {list(batch_shape)}" if batch_shape else "a scalar () for unbatched xs"
         raise ValueError(f"lengths must have shape {what}; got shape {tuple(lengths.shape)}")
     if not isinstance(lengths, jax.core.Tracer):  # values are only known outside jit
-        lo, hi = int(np.min(lengths)), int(np.max(lengths))
+        values = np.asarray(lengths)  # numpy's min/max: a closed-over array inside jit too
+        lo, hi = (int(values.min()), int(values.max())) if values.size else (0, 0)
         if lo < 0 or hi > T:
             raise ValueError(f"lengths must lie in [0, T={T}]; got values in [{lo}, {hi}]")
     return lengths
@@ -202,7 +207,7 @@ def rnn(
     batch_shape = (B,) if batched else ()
 
     if lengths is not None:
-        lengths = _check_lengths(lengths, batch_shape, T)
+        lengths = check_lengths(lengths, batch_shape, T)
         lengths = lengths.reshape((B,))  # [B]
 
     h0_given = h0 is not None

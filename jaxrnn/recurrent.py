@@ -71,7 +71,8 @@ def lengths_to_mask(lengths: Array, T: int) -> Array:
             f"lengths must be an integer array of shape [B]; got {lengths.dtype} {lengths.shape}"
         )
     if not isinstance(lengths, jax.core.Tracer):
-        lo, hi = int(np.min(lengths, initial=0)), int(np.max(lengths, initial=0))
+        values = np.asarray(lengths)  # numpy's min/max: a closed-over array inside jit too
+        lo, hi = (int(values.min()), int(values.max())) if values.size else (0, 0)
         if lo < 0 or hi > T:
             raise ValueError(f"lengths must lie in [0, T={T}]; got values in [{lo}, {hi}]")
     return jnp.arange(T)[None, :] < lengths[:, None]

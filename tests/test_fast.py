@@ -205,16 +205,74 @@ def test_classifier_grads_equal_numpy_reference(key):
         np.testing.assert_allclose(np.asarray(getattr(grads["rnn"], k)), ref["rnn"][k], **TOL)
 
 
-def test_classifier_with_lengths_or_dropout_falls_back(key):
-    cfg = models.ClassifierConfig(vocab_size=20, embed_dim=3, hidden_size=4, dropout=0.5)
+@pytest.mark.parametrize("cell_name", ["simple", "lstm", "gru"])
+@pytest.mark.parametrize(
+    "lengths, dropout",
+    [([11, 0, 1, 7, 11], False), (None, True), ([11, 0, 1, 7, 11], True)],
+    ids=["lengths", "dropout", "lengths-dropout"],
+)
+@pytest.mark.parametrize("B", [5, 1], ids=["table", "rows"])
+def test_classifier_lengths_and_dropout_equal_plain(cell_name, lengths, dropout, B, key):
+    """Post-padded reviews (``lengths``, incl. 0 and T) and input dropout (the plain model's
+    masks from the same key) on the fast path: loss and every gradient equal the plain
+    model's, on both the projected-table and the projected-rows branch."""
+    cfg = models.ClassifierConfig(
+        vocab_size=40 if B > 1 else 50, embed_dim=4, hidden_size=6, cell=cell_name,
+        dropout=0.5 if dropout else 0.0,
+    )  # fmt: skip
+    params = models.init_classifier(key, cfg, dtype=jnp.float64)
+    if params["rnn"].b is not None:  # non-zero biases
+        b = jax.random.normal(jax.random.key(7), params["rnn"].b.shape, jnp.float64)
+        params["rnn"] = dataclasses.replace(params["rnn"], b=b)
+    tokens = jax.random.randint(jax.random.key(1), (B, 11), 0, 40)
+    labels = jnp.array([0.0, 1.0, 1.0, 0.0, 1.0])[:B]
+    lens = None if lengths is None else jnp.array(lengths[:B] if B > 1 else [7])
+    k = jax.random.key(3) if dropout else None
+    kw = dict(kernels=fast.ALL_KERNELS)
+    fast_loss = lambda p: fast.classifier_loss(cfg, p, tokens, labels, lens, key=k, **kw)  # noqa: E731
+    plain_loss = lambda p: models.classifier_loss(cfg, p, tokens, labels, lens, key=k)  # noqa: E731
+    got, want = jax.value_and_grad(fast_loss)(params), jax.value_and_grad(plain_loss)(params)
+    _close(got, want)
+    # under jit (closed-over lengths are checked with numpy, as before jit)
+    _close(jax.jit(jax.value_and_grad(fast_loss))(params), want)
+    _close(jax.jit(jax.value_and_grad(plain_loss))(params), want)
+    if lengths is not None:  # the lengths matter: all-T lengths give other logits
+        full = fast.classifier_logits(cfg, params, tokens, jnp.full((B,), 11), key=k, **kw)
+        assert not np.allclose(full, fast.classifier_logits(cfg, params, tokens, lens, key=k))
+    if dropout:  # the masks matter
+        assert not np.allclose(
+            fast.classifier_logits(cfg, params, tokens, lens, key=k),
+            fast.classifier_logits(cfg, params, tokens, lens),
+        )
+    # the fast loop is what runs (no plain scan over the cell: one while loop, in the kernel)
+    assert "custom_vjp_call" in str(jax.make_jaxpr(fast_loss)(params))
+
+
+def test_classifier_recurrent_dropout_falls_back(key):
+    cfg = models.ClassifierConfig(
+        vocab_size=20, embed_dim=3, hidden_size=4, cell="lstm", dropout=0.3, recurrent_dropout=0.2
+    )
     params = models.init_classifier(key, cfg, dtype=jnp.float64)
     tokens = jax.random.randint(jax.random.key(1), (2, 6), 0, 20)
-    lengths = jnp.array([6, 2])
-    _close(
-        fast.classifier_logits(cfg, params, tokens, lengths),
-        models.classifier_logits(cfg, params, tokens, lengths),
+    k = jax.random.key(3)  # a mask inside the recurrence: the plain model, same masks
+    dropped = fast.classifier_logits(cfg, params, tokens, jnp.array([6, 2]), key=k)
+    _close(dropped, models.classifier_logits(cfg, params, tokens, jnp.array([6, 2]), key=k))
+    assert "custom_vjp_call" not in str(
+        jax.make_jaxpr(lambda p: fast.classifier_logits(cfg, p, tokens, key=k))(params)
     )
-    k = jax.random.key(3)  # dropout active: the plain model with the same masks
-    dropped = fast.classifier_logits(cfg, params, tokens, key=k)
-    _close(dropped, models.classifier_logits(cfg, params, tokens, key=k))
-    assert not np.allclose(dropped, models.classifier_logits(cfg, params, tokens))
+
+
+@pytest.mark.parametrize(
+    "lengths, err, match",
+    [
+        (jnp.array([3.0, 2.0]), TypeError, "integer dtype"),
+        (jnp.array([3, 2, 1]), ValueError, r"shape \[B\] = \[2\]"),
+        (jnp.array([3, 7]), ValueError, r"\[0, T=6\]; got values in \[3, 7\]"),
+    ],
+)
+def test_classifier_bad_lengths_are_reported(lengths, err, match, key):
+    cfg = models.ClassifierConfig(vocab_size=20, embed_dim=3, hidden_size=4)
+    params = models.init_classifier(key, cfg)
+    tokens = jax.random.randint(jax.random.key(1), (2, 6), 0, 20)
+    with pytest.raises(err, match=match):
+        fast.classifier_logits(cfg, params, tokens, lengths)

@@ -349,20 +349,28 @@ def test_lstm_scan_gradients_native_vs_xla_loops(last_only, table, fused, monkey
 
 
 @pytest.mark.parametrize("cell", ["simple", "lstm", "gru"])
-def test_seed_classifier_gradients_native_vs_float64_plain(cell):
-    """The seed model's float32 fast gradients (kernels) against the plain model in float64."""
-    cfg = models.ClassifierConfig(vocab_size=300, embed_dim=8, hidden_size=20, cell=cell)
+@pytest.mark.parametrize("masked", [False, True], ids=["full", "lengths-dropout"])
+def test_seed_classifier_gradients_native_vs_float64_plain(cell, masked):
+    """The seed model's float32 fast gradients (kernels) against the plain model in float64;
+    ``masked``: post-padded reviews (lengths) and input dropout, as configs/imdb_lstm.yaml."""
+    cfg = models.ClassifierConfig(
+        vocab_size=300, embed_dim=8, hidden_size=20, cell=cell, dropout=0.5 if masked else 0.0
+    )
     rng = np.random.default_rng(6)
     tokens = jnp.asarray(rng.integers(0, 300, size=(16, 40)), jnp.int32)
     labels = jnp.asarray(rng.integers(0, 2, size=(16,)), jnp.float32)
+    lengths = jnp.asarray(rng.integers(0, 41, size=(16,)), jnp.int32) if masked else None
+    key = jax.random.key(4) if masked else None
     p64 = models.init_classifier(jax.random.key(1), cfg, dtype=jnp.float64)
     p32 = jax.tree.map(lambda x: x.astype(jnp.float32), p64)
     loss32 = jax.jit(
-        lambda p: fast.classifier_loss(cfg, p, tokens, labels, kernels=fast.ALL_KERNELS)
+        lambda p: fast.classifier_loss(
+            cfg, p, tokens, labels, lengths, key=key, kernels=fast.ALL_KERNELS
+        )
     )
     assert f"jaxrnn_{cell}_backward" in jax.jit(jax.grad(loss32)).lower(p32).as_text()
     g32 = jax.jit(jax.grad(loss32))(p32)
-    g64 = jax.grad(lambda p: models.classifier_loss(cfg, p, tokens, labels))(p64)
+    g64 = jax.grad(lambda p: models.classifier_loss(cfg, p, tokens, labels, lengths, key=key))(p64)
     for a, b in zip(jax.tree.leaves(g32), jax.tree.leaves(g64), strict=True):
         scale = float(jnp.max(jnp.abs(b)))
         np.testing.assert_allclose(np.asarray(a) / scale, np.asarray(b) / scale, atol=2e-5)

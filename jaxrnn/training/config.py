@@ -81,7 +81,7 @@ class ImdbModel:
     chrono_t_max: int = 0  # lstm: chrono bias init (Tallec & Ollivier 2018); 0 = off
     dropout: float = 0.0  # Keras's dropout on x_t (one mask per sequence), training only
     recurrent_dropout: float = 0.0  # Keras's recurrent_dropout on h_{t-1}, training only
-    # jaxrnn.fast where it applies (same numbers; lengths or active dropout: plain path)
+    # jaxrnn.fast where it applies (same numbers; recurrent dropout: plain path)
     fast: bool = False
 
 

@@ -61,7 +61,7 @@ def imdb_task(cfg: Config) -> Task:
     use_lengths = cfg.data.padding == "post"  # post-padding: mask the tail via lengths
     stochastic = bool(mcfg.dropout or mcfg.recurrent_dropout)
 
-    # jaxrnn.fast falls back to the plain model itself (lengths, active dropout)
+    # jaxrnn.fast falls back to the plain model itself (recurrent dropout, other cells)
     classifier_logits = fast.classifier_logits if cfg.model.fast else models.classifier_logits
 
     def logits(params, batch, key=None):
