@@ -25,12 +25,13 @@ How it measures (a benchmark, not a test: nothing asserts a time):
 * each step is timed alone (wall clock, after ``block_until_ready`` /
   ``cuda.synchronize``); the table gives the median and the interquartile range;
 * ``--device auto`` uses the GPU when JAX/PyTorch see one (``cpu`` / ``gpu`` to force);
-* ``--host-env tuned`` (default) starts EVERY worker, peers included, with jaxrnn's glibc
-  malloc tunables (:mod:`jaxrnn.runtime`: XLA's per-step host buffers stay mapped instead
-  of being faulted in again every step; what ``train.py`` sets for itself), so all
-  frameworks run in the same environment; ``--host-env jaxrnn`` gives them to the jaxrnn
-  workers only (each library as it ships: ``train.py`` sets them, the peers do not);
-  ``--host-env default`` leaves them out.
+* ``--host-env tuned`` (default) starts EVERY worker, peers included, with jaxrnn's host
+  settings (:mod:`jaxrnn.runtime`: the glibc malloc tunables, so XLA's per-step host
+  buffers stay mapped instead of being faulted in again every step, and JAX's inline CPU
+  dispatch; what ``train.py`` sets for itself), so all frameworks run in the same
+  environment; ``--host-env jaxrnn`` gives them to the jaxrnn workers only (each library
+  as it ships: ``train.py`` sets them, the peers do not); ``--host-env default`` leaves
+  them out.
 """
 
 from __future__ import annotations
@@ -146,12 +147,14 @@ class Worker:
         self, fw: str, spec: dict[str, Any], device: str, warmup: int, host_env: str = "tuned"
     ):
         env = dict(os.environ, PYTHONPATH=str(ROOT), KERAS_BACKEND="jax")
-        if host_env == "tuned" or (host_env == "jaxrnn" and fw.startswith("jaxrnn")):
+        host = host_env == "tuned" or (host_env == "jaxrnn" and fw.startswith("jaxrnn"))
+        if host:
             env = runtime.host_env(env)
         self.fw = fw
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.worker", "--framework", fw, "--spec",
-             json.dumps(spec), "--device", device, "--warmup", str(warmup)],
+             json.dumps(spec), "--device", device, "--warmup", str(warmup)]
+            + (["--inline-dispatch"] if host and not fw.startswith("torch") else []),  # JAX only
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             text=True, cwd=ROOT, env=env,
         )  # fmt: skip

@@ -37,8 +37,15 @@ def main() -> None:
     ap.add_argument("--spec", required=True, help="workload spec as JSON")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument(
+        "--inline-dispatch", action="store_true", help="jaxrnn.runtime.inline_cpu_dispatch()"
+    )
     args = ap.parse_args()
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if args.inline_dispatch:  # before any framework creates JAX's CPU backend
+        from jaxrnn import runtime
+
+        runtime.inline_cpu_dispatch()
     from benchmarks.frameworks import FRAMEWORKS
 
     spec = json.loads(args.spec)

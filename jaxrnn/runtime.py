@@ -47,7 +47,11 @@ exporting them yourself::
     GLIBC_TUNABLES=glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:\\
     glibc.malloc.top_pad=67108864:glibc.malloc.trim_threshold=2147483647 python my_script.py
 
-The second setting is per compilation, for jaxrnn's own jitted steps
+The second setting is :func:`inline_cpu_dispatch` (JAX runs each CPU computation on the
+calling thread; ``train.py`` turns it on): the LSTM seed step 19.7 -> 17.2 ms here, and
+steps whose buffers exceed a thread heap (the LSTM at H = 256) stop faulting.
+
+The third setting is per compilation, for jaxrnn's own jitted steps
 (:func:`compiler_options`): on a CPU with AVX-512, XLA:CPU is asked for 512-bit vectors
 (it prefers 256 by default, for Intel parts that slow their clock on wide vectors).
 Element-wise fusions then run ~2x faster (tanh over ``[64, 400]``: 6.6 -> 3.3 us per
@@ -155,3 +159,31 @@ def compiler_options(backend: str | None = None) -> dict[str, Any]:
     if backend == "cpu" and cpu_has_avx512():
         return {"xla_cpu_prefer_vector_width": 512}
     return {}
+
+
+def inline_cpu_dispatch() -> bool:
+    """Runs jitted computations on the CPU inline, on the calling thread, instead of handing
+    each one to a worker thread (JAX's ``jax_cpu_enable_async_dispatch=False``; what
+    ``train.py`` does). Takes effect only before JAX creates its CPU backend (the first
+    computation, or ``jax.devices()``): returns ``False`` and changes nothing if it exists.
+
+    A training loop waits for each step's results anyway (it logs the loss), so async
+    dispatch buys little there; inline, the step's temporary buffer comes from the calling
+    thread's heap (glibc's main heap, which has no 64 MiB cap), so the seed steps and the
+    larger ones reuse it without faults. Measured here (interleaved A/B of benchmark worker
+    processes with :data:`HOST_TUNABLES`, medians; ``benchmarks/RESULTS.md``): LSTM seed
+    step 19.7 -> 17.2 ms, Keras's 60.1 -> 53.0, Flax's 53.9 -> 51.8; simple cell and GRU
+    equal within noise (4.90 / 4.75, 13.2 / 13.1 ms); the LSTM at H = 256 100 -> 87 ms
+    (649 -> 0 minor page faults per step).
+    """
+    import jax
+
+    try:
+        from jax._src import xla_bridge
+
+        if xla_bridge.backends_are_initialized():
+            return False
+    except (ImportError, AttributeError):  # another JAX layout: set it and hope it is early
+        pass
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
+    return True

@@ -104,3 +104,22 @@ def test_compiler_options_keep_the_numbers(key):
     without = jax.jit(grad)(params)
     for a, b in zip(jax.tree.leaves(with_opts), jax.tree.leaves(without), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+INLINE_SCRIPT = """
+import json, jax, jax.numpy as jnp
+from jaxrnn import runtime
+first = runtime.inline_cpu_dispatch()  # before the CPU backend exists: takes effect
+async_dispatch = jax.config.values["jax_cpu_enable_async_dispatch"]
+y = float(jax.jit(lambda x: (x * 2).sum())(jnp.arange(4.0)))
+second = runtime.inline_cpu_dispatch()  # the backend exists now: nothing changes
+print(json.dumps([first, async_dispatch, y, second]))
+"""
+
+
+def test_inline_cpu_dispatch_only_before_the_backend_exists():
+    out = subprocess.run(
+        [sys.executable, "-c", INLINE_SCRIPT], env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    assert json.loads(out[-1]) == [True, False, 12.0, False]

@@ -67,10 +67,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def run() -> None:
     """``train.py`` and ``jaxrnn-train``: restart once with the malloc tunables
-    (:func:`jaxrnn.runtime.restart_with_tunables`), then :func:`main`."""
-    from jaxrnn.runtime import restart_with_tunables
+    (:func:`jaxrnn.runtime.restart_with_tunables`), run CPU steps inline
+    (:func:`jaxrnn.runtime.inline_cpu_dispatch`), then :func:`main`."""
+    from jaxrnn.runtime import inline_cpu_dispatch, restart_with_tunables
 
     restart_with_tunables()
+    inline_cpu_dispatch()
     sys.exit(main())
 
 
