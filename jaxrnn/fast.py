@@ -36,7 +36,10 @@ Everything here is checked against the plain path in float64 (outputs and
 gradients; ``tests/test_fast.py``; the kernels in float32, ``tests/test_native.py``).
 What is not covered falls back to
 :func:`jaxrnn.rnn`: ``lengths``, ``reverse``, cells other than simple / LSTM / GRU
-(reset_after), activations without an output-based derivative, dropout masks.
+(reset_after), activations without an output-based derivative, dropout masks. The seed
+classifier (:func:`classifier_logits`) covers more: post-padded reviews (``lengths``: the
+state at each review's length is picked from the outputs) and input dropout (the masked
+word vectors are projected); only recurrent dropout falls back there.
 
 Examples:
     >>> import jax, jax.numpy as jnp
@@ -111,6 +114,12 @@ def _input_cotangent(dZ: Array, U: Array, idx: Array | None) -> tuple[Array, Any
     idx_ext = jnp.concatenate([idx, jnp.zeros((1, *idx.shape[1:]), idx.dtype)])  # [T + 1, B]
     dU = jnp.zeros_like(U).at[idx_ext.reshape(-1)].add(dZ.reshape(-1, U.shape[-1]))  # [V, G H]
     return dU, np.zeros(idx.shape, jax.dtypes.float0)
+
+
+def _drop_zero_row(D: Array, S: Array) -> Array:
+    """``D[:T]`` of a kernel's gradient buffer: itself where the kernel returned ``T`` rows
+    (``rows="inputs"``), else sliced (``S: [T + 1, ...]`` gives ``T``)."""
+    return D if D.shape[0] == S.shape[0] - 1 else D[:-1]
 
 
 def _row(buf: Array, t: Array) -> Array:
@@ -225,18 +234,20 @@ def _simple_scan_bwd(activation, unroll, last_only, res, g):
     # place, row t from row t + 1, like the forward pass.
     def xla():
         D, dW_h = _simple_backward_xla(S, W_h, g, activation, unroll, last_only)
-        return D, dW_h, _input_cotangent(D, U, idx)[0]
+        return D[0], dW_h, _input_cotangent(D, U, idx)[0]
 
     def cpu():  # one call: the loop, dW_h and (for a table) the scatter into dU
         vocab = 0 if idx is None else U.shape[0]
-        D, dW_h, dTable = native.simple_backward(S, W_h, g, activation, idx, vocab)
-        return D, dW_h, (D[:-1] if idx is None else dTable)
+        # without a table D[:T] is dU itself: asked for as such, it needs no slicing in XLA
+        rows = "inputs" if idx is None else "all"
+        D, dW_h, dTable = native.simple_backward(S, W_h, g, activation, idx, vocab, rows=rows)
+        return D[0], dW_h, (_drop_zero_row(D, S) if idx is None else dTable)
 
     if _use_native(S, W_h, activation):
-        D, dW_h, dU = jax.lax.platform_dependent(cpu=cpu, default=xla)
+        D0, dW_h, dU = jax.lax.platform_dependent(cpu=cpu, default=xla)
     else:
-        D, dW_h, dU = xla()
-    dh0 = D[0] @ W_h.T  # [B, H]
+        D0, dW_h, dU = xla()
+    dh0 = D0 @ W_h.T  # [B, H]
     didx = None if idx is None else np.zeros(idx.shape, jax.dtypes.float0)
     return dU, dW_h, dh0, didx
 
@@ -363,11 +374,13 @@ def _lstm_scan_bwd(unroll, last_only, res, g):
 
     def cpu():  # one call: the loop, dW_h and (for a table) the scatter into dU
         vocab = 0 if idx is None else U.shape[0]
-        # with a table only D[0] leaves the call (for dh0): 26 MB less per seed step
+        # with a table only D[0] leaves the call (for dh0): 26 MB less per seed step; without
+        # one D[:T] is dU itself (no slicing in XLA)
         D, dW_h, dc0, dTable = native.lstm_backward(
-            S_h, S_c, Gs, W_h, g_hs, g_hT, g_cT, idx, vocab, all_rows=idx is None
-        )
-        return D[0], dW_h, dc0, (D[:-1] if idx is None else dTable)
+            S_h, S_c, Gs, W_h, g_hs, g_hT, g_cT, idx, vocab,
+            rows="inputs" if idx is None else "first",
+        )  # fmt: skip
+        return D[0], dW_h, dc0, (_drop_zero_row(D, S_h) if idx is None else dTable)
 
     if _use_native(S_h, W_h):
         D0, dW_h, dc0, dU = jax.lax.platform_dependent(cpu=cpu, default=xla)
@@ -500,11 +513,12 @@ def _gru_scan_bwd(unroll, last_only, res, g):
 
     def cpu():  # one call: the loop, dW_h and (for a table) the scatter into dU
         vocab = 0 if idx is None else U.shape[0]
-        # with a table only A[0] leaves the call (A feeds just the table's gradient)
+        # with a table only A[0] leaves the call (A feeds just the table's gradient); without
+        # one A[:T] is dU itself (no slicing in XLA)
         D, A, carry, dW_h, dTable = native.gru_backward(
-            S, Sv, W_h, g, idx, vocab, all_rows=idx is None
+            S, Sv, W_h, g, idx, vocab, rows="inputs" if idx is None else "first"
         )
-        dU = A[:-1] if idx is None else dTable
+        dU = A if idx is None else dTable
         return dU, dW_h, D.sum(axis=(0, 1)), carry + D[0] @ W_h.T
 
     if _use_native(S, W_h):
@@ -632,6 +646,20 @@ def scan_projected(
     raise ValueError(f"fast.scan_projected: no fast kernel for {cell!r}")
 
 
+def project(xs: Array, W_x: Array, b: Array | None) -> Array:
+    """The hoisted input projection ``xs @ W_x (+ b)``: ``[T, B, D] -> [T, B, G H]``.
+
+    Written as one 2-D matmul over ``[T B, D]``: autodiff then takes ``dW_x = X^T dU`` and
+    ``dx = dU W_x^T`` as plain 2-D products. The 3-D form's gradient ran ~3x slower on
+    XLA:CPU (a layout copy of the ``[T, B, G H]`` cotangent; benchmarks/RESULTS.md).
+    """
+    T, B, D = xs.shape
+    U = xs.reshape(T * B, D) @ W_x  # [T B, D] @ [D, G H]
+    if b is not None:
+        U = U + b
+    return U.reshape(T, B, W_x.shape[1])
+
+
 def input_bias(params: Any) -> Array | None:
     """The bias that goes into the hoisted input projection (``None`` when the cell has none).
 
@@ -691,10 +719,7 @@ def rnn(
     B = xs_tm.shape[1]
     if h0 is None:
         h0 = cell.initial_carry(params, (B,))
-    U = xs_tm @ params.W_x  # [T, B, D] @ [D, G H]: one matmul
-    b = input_bias(params)
-    if b is not None:
-        U = U + b
+    U = project(xs_tm, params.W_x, input_bias(params))  # [T, B, G H]: one matmul
     carry, ys = scan_projected(cell, params, U, h0, unroll=unroll)
     if not time_major:
         ys = jnp.swapaxes(ys, 0, 1)  # [T, B, H] -> [B, T, H]
@@ -770,9 +795,7 @@ def classifier_logits(
                 dtype=xs.dtype,
             )  # fmt: skip
             xs = xs * masks.x
-        U = xs @ p.W_x  # [T, B, E] @ [E, G H]
-        if b is not None:
-            U = U + b
+        U = project(xs, p.W_x, b)  # [T, B, E] @ [E, G H]
         carry, ys = scan_projected(cell, p, U, h0, unroll=unroll, last_only=last_only)
     else:
         # project the table once (V E GH multiply-adds instead of T B E GH); its rows

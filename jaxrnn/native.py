@@ -258,6 +258,22 @@ def simple_forward(
     )
 
 
+ROWS = ("all", "first", "inputs")  # how a backward returns its [T + 1, B, G H] gradient
+
+
+def _gradient_rows(rows: str, T: int, allowed: tuple[str, ...]) -> int:
+    """Leading size of a backward's gradient result: ``"all"`` ``T + 1`` (``D[T] = 0``
+    included), ``"first"`` 1 (``D[:1]``: the rest stays inside the call), ``"inputs"`` ``T``
+    (``D[:T]``, the cotangent of ``U [T, B, G H]`` without slicing the zero row off in XLA,
+    which cost ~33 ms against ~4 ms for the input projection's gradient of the LSTM classifier
+    with input dropout: benchmarks/RESULTS.md). A layout not in ``allowed`` gives ``T + 1``."""
+    if rows not in ROWS:
+        raise ValueError(f"rows must be one of {ROWS}; got {rows!r}")
+    if rows not in allowed:
+        return T + 1
+    return {"all": T + 1, "first": 1, "inputs": T}[rows]
+
+
 def simple_backward(
     S: Array,
     W_h: Array,
@@ -266,6 +282,7 @@ def simple_backward(
     idx: Array | None = None,
     vocab: int = 0,
     threads: int = 0,
+    rows: str = "all",
 ) -> tuple[Array, Array, Array | None]:
     """``(D, dW_h, dTable)`` for the backward pass of :func:`simple_forward`.
 
@@ -285,6 +302,8 @@ def simple_backward(
         idx: ``None`` or the ``[T, B]`` row ids given to :func:`simple_forward`.
         vocab: rows ``V`` of that table (with ``idx``).
         threads: as in :func:`simple_forward`.
+        rows: ``"all"``: ``D [T + 1, B, H]``; ``"inputs"``: ``D[:T]`` only, ``[T, B, H]``,
+            where ``dW_h`` is accumulated in the call (:func:`fuse_dw`; otherwise all rows).
     """
     _require(S.dtype, activation)
     T, B, H = S.shape[0] - 1, S.shape[1], S.shape[2]
@@ -296,16 +315,17 @@ def simple_backward(
         if idx.shape != (T, B) or vocab < 1:
             raise ValueError(f"jaxrnn.native.simple_backward: idx must be [T, B] = [{T}, {B}] with vocab >= 1; got idx {idx.shape}, vocab {vocab}")  # fmt: skip
         V, idx = int(vocab), idx.astype(jnp.int32)
+    fused = fuse_dw(H, 1)
+    n = _gradient_rows(rows, T, ("all", "inputs") if fused else ("all",))
     call = jax.ffi.ffi_call(
         "jaxrnn_simple_backward",
         (
-            jax.ShapeDtypeStruct(S.shape, jnp.float32),  # D
+            jax.ShapeDtypeStruct((n, B, H), jnp.float32),  # D (or D[:T])
             jax.ShapeDtypeStruct((H, H), jnp.float32),  # dW_h
             jax.ShapeDtypeStruct((V, H), jnp.float32),  # dTable
         ),
         vmap_method="sequential",
     )
-    fused = fuse_dw(H, 1)
     D, dW_h, dTable = call(
         S, W_h, g.astype(jnp.float32), idx, activation=np.int64(ACTIVATIONS[activation]),
         threads=np.int64(threads), fuse_dw=np.int64(fused),
@@ -362,7 +382,7 @@ def lstm_backward(
     idx: Array | None = None,
     vocab: int = 0,
     threads: int = 0,
-    all_rows: bool = True,
+    rows: str = "all",
 ) -> tuple[Array, Array, Array, Array | None]:
     """``(D, dW_h, dc0, dTable)`` for the backward pass of :func:`lstm_forward`.
 
@@ -370,10 +390,11 @@ def lstm_backward(
     ``dc0 = dL/dc_0: [B, H]`` and, with ``idx``, ``dTable: [vocab, 4H]`` (as in
     :func:`simple_backward`; else ``None``). ``g_hs``: ``[T, B, H]`` cotangents of
     ``S_h[1:]`` or ``None``; ``g_hT, g_cT``: ``[B, H]`` cotangents of ``h_T, c_T``.
-    ``all_rows=False``: ``D`` is returned as ``D[:1]: [1, B, 4H]`` (what ``dL/dh_0`` needs
+    ``rows="first"``: ``D`` is returned as ``D[:1]: [1, B, 4H]`` (what ``dL/dh_0`` needs
     when the table's gradient is all that uses ``D``), the rest stays a scratch buffer of the
-    call and out of XLA's per-step memory (where ``dW_h`` is accumulated in the call:
-    :func:`fuse_dw`; otherwise ``D`` is needed for it and returned whole).
+    call and out of XLA's per-step memory; ``rows="inputs"``: ``D[:T]: [T, B, 4H]``, the
+    cotangent of ``U`` as it is. Both only where ``dW_h`` is accumulated in the call
+    (:func:`fuse_dw`; otherwise ``D`` is needed for it and returned whole).
     """
     _require(S_h.dtype)
     T, B, H = S_h.shape[0] - 1, S_h.shape[1], S_h.shape[2]
@@ -388,11 +409,11 @@ def lstm_backward(
     V = 0 if idx is None else int(vocab)
     f32 = jnp.float32
     fused = fuse_dw(H, 4)
-    rows = T + 1 if all_rows or not fused else 1
+    n = _gradient_rows(rows, T, ROWS if fused else ("all",))
     call = jax.ffi.ffi_call(
         "jaxrnn_lstm_backward",
         (
-            jax.ShapeDtypeStruct((rows, B, 4 * H), f32),  # D (or its first row)
+            jax.ShapeDtypeStruct((n, B, 4 * H), f32),  # D (or its first / first T rows)
             jax.ShapeDtypeStruct((H, 4 * H), f32),  # dW_h
             jax.ShapeDtypeStruct((B, H), f32),  # dc0
             jax.ShapeDtypeStruct((V, 4 * H), f32),  # dTable
@@ -450,7 +471,7 @@ def gru_backward(
     idx: Array | None = None,
     vocab: int = 0,
     threads: int = 0,
-    all_rows: bool = True,
+    rows: str = "all",
 ) -> tuple[Array, Array, Array, Array, Array | None]:
     """``(D, A, carry, dW_h, dTable)`` for the backward pass of :func:`gru_forward`.
 
@@ -459,9 +480,10 @@ def gru_backward(
     the factor ``r``), ``carry = z_0 dL/dh_0`` through the update gate (``dL/dh_0 = carry +
     D[0] W_h^T``), ``dW_h = S^T D: [H, 3H]`` and, with ``idx``, ``dTable: [vocab, 3H]``
     (the rows of ``A`` added by id; else ``None``). ``g``: ``[T, B, H]`` cotangents of
-    ``S[1:]``, or ``[B, H]`` for ``S[T]`` only. ``all_rows=False``: ``A`` is returned as
+    ``S[1:]``, or ``[B, H]`` for ``S[T]`` only. ``rows="first"``: ``A`` is returned as
     ``A[:1]: [1, B, 3H]`` and the rest stays inside the call (as in :func:`lstm_backward`;
-    with a table, its gradient is all that needs ``A``).
+    with a table, its gradient is all that needs ``A``); ``rows="inputs"``: ``A[:T]``, the
+    cotangent of ``U [T, B, 3H]`` as it is (``D`` always has all rows).
     """
     _require(S.dtype)
     T, B, H = S.shape[0] - 1, S.shape[1], S.shape[2]
@@ -478,7 +500,7 @@ def gru_backward(
         "jaxrnn_gru_backward",
         (
             jax.ShapeDtypeStruct((T + 1, B, 3 * H), f32),  # D
-            jax.ShapeDtypeStruct((T + 1 if all_rows else 1, B, 3 * H), f32),  # A (or A[:1])
+            jax.ShapeDtypeStruct((_gradient_rows(rows, T, ROWS), B, 3 * H), f32),  # A
             jax.ShapeDtypeStruct((B, H), f32),  # carry
             jax.ShapeDtypeStruct((H, 3 * H), f32),  # dW_h
             jax.ShapeDtypeStruct((V, 3 * H), f32),  # dTable

@@ -396,38 +396,59 @@ def test_lstm_thread_count_does_not_change_the_states():
         _close(out[1], np.asarray(ref[1], np.float64), tol=1e-6)
 
 
+@pytest.mark.parametrize("rows", ["first", "inputs"])
 @pytest.mark.parametrize("fused", [True, False])
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_backward_first_row_only(cell, fused, monkeypatch):
-    """``all_rows=False``: the [T + 1, B, G H] gradient that only the table's gradient needs
-    stays inside the call and only its first row comes back; everything else is bitwise the
-    same. The LSTM returns all of ``D`` anyway where ``dW_h`` is computed outside the call."""
+@pytest.mark.parametrize("table", [True, False], ids=["table", "rows"])
+@pytest.mark.parametrize("cell", ["simple", "lstm", "gru"])
+def test_backward_gradient_rows(cell, table, fused, rows, monkeypatch):
+    """``rows="first"``: the [T + 1, B, G H] gradient stays inside the call and only its first
+    row comes back (with a table, whose gradient is all that needs the rest); ``"inputs"``:
+    its first T rows come back (the cotangent of U without the zero row). Everything else is
+    bitwise the same as with ``rows="all"``. Where ``dW_h`` is computed outside the call
+    (not fused) the buffer comes back whole; the simple cell has no "first" layout, the GRU's
+    recurrent-side D always comes back whole (its A is the input-side gradient)."""
     monkeypatch.setattr(native, "fuse_dw", lambda H, G: fused)
     T, B, H, V = 20, 12, 24, 40
     rng = np.random.default_rng(13)
-    if cell == "lstm":
-        U, idx, W, h0, c0 = _lstm_data(T, B, H, V=V, seed=13)
-        ids = jnp.asarray(idx, jnp.int32)
+    if cell == "simple":
+        U, idx, W, h0 = _data(T, B, H, V=V if table else None, seed=13)
+    elif cell == "lstm":
+        U, idx, W, h0, c0 = _lstm_data(T, B, H, V=V if table else None, seed=13)
+    else:
+        U, idx, W, b, h0 = _gru_data(T, B, H, V=V if table else None, seed=13)
+    ids = jnp.asarray(idx, jnp.int32) if table else None
+    vocab = V if table else 0
+    if cell == "simple":
+        U, W, h0 = _f32(U, W, h0)
+        S = native.simple_forward(U, ids, W, h0, "tanh")
+        (g,) = _f32(rng.normal(size=(T, B, H)))
+        run = lambda r: native.simple_backward(S, W, g, "tanh", ids, vocab, rows=r)  # noqa: E731
+        which, kept = 0, rows == "first" or not fused
+    elif cell == "lstm":
         U, W, h0, c0 = _f32(U, W, h0, c0)
         S = native.lstm_forward(U, ids, W, h0, c0)
         g = _f32(rng.normal(size=(T, B, H)), rng.normal(size=(B, H)), rng.normal(size=(B, H)))
-        run = lambda rows: native.lstm_backward(*S, W, *g, ids, V, all_rows=rows)  # noqa: E731
-        which = 0  # D
+        run = lambda r: native.lstm_backward(*S, W, *g, ids, vocab, rows=r)  # noqa: E731
+        which, kept = 0, not fused  # dW_h = S_h^T D outside: D comes back whole
     else:
-        U, idx, W, b, h0 = _gru_data(T, B, H, V=V, seed=13)
-        ids = jnp.asarray(idx, jnp.int32)
         U, W, b, h0 = _f32(U, W, b, h0)
         S = native.gru_forward(U, ids, W, b, h0)
         g = _f32(rng.normal(size=(T, B, H)))
-        run = lambda rows: native.gru_backward(*S, W, *g, ids, V, all_rows=rows)  # noqa: E731
-        which = 1  # A
-    full, part = run(True), run(False)
+        run = lambda r: native.gru_backward(*S, W, *g, ids, vocab, rows=r)  # noqa: E731
+        which, kept = 1, False  # A
+    full, part = run("all"), run(rows)
     G = full[which].shape[-1]
-    kept = cell == "lstm" and not fused  # dW_h = S_h^T D outside: D comes back whole
     assert full[which].shape == (T + 1, B, G)
-    assert part[which].shape == ((T + 1, B, G) if kept else (1, B, G))
-    np.testing.assert_array_equal(np.asarray(part[which]), np.asarray(full[which][: part[which].shape[0]]))  # fmt: skip
+    want = T + 1 if kept else {"first": 1, "inputs": T}[rows]
+    assert part[which].shape == (want, B, G)
+    np.testing.assert_array_equal(np.asarray(part[which]), np.asarray(full[which][:want]))
+    for a, b in zip(full, part, strict=True):  # every other output bitwise the same
+        if a is not full[which] and a is not None:
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert float(jnp.abs(full[which][0]).max()) > 0  # a real row, not zeros
+    assert float(jnp.abs(full[which][-1]).max()) == 0  # the zero row D[T]
+    with pytest.raises(ValueError, match="rows must be one of"):
+        run("last")
     for i, (a, b_) in enumerate(zip(full, part, strict=True)):
         if i != which:
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b_))

@@ -435,15 +435,15 @@ void Forward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int64_t 
 
 template <int64_t act>
 void Backward(ffi::ThreadPool& pool, const float* S, const float* WTp, int64_t Hp,
-              const float* g, bool last_only, float* D, float* dW, const RowSplit& split,
-              float* partial, bool fuse_dw, int64_t T, int64_t B, int64_t H) {
-  std::memset(D + T * B * H, 0, sizeof(float) * B * H);
+              const float* g, bool last_only, float* D, const float* D_T, float* dW,
+              const RowSplit& split, float* partial, bool fuse_dw, int64_t T, int64_t B,
+              int64_t H) {
   ParallelFor(pool, split.chunks, [&](int64_t c) {
     const int64_t b0 = c * split.rows_per_chunk;
     const int64_t b1 = std::min(B, b0 + split.rows_per_chunk);
     float* dWc = partial + c * H * Hp;
     for (int64_t t = T - 1; t >= 0; --t) {
-      const float* x = D + (t + 1) * B * H;
+      const float* x = t == T - 1 ? D_T : D + (t + 1) * B * H;  // D_T: zeros
       float* out = D + t * B * H;
       const float* h = S + (t + 1) * B * H;
       const float* gt = last_only ? (t == T - 1 ? g : nullptr) : g + t * B * H;
@@ -611,10 +611,10 @@ void LstmForward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int6
 
 void LstmBackward(ffi::ThreadPool& pool, const float* Sh, const float* Sc, const float* G,
                   const TransposedPanel& WTp, const float* g_hs, const float* g_hT,
-                  const float* g_cT, float* D, float* dW, float* dc, const RowSplit& split,
-                  float* partial, bool fuse_dw, int64_t ldw, int64_t T, int64_t B, int64_t H) {
+                  const float* g_cT, float* D, const float* D_T, float* dW, float* dc,
+                  const RowSplit& split, float* partial, bool fuse_dw, int64_t ldw, int64_t T,
+                  int64_t B, int64_t H) {
   const int64_t G4 = 4 * H;
-  std::memset(D + T * B * G4, 0, sizeof(float) * B * G4);
   std::memcpy(dc, g_cT, sizeof(float) * B * H);  // the carried dL/dc, ends as dL/dc_0
   const Panel P{WTp.buf.data, WTp.ld, G4};
   const __m512 one = Set(1.0f);
@@ -623,7 +623,7 @@ void LstmBackward(ffi::ThreadPool& pool, const float* Sh, const float* Sc, const
     const int64_t b1 = std::min(B, b0 + split.rows_per_chunk);
     float* dWc = partial + c * H * ldw;
     for (int64_t t = T - 1; t >= 0; --t) {
-      const float* x = D + (t + 1) * B * G4;
+      const float* x = t == T - 1 ? D_T : D + (t + 1) * B * G4;  // D_T: zeros
       float* out = D + t * B * G4;
       const float* gh = g_hs ? g_hs + t * B * H : nullptr;
       const float* ghT = t == T - 1 ? g_hT : nullptr;
@@ -731,8 +731,7 @@ void GruBackward(ffi::ThreadPool& pool, const float* S, const float* Sv,
                  float* A, float* carry, float* dW, const RowSplit& split, float* partial,
                  bool fuse_dw, int64_t ldw, int64_t T, int64_t B, int64_t H) {
   const int64_t G3 = 3 * H;
-  std::memset(D + T * B * G3, 0, sizeof(float) * B * G3);
-  std::memset(A + T * B * G3, 0, sizeof(float) * B * G3);
+  std::memset(D + T * B * G3, 0, sizeof(float) * B * G3);  // A's row T: GradientRows
   std::memset(carry, 0, sizeof(float) * B * H);  // z_{t+1} dL/dh_{t+1}; ends as z_0 dL/dh_0
   const Panel P{WTp.buf.data, WTp.ld, G3};
   const __m512 one = Set(1.0f);
@@ -788,29 +787,48 @@ std::string Shape(ffi::Span<const int64_t> dims) {
   return s + "]";
 }
 
-// Whether a [T + 1, B, G H] result buffer was asked for as its first row only, [1, B, G H]
-// (`full` and `row` its element counts): the caller needs just that row (the table's
-// gradient is scattered inside the call), so the whole buffer stays a scratch buffer of the
-// call. For the seed LSTM that takes 26 MB out of XLA's temporary buffer for the step (72 ->
-// 47 MB), below the 64 MB of a glibc thread heap, so the buffer is reused from step to step
-// instead of being mapped and faulted in afresh (jaxrnn/runtime.py).
-bool FirstRowOnly(ffi::Span<const int64_t> dims, int64_t full, int64_t row) {
-  return full != row && dims.size() == 3 && dims[0] == 1 &&
-         dims[0] * dims[1] * dims[2] == row;
+// How a backward kernel's [T + 1, B, G H] gradient buffer (row T = 0, read by step T - 1)
+// goes back to XLA, from the result's dimensions (`row` = B G H elements):
+//  * all rows, [T + 1, B, G H];
+//  * the first row only, [1, B, G H]: the caller needs just that row (the table's gradient
+//    is scattered inside the call), so the whole buffer stays a scratch buffer of the call.
+//    For the seed LSTM that takes 26 MB out of XLA's temporary buffer for the step (72 ->
+//    47 MB), below the 64 MB of a glibc thread heap, so the buffer is reused from step to
+//    step instead of being mapped and faulted in afresh (jaxrnn/runtime.py);
+//  * the input rows only, [T, B, G H] (the cotangent of U [T, B, G H] as it is): the zero
+//    row lives in a buffer of its own. XLA then gets the cotangent without slicing
+//    [T + 1, B, G H]: a slice feeding the input projection's gradient matmuls cost ~33 ms in
+//    XLA:CPU against ~4 ms without it (the LSTM classifier's [250, 64, 400] buffer).
+enum class Rows { kAll, kFirst, kInputs, kInvalid };
+
+Rows RowsOf(ffi::Span<const int64_t> dims, int64_t T, int64_t B, int64_t GH) {
+  if (dims.size() != 3 || dims[1] != B || dims[2] != GH) return Rows::kInvalid;
+  if (dims[0] == T + 1) return Rows::kAll;
+  if (dims[0] == T) return Rows::kInputs;
+  if (dims[0] == 1) return Rows::kFirst;
+  return Rows::kInvalid;
 }
 
-// Where a backward kernel writes such a buffer: the result itself, or (first row only) an
-// uninitialised scratch buffer whose first row Finish() copies into the result.
+// Where a backward kernel writes such a buffer (`data`, rows 0..T - 1, and row T unless
+// kInputs) and the zero row step T - 1 reads (`last`): the result itself, or (first row
+// only) an uninitialised scratch buffer whose first row Finish() copies into the result.
 struct GradientRows {
   float* result;
   int64_t row;
   bool first_only;
   Aligned scratch;
+  Aligned zeros;
   float* data;
-  GradientRows(float* result, bool first_only, int64_t full, int64_t row)
-      : result(result), row(row), first_only(first_only),
-        scratch(first_only ? full : 1, /*zeroed=*/false),
-        data(first_only ? scratch.data : result) {}
+  const float* last;
+  GradientRows(float* result, Rows rows, int64_t T, int64_t row)
+      : result(result), row(row), first_only(rows == Rows::kFirst),
+        scratch(first_only ? (T + 1) * row : 1, /*zeroed=*/false),
+        zeros(rows == Rows::kInputs ? row : 1),
+        data(first_only ? scratch.data : result),
+        last(rows == Rows::kInputs ? zeros.data : (data ? data + T * row : nullptr)) {
+    if (rows != Rows::kInputs && data != nullptr) std::memset(data + T * row, 0, sizeof(float) * row);
+  }
+  bool ok() const { return data != nullptr && last != nullptr; }
   void Finish() const {
     if (first_only) std::memcpy(result, data, sizeof(float) * row);
   }
@@ -868,13 +886,14 @@ ffi::Error SimpleBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> S,
   const auto sd = S.dimensions();
   const auto gd = g.dimensions();
   const auto td = dTable->dimensions();
-  const bool shapes_ok = sd.size() == 3 && D->dimensions().size() == 3 &&
-                         D->element_count() == S.element_count();
+  const bool shapes_ok = sd.size() == 3;
   const int64_t T = shapes_ok ? sd[0] - 1 : 0, B = shapes_ok ? sd[1] : 0,
                 H = shapes_ok ? sd[2] : 0;
+  const Rows rows = RowsOf(D->dimensions(), T, B, H);
   const int64_t V = td.size() == 2 ? td[0] : -1;
   const bool last_only = gd.size() == 2;
-  const bool ok = shapes_ok && T >= 1 && W.dimensions().size() == 2 &&
+  const bool ok = shapes_ok && T >= 1 && (rows == Rows::kAll || rows == Rows::kInputs) &&
+                  W.dimensions().size() == 2 &&
                   W.dimensions()[0] == H && W.dimensions()[1] == H &&
                   static_cast<int64_t>(dW->element_count()) == H * H &&
                   (last_only ? (gd[0] == B && gd[1] == H)
@@ -883,8 +902,9 @@ ffi::Error SimpleBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> S,
                   (V == 0 || static_cast<int64_t>(idx.element_count()) == T * B);
   if (!ok) {
     return ffi::Error::InvalidArgument(
-        "jaxrnn_simple_backward: expected S and D [T + 1, B, H] (T >= 1), W [H, H], g [T, B, H] "
-        "or [B, H], dTable [V, H] with idx [T, B] (V = 0: no table); got S " + Shape(sd) +
+        "jaxrnn_simple_backward: expected S [T + 1, B, H] (T >= 1), D [T + 1, B, H] or [T, B, H], "
+        "W [H, H], g [T, B, H] or [B, H], dTable [V, H] with idx [T, B] (V = 0: no table); got S " +
+        Shape(sd) +
         ", D " + Shape(D->dimensions()) + ", W " + Shape(W.dimensions()) + ", g " + Shape(gd) +
         ", dTable " + Shape(td) + ", idx " + Shape(idx.dimensions()));
   }
@@ -898,16 +918,17 @@ ffi::Error SimpleBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> S,
   const int64_t threads_used = Threads(pool, threads);
   const RowSplit split(B, threads_used);
   Aligned partial(fuse_dw ? split.chunks * H * WTp.Hp : 1);  // one [H, Hp] partial dW per chunk
-  if (WTp.data == nullptr || partial.data == nullptr) {
+  const GradientRows Drows(D->typed_data(), rows, T, B * H);
+  if (WTp.data == nullptr || partial.data == nullptr || !Drows.ok()) {
     return ffi::Error::Internal("jaxrnn_simple_backward: out of memory");
   }
   const ffi::Error status = Dispatch(activation, [&](auto act) {
     Backward<decltype(act)::value>(pool, S.typed_data(), WTp.data, WTp.Hp, g.typed_data(),
-                                   last_only, D->typed_data(), dW->typed_data(), split,
+                                   last_only, Drows.data, Drows.last, dW->typed_data(), split,
                                    partial.data, fuse_dw != 0, T, B, H);
   });
   if (status.failure() || V == 0) return status;
-  ScatterRows(pool, D->typed_data(), idx.typed_data(), T, B, H, dTable->typed_data(), V,
+  ScatterRows(pool, Drows.data, idx.typed_data(), T, B, H, dTable->typed_data(), V,
               threads_used);
   return ffi::Error::Success();
 }
@@ -961,12 +982,11 @@ ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> Sh,
                 H = shapes_ok ? sd[2] : 0;
   const int64_t V = td.size() == 2 ? td[0] : -1;
   const int64_t n_hs = static_cast<int64_t>(g_hs.element_count());
-  const int64_t full = (T + 1) * B * 4 * H;
-  const bool first_row = FirstRowOnly(D->dimensions(), full, B * 4 * H);
+  const Rows rows = RowsOf(D->dimensions(), T, B, 4 * H);
   const bool ok = shapes_ok && T >= 1 && W.dimensions().size() == 2 &&
                   W.dimensions()[0] == H && W.dimensions()[1] == 4 * H &&
                   static_cast<int64_t>(G.element_count()) == T * B * 4 * H &&
-                  (static_cast<int64_t>(D->element_count()) == full || first_row) &&
+                  rows != Rows::kInvalid &&
                   static_cast<int64_t>(dW->element_count()) == 4 * H * H &&
                   static_cast<int64_t>(dc0->element_count()) == B * H &&
                   static_cast<int64_t>(g_hT.element_count()) == B * H &&
@@ -977,7 +997,7 @@ ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> Sh,
     return ffi::Error::InvalidArgument(
         "jaxrnn_lstm_backward: expected S_h, S_c [T + 1, B, H] (T >= 1), G [T, B, 4H], W [H, 4H], "
         "g_hs [T, B, H] or empty, g_hT, g_cT [B, H], dTable [V, 4H] with idx [T, B], D "
-        "[T + 1, B, 4H] or [1, B, 4H]; got S_h " + Shape(sd) + ", S_c " +
+        "[T + 1, B, 4H], [T, B, 4H] or [1, B, 4H]; got S_h " + Shape(sd) + ", S_c " +
         Shape(Sc.dimensions()) + ", D " + Shape(D->dimensions()) + ", G " + Shape(G.dimensions()) +
         ", W " + Shape(W.dimensions()) + ", g_hs " + Shape(g_hs.dimensions()) + ", g_hT " +
         Shape(g_hT.dimensions()) + ", g_cT " + Shape(g_cT.dimensions()) + ", dTable " +
@@ -994,13 +1014,13 @@ ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> Sh,
   const RowSplit split(B, threads_used);
   const int64_t ldw = RoundUp(4 * H, kLanes);
   Aligned partial(fuse_dw ? split.chunks * H * ldw : 1);
-  const GradientRows Drows(D->typed_data(), first_row, full, B * 4 * H);
-  if (WTp.buf.data == nullptr || partial.data == nullptr || Drows.data == nullptr) {
+  const GradientRows Drows(D->typed_data(), rows, T, B * 4 * H);
+  if (WTp.buf.data == nullptr || partial.data == nullptr || !Drows.ok()) {
     return ffi::Error::Internal("jaxrnn_lstm_backward: out of memory");
   }
   LstmBackward(pool, Sh.typed_data(), Sc.typed_data(), G.typed_data(), WTp,
                n_hs ? g_hs.typed_data() : nullptr, g_hT.typed_data(), g_cT.typed_data(),
-               Drows.data, dW->typed_data(), dc0->typed_data(), split, partial.data,
+               Drows.data, Drows.last, dW->typed_data(), dc0->typed_data(), split, partial.data,
                fuse_dw != 0, ldw, T, B, H);
   if (V > 0) {
     ScatterRows(pool, Drows.data, idx.typed_data(), T, B, 4 * H, dTable->typed_data(), V,
@@ -1058,12 +1078,12 @@ ffi::Error GruBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> S,
   const int64_t V = td.size() == 2 ? td[0] : -1;
   const bool last_only = gd.size() == 2;
   const int64_t full = (T + 1) * B * 3 * H;
-  const bool first_row = FirstRowOnly(A->dimensions(), full, B * 3 * H);
+  const Rows rows = RowsOf(A->dimensions(), T, B, 3 * H);
   const bool ok = sd.size() == 3 && T >= 1 && W.dimensions().size() == 2 &&
                   W.dimensions()[0] == H && W.dimensions()[1] == 3 * H &&
                   static_cast<int64_t>(Sv.element_count()) == T * B * 4 * H &&
                   static_cast<int64_t>(D->element_count()) == full &&
-                  (static_cast<int64_t>(A->element_count()) == full || first_row) &&
+                  rows != Rows::kInvalid &&
                   static_cast<int64_t>(carry->element_count()) == B * H &&
                   static_cast<int64_t>(dW->element_count()) == 3 * H * H &&
                   (last_only ? (gd[0] == B && gd[1] == H)
@@ -1074,7 +1094,7 @@ ffi::Error GruBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> S,
     return ffi::Error::InvalidArgument(
         "jaxrnn_gru_backward: expected S [T + 1, B, H] (T >= 1), Sv [T, B, 4H], W [H, 3H], "
         "g [T, B, H] or [B, H], dTable [V, 3H] with idx [T, B], D [T + 1, B, 3H], A "
-        "[T + 1, B, 3H] or [1, B, 3H]; got S " + Shape(sd) + ", Sv " + Shape(Sv.dimensions()) +
+        "[T + 1, B, 3H], [T, B, 3H] or [1, B, 3H]; got S " + Shape(sd) + ", Sv " + Shape(Sv.dimensions()) +
         ", D " + Shape(D->dimensions()) + ", A " + Shape(A->dimensions()) + ", W " +
         Shape(W.dimensions()) + ", g " + Shape(gd) +
         ", dTable " + Shape(td) + ", idx " + Shape(idx.dimensions()));
@@ -1090,8 +1110,8 @@ ffi::Error GruBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> S,
   const RowSplit split(B, threads_used);
   const int64_t ldw = RoundUp(3 * H, kLanes);
   Aligned partial(fuse_dw ? split.chunks * H * ldw : 1);
-  const GradientRows Arows(A->typed_data(), first_row, full, B * 3 * H);
-  if (WTp.buf.data == nullptr || partial.data == nullptr || Arows.data == nullptr) {
+  const GradientRows Arows(A->typed_data(), rows, T, B * 3 * H);
+  if (WTp.buf.data == nullptr || partial.data == nullptr || !Arows.ok()) {
     return ffi::Error::Internal("jaxrnn_gru_backward: out of memory");
   }
   GruBackward(pool, S.typed_data(), Sv.typed_data(), WTp, g.typed_data(), last_only,
@@ -1125,7 +1145,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnSimpleBackward, SimpleBackwardImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // W_h [H, H]
                                   .Arg<ffi::Buffer<ffi::F32>>()  // g [T, B, H] or [B, H]
                                   .Arg<ffi::Buffer<ffi::S32>>()  // idx [T, B] (table only)
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // D [T + 1, B, H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // D [T + 1, B, H] or [T, B, H] (no zero row)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dW_h = S^T D [H, H]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dTable [V, H] (V = 0: none)
                                   .Attr<int64_t>("activation")
@@ -1156,7 +1176,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnLstmBackward, LstmBackwardImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // g_hT [B, H]
                                   .Arg<ffi::Buffer<ffi::F32>>()  // g_cT [B, H]
                                   .Arg<ffi::Buffer<ffi::S32>>()  // idx [T, B] (table only)
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // D = dL/dz [T + 1, B, 4H] or [1, B, 4H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // D = dL/dz [T + 1, B, 4H], [T, B, 4H] or [1, B, 4H]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dW_h [H, 4H]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dL/dc_0 [B, H]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dTable [V, 4H] (V = 0: none)
@@ -1184,7 +1204,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnGruBackward, GruBackwardImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // g [T, B, H] or [B, H]
                                   .Arg<ffi::Buffer<ffi::S32>>()  // idx [T, B] (table only)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // D = dL/du [T + 1, B, 3H]
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // A = dL/da [T + 1, B, 3H] or [1, B, 3H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // A = dL/da [T + 1, B, 3H], [T, B, 3H] or [1, B, 3H]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // z_0 dL/dh_0 [B, H]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dW_h [H, 3H]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dTable [V, 3H] (V = 0: none)
