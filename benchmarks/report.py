@@ -22,9 +22,9 @@ COLORS = {
     "torch-1thread": "tab:purple", "numpy": "tab:gray",
 }  # fmt: skip
 HOST_ENV = {  # run.py --host-env
-    "tuned": "`--host-env tuned`: every worker with GLIBC_TUNABLES={}",
-    "jaxrnn": "`--host-env jaxrnn`: the jaxrnn workers with GLIBC_TUNABLES={}, the peers without",
-    "default": "`--host-env default`: no worker with jaxrnn's tunables (GLIBC_TUNABLES={})",
+    "tuned": "`--host-env tuned`: every worker with GLIBC_TUNABLES={}{}",
+    "jaxrnn": "`--host-env jaxrnn`: the jaxrnn workers with GLIBC_TUNABLES={}{}, the peers without",
+    "default": "`--host-env default`: no worker with jaxrnn's tunables (GLIBC_TUNABLES={}){}",
     None: "workers in the default environment (a run from before `--host-env`)",
 }
 REF = "jaxrnn-fast"  # ratios are "peer time / jaxrnn-fast time" (> 1: jaxrnn-fast is faster)
@@ -200,7 +200,8 @@ def main() -> None:
             + (f"; large-matmul peak in this run: **{peak:.0f} GFLOP/s**" if peak else "")
             + "; "
             + HOST_ENV.get(rec.get("host_env"), HOST_ENV[None]).format(
-                rec.get("glibc_tunables") or "unset"
+                rec.get("glibc_tunables") or "unset",
+                " and inline CPU dispatch (JAX)" if rec.get("inline_dispatch") else "",
             )
             + "\n"
         )

@@ -321,6 +321,7 @@ def main() -> None:
               "host_env": args.host_env,
               "glibc_tunables": runtime.host_env(os.environ).get("GLIBC_TUNABLES")
               if args.host_env != "default" else os.environ.get("GLIBC_TUNABLES"),
+              "inline_dispatch": args.host_env != "default",  # for the same workers, JAX ones
               "cases": []}  # fmt: skip
     for name in names:
         for spec, fws in workloads(name, args.device):
