@@ -47,8 +47,8 @@ exporting them yourself::
     GLIBC_TUNABLES=glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:\\
     glibc.malloc.top_pad=67108864:glibc.malloc.trim_threshold=2147483647 python my_script.py
 
-The second setting is :func:`inline_cpu_dispatch` (JAX runs each CPU computation on the
-calling thread; ``train.py`` turns it on): the LSTM seed step 19.7 -> 17.2 ms here, and
+The second setting is :func:`inline_cpu_dispatch` (JAX starts each CPU computation from the
+calling thread instead of queueing it for a worker thread; ``train.py`` turns it on): the LSTM seed step 19.7 -> 17.2 ms here, and
 steps whose buffers exceed a thread heap (the LSTM at H = 256) stop faulting.
 
 The third setting is per compilation, for jaxrnn's own jitted steps
@@ -162,9 +162,10 @@ def compiler_options(backend: str | None = None) -> dict[str, Any]:
 
 
 def inline_cpu_dispatch() -> bool:
-    """Runs jitted computations on the CPU inline, on the calling thread, instead of handing
-    each one to a worker thread (JAX's ``jax_cpu_enable_async_dispatch=False``; what
-    ``train.py`` does). Takes effect only before JAX creates its CPU backend (the first
+    """Starts jitted CPU computations inline, from the calling thread, instead of queueing
+    each one for a worker thread and returning at once (JAX's
+    ``jax_cpu_enable_async_dispatch=False``; what ``train.py`` does; the work itself still
+    runs on XLA's intra-op threads). Takes effect only before JAX creates its CPU backend (the first
     computation, or ``jax.devices()``): returns ``False`` and changes nothing if it exists.
 
     A training loop waits for each step's results anyway (it logs the loss), so async
