@@ -34,12 +34,13 @@ benchmarks/RESULTS.md). Every other dtype / backend runs the XLA loops below.
 
 Everything here is checked against the plain path in float64 (outputs and
 gradients; ``tests/test_fast.py``; the kernels in float32, ``tests/test_native.py``).
-What is not covered falls back to
-:func:`jaxrnn.rnn`: ``lengths``, ``reverse``, cells other than simple / LSTM / GRU
-(reset_after), activations without an output-based derivative, dropout masks. The seed
-classifier (:func:`classifier_logits`) covers more: post-padded reviews (``lengths``: the
-state at each review's length is picked from the outputs) and input dropout (the masked
-word vectors are projected); only recurrent dropout falls back there.
+``lengths`` and ``reverse`` run on the same loops (all ``T`` steps; each sequence's carry
+is picked at its length, outputs past it zeroed; reversal is a reindexing of the inputs
+and outputs). What is not covered falls back to :func:`jaxrnn.rnn`: cells other than
+simple / LSTM / GRU (reset_after), activations without an output-based derivative,
+dropout masks. The seed classifier (:func:`classifier_logits`) covers post-padded
+reviews and input dropout (the masked word vectors are projected); only recurrent
+dropout falls back there.
 
 Examples:
     >>> import jax, jax.numpy as jnp
@@ -64,7 +65,7 @@ import numpy as np
 from jaxrnn import cells, models, native
 from jaxrnn import dropout as dropout_lib
 from jaxrnn.cells._common import Array
-from jaxrnn.layer import check_lengths
+from jaxrnn.layer import check_lengths, reverse_padded
 from jaxrnn.layer import rnn as plain_rnn
 
 DEFAULT_UNROLL = 1  # steps per loop iteration; unrolling did not pay on XLA:CPU here (RESULTS.md)
@@ -334,8 +335,15 @@ def _lstm_forward_xla(U, idx, W_h, h0, c0, unroll):
     return S_h, S_c, Gs
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def lstm_scan(U, W_h, h0, c0, idx=None, unroll=DEFAULT_UNROLL, last_only=False):
+def _lstm_outputs(S_h, S_c, last_only, with_cells):
+    final = (S_h[-1], S_c[-1])
+    if last_only:
+        return final
+    return (S_h[1:], final, S_c[1:]) if with_cells else (S_h[1:], final)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def lstm_scan(U, W_h, h0, c0, idx=None, unroll=DEFAULT_UNROLL, last_only=False, with_cells=False):
     """The LSTM recurrence (Keras gate order ``i, f, g, o``) with a hand-written BPTT.
 
     .. math::
@@ -350,26 +358,34 @@ def lstm_scan(U, W_h, h0, c0, idx=None, unroll=DEFAULT_UNROLL, last_only=False):
         idx: ``None`` or ``[T, B]`` int rows of ``U``.
         unroll: steps per loop iteration (a divisor of ``T``).
         last_only: return only ``(h_T, c_T)``.
+        with_cells: also return the cell states ``cs [T, B, H]`` (``c_1 .. c_T``; differentiable),
+            e.g. to pick each sequence's carry at its own length.
 
     Returns:
-        ``(hs [T, B, H], (h_T, c_T))``, or ``(h_T, c_T)`` with ``last_only``.
+        ``(hs [T, B, H], (h_T, c_T))``; ``(h_T, c_T)`` with ``last_only``;
+        ``(hs, (h_T, c_T), cs [T, B, H])`` with ``with_cells``.
     """
     S_h, S_c, _ = _lstm_forward(U, idx, W_h, h0, c0, unroll)
-    return (S_h[-1], S_c[-1]) if last_only else (S_h[1:], (S_h[-1], S_c[-1]))
+    return _lstm_outputs(S_h, S_c, last_only, with_cells)
 
 
-def _lstm_scan_fwd(U, W_h, h0, c0, idx, unroll, last_only):
+def _lstm_scan_fwd(U, W_h, h0, c0, idx, unroll, last_only, with_cells):
     S_h, S_c, Gs = _lstm_forward(U, idx, W_h, h0, c0, unroll)
-    out = (S_h[-1], S_c[-1]) if last_only else (S_h[1:], (S_h[-1], S_c[-1]))
-    return out, (S_h, S_c, Gs, W_h, U, idx)
+    return _lstm_outputs(S_h, S_c, last_only, with_cells), (S_h, S_c, Gs, W_h, U, idx)
 
 
-def _lstm_scan_bwd(unroll, last_only, res, g):
+def _lstm_scan_bwd(unroll, last_only, with_cells, res, g):
     S_h, S_c, Gs, W_h, U, idx = res
-    g_hs, (g_hT, g_cT) = (None, g) if last_only else g
+    g_cs = None
+    if last_only:
+        g_hs, (g_hT, g_cT) = None, g
+    elif with_cells:
+        g_hs, (g_hT, g_cT), g_cs = g
+    else:
+        g_hs, (g_hT, g_cT) = g
 
     def xla():
-        D, dW_h, dc0 = _lstm_backward_xla(S_h, S_c, Gs, W_h, g_hs, g_hT, g_cT, unroll)
+        D, dW_h, dc0 = _lstm_backward_xla(S_h, S_c, Gs, W_h, g_hs, g_hT, g_cT, unroll, g_cs)
         return D[0], dW_h, dc0, _input_cotangent(D, U, idx)[0]
 
     def cpu():  # one call: the loop, dW_h and (for a table) the scatter into dU
@@ -378,7 +394,7 @@ def _lstm_scan_bwd(unroll, last_only, res, g):
         # one D[:T] is dU itself (no slicing in XLA)
         D, dW_h, dc0, dTable = native.lstm_backward(
             S_h, S_c, Gs, W_h, g_hs, g_hT, g_cT, idx, vocab,
-            rows="inputs" if idx is None else "first",
+            rows="inputs" if idx is None else "first", g_cs=g_cs,
         )  # fmt: skip
         return D[0], dW_h, dc0, (_drop_zero_row(D, S_h) if idx is None else dTable)
 
@@ -391,9 +407,10 @@ def _lstm_scan_bwd(unroll, last_only, res, g):
     return dU, dW_h, dh0, dc0, didx
 
 
-def _lstm_backward_xla(S_h, S_c, Gs, W_h, g_hs, g_hT, g_cT, unroll):
+def _lstm_backward_xla(S_h, S_c, Gs, W_h, g_hs, g_hT, g_cT, unroll, g_cs=None):
     """``(D, dW_h, dc0)``: ``D = dL/dz: [T + 1, B, 4H]`` (``D[T] = 0``) from an XLA loop,
-    ``dW_h = S_h^T D: [H, 4H]`` and ``dc0 = dL/dc_0: [B, H]``."""
+    ``dW_h = S_h^T D: [H, 4H]`` and ``dc0 = dL/dc_0: [B, H]``. ``g_hs``, ``g_cs``: ``[T, B, H]``
+    cotangents of every ``h_t`` / ``c_t``, or ``None``."""
     H = W_h.shape[0]
     T = Gs.shape[0]
     W_hT = W_h.T  # [4H, H]
@@ -417,7 +434,8 @@ def _lstm_backward_xla(S_h, S_c, Gs, W_h, g_hs, g_hT, g_cT, unroll):
     # h_T, c_T enter) is peeled off, the loop runs t = T - 2 .. 0.
     D = jnp.zeros((T + 1, *Gs.shape[1:]), Gs.dtype)  # [T + 1, B, 4H]
     dh_last = g_hT if g_hs is None else g_hT + g_hs[T - 1]
-    dz, dc = dz_of(dh_last, g_cT, T - 1)
+    dc_last = g_cT if g_cs is None else g_cT + g_cs[T - 1]
+    dz, dc = dz_of(dh_last, dc_last, T - 1)
     D = D.at[T - 1].set(dz)
 
     def step(j, carry):
@@ -426,6 +444,8 @@ def _lstm_backward_xla(S_h, S_c, Gs, W_h, g_hs, g_hT, g_cT, unroll):
         dh = _row(D, t + 1) @ W_hT  # [B, H]
         if g_hs is not None:
             dh = dh + _row(g_hs, t)
+        if g_cs is not None:
+            dc = dc + _row(g_cs, t)
         dz, dc = dz_of(dh, dc, t)
         return _set_row(D, dz, t), dc
 
@@ -619,31 +639,39 @@ def scan_projected(
     unroll: int = DEFAULT_UNROLL,
     last_only: bool = False,
     idx: Array | None = None,
-) -> tuple[Any, Array | None]:
+    states: bool = False,
+) -> tuple[Any, ...]:
     """Runs a supported cell on input projections ``U = xs @ W_x (+ b): [T, B, G H]``
     (or, with ``idx [T, B]``, on rows ``U[idx[t]]`` of a projected table ``U: [V, G H]``).
 
     Returns ``(final_carry, ys [T, B, H])`` (time-major); ``ys`` is ``None`` with
-    ``last_only`` (only the final carry is computed for differentiation).
+    ``last_only`` (only the final carry is computed for differentiation). With ``states``,
+    ``(final_carry, ys, carries)``: the carry after every step, leaves ``[T, B, H]`` (``ys``
+    itself for the simple cell and the GRU, ``LSTMCarry(hs, cs)`` for the LSTM).
     """
     kind = _supported(cell, params)
-    if kind == "simple":
-        out = simple_scan(U, params.W_h, h0, idx, params.activation, unroll, last_only)
-        return (out, None) if last_only else (out[-1], out)
     if kind == "lstm":
         from jaxrnn.cells.lstm import LSTMCarry
 
         h0_, c0_ = h0
-        out = lstm_scan(U, params.W_h, h0_, c0_, idx, unroll, last_only)
+        out = lstm_scan(U, params.W_h, h0_, c0_, idx, unroll, last_only, states)
         if last_only:
             return LSTMCarry(*out), None
+        if states:
+            hs, (h_T, c_T), cs = out
+            return LSTMCarry(h_T, c_T), hs, LSTMCarry(hs, cs)
         hs, (h_T, c_T) = out
         return LSTMCarry(h_T, c_T), hs
-    if kind == "gru":
+    if kind == "simple":
+        out = simple_scan(U, params.W_h, h0, idx, params.activation, unroll, last_only)
+    elif kind == "gru":
         b_h = jnp.zeros(U.shape[-1], U.dtype) if params.b is None else params.b[1]
         out = gru_scan(U, params.W_h, b_h, h0, idx, unroll, last_only)
-        return (out, None) if last_only else (out[-1], out)
-    raise ValueError(f"fast.scan_projected: no fast kernel for {cell!r}")
+    else:
+        raise ValueError(f"fast.scan_projected: no fast kernel for {cell!r}")
+    if last_only:
+        return out, None
+    return (out[-1], out, out) if states else (out[-1], out)
 
 
 def project(xs: Array, W_x: Array, b: Array | None) -> Array:
@@ -685,8 +713,16 @@ def rnn(
     """:func:`jaxrnn.rnn` with the input projection hoisted and a hand-written BPTT.
 
     Same arguments, same results (up to floating-point rounding). Falls back to
-    :func:`jaxrnn.rnn` where no fast kernel applies (``lengths``, ``reverse``,
-    unsupported cells or activations, bound dropout masks).
+    :func:`jaxrnn.rnn` where no fast kernel applies (unsupported cells or activations,
+    bound dropout masks, unbatched ``[T, D]`` inputs, ``T = 0``).
+
+    ``lengths`` (post-padded sequences): the loop runs over all ``T`` steps; the final
+    carry is picked at each sequence's length (:func:`state_at`; the LSTM's cell states
+    come out of the loop for that) and the outputs past it are zeroed, as the plain path
+    returns them. The steps over padding then get exactly zero gradient, so gradients
+    are the plain path's too. ``reverse``: the inputs are reversed in time (within each
+    sequence's length, :func:`jaxrnn.layer.reverse_padded`), run forward, and the
+    outputs reversed back.
 
     Args:
         cell, params, xs, h0, lengths, reverse, time_major: as in :func:`jaxrnn.rnn`
@@ -700,9 +736,7 @@ def rnn(
     """
     xs_arr = jnp.asarray(xs)
     if (
-        lengths is not None
-        or reverse
-        or _supported(cell, params, kernels) is None
+        _supported(cell, params, kernels) is None
         or xs_arr.ndim != 3
         or xs_arr.shape[0 if time_major else 1] == 0  # T = 0: nothing to run
     ):
@@ -716,11 +750,23 @@ def rnn(
         params, xs_arr, h0,
     )  # fmt: skip
     xs_tm = xs_arr if time_major else jnp.swapaxes(xs_arr, 0, 1)  # [T, B, D]
-    B = xs_tm.shape[1]
+    T, B = xs_tm.shape[:2]
+    if lengths is not None:
+        lengths = check_lengths(lengths, (B,), T)
+    if reverse:  # [T, B, D] reversed in time (within each length)
+        xs_tm = xs_tm[::-1] if lengths is None else reverse_padded(xs_tm, lengths)
     if h0 is None:
         h0 = cell.initial_carry(params, (B,))
     U = project(xs_tm, params.W_x, input_bias(params))  # [T, B, G H]: one matmul
-    carry, ys = scan_projected(cell, params, U, h0, unroll=unroll)
+    if lengths is None:
+        carry, ys = scan_projected(cell, params, U, h0, unroll=unroll)
+    else:
+        _, ys, states = scan_projected(cell, params, U, h0, unroll=unroll, states=True)
+        carry = jax.tree.map(lambda s, s0: state_at(s, s0, lengths), states, h0)
+        alive = jnp.arange(T)[:, None] < lengths[None, :]  # [T, B]
+        ys = jnp.where(alive[:, :, None], ys, jnp.zeros_like(ys))
+    if reverse:
+        ys = ys[::-1] if lengths is None else reverse_padded(ys, lengths)
     if not time_major:
         ys = jnp.swapaxes(ys, 0, 1)  # [T, B, H] -> [B, T, H]
     return carry, ys

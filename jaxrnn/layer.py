@@ -76,11 +76,14 @@ def reverse_padded(xs: Array, lengths: Array) -> Array:
         ``[T, B, ...]`` with ``out[t, b] = xs[lengths[b] - 1 - t, b]`` for ``t < lengths[b]``
         and ``xs[t, b]`` elsewhere. It is its own inverse.
     """
-    T = xs.shape[0]
+    T, B = xs.shape[:2]
     t = jnp.arange(T)[:, None]  # [T, 1]
-    idx = jnp.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)  # [T, B]
-    idx = jnp.broadcast_to(idx.reshape(idx.shape + (1,) * (xs.ndim - 2)), xs.shape)
-    return jnp.take_along_axis(xs, idx, axis=0)
+    idx = jnp.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)  # [T, B] source steps
+    # one row xs[idx[t, b], b] gathered per (t, b): its gradient scatters [T, B] rows, where
+    # take_along_axis's scattered every element through a [T, B, D, 3] index array (a training
+    # step with reverse=True, lengths=..., simple cell, B 64, T 250, H 100, 2-core CPU: plain
+    # path 39.5 -> 25.2 ms, jaxrnn.fast.rnn 28.6 -> 5.6 ms)
+    return xs[idx, jnp.arange(B)[None, :]]
 
 
 def remat_segment(remat: int | str | None, T: int) -> int | None:

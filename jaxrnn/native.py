@@ -383,13 +383,15 @@ def lstm_backward(
     vocab: int = 0,
     threads: int = 0,
     rows: str = "all",
+    g_cs: Array | None = None,
 ) -> tuple[Array, Array, Array, Array | None]:
     """``(D, dW_h, dc0, dTable)`` for the backward pass of :func:`lstm_forward`.
 
     ``D: [T + 1, B, 4H]`` = ``dL/dz_t`` (``D[T] = 0``), ``dW_h = S_h^T D: [H, 4H]``,
     ``dc0 = dL/dc_0: [B, H]`` and, with ``idx``, ``dTable: [vocab, 4H]`` (as in
     :func:`simple_backward`; else ``None``). ``g_hs``: ``[T, B, H]`` cotangents of
-    ``S_h[1:]`` or ``None``; ``g_hT, g_cT``: ``[B, H]`` cotangents of ``h_T, c_T``.
+    ``S_h[1:]`` or ``None``; ``g_cs``: ``[T, B, H]`` cotangents of ``S_c[1:]`` (where the cell
+    states are outputs too) or ``None``; ``g_hT, g_cT``: ``[B, H]`` cotangents of ``h_T, c_T``.
     ``rows="first"``: ``D`` is returned as ``D[:1]: [1, B, 4H]`` (what ``dL/dh_0`` needs
     when the table's gradient is all that uses ``D``), the rest stays a scratch buffer of the
     call and out of XLA's per-step memory; ``rows="inputs"``: ``D[:T]: [T, B, 4H]``, the
@@ -402,10 +404,11 @@ def lstm_backward(
         T >= 1 and S_c.shape == S_h.shape and G.shape == (T, B, 4 * H)
         and W_h.shape == (H, 4 * H) and g_hT.shape == (B, H) and g_cT.shape == (B, H)
         and (g_hs is None or g_hs.shape == (T, B, H))
+        and (g_cs is None or g_cs.shape == (T, B, H))
         and (idx is None or (idx.shape == (T, B) and vocab >= 1))
     )  # fmt: skip
     if not ok:
-        raise ValueError(f"jaxrnn.native.lstm_backward: expected S_h, S_c [T + 1, B, H] (T >= 1), G [T, B, 4H], W_h [H, 4H], g_hs [T, B, H] or None, g_hT, g_cT [B, H], idx [T, B] with vocab >= 1; got S_h {S_h.shape}, S_c {S_c.shape}, G {G.shape}, W_h {W_h.shape}, g_hs {None if g_hs is None else g_hs.shape}, g_hT {g_hT.shape}, g_cT {g_cT.shape}, idx {None if idx is None else idx.shape}, vocab {vocab}")  # fmt: skip
+        raise ValueError(f"jaxrnn.native.lstm_backward: expected S_h, S_c [T + 1, B, H] (T >= 1), G [T, B, 4H], W_h [H, 4H], g_hs, g_cs [T, B, H] or None, g_hT, g_cT [B, H], idx [T, B] with vocab >= 1; got S_h {S_h.shape}, S_c {S_c.shape}, G {G.shape}, W_h {W_h.shape}, g_hs {None if g_hs is None else g_hs.shape}, g_cs {None if g_cs is None else g_cs.shape}, g_hT {g_hT.shape}, g_cT {g_cT.shape}, idx {None if idx is None else idx.shape}, vocab {vocab}")  # fmt: skip
     V = 0 if idx is None else int(vocab)
     f32 = jnp.float32
     fused = fuse_dw(H, 4)
@@ -421,8 +424,9 @@ def lstm_backward(
         vmap_method="sequential",
     )
     hs = jnp.zeros((0,), f32) if g_hs is None else g_hs.astype(f32)
+    cs = jnp.zeros((0,), f32) if g_cs is None else g_cs.astype(f32)
     D, dW_h, dc0, dTable = call(
-        S_h, S_c, G, W_h, hs, g_hT.astype(f32), g_cT.astype(f32), _table_ids(idx),
+        S_h, S_c, G, W_h, hs, cs, g_hT.astype(f32), g_cT.astype(f32), _table_ids(idx),
         threads=np.int64(threads), fuse_dw=np.int64(fused),
     )  # fmt: skip
     if not fused:

@@ -136,11 +136,96 @@ def test_fast_rnn_default_h0_and_jit(key):
     )
 
 
-@pytest.mark.parametrize("kwargs", [{"lengths": jnp.array([9, 3])}, {"reverse": True}])
-def test_fallback_to_plain(kwargs, key):
-    p = cells.simple.init(key, 4, 5, dtype=jnp.float64)
-    xs = jax.random.normal(jax.random.key(1), (2, 9, 4), jnp.float64)
-    _close(fast.rnn(cells.simple.cell, p, xs, **kwargs), rnn(cells.simple.cell, p, xs, **kwargs))
+@pytest.mark.parametrize("name,kw", [CASES[0], CASES[1], CASES[4], CASES[5]])
+@pytest.mark.parametrize("lengths,reverse", [(True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("time_major", [False, True])
+def test_rnn_lengths_and_reverse_equal_plain(name, kw, lengths, reverse, time_major, key):
+    """``lengths`` / ``reverse`` on the fast loops (no fallback): outputs, final carry and
+    gradients equal the plain path's (lengths 0 and T included; also with ``lengths`` a
+    traced argument under jit)."""
+    B, T, D, H = 4, 9, 5, 6
+    mod, p = _init(name, key, D, H, **kw)
+    shape = (T, B, D) if time_major else (B, T, D)
+    xs = jax.random.normal(jax.random.key(1), shape, jnp.float64)
+    h0 = jax.tree.map(
+        lambda a: 0.5 * jax.random.normal(jax.random.key(2), a.shape, a.dtype),
+        mod.initial_carry(p, (B,)),
+    )
+    opts = dict(time_major=time_major, reverse=reverse)
+    lens = jnp.array([T, 0, 3, 6]) if lengths else None
+
+    def loss(run, p, xs, h0, lens):
+        carry, ys = run(mod.cell, p, xs, h0, lengths=lens, **opts)
+        w = jnp.cos(jnp.arange(ys.size, dtype=ys.dtype)).reshape(ys.shape)
+        return jnp.sum(ys * w) + sum(jnp.sum(jnp.sin(c)) for c in jax.tree.leaves(carry))
+
+    run_fast = functools.partial(fast.rnn, kernels=fast.ALL_KERNELS)
+    jaxpr = str(jax.make_jaxpr(lambda p, x: run_fast(mod.cell, p, x, h0, lengths=lens, **opts))(p, xs))
+    assert "custom_vjp_call" in jaxpr  # the fast loops, not the plain scan
+    out_fast = jax.jit(lambda p, x, n: run_fast(mod.cell, p, x, h0, lengths=n, **opts))(p, xs, lens)
+    out_plain = rnn(mod.cell, p, xs, h0, lengths=lens, **opts)
+    _close(out_fast, out_plain)
+    g_fast = jax.grad(lambda *a: loss(run_fast, *a), argnums=(0, 1, 2))(p, xs, h0, lens)
+    g_plain = jax.grad(lambda *a: loss(rnn, *a), argnums=(0, 1, 2))(p, xs, h0, lens)
+    _close(g_fast, g_plain)
+    # the options matter: without them the numbers differ
+    plain_without = rnn(mod.cell, p, xs, h0, time_major=time_major)
+    assert not np.allclose(jax.tree.leaves(out_plain)[0], jax.tree.leaves(plain_without)[0])
+
+
+def test_rnn_bad_lengths_are_reported(key):
+    p = cells.lstm.init(key, 4, 5)
+    xs = jnp.ones((2, 9, 4), jnp.float32)
+    with pytest.raises(ValueError, match=r"lengths must have shape \[B\] = \[2\]; got shape \(3,\)"):
+        fast.rnn(cells.lstm.cell, p, xs, lengths=jnp.array([1, 2, 3]))
+    with pytest.raises(ValueError, match=r"lengths must lie in \[0, T=9\]; got values in \[1, 10\]"):
+        fast.rnn(cells.lstm.cell, p, xs, lengths=jnp.array([1, 10]))
+    with pytest.raises(TypeError, match="lengths must have an integer dtype; got float"):
+        fast.rnn(cells.lstm.cell, p, xs, lengths=jnp.array([1.0, 2.0]))
+
+
+@pytest.mark.parametrize("last_only,with_cells", [(True, False), (False, False), (False, True)])
+def test_lstm_scan_outputs_and_grads_equal_autodiff(last_only, with_cells, key):
+    """lstm_scan's hand-written BPTT (XLA loops, float64) against autodiff of a lax.scan over
+    the library's LSTM cell (W_x = I, so x_t W_x + b = U_t), with cotangents on every output:
+    the final carry, every h_t and, with ``with_cells``, every c_t."""
+    T, B, H = 7, 3, 4
+    p = cells.lstm.init(key, 4 * H, H, dtype=jnp.float64)
+    p = dataclasses.replace(p, W_x=jnp.eye(4 * H, dtype=jnp.float64), b=jnp.zeros(4 * H, jnp.float64))
+    ks = jax.random.split(jax.random.key(3), 3)
+    U = jax.random.normal(ks[0], (T, B, 4 * H), jnp.float64)
+    h0, c0 = 0.5 * jax.random.normal(ks[1], (2, B, H), jnp.float64)
+    w = jnp.cos(jnp.arange(2 * T * B * H, dtype=jnp.float64)).reshape(2, T, B, H)
+
+    def reference(U, W_h, h0, c0):
+        q = dataclasses.replace(p, W_h=W_h)
+        (h_T, c_T), (hs, cs) = jax.lax.scan(
+            lambda c, u: (cells.lstm.cell(q, c, u)[0], tuple(cells.lstm.cell(q, c, u)[0])),
+            cells.lstm.LSTMCarry(h0, c0), U,
+        )  # fmt: skip
+        if last_only:
+            return h_T, c_T
+        return (hs, (h_T, c_T), cs) if with_cells else (hs, (h_T, c_T))
+
+    def loss(run, *args):
+        out = run(*args)
+        final = out if last_only else out[1]
+        total = jnp.sum(jnp.sin(final[0])) + jnp.sum(jnp.cos(final[1]))
+        if not last_only:
+            total = total + jnp.sum(out[0] * w[0])
+        if with_cells:
+            total = total + jnp.sum(out[2] * w[1])
+        return total
+
+    def run_fast(*args):
+        return fast.lstm_scan(*args, None, 1, last_only, with_cells)
+
+    args = (U, p.W_h, h0, c0)
+    _close(run_fast(*args), reference(*args))
+    _close(
+        jax.grad(lambda *a: loss(run_fast, *a), argnums=(0, 1, 2, 3))(*args),
+        jax.grad(lambda *a: loss(reference, *a), argnums=(0, 1, 2, 3))(*args),
+    )
 
 
 def test_fast_rnn_reports_bad_width_like_plain(key):

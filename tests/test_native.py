@@ -4,6 +4,7 @@ They run where the CPU has AVX-512 (CI's does); there a failed build fails these
 rather than skipping them.
 """
 
+import functools
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrnn import fast, models, native
+from jaxrnn import cells, fast, models, native, rnn
 from jaxrnn.runtime import cpu_has_avx512
 
 pytestmark = pytest.mark.skipif(not cpu_has_avx512(), reason="native kernels need AVX-512")
@@ -319,20 +320,26 @@ def test_lstm_forward_matches_numpy(shape, table):
 
 
 @pytest.mark.parametrize("fused", [True, False])
-@pytest.mark.parametrize("last_only", [False, True])
+@pytest.mark.parametrize("outputs", ["last", "hs", "hs+cs"])
 @pytest.mark.parametrize("table", [False, True])
-def test_lstm_scan_gradients_native_vs_xla_loops(last_only, table, fused, monkeypatch):
-    """fast.lstm_scan (float32) on the kernels and on the XLA loops: values and gradients."""
+def test_lstm_scan_gradients_native_vs_xla_loops(outputs, table, fused, monkeypatch):
+    """fast.lstm_scan (float32) on the kernels and on the XLA loops: values and gradients;
+    ``outputs``: only the final carry, also every ``h_t``, also every ``c_t`` (``with_cells``:
+    the cotangents of the cell states enter the backward loop at every step)."""
     monkeypatch.setattr(native, "fuse_dw", lambda H, G: fused)
     T, B, H, V = 25, 9, 20, 30
     U, idx, W, h0, c0 = _lstm_data(T, B, H, V=V if table else None, seed=7)
     ids = None if idx is None else jnp.asarray(idx, jnp.int32)
     rng = np.random.default_rng(8)
-    w_hs, w_h, w_c = _f32(rng.normal(size=(T, B, H)), rng.normal(size=(B, H)), rng.normal(size=(B, H)))  # fmt: skip
+    w_hs, w_cs = _f32(rng.normal(size=(T, B, H)), rng.normal(size=(T, B, H)))
+    w_h, w_c = _f32(rng.normal(size=(B, H)), rng.normal(size=(B, H)))
+    last_only, with_cells = outputs == "last", outputs == "hs+cs"
 
     def loss(U, W, h0, c0):
-        out = fast.lstm_scan(U, W, h0, c0, ids, 1, last_only)
+        out = fast.lstm_scan(U, W, h0, c0, ids, 1, last_only, with_cells)
         (h_T, c_T), extra = (out, 0.0) if last_only else (out[1], jnp.sum(out[0] * w_hs))
+        if with_cells:
+            extra = extra + jnp.sum(out[2] * w_cs)
         return jnp.sum(h_T * w_h) + jnp.sum(c_T * w_c) + extra
 
     args = _f32(U, W, h0, c0)
@@ -374,6 +381,34 @@ def test_seed_classifier_gradients_native_vs_float64_plain(cell, masked):
     for a, b in zip(jax.tree.leaves(g32), jax.tree.leaves(g64), strict=True):
         scale = float(jnp.max(jnp.abs(b)))
         np.testing.assert_allclose(np.asarray(a) / scale, np.asarray(b) / scale, atol=2e-5)
+
+
+@pytest.mark.parametrize("cell", ["simple", "lstm", "gru"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_fast_rnn_lengths_native_vs_float64_plain(cell, reverse):
+    """fast.rnn with ``lengths`` (and ``reverse``) in float32 on the kernels (for the LSTM the
+    cell states' cotangents enter the backward kernel) against the plain path in float64."""
+    mod = cells.get(cell)
+    B, T, D, H = 12, 30, 7, 20
+    rng = np.random.default_rng(11)
+    p64 = mod.init(jax.random.key(2), D, H, dtype=jnp.float64)
+    p32 = jax.tree.map(lambda x: x.astype(jnp.float32), p64)
+    xs = rng.normal(size=(B, T, D))
+    lengths = jnp.asarray(rng.integers(0, T + 1, size=B), jnp.int32)
+    w = np.cos(np.arange(B * T * H)).reshape(B, T, H)
+
+    def loss(run, p, xs):
+        carry, ys = run(mod.cell, p, xs, lengths=lengths, reverse=reverse)
+        return jnp.sum(ys * w.astype(ys.dtype)) + sum(jnp.sum(jnp.sin(c)) for c in jax.tree.leaves(carry))
+
+    run32 = functools.partial(fast.rnn, kernels=fast.ALL_KERNELS)
+    grad32 = jax.jit(jax.value_and_grad(lambda *a: loss(run32, *a), argnums=(0, 1)))
+    (x32,) = _f32(xs)
+    assert f"jaxrnn_{cell}_backward" in grad32.lower(p32, x32).as_text()
+    got = grad32(p32, x32)
+    want = jax.value_and_grad(lambda *a: loss(rnn, *a), argnums=(0, 1))(p64, jnp.asarray(xs))
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        _close(a, np.asarray(b), tol=2e-5)
 
 
 def test_lstm_thread_count_does_not_change_the_states():

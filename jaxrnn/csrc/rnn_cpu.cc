@@ -550,8 +550,9 @@ struct TransposedPanel {
 //   forward   z = u_t + h_{t-1} @ W_h   ([B, 4H], gate blocks i | f | g | o)
 //             i, f, o = sigmoid(z_i, z_f, z_o), g = tanh(z_g), c_t = f c_{t-1} + i g,
 //             h_t = o tanh(c_t)        -> S_h, S_c [T + 1, B, H], G = gates [T, B, 4H]
-//   backward  dh = g_t + D[t + 1] @ W_h^T, dc = dc_{t+1} f_{t+1} + dh o (1 - tanh(c_t)^2),
+//   backward  dh = g_t + D[t + 1] @ W_h^T, dc = dc_{t+1} f_{t+1} + dh o (1 - tanh(c_t)^2) [+ gc_t],
 //             D[t] = dL/dz_t = [dc g i(1-i), dc c_{t-1} f(1-f), dc i (1-g^2), dh tanh(c_t) o(1-o)]
+//             (gc_t: an optional cotangent of c_t itself, where the cell states are outputs too)
 //
 // The forward product runs over W_h with its columns interleaved per 16 units ([i f g o] of
 // units 16 v .. 16 v + 15 side by side), so one register block holds all four gates of its
@@ -610,8 +611,8 @@ void LstmForward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int6
 }
 
 void LstmBackward(ffi::ThreadPool& pool, const float* Sh, const float* Sc, const float* G,
-                  const TransposedPanel& WTp, const float* g_hs, const float* g_hT,
-                  const float* g_cT, float* D, const float* D_T, float* dW, float* dc,
+                  const TransposedPanel& WTp, const float* g_hs, const float* g_cs,
+                  const float* g_hT, const float* g_cT, float* D, const float* D_T, float* dW, float* dc,
                   const RowSplit& split, float* partial, bool fuse_dw, int64_t ldw, int64_t T,
                   int64_t B, int64_t H) {
   const int64_t G4 = 4 * H;
@@ -626,6 +627,7 @@ void LstmBackward(ffi::ThreadPool& pool, const float* Sh, const float* Sc, const
       const float* x = t == T - 1 ? D_T : D + (t + 1) * B * G4;  // D_T: zeros
       float* out = D + t * B * G4;
       const float* gh = g_hs ? g_hs + t * B * H : nullptr;
+      const float* gc = g_cs ? g_cs + t * B * H : nullptr;
       const float* ghT = t == T - 1 ? g_hT : nullptr;
       if (t > 0) {  // what step t - 1 reads, into L2 ahead (the streams run backwards in t)
         PrefetchSpan(G + ((t - 1) * B + b0) * G4, (b1 - b0) * G4);
@@ -647,8 +649,9 @@ void LstmBackward(ffi::ThreadPool& pool, const float* Sh, const float* Sc, const
           const __m512 cn = _mm512_maskz_loadu_ps(mask, Sc + (t + 1) * B * H + o);
           const __m512 cp = _mm512_maskz_loadu_ps(mask, Sc + t * B * H + o);
           const __m512 tc = Tanh(cn);
-          const __m512 dcv = _mm512_fmadd_ps(_mm512_mul_ps(dh, og), _mm512_fnmadd_ps(tc, tc, one),
-                                             _mm512_maskz_loadu_ps(mask, dc + o));
+          __m512 dcv = _mm512_fmadd_ps(_mm512_mul_ps(dh, og), _mm512_fnmadd_ps(tc, tc, one),
+                                       _mm512_maskz_loadu_ps(mask, dc + o));
+          if (gc) dcv = _mm512_add_ps(dcv, _mm512_maskz_loadu_ps(mask, gc + o));
           float* d = out + row * G4 + j;
           _mm512_mask_storeu_ps(d, mask, _mm512_mul_ps(_mm512_mul_ps(dcv, gg), DerivFromOutput<kSigmoid>(ig)));
           _mm512_mask_storeu_ps(d + H, mask, _mm512_mul_ps(_mm512_mul_ps(dcv, cp), DerivFromOutput<kSigmoid>(fg)));
@@ -970,8 +973,9 @@ ffi::Error LstmForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> U,
 ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> Sh,
                             ffi::Buffer<ffi::F32> Sc, ffi::Buffer<ffi::F32> G,
                             ffi::Buffer<ffi::F32> W, ffi::Buffer<ffi::F32> g_hs,
-                            ffi::Buffer<ffi::F32> g_hT, ffi::Buffer<ffi::F32> g_cT,
-                            ffi::Buffer<ffi::S32> idx, ffi::ResultBuffer<ffi::F32> D,
+                            ffi::Buffer<ffi::F32> g_cs, ffi::Buffer<ffi::F32> g_hT,
+                            ffi::Buffer<ffi::F32> g_cT, ffi::Buffer<ffi::S32> idx,
+                            ffi::ResultBuffer<ffi::F32> D,
                             ffi::ResultBuffer<ffi::F32> dW, ffi::ResultBuffer<ffi::F32> dc0,
                             ffi::ResultBuffer<ffi::F32> dTable, int64_t threads,
                             int64_t fuse_dw) {
@@ -982,6 +986,7 @@ ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> Sh,
                 H = shapes_ok ? sd[2] : 0;
   const int64_t V = td.size() == 2 ? td[0] : -1;
   const int64_t n_hs = static_cast<int64_t>(g_hs.element_count());
+  const int64_t n_cs = static_cast<int64_t>(g_cs.element_count());
   const Rows rows = RowsOf(D->dimensions(), T, B, 4 * H);
   const bool ok = shapes_ok && T >= 1 && W.dimensions().size() == 2 &&
                   W.dimensions()[0] == H && W.dimensions()[1] == 4 * H &&
@@ -991,15 +996,17 @@ ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> Sh,
                   static_cast<int64_t>(dc0->element_count()) == B * H &&
                   static_cast<int64_t>(g_hT.element_count()) == B * H &&
                   static_cast<int64_t>(g_cT.element_count()) == B * H &&
-                  (n_hs == 0 || n_hs == T * B * H) && V >= 0 && td[1] == 4 * H &&
+                  (n_hs == 0 || n_hs == T * B * H) && (n_cs == 0 || n_cs == T * B * H) &&
+                  V >= 0 && td[1] == 4 * H &&
                   (V == 0 || static_cast<int64_t>(idx.element_count()) == T * B);
   if (!ok) {
     return ffi::Error::InvalidArgument(
         "jaxrnn_lstm_backward: expected S_h, S_c [T + 1, B, H] (T >= 1), G [T, B, 4H], W [H, 4H], "
-        "g_hs [T, B, H] or empty, g_hT, g_cT [B, H], dTable [V, 4H] with idx [T, B], D "
+        "g_hs, g_cs [T, B, H] or empty, g_hT, g_cT [B, H], dTable [V, 4H] with idx [T, B], D "
         "[T + 1, B, 4H], [T, B, 4H] or [1, B, 4H]; got S_h " + Shape(sd) + ", S_c " +
         Shape(Sc.dimensions()) + ", D " + Shape(D->dimensions()) + ", G " + Shape(G.dimensions()) +
-        ", W " + Shape(W.dimensions()) + ", g_hs " + Shape(g_hs.dimensions()) + ", g_hT " +
+        ", W " + Shape(W.dimensions()) + ", g_hs " + Shape(g_hs.dimensions()) + ", g_cs " +
+        Shape(g_cs.dimensions()) + ", g_hT " +
         Shape(g_hT.dimensions()) + ", g_cT " + Shape(g_cT.dimensions()) + ", dTable " +
         Shape(td) + ", idx " + Shape(idx.dimensions()));
   }
@@ -1019,7 +1026,8 @@ ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> Sh,
     return ffi::Error::Internal("jaxrnn_lstm_backward: out of memory");
   }
   LstmBackward(pool, Sh.typed_data(), Sc.typed_data(), G.typed_data(), WTp,
-               n_hs ? g_hs.typed_data() : nullptr, g_hT.typed_data(), g_cT.typed_data(),
+               n_hs ? g_hs.typed_data() : nullptr, n_cs ? g_cs.typed_data() : nullptr,
+               g_hT.typed_data(), g_cT.typed_data(),
                Drows.data, Drows.last, dW->typed_data(), dc0->typed_data(), split, partial.data,
                fuse_dw != 0, ldw, T, B, H);
   if (V > 0) {
@@ -1173,6 +1181,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnLstmBackward, LstmBackwardImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // G [T, B, 4H]
                                   .Arg<ffi::Buffer<ffi::F32>>()  // W_h [H, 4H]
                                   .Arg<ffi::Buffer<ffi::F32>>()  // g_hs [T, B, H] or [0]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // g_cs [T, B, H] or [0]
                                   .Arg<ffi::Buffer<ffi::F32>>()  // g_hT [B, H]
                                   .Arg<ffi::Buffer<ffi::F32>>()  // g_cT [B, H]
                                   .Arg<ffi::Buffer<ffi::S32>>()  // idx [T, B] (table only)
