@@ -160,7 +160,9 @@ def test_rnn_lengths_and_reverse_equal_plain(name, kw, lengths, reverse, time_ma
         return jnp.sum(ys * w) + sum(jnp.sum(jnp.sin(c)) for c in jax.tree.leaves(carry))
 
     run_fast = functools.partial(fast.rnn, kernels=fast.ALL_KERNELS)
-    jaxpr = str(jax.make_jaxpr(lambda p, x: run_fast(mod.cell, p, x, h0, lengths=lens, **opts))(p, xs))
+    jaxpr = str(
+        jax.make_jaxpr(lambda p, x: run_fast(mod.cell, p, x, h0, lengths=lens, **opts))(p, xs)
+    )
     assert "custom_vjp_call" in jaxpr  # the fast loops, not the plain scan
     out_fast = jax.jit(lambda p, x, n: run_fast(mod.cell, p, x, h0, lengths=n, **opts))(p, xs, lens)
     out_plain = rnn(mod.cell, p, xs, h0, lengths=lens, **opts)
@@ -176,9 +178,13 @@ def test_rnn_lengths_and_reverse_equal_plain(name, kw, lengths, reverse, time_ma
 def test_rnn_bad_lengths_are_reported(key):
     p = cells.lstm.init(key, 4, 5)
     xs = jnp.ones((2, 9, 4), jnp.float32)
-    with pytest.raises(ValueError, match=r"lengths must have shape \[B\] = \[2\]; got shape \(3,\)"):
+    with pytest.raises(
+        ValueError, match=r"lengths must have shape \[B\] = \[2\]; got shape \(3,\)"
+    ):
         fast.rnn(cells.lstm.cell, p, xs, lengths=jnp.array([1, 2, 3]))
-    with pytest.raises(ValueError, match=r"lengths must lie in \[0, T=9\]; got values in \[1, 10\]"):
+    with pytest.raises(
+        ValueError, match=r"lengths must lie in \[0, T=9\]; got values in \[1, 10\]"
+    ):
         fast.rnn(cells.lstm.cell, p, xs, lengths=jnp.array([1, 10]))
     with pytest.raises(TypeError, match="lengths must have an integer dtype; got float"):
         fast.rnn(cells.lstm.cell, p, xs, lengths=jnp.array([1.0, 2.0]))
@@ -191,7 +197,9 @@ def test_lstm_scan_outputs_and_grads_equal_autodiff(last_only, with_cells, key):
     the final carry, every h_t and, with ``with_cells``, every c_t."""
     T, B, H = 7, 3, 4
     p = cells.lstm.init(key, 4 * H, H, dtype=jnp.float64)
-    p = dataclasses.replace(p, W_x=jnp.eye(4 * H, dtype=jnp.float64), b=jnp.zeros(4 * H, jnp.float64))
+    p = dataclasses.replace(
+        p, W_x=jnp.eye(4 * H, dtype=jnp.float64), b=jnp.zeros(4 * H, jnp.float64)
+    )
     ks = jax.random.split(jax.random.key(3), 3)
     U = jax.random.normal(ks[0], (T, B, 4 * H), jnp.float64)
     h0, c0 = 0.5 * jax.random.normal(ks[1], (2, B, H), jnp.float64)

@@ -399,7 +399,9 @@ def test_fast_rnn_lengths_native_vs_float64_plain(cell, reverse):
 
     def loss(run, p, xs):
         carry, ys = run(mod.cell, p, xs, lengths=lengths, reverse=reverse)
-        return jnp.sum(ys * w.astype(ys.dtype)) + sum(jnp.sum(jnp.sin(c)) for c in jax.tree.leaves(carry))
+        return jnp.sum(ys * w.astype(ys.dtype)) + sum(
+            jnp.sum(jnp.sin(c)) for c in jax.tree.leaves(carry)
+        )
 
     run32 = functools.partial(fast.rnn, kernels=fast.ALL_KERNELS)
     grad32 = jax.jit(jax.value_and_grad(lambda *a: loss(run32, *a), argnums=(0, 1)))
