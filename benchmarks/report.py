@@ -178,6 +178,23 @@ def memory_table(mem: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def options_table(rec: dict) -> str:
+    """benchmarks/options.py: fast.rnn / stack(fast=True) against the plain path (medians, ms)."""
+    lines = [
+        f"{rec['machine']['date']}; {rec['machine']['cpu']}, {rec['machine']['cores']} cores; "
+        f"jax {rec['machine']['versions']['jax']}; B = {rec['B']}, T = {rec['T']}, "
+        f"D = {rec['D']}, H = {rec['H']}; medians of {rec['rounds'] * rec['steps']} steps\n",
+        "| cell | variant | plain, ms | fast, ms | plain / fast |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in rec["rows"]:
+        lines.append(
+            f"| {r['cell']} | {r['variant']} | {r['plain_ms']:.2f} | {r['fast_ms']:.2f} | "
+            f"{r['plain_ms'] / r['fast_ms']:.2f}x |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--results", default=str(HERE / "results"))
@@ -189,6 +206,9 @@ def main() -> None:
         if f.stem == "memory":
             out.append(f"### {f.name}\n\n`{rec['command']}`\n\n{memory_table(rec)}")
             plot_memory(rec, HERE / "memory.png")
+            continue
+        if f.stem == "options":
+            out.append(f"### {f.name}\n\n`{rec['command']}`\n\n{options_table(rec)}")
             continue
         m = rec["machine"]
         peak = matmul_peak(rec["cases"])

@@ -70,6 +70,7 @@ def bidirectional(
     key: Array | None = None,
     deterministic: bool = True,
     unroll: int | bool = 1,
+    fast: bool = False,
 ) -> Any:
     """Runs a forward and a backward recurrent layer over ``xs [B, T, D]`` and merges them.
 
@@ -86,6 +87,7 @@ def bidirectional(
         dropout, recurrent_dropout, key, deterministic: Keras-style per-sequence dropout
             (each direction draws its own masks from ``fold_in(key, 0 | 1)``).
         unroll: ``lax.scan``'s unroll.
+        fast: both directions on :func:`jaxrnn.fast.rnn` (see :func:`jaxrnn.recurrent.recurrent`).
 
     Returns:
         ``output`` (``[B, T, 2H]`` for concat with sequences; ``[B, 2H]`` without; a pair for
@@ -123,6 +125,7 @@ def bidirectional(
         recurrent_dropout=recurrent_dropout,
         deterministic=deterministic,
         unroll=unroll,
+        fast=fast,
     )
     y_fw, c_fw = recurrent(cell_fw, params.forward, xs, carry_fw, key=k_fw, **common)
     y_bw, c_bw = recurrent(

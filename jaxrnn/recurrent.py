@@ -36,6 +36,7 @@ import numpy as np
 
 from jaxrnn.cells._common import Array, check_float
 from jaxrnn.dropout import rnn_dropout_masks, with_masks
+from jaxrnn.fast import rnn as fast_rnn
 from jaxrnn.layer import Cell, _bcast, _cell_name, _initial_carry_fn, rnn
 
 
@@ -134,6 +135,7 @@ def recurrent(
     deterministic: bool = True,
     per_gate_masks: bool | None = None,
     unroll: int | bool = 1,
+    fast: bool = False,
 ) -> Any:
     """Runs ``cell`` over ``xs [B, T, D]`` exactly as a Keras 3 RNN layer does.
 
@@ -154,6 +156,14 @@ def recurrent(
         deterministic: ``True`` for inference (Keras's ``training=False``): no dropout.
         per_gate_masks: see :func:`jaxrnn.dropout.rnn_dropout_masks` (``None``: as Keras).
         unroll: ``lax.scan``'s unroll.
+        fast: run on :func:`jaxrnn.fast.rnn` (the same numbers up to rounding) unless an
+            explicit ``mask`` is given (an arbitrary mask can skip steps in the middle;
+            right-padded sequences should come as ``lengths``). With ``lengths`` the masked
+            steps' outputs are filled in after the loop: the carry's ``h`` at each
+            sequence's last real step (the initial one with ``go_backwards``, whose masked
+            steps come first), or zeros with ``zero_output_for_mask``. Where no fast kernel
+            applies (other cells, dropout masks bound to the cell) ``fast.rnn`` runs the plain
+            loop with the same semantics.
 
     Returns:
         ``output`` — ``[B, T, H]`` or ``[B, H]`` — or ``(output, final_carry)`` with
@@ -178,6 +188,7 @@ def recurrent(
     B, T, D = xs.shape
     if mask is not None and lengths is not None:
         raise ValueError("recurrent: pass mask or lengths, not both")
+    on_fast_path = fast and mask is None
     if lengths is not None:
         if jnp.shape(lengths) != (B,):
             raise ValueError(
@@ -218,16 +229,28 @@ def recurrent(
     # rnn() checks the cell against xs and the carry at trace time (shapes, dtypes).
     jax.eval_shape(lambda p, x, c: rnn(cell, p, x[:, :1], c), params, xs, initial_carry)
 
-    carry, ys = masked_scan(
-        cell,
-        params,
-        xs_tm,
-        initial_carry,
-        mask_tm,
-        reverse=go_backwards,
-        zero_output_for_mask=zero_output_for_mask,
-        unroll=unroll,
-    )  # ys [T, B, H] in time order
+    if on_fast_path:
+        # ys [T, B, H] in time order, zeros at masked steps
+        carry, ys = fast_rnn(
+            cell, params, xs_tm, initial_carry, lengths=lengths, reverse=go_backwards,
+            unroll=unroll, time_major=True,
+        )  # fmt: skip
+        if lengths is not None and not zero_output_for_mask:
+            # a masked step outputs the carry's h: the final one past a sequence's end, the
+            # initial one when going backwards (the padding is processed first)
+            fill = carry_output(initial_carry if go_backwards else carry)  # [B, H]
+            ys = jnp.where(mask_tm[:, :, None], ys, fill[None])
+    else:
+        carry, ys = masked_scan(
+            cell,
+            params,
+            xs_tm,
+            initial_carry,
+            mask_tm,
+            reverse=go_backwards,
+            zero_output_for_mask=zero_output_for_mask,
+            unroll=unroll,
+        )  # ys [T, B, H] in time order
     if go_backwards:
         ys = ys[::-1]  # processing order, as Keras returns it
     output = jnp.swapaxes(ys, 0, 1) if return_sequences else ys[-1]  # [B, T, H] | [B, H]

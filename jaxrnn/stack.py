@@ -45,6 +45,7 @@ def stack(
     key: Array | None = None,
     deterministic: bool = True,
     unroll: int | bool = 1,
+    fast: bool = False,
 ) -> tuple[list[Any], Array]:
     """Runs layers one after the other over ``xs [B, T, D]``.
 
@@ -60,6 +61,8 @@ def stack(
         key: PRNG key for that dropout (layer ``k`` uses ``fold_in(key, k)``).
         deterministic: ``True``: no dropout.
         unroll: ``lax.scan``'s unroll.
+        fast: every layer on :func:`jaxrnn.fast.rnn` (see :func:`jaxrnn.recurrent.recurrent`:
+            with ``lengths`` or no mask; an explicit ``mask`` runs the plain loop).
 
     Returns:
         ``(finals, ys)``: per layer its final carry (``(fw, bw)`` when bidirectional),
@@ -94,8 +97,9 @@ def stack(
         carry0 = None if initial_carries is None else initial_carries[k]
         if isinstance(p, BiParams):
             h, final = bidirectional(
-                cell, p, h, carry0, mask=mask, lengths=lengths, return_state=True, unroll=unroll
-            )
+                cell, p, h, carry0, mask=mask, lengths=lengths, return_state=True, unroll=unroll,
+                fast=fast,
+            )  # fmt: skip
         else:
             h, final = recurrent(
                 cell,
@@ -107,6 +111,7 @@ def stack(
                 return_state=True,
                 zero_output_for_mask=True,
                 unroll=unroll,
+                fast=fast,
             )
         finals.append(final)
         if k < L - 1 and not deterministic and dropout:

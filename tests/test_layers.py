@@ -76,6 +76,47 @@ def test_recurrent_mask_matches_loop(kind, go_backwards, zero_output):
     np.testing.assert_allclose(last, ref_ys[:, -1], rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("zero_output", [False, True])
+@pytest.mark.parametrize("go_backwards", [False, True])
+@pytest.mark.parametrize("use_lengths", [True, False], ids=["lengths", "no-mask"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_recurrent_fast_matches_loop(kind, use_lengths, go_backwards, zero_output):
+    """recurrent(fast=True) (jaxrnn.fast.rnn, masked outputs filled in after the loop) against
+    Keras's masked loop written out; gradients against the plain path (fast=False)."""
+    cell, p, xs = _setup(kind)
+    lengths = jnp.asarray(LENGTHS) if use_lengths else None
+    mask = (np.arange(T)[None, :] < LENGTHS[:, None]) if use_lengths else np.ones((B, T), bool)
+    opts = dict(lengths=lengths, go_backwards=go_backwards, zero_output_for_mask=zero_output)
+    jaxpr = str(jax.make_jaxpr(lambda p, x: recurrent(cell, p, x, fast=True, **opts))(p, xs))
+    assert "custom_vjp_call" in jaxpr  # on the fast loops
+    ys, carry = recurrent(cell, p, xs, return_state=True, fast=True, **opts)
+    ref_ys, ref_carry = _loop(cell, p, xs, mask, go_backwards, zero_output)
+    np.testing.assert_allclose(ys, ref_ys, rtol=1e-12, atol=1e-12)
+    for a, b in zip(jax.tree.leaves(carry), jax.tree.leaves(ref_carry), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+    def loss(p, xs, fast):
+        ys, carry = recurrent(cell, p, xs, return_state=True, fast=fast, **opts)
+        w = jnp.cos(jnp.arange(ys.size, dtype=ys.dtype)).reshape(ys.shape)
+        return jnp.sum(ys * w) + sum(jnp.sum(jnp.sin(c)) for c in jax.tree.leaves(carry))
+
+    g_fast = jax.grad(loss, argnums=(0, 1))(p, xs, True)
+    g_plain = jax.grad(loss, argnums=(0, 1))(p, xs, False)
+    for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_plain), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_recurrent_fast_with_an_explicit_mask_runs_the_masked_loop():
+    cell, p, xs = _setup("lstm")
+    jaxpr = str(jax.make_jaxpr(lambda p, x: recurrent(cell, p, x, mask=MASK, fast=True))(p, xs))
+    assert "custom_vjp_call" not in jaxpr
+    np.testing.assert_allclose(
+        recurrent(cell, p, xs, mask=MASK, fast=True),
+        _loop(cell, p, xs, MASK, False, False)[0],
+        rtol=1e-12, atol=1e-12,
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_lengths_agree_with_rnn(kind):
     """Right-padded: recurrent(lengths) == rnn(lengths); go_backwards == rnn(reverse) flipped."""
@@ -189,15 +230,28 @@ def test_stack_mixed_cells_matches_composition_and_dropout():
         return [c0, (cf, cb), c2], h
 
     for drop in (False, True):
-        finals, ys = jax.jit(
-            lambda p, xs, drop=drop: stack(
-                cell_list, p, xs, lengths=LENGTHS, dropout=0.5, key=key, deterministic=not drop
-            )
-        )(params, xs)
-        ref_finals, ref_ys = manual(drop)
-        np.testing.assert_allclose(ys, ref_ys, atol=1e-13)
-        for a, b in zip(jax.tree.leaves(finals), jax.tree.leaves(ref_finals), strict=True):
-            np.testing.assert_allclose(a, b, atol=1e-13)
+        for fast in (False, True):
+            finals, ys = jax.jit(
+                lambda p, xs, drop=drop, fast=fast: stack(
+                    cell_list, p, xs, lengths=LENGTHS, dropout=0.5, key=key,
+                    deterministic=not drop, fast=fast,
+                )
+            )(params, xs)  # fmt: skip
+            ref_finals, ref_ys = manual(drop)
+            np.testing.assert_allclose(ys, ref_ys, atol=1e-12)
+            for a, b in zip(jax.tree.leaves(finals), jax.tree.leaves(ref_finals), strict=True):
+                np.testing.assert_allclose(a, b, atol=1e-12)
+
+    def loss(params, fast):
+        finals, ys = stack(
+            cell_list, params, xs, lengths=LENGTHS, dropout=0.5, key=key, deterministic=False,
+            fast=fast,
+        )  # fmt: skip
+        return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(c**2) for c in jax.tree.leaves(finals))
+
+    g_fast, g_plain = jax.grad(loss)(params, True), jax.grad(loss)(params, False)
+    for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_plain), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
 def test_torch_state_layout():
