@@ -13,6 +13,11 @@ The model is the seed model of the issue for any cell::
 ``spec`` keys: ``mode`` ("train" | "infer"), ``cell``, ``B``, ``T``, ``H``, ``V``, ``E``.
 Data are random token ids and labels drawn once (seed 0); every framework sees
 the same arrays. Nothing here is a test: no timing is asserted anywhere.
+
+The stack workload (``spec["layers"]``, the ``stack`` workload of run.py) is PyTorch's
+``nn.LSTM(num_layers=2, bidirectional=True)`` on packed sequences: post-padded reviews with
+lengths in ``[T / 4, T]``, every layer bidirectional within each length, and the last layer's
+final states of both directions ``[B, 2H]`` -> Dense(1) (:func:`stack_head`).
 """
 
 from __future__ import annotations
@@ -32,6 +37,12 @@ def make_data(spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     tokens = rng.integers(1, spec["V"], size=(spec["B"], spec["T"]), dtype=np.int32)
     labels = rng.integers(0, 2, size=(spec["B"],)).astype(np.float32)
     return tokens, labels
+
+
+def make_lengths(spec: dict[str, Any]) -> np.ndarray:
+    """``[B]`` int32 true lengths in ``[T / 4, T]`` (seed 1) for the stack workload."""
+    rng = np.random.default_rng(1)
+    return rng.integers(spec["T"] // 4, spec["T"] + 1, size=(spec["B"],)).astype(np.int32)
 
 
 # --------------------------------------------------------------------------- JAX family
@@ -99,6 +110,8 @@ def build_jaxrnn(spec: dict[str, Any], device: str, variant: str = "plain") -> C
     from jaxrnn import models, runtime
 
     dev = _jax_device(device)
+    if spec.get("layers"):
+        return _build_jaxrnn_stack(spec, dev, variant)
     cfg = models.ClassifierConfig(
         vocab_size=spec["V"], embed_dim=spec["E"], hidden_size=spec["H"], cell=spec["cell"]
     )
@@ -124,8 +137,47 @@ def build_jaxrnn(spec: dict[str, Any], device: str, variant: str = "plain") -> C
     return _jax_infer_step(logits_fn, params, tokens, dev, xla)
 
 
+def _build_jaxrnn_stack(spec: dict[str, Any], dev: Any, variant: str) -> Callable[[], None]:
+    """The stack workload: :func:`jaxrnn.stack.stack` (``fast=True`` for ``"fast"``)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from jaxrnn import cells, runtime
+    from jaxrnn.bidirectional import BiParams
+    from jaxrnn.stack import stack
+
+    if variant not in ("fast", "plain"):
+        raise ValueError(f"the stack workload has jaxrnn variants fast and plain; got {variant!r}")
+    mod, H = cells.get(spec["cell"]), spec["H"]
+    ks = iter(jax.random.split(jax.random.key(0), 4 * spec["layers"] + 2))
+    layers, d = [], spec["E"]
+    for _ in range(spec["layers"]):
+        layers.append(BiParams(mod.init(next(ks), d, H), mod.init(next(ks), d, H)))
+        d = 2 * H
+    params = {
+        "embedding": jax.random.normal(next(ks), (spec["V"], spec["E"]), jnp.float32),
+        "layers": layers,
+        "W_o": jax.random.normal(next(ks), (2 * H, 1), jnp.float32) / np.sqrt(2 * H),
+        "b_o": jnp.zeros((1,), jnp.float32),
+    }
+    lengths = jnp.asarray(make_lengths(spec))
+
+    def loss_fn(p, tokens, labels):
+        xs = jnp.take(p["embedding"], tokens, axis=0)  # [B, T, E]
+        finals, _ = stack(mod.cell, p["layers"], xs, lengths=lengths, fast=variant == "fast")
+        fw, bw = finals[-1]
+        h = jnp.concatenate([jax.tree.leaves(fw)[0], jax.tree.leaves(bw)[0]], -1)  # [B, 2H]
+        return optax.sigmoid_binary_cross_entropy((h @ p["W_o"] + p["b_o"])[:, 0], labels).mean()
+
+    tokens, labels = make_data(spec)
+    xla = runtime.compiler_options(dev.platform) if variant != "plain" else None
+    return _jax_train_step(loss_fn, params, tokens, labels, dev, xla)
+
+
 def build_flax(spec: dict[str, Any], device: str) -> Callable[[], None]:
-    """Flax linen: ``nn.Embed -> nn.RNN(nn.SimpleCell | nn.OptimizedLSTMCell | nn.GRUCell) -> nn.Dense``."""
+    """Flax linen: ``nn.Embed -> nn.RNN(nn.SimpleCell | nn.OptimizedLSTMCell | nn.GRUCell) -> nn.Dense``
+    (stack workload: ``nn.Bidirectional(nn.RNN, nn.RNN)`` layers with ``seq_lengths``)."""
     import flax.linen as nn
     import jax
     import optax
@@ -134,6 +186,26 @@ def build_flax(spec: dict[str, Any], device: str) -> Callable[[], None]:
     cell_cls = {"simple": nn.SimpleCell, "lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell}[
         spec["cell"]
     ]
+    if spec.get("layers"):
+        import jax.numpy as jnp
+
+        lengths = jnp.asarray(make_lengths(spec))
+
+        class Stack(nn.Module):
+            @nn.compact
+            def __call__(self, tokens):
+                x = nn.Embed(spec["V"], spec["E"])(tokens)  # [B, T, E]
+                for _ in range(spec["layers"]):
+                    bi = nn.Bidirectional(
+                        nn.RNN(cell_cls(H)), nn.RNN(cell_cls(H)), return_carry=True
+                    )
+                    (c_fw, c_bw), x = bi(x, seq_lengths=lengths)  # x [B, T, 2H]
+                h = [c[1] if isinstance(c, tuple) else c for c in (c_fw, c_bw)]  # LSTM (c, h)
+                return nn.Dense(1)(jnp.concatenate(h, -1))[:, 0]
+
+        model = Stack()
+    else:
+        model = None
 
     class Model(nn.Module):
         @nn.compact
@@ -142,9 +214,9 @@ def build_flax(spec: dict[str, Any], device: str) -> Callable[[], None]:
             ys = nn.RNN(cell_cls(H))(x)  # [B, T, H]
             return nn.Dense(1)(ys[:, -1])[:, 0]  # [B]
 
-    model = Model()
+    model = model or Model()
     tokens, labels = make_data(spec)
-    params = model.init(jax.random.key(0), tokens[:1])
+    params = model.init(jax.random.key(0), tokens if spec.get("layers") else tokens[:1])
     dev = _jax_device(device)
 
     def loss_fn(p, x, y):
@@ -227,11 +299,14 @@ def build_keras(spec: dict[str, Any], device: str, variant: str = "jit") -> Call
 
 
 def build_torch(
-    spec: dict[str, Any], device: str, threads: int | None = None
+    spec: dict[str, Any], device: str, threads: int | None = None, packed: bool = True
 ) -> Callable[[], None]:
     """PyTorch: ``nn.Embedding -> nn.RNN | nn.LSTM | nn.GRU (batch_first) -> nn.Linear``
     (cuDNN on a GPU), ``BCEWithLogitsLoss``, ``torch.optim.Adam``. ``threads``: CPU
-    intra-op threads (default: PyTorch's choice, one per core)."""
+    intra-op threads (default: PyTorch's choice, one per core). Stack workload: ``packed``
+    (default) runs packed sequences, the model the others compute; ``packed=False`` runs the
+    padded batch as it is (the backward direction then starts in the padding: not the same
+    numbers, a lower bound on PyTorch's time for this shape)."""
     import torch
 
     if threads is not None:
@@ -256,7 +331,28 @@ def build_torch(
             ys, _ = self.rnn(self.emb(tokens))  # [B, T, H]
             return self.out(ys[:, -1])[:, 0]  # [B]
 
-    model = Model().to(dev)
+    class Stack(torch.nn.Module):  # the stack workload: packed sequences
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(spec["V"], spec["E"])
+            self.rnn = rnn_cls(
+                spec["E"], spec["H"], num_layers=spec["layers"], bidirectional=True,
+                batch_first=True,
+            )  # fmt: skip
+            self.out = torch.nn.Linear(2 * spec["H"], 1)
+            self.lengths = torch.as_tensor(make_lengths(spec), dtype=torch.long)  # on the CPU
+
+        def forward(self, tokens):
+            x = self.emb(tokens)  # [B, T, E]
+            if packed:
+                x = torch.nn.utils.rnn.pack_padded_sequence(
+                    x, self.lengths, batch_first=True, enforce_sorted=False
+                )
+            _, state = self.rnn(x)
+            h_n = state[0] if isinstance(state, tuple) else state  # [layers * 2, B, H]
+            return self.out(torch.cat([h_n[-2], h_n[-1]], -1))[:, 0]  # [B]
+
+    model = (Stack() if spec.get("layers") else Model()).to(dev)
     tokens, labels = make_data(spec)
     x = torch.as_tensor(tokens, dtype=torch.long, device=dev)
     y = torch.as_tensor(labels, device=dev)
@@ -349,6 +445,7 @@ FRAMEWORKS: dict[str, Callable[[dict[str, Any], str], Callable[[], None]]] = {
     "keras-fit": lambda s, d: build_keras(s, d, "fit"),
     "torch": build_torch,
     "torch-1thread": lambda s, d: build_torch(s, d, threads=1),
+    "torch-unpacked": lambda s, d: build_torch(s, d, packed=False),
     "numpy": build_numpy,
     "matmul": build_matmul,
 }

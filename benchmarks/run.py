@@ -86,7 +86,8 @@ def case(mode: str = "train", **kw: Any) -> dict[str, Any]:
 def case_name(spec: dict[str, Any]) -> str:
     if spec["mode"] == "matmul":
         return f"matmul-N{spec['N']}"
-    return f"{spec['mode']}-{spec['cell']}-B{spec['B']}-T{spec['T']}-H{spec['H']}"
+    kind = f"{spec['cell']}-{spec['layers']}x-bi-lengths" if spec.get("layers") else spec["cell"]
+    return f"{spec['mode']}-{kind}-B{spec['B']}-T{spec['T']}-H{spec['H']}"
 
 
 def train_flop(spec: dict[str, Any]) -> float:
@@ -98,6 +99,9 @@ def train_flop(spec: dict[str, Any]) -> float:
     """
     G = {"simple": 1, "lstm": 4, "gru": 3}[spec["cell"]]
     fwd = 2 * spec["B"] * spec["T"] * (spec["E"] + spec["H"]) * G * spec["H"]
+    if spec.get("layers"):  # two directions per layer; layers after the first read [., 2H]
+        deeper = 2 * spec["B"] * spec["T"] * (2 * spec["H"] + spec["H"]) * G * spec["H"]
+        fwd = 2 * (fwd + (spec["layers"] - 1) * deeper)
     return 3 * fwd if spec["mode"] == "train" else fwd
 
 
@@ -111,6 +115,9 @@ def workloads(name: str, device: str) -> list[tuple[dict[str, Any], list[str]]]:
         return [(case("train"), PEERS)]
     if name == "train-gated":
         return [(case("train", cell=c), GATED_PEERS) for c in ("lstm", "gru")]
+    if name == "stack":  # nn.LSTM(num_layers=2, bidirectional=True) on packed sequences
+        fws = ["jaxrnn-fast", "jaxrnn", "flax", "torch", "torch-1thread", "torch-unpacked"]
+        return [(case("train", cell="lstm", layers=2, bidirectional=True), fws)]
     if name == "infer":
         peers = [p for p in PEERS if p != "keras-fit"] + ["keras-fit"]
         return [(case("infer", B=b), peers) for b in (64, 1)]
@@ -269,7 +276,7 @@ def main() -> None:
     ap.add_argument(
         "--workload",
         default="train",
-        help="train | train-gated | infer | scaling | matmul | all (comma-separated ok)",
+        help="train | train-gated | infer | scaling | stack | matmul | all (comma-separated ok)",
     )
     ap.add_argument("--reps", type=int, default=10, help="rounds (each framework once per round)")
     ap.add_argument(
@@ -305,7 +312,7 @@ def main() -> None:
     args = ap.parse_args()  # fmt: skip
 
     names = (
-        ["matmul", "train", "train-gated", "infer", "scaling"]
+        ["matmul", "train", "train-gated", "infer", "scaling", "stack"]
         if args.workload == "all"
         else args.workload.split(",")
     )
