@@ -233,7 +233,7 @@ def main() -> None:
                 if r.get("times"):
                     med = stats(r["times"])[0]
                     out.append(f"{c['name']}: {med:.2f} ms, {c['flop'] / med / 1e6:.0f} GFLOP/s\n")
-        if any(c["workload"] == "scaling" for c in rec["cases"]):
+        if any(c["workload"] == "scaling" and c["spec"]["cell"] == "simple" for c in rec["cases"]):
             plot_scaling(rec["cases"], HERE / f"{f.stem}.png")
         else:
             plot_bars(rec["cases"], HERE / f"{f.stem}.png", f"{f.stem}: median ms/step (log scale)")

@@ -307,6 +307,10 @@ def main() -> None:
     )
     ap.add_argument("--frameworks", default=None, help="comma-separated subset (default: all)")
     ap.add_argument(
+        "--cases", default=None,
+        help="keep only the cases whose name contains one of these comma-separated strings",
+    )  # fmt: skip
+    ap.add_argument(
         "--out", default=None, help="JSON file (default benchmarks/results/<workload>.json)"
     )
     args = ap.parse_args()  # fmt: skip
@@ -332,6 +336,8 @@ def main() -> None:
               "cases": []}  # fmt: skip
     for name in names:
         for spec, fws in workloads(name, args.device):
+            if args.cases and not any(c in case_name(spec) for c in args.cases.split(",")):
+                continue
             fws = [f for f in fws if only is None or f in only or f == "matmul"]
             res = run_case(
                 spec, fws, args.device, args.reps, args.budget, args.warmup, args.settle,

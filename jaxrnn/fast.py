@@ -591,13 +591,14 @@ gru_scan.defvjp(_gru_scan_fwd, _gru_scan_bwd)
 
 
 ALL_KERNELS = frozenset({"simple", "lstm", "gru"})
-# The default, "auto": the simple and LSTM kernels always, the GRU's up to H = GRU_AUTO_MAX_H.
-# Measured here (float32, native kernels, training step vs the plain path): the seed
-# classifier GRU(100) 0.54x the plain time; fast.rnn over a [64, 128, 64] sequence with every
-# output in the loss 0.94x at H = 128 but 1.18x at H = 256 and 1.30x at H = 512 (the hoisted
-# [T, B, 3H] projections and their two gradient buffers cost more than the loop saves).
+# The default, "auto": every kernel (ALL_KERNELS). Until the fifth session the GRU's stopped at
+# H = 128 (fast.rnn over a [64, 128, 64] sequence had measured 1.18x the plain time at H = 256);
+# with the kernels' input-gradient rows and inline dispatch it is faster there too. Training
+# step, float32, 2-core CPU, interleaved, medians (benchmarks/options.py --cells gru --hidden H
+# --input 64 --steps-t 128): H = 256 (native kernels) 38.9 vs 49.0 ms plain; H = 384 and 512
+# (W_h past native.MAX_WEIGHT_BYTES: the XLA loops) 97.9 vs 96.9 and 146.0 vs 151.3 ms; the
+# seed classifier's GRU at H = 256 62.7 vs 94.6 ms (benchmarks/RESULTS.md, fifth session).
 KERNELS = "auto"
-GRU_AUTO_MAX_H = 128
 
 
 def _supported(cell: Callable, params: Any, kernels: Any = ALL_KERNELS) -> str | None:
@@ -607,8 +608,6 @@ def _supported(cell: Callable, params: Any, kernels: Any = ALL_KERNELS) -> str |
     if isinstance(kernels, str):
         if kernels != "auto":
             raise ValueError(f"kernels must be 'auto' or a set of {sorted(ALL_KERNELS)}; got {kernels!r}")  # fmt: skip
-        if kind == "gru" and params.W_h.shape[0] > GRU_AUTO_MAX_H:
-            return None
         return kind
     return kind if kind in kernels else None
 
@@ -728,8 +727,8 @@ def rnn(
         cell, params, xs, h0, lengths, reverse, time_major: as in :func:`jaxrnn.rnn`
             (``xs: [B, T, D]``, ``[T, B, D]`` with ``time_major``, or ``[T, D]``).
         unroll: steps per loop iteration of the sequential scans.
-        kernels: which fast kernels may be used: ``"auto"`` (default, :data:`KERNELS`: simple
-            and LSTM, the GRU up to ``H = 128``) or a set of names, e.g. :data:`ALL_KERNELS`.
+        kernels: which fast kernels may be used: ``"auto"`` (default, :data:`KERNELS`: all of
+            them) or a set of names, e.g. ``{"simple", "lstm"}`` (the GRU then runs the plain path).
 
     Returns:
         ``(final_carry, ys)`` as :func:`jaxrnn.rnn`.

@@ -107,9 +107,9 @@ def test_fast_kernels_are_used():
     assert fast._supported(cells.lstm.cell, cells.lstm.init(jax.random.key(0), 2, 3)) == "lstm"
     assert fast._supported(cells.gru.cell, cells.gru.init(jax.random.key(0), 2, 3)) == "gru"
     gru_p = cells.gru.init(jax.random.key(0), 2, 3)
-    assert fast._supported(cells.gru.cell, gru_p, fast.KERNELS) == "gru"  # auto: small H
-    wide = cells.gru.init(jax.random.key(0), 2, fast.GRU_AUTO_MAX_H + 1)
-    assert fast._supported(cells.gru.cell, wide, fast.KERNELS) is None  # auto: plain path
+    assert fast._supported(cells.gru.cell, gru_p, fast.KERNELS) == "gru"  # auto: every kernel
+    wide = cells.gru.init(jax.random.key(0), 2, 300)
+    assert fast._supported(cells.gru.cell, wide, fast.KERNELS) == "gru"
     assert fast._supported(cells.gru.cell, wide, fast.ALL_KERNELS) == "gru"
     assert fast._supported(cells.gru.cell, gru_p, {"simple"}) is None
     with pytest.raises(ValueError, match="kernels must be 'auto' or a set"):
