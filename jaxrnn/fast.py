@@ -595,9 +595,10 @@ ALL_KERNELS = frozenset({"simple", "lstm", "gru"})
 # H = 128 (fast.rnn over a [64, 128, 64] sequence had measured 1.18x the plain time at H = 256);
 # with the kernels' input-gradient rows and inline dispatch it is faster there too. Training
 # step, float32, 2-core CPU, interleaved, medians (benchmarks/options.py --cells gru --hidden H
-# --input 64 --steps-t 128): H = 256 (native kernels) 38.9 vs 49.0 ms plain; H = 384 and 512
-# (W_h past native.MAX_WEIGHT_BYTES: the XLA loops) 97.9 vs 96.9 and 146.0 vs 151.3 ms; the
-# seed classifier's GRU at H = 256 62.7 vs 94.6 ms (benchmarks/RESULTS.md, fifth session).
+# --input 64 --steps-t 128): H = 256 (native kernels) 38.9 vs 49.0 ms plain, H = 512 (native,
+# 3 MiB W_h) 122.6 vs 164.4; with the XLA loops (W_h past native.MAX_WEIGHT_BYTES, or no
+# AVX-512) about equal to plain: H = 384 / 512 97.9 / 146.0 vs 96.9 / 151.3 ms. The seed
+# classifier's GRU at H = 256: 66.9 vs 98.4 ms (benchmarks/RESULTS.md, fifth session).
 KERNELS = "auto"
 
 

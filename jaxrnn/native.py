@@ -189,11 +189,15 @@ def unavailable_reason() -> str | None:
 
 
 # The kernels split batch rows over the threads, so every thread streams all of W_h through
-# its caches once per step: fine while W_h ([H, G H] float32) fits in L2, slower than XLA's
-# own (column-blocked, multi-threaded) matmul beyond. Measured here, seed classifier B = 64,
-# T = 100 training step: simple H = 512 (1 MiB) 38.9 ms vs 40.8 with the XLA loops, H = 1024
-# (4 MiB) 170 vs 133 ms; LSTM H = 256 (1 MiB) 121 vs 136 ms for the plain path.
-MAX_WEIGHT_BYTES = 1 << 20
+# its caches once per step (a column tile at a time, reused by all its rows): fine while W_h
+# ([H, G H] float32) is about the size of L2 (2 MiB a core here), not always beyond. Measured
+# here (seed classifier, B = 64, T = 250, training steps, 2-core CPU, interleaved, medians,
+# kernels vs the XLA loops): GRU H = 384 (1.7 MiB) 144 vs 170 ms, LSTM H = 320 (1.6 MiB) 138 vs
+# 177, GRU H = 512 (3 MiB) 233 vs 323, LSTM H = 448 (3.1 MiB) 247 vs 324; at 4 MiB mixed: LSTM
+# H = 512 345 vs 320, simple H = 1024 270 vs 322. fast.rnn over [64, 128, 64]: GRU H = 512
+# 122.6 ms vs 164.4 plain (benchmarks/RESULTS.md, fifth session). Until then the limit was
+# 1 MiB (simple H = 1024, T = 100: 170 vs 133 ms with the first kernels).
+MAX_WEIGHT_BYTES = 3 << 20
 
 
 def supports(dtype, activation: str = "tanh", H: int = 0, G: int = 1) -> bool:
