@@ -177,7 +177,12 @@ def init_char_lm(key: Array, cfg: CharLMConfig, dtype: Any = jnp.float32) -> dic
 
 
 def char_lm_logits(
-    cfg: CharLMConfig, params: dict[str, Any], tokens: Array, h0: Any = None
+    cfg: CharLMConfig,
+    params: dict[str, Any],
+    tokens: Array,
+    h0: Any = None,
+    *,
+    rnn_fn: Callable = rnn,
 ) -> tuple[Any, Array]:
     """Next-character logits at every position.
 
@@ -186,6 +191,8 @@ def char_lm_logits(
         params: from :func:`init_char_lm`.
         tokens: ``[B, T]`` int character ids.
         h0: optional initial carry (leaves ``[B, H]``); zeros when ``None``.
+        rnn_fn: what runs the recurrence: :func:`jaxrnn.rnn` (default) or
+            :func:`jaxrnn.fast.rnn` (same signature, same numbers).
 
     Returns:
         ``(final_carry, logits)`` with ``logits: [B, T, V]``; ``logits[:, t]`` predicts
@@ -202,7 +209,7 @@ def char_lm_logits(
     """
     check_tokens(tokens, cfg.vocab_size)
     xs = jnp.take(params["embedding"], tokens, axis=0)  # [B, T] -> [B, T, E]
-    carry, hs = rnn(cells.get(cfg.cell).cell, params["rnn"], xs, h0)  # hs: [B, T, H]
+    carry, hs = rnn_fn(cells.get(cfg.cell).cell, params["rnn"], xs, h0)  # hs: [B, T, H]
     return carry, hs @ params["W_o"] + params["b_o"]  # [B, T, H] @ [H, V] -> [B, T, V]
 
 

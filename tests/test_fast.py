@@ -31,6 +31,24 @@ def _init(name, key, D, H, **kw):
     return mod, p
 
 
+def _inputs(name, kw, key, B, T, D, H, time_major):
+    """A cell's params, ``xs`` (``[B, T, D]`` or time-major) and a random initial carry, float64."""
+    mod, p = _init(name, key, D, H, **kw)
+    shape = (T, B, D) if time_major else (B, T, D)
+    xs = jax.random.normal(jax.random.key(1), shape, jnp.float64)
+    h0 = jax.tree.map(
+        lambda a: 0.5 * jax.random.normal(jax.random.key(2), a.shape, a.dtype),
+        mod.initial_carry(p, (B,)),
+    )
+    return mod, p, xs, h0
+
+
+def _weighted(carry, ys):
+    """A loss that weights every output and every carry leaf differently."""
+    w = jnp.cos(jnp.arange(ys.size, dtype=ys.dtype)).reshape(ys.shape)
+    return jnp.sum(ys * w) + sum(jnp.sum(jnp.sin(c)) for c in jax.tree.leaves(carry))
+
+
 CASES = [
     ("simple", {}),
     ("simple", {"activation": "relu"}),
@@ -56,19 +74,10 @@ CASES = [
     ],
 )
 def test_rnn_outputs_and_grads_equal_plain(name, kw, T, unroll, time_major, key):
-    B, D, H = 3, 5, 6
-    mod, p = _init(name, key, D, H, **kw)
-    shape = (T, B, D) if time_major else (B, T, D)
-    xs = jax.random.normal(jax.random.key(1), shape, jnp.float64)
-    h0 = jax.tree.map(
-        lambda a: 0.5 * jax.random.normal(jax.random.key(2), a.shape, a.dtype),
-        mod.initial_carry(p, (B,)),
-    )
+    mod, p, xs, h0 = _inputs(name, kw, key, 3, T, 5, 6, time_major)
 
     def loss(run, p, xs, h0):
-        carry, ys = run(mod.cell, p, xs, h0, time_major=time_major, unroll=unroll)
-        w = jnp.cos(jnp.arange(ys.size, dtype=ys.dtype)).reshape(ys.shape)  # weights every output
-        return jnp.sum(ys * w) + sum(jnp.sum(jnp.sin(c)) for c in jax.tree.leaves(carry))
+        return _weighted(*run(mod.cell, p, xs, h0, time_major=time_major, unroll=unroll))
 
     run_fast = functools.partial(fast.rnn, kernels=fast.ALL_KERNELS)  # GRU kernel included
     out_fast = run_fast(mod.cell, p, xs, h0, time_major=time_major, unroll=unroll)
@@ -143,21 +152,13 @@ def test_rnn_lengths_and_reverse_equal_plain(name, kw, lengths, reverse, time_ma
     """``lengths`` / ``reverse`` on the fast loops (no fallback): outputs, final carry and
     gradients equal the plain path's (lengths 0 and T included; also with ``lengths`` a
     traced argument under jit)."""
-    B, T, D, H = 4, 9, 5, 6
-    mod, p = _init(name, key, D, H, **kw)
-    shape = (T, B, D) if time_major else (B, T, D)
-    xs = jax.random.normal(jax.random.key(1), shape, jnp.float64)
-    h0 = jax.tree.map(
-        lambda a: 0.5 * jax.random.normal(jax.random.key(2), a.shape, a.dtype),
-        mod.initial_carry(p, (B,)),
-    )
+    T = 9
+    mod, p, xs, h0 = _inputs(name, kw, key, 4, T, 5, 6, time_major)
     opts = dict(time_major=time_major, reverse=reverse)
     lens = jnp.array([T, 0, 3, 6]) if lengths else None
 
     def loss(run, p, xs, h0, lens):
-        carry, ys = run(mod.cell, p, xs, h0, lengths=lens, **opts)
-        w = jnp.cos(jnp.arange(ys.size, dtype=ys.dtype)).reshape(ys.shape)
-        return jnp.sum(ys * w) + sum(jnp.sum(jnp.sin(c)) for c in jax.tree.leaves(carry))
+        return _weighted(*run(mod.cell, p, xs, h0, lengths=lens, **opts))
 
     run_fast = functools.partial(fast.rnn, kernels=fast.ALL_KERNELS)
     jaxpr = str(

@@ -129,6 +129,7 @@ def test_one_step_changes_every_leaf_and_does_not_recompile(tmp_path, task_name)
         ("imdb", {"cell": "lstm"}),
         ("adding", {"cell": "lstm"}),
         ("adding", {"cell": "simple", "cell_options": {"activation": "relu"}}),
+        ("shakespeare", {"cell": "gru", "cell_options": {"reset_after": True}}),
     ],
 )
 def test_fast_flag_trains_to_the_same_numbers(tmp_path, monkeypatch, task_name, model):

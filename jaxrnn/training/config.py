@@ -91,6 +91,7 @@ class ShakespeareModel:
     hidden_size: int = 512
     cell: str = "gru"
     cell_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    fast: bool = False  # jaxrnn.fast.rnn instead of jaxrnn.rnn (same numbers)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -109,8 +109,10 @@ def shakespeare_task(cfg: Config, vocab_size: int) -> Task:
         cell_options=_options(cfg.model.cell_options),
     )
 
+    rnn_fn = fast.rnn if cfg.model.fast else rnn
+
     def per_char(params, tokens):
-        _, z = models.char_lm_logits(mcfg, params, tokens[:, :-1])  # [B, L, V]
+        _, z = models.char_lm_logits(mcfg, params, tokens[:, :-1], rnn_fn=rnn_fn)  # [B, L, V]
         ce = optax.softmax_cross_entropy_with_integer_labels(z, tokens[:, 1:])  # [B, L]
         return ce, jnp.argmax(z, -1) == tokens[:, 1:]
 
