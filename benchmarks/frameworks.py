@@ -16,8 +16,8 @@ the same arrays. Nothing here is a test: no timing is asserted anywhere.
 
 The stack workload (``spec["layers"]``, the ``stack`` workload of run.py) is PyTorch's
 ``nn.LSTM(num_layers=2, bidirectional=True)`` on packed sequences: post-padded reviews with
-lengths in ``[T / 4, T]``, every layer bidirectional within each length, and the last layer's
-final states of both directions ``[B, 2H]`` -> Dense(1) (:func:`stack_head`).
+lengths in ``[T / 4, T]`` (:func:`make_lengths`), ``spec["layers"]`` layers, each bidirectional
+within each length, and the last layer's final ``h`` of both directions ``[B, 2H]`` -> Dense(1).
 """
 
 from __future__ import annotations

@@ -117,7 +117,7 @@ def workloads(name: str, device: str) -> list[tuple[dict[str, Any], list[str]]]:
         return [(case("train", cell=c), GATED_PEERS) for c in ("lstm", "gru")]
     if name == "stack":  # nn.LSTM(num_layers=2, bidirectional=True) on packed sequences
         fws = ["jaxrnn-fast", "jaxrnn", "flax", "torch", "torch-1thread", "torch-unpacked"]
-        return [(case("train", cell="lstm", layers=2, bidirectional=True), fws)]
+        return [(case("train", cell="lstm", layers=2), fws)]  # every layer bidirectional
     if name == "infer":
         peers = [p for p in PEERS if p != "keras-fit"] + ["keras-fit"]
         return [(case("infer", B=b), peers) for b in (64, 1)]
