@@ -180,32 +180,13 @@ def build_flax(spec: dict[str, Any], device: str) -> Callable[[], None]:
     (stack workload: ``nn.Bidirectional(nn.RNN, nn.RNN)`` layers with ``seq_lengths``)."""
     import flax.linen as nn
     import jax
+    import jax.numpy as jnp
     import optax
 
     H = spec["H"]
     cell_cls = {"simple": nn.SimpleCell, "lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell}[
         spec["cell"]
     ]
-    if spec.get("layers"):
-        import jax.numpy as jnp
-
-        lengths = jnp.asarray(make_lengths(spec))
-
-        class Stack(nn.Module):
-            @nn.compact
-            def __call__(self, tokens):
-                x = nn.Embed(spec["V"], spec["E"])(tokens)  # [B, T, E]
-                for _ in range(spec["layers"]):
-                    bi = nn.Bidirectional(
-                        nn.RNN(cell_cls(H)), nn.RNN(cell_cls(H)), return_carry=True
-                    )
-                    (c_fw, c_bw), x = bi(x, seq_lengths=lengths)  # x [B, T, 2H]
-                h = [c[1] if isinstance(c, tuple) else c for c in (c_fw, c_bw)]  # LSTM (c, h)
-                return nn.Dense(1)(jnp.concatenate(h, -1))[:, 0]
-
-        model = Stack()
-    else:
-        model = None
 
     class Model(nn.Module):
         @nn.compact
@@ -214,9 +195,21 @@ def build_flax(spec: dict[str, Any], device: str) -> Callable[[], None]:
             ys = nn.RNN(cell_cls(H))(x)  # [B, T, H]
             return nn.Dense(1)(ys[:, -1])[:, 0]  # [B]
 
-    model = model or Model()
+    class Stack(nn.Module):  # the stack workload: lengths of the whole batch, [B]
+        @nn.compact
+        def __call__(self, tokens):
+            x = nn.Embed(spec["V"], spec["E"])(tokens)  # [B, T, E]
+            lengths = jnp.asarray(make_lengths(spec))
+            for _ in range(spec["layers"]):
+                bi = nn.Bidirectional(nn.RNN(cell_cls(H)), nn.RNN(cell_cls(H)), return_carry=True)
+                (c_fw, c_bw), x = bi(x, seq_lengths=lengths)  # x [B, T, 2H]
+            h = [c[1] if isinstance(c, tuple) else c for c in (c_fw, c_bw)]  # LSTM (c, h)
+            return nn.Dense(1)(jnp.concatenate(h, -1))[:, 0]
+
+    stacked = bool(spec.get("layers"))
+    model = Stack() if stacked else Model()
     tokens, labels = make_data(spec)
-    params = model.init(jax.random.key(0), tokens if spec.get("layers") else tokens[:1])
+    params = model.init(jax.random.key(0), tokens if stacked else tokens[:1])
     dev = _jax_device(device)
 
     def loss_fn(p, x, y):

@@ -82,7 +82,7 @@ def reverse_padded(xs: Array, lengths: Array) -> Array:
     # one row xs[idx[t, b], b] gathered per (t, b): its gradient scatters [T, B] rows, where
     # take_along_axis's scattered every element through a [T, B, D, 3] index array (a training
     # step with reverse=True and lengths, simple cell, B 64, T 250, H 100, 2-core CPU: 20.6 ->
-    # 15.0 ms; benchmarks/options.py)
+    # 14.3 ms; benchmarks/options.py, benchmarks/RESULTS.md)
     return xs[idx, jnp.arange(B)[None, :]]
 
 
