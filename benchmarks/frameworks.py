@@ -101,10 +101,14 @@ def _jax_infer_step(
     return run
 
 
-def build_jaxrnn(spec: dict[str, Any], device: str, variant: str = "plain") -> Callable[[], None]:
+def build_jaxrnn(
+    spec: dict[str, Any], device: str, variant: str = "plain", unroll: int = 1
+) -> Callable[[], None]:
     """jaxrnn's seed model: ``variant="plain"`` is ``models.classifier_loss`` (``rnn``,
     ``lax.scan`` with autodiff); ``"fast"`` is :mod:`jaxrnn.fast` (with the native CPU kernels
-    of :mod:`jaxrnn.native` where they apply); ``"fast-xla"`` the same with them off."""
+    of :mod:`jaxrnn.native` where they apply); ``"fast-xla"`` the same with them off.
+    ``unroll``: steps per loop iteration of the fast path's XLA loops (what runs on a GPU;
+    the CPU kernels ignore it)."""
     import jax
 
     from jaxrnn import models, runtime
@@ -125,8 +129,8 @@ def build_jaxrnn(spec: dict[str, Any], device: str, variant: str = "plain") -> C
             os.environ["JAXRNN_NATIVE"] = "0"
         from jaxrnn import fast
 
-        loss_fn = lambda p, x, y: fast.classifier_loss(cfg, p, x, y)  # noqa: E731
-        logits_fn = lambda p, x: fast.classifier_logits(cfg, p, x)  # noqa: E731
+        loss_fn = lambda p, x, y: fast.classifier_loss(cfg, p, x, y, unroll=unroll)  # noqa: E731
+        logits_fn = lambda p, x: fast.classifier_logits(cfg, p, x, unroll=unroll)  # noqa: E731
     else:
         raise ValueError(f"unknown jaxrnn variant {variant!r}")
     # jaxrnn's own compile settings (jaxrnn/runtime.py: 512-bit vectors on an AVX-512 CPU),
@@ -305,11 +309,9 @@ def build_torch(
     if threads is not None:
         torch.set_num_threads(threads)
 
-    dev = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    )
-    if dev.type == "gpu":
-        dev = torch.device("cuda")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device("cuda" if device == "gpu" else device)
     torch.manual_seed(0)
     rnn_cls = {"simple": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[spec["cell"]]
 
@@ -432,6 +434,7 @@ def build_matmul(spec: dict[str, Any], device: str) -> Callable[[], None]:
 FRAMEWORKS: dict[str, Callable[[dict[str, Any], str], Callable[[], None]]] = {
     "jaxrnn-fast": lambda s, d: build_jaxrnn(s, d, "fast"),
     "jaxrnn-fast-xla": lambda s, d: build_jaxrnn(s, d, "fast-xla"),
+    "jaxrnn-fast-u10": lambda s, d: build_jaxrnn(s, d, "fast", unroll=10),  # GPU: fewer loop trips
     "jaxrnn": lambda s, d: build_jaxrnn(s, d, "plain"),
     "flax": build_flax,
     "keras-jax": lambda s, d: build_keras(s, d, "jit"),

@@ -75,6 +75,11 @@ GATED_PEERS = [
     "torch",
     "torch-1thread",
 ]  # NumPy ref: simple cell only
+# On a GPU: no CPU-only variants (native kernels off, one CPU thread, the NumPy reference);
+# the fast path's XLA loops once more with 10 steps per loop trip (launches, not FLOP, bound
+# a small recurrent step there); PyTorch is cuDNN.
+GPU_PEERS = ["jaxrnn-fast", "jaxrnn-fast-u10", "jaxrnn", "keras-jax", "keras-fit", "flax", "torch"]
+GPU_GATED_PEERS = [p for p in GPU_PEERS if p != "keras-fit"]
 
 
 def case(mode: str = "train", **kw: Any) -> dict[str, Any]:
@@ -109,30 +114,33 @@ def workloads(name: str, device: str) -> list[tuple[dict[str, Any], list[str]]]:
     """``[(spec, frameworks)]`` of a workload. The CPU grid is shrunk where a cell would take
     minutes (noted in RESULTS.md); on a GPU the full grid runs."""
     cpu = device == "cpu" or (device == "auto" and not _has_gpu())
-    if name == "matmul":
-        return [(dict(mode="matmul", N=n), ["matmul"]) for n in (1024, 2048)]
+    peers, gated = (PEERS, GATED_PEERS) if cpu else (GPU_PEERS, GPU_GATED_PEERS)
+    if name == "matmul":  # a GPU needs a larger product to reach its peak
+        sizes = (1024, 2048) if cpu else (2048, 8192)
+        return [(dict(mode="matmul", N=n), ["matmul"]) for n in sizes]
     if name == "train":
-        return [(case("train"), PEERS)]
+        return [(case("train"), peers)]
     if name == "train-gated":
-        return [(case("train", cell=c), GATED_PEERS) for c in ("lstm", "gru")]
+        return [(case("train", cell=c), gated) for c in ("lstm", "gru")]
     if name == "stack":  # nn.LSTM(num_layers=2, bidirectional=True) on packed sequences
-        fws = ["jaxrnn-fast", "jaxrnn", "flax", "torch", "torch-1thread", "torch-unpacked"]
+        fws = ["jaxrnn-fast", "jaxrnn", "flax", "torch"] + (["torch-1thread"] if cpu else [])
+        fws.append("torch-unpacked")
         return [(case("train", cell="lstm", layers=2), fws)]  # every layer bidirectional
     if name == "infer":
-        peers = [p for p in PEERS if p != "keras-fit"] + ["keras-fit"]
-        return [(case("infer", B=b), peers) for b in (64, 1)]
+        infer = [p for p in peers if p != "keras-fit"] + ["keras-fit"]
+        return [(case("infer", B=b), infer) for b in (64, 1)]
     if name == "scaling":
         out = []
         # CPU: PyTorch with its default threads stalls on a shared machine (see RESULTS.md);
         # the grid uses one intra-op thread there
         quick = ["jaxrnn-fast", "jaxrnn", "keras-jax", "flax", "torch-1thread" if cpu else "torch"]
         for T in (100, 1000, 10000):
-            out.append((case("train", T=T), quick + (["numpy"] if T <= 1000 else [])))
+            out.append((case("train", T=T), quick + (["numpy"] if cpu and T <= 1000 else [])))
         for H in (64, 256, 1024):
             T = 100 if (cpu and H >= 1024) else 250  # CPU: H=1024 at T=100 (~55 GFLOP/step)
             out.append((case("train", H=H, T=T), quick))
         for B in (1, 16, 128, 512):
-            out.append((case("train", B=B), quick + (["numpy"] if B <= 16 else [])))
+            out.append((case("train", B=B), quick + (["numpy"] if cpu and B <= 16 else [])))
         for c in ("lstm", "gru"):
             out.append((case("train", cell=c, H=256), quick))
         return out
@@ -151,9 +159,18 @@ class Worker:
     """A framework in its own process (see :mod:`benchmarks.worker`)."""
 
     def __init__(
-        self, fw: str, spec: dict[str, Any], device: str, warmup: int, host_env: str = "tuned"
+        self,
+        fw: str,
+        spec: dict[str, Any],
+        device: str,
+        warmup: int,
+        host_env: str = "tuned",
+        wait: bool = True,
     ):
-        env = dict(os.environ, PYTHONPATH=str(ROOT), KERAS_BACKEND="jax")
+        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+        env = dict(os.environ, PYTHONPATH=path, KERAS_BACKEND="jax")
+        # several JAX workers share one GPU: each takes memory as it needs it, not 75% up front
+        env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
         host = host_env == "tuned" or (host_env == "jaxrnn" and fw.startswith("jaxrnn"))
         if host:
             env = runtime.host_env(env)
@@ -165,7 +182,13 @@ class Worker:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             text=True, cwd=ROOT, env=env,
         )  # fmt: skip
-        self.info = self._read()
+        self.info = self._read() if wait else None
+
+    def ready(self) -> dict[str, Any]:
+        """The worker's start report (compiled and warmed up), waiting for it if need be."""
+        if self.info is None:
+            self.info = self._read()
+        return self.info
 
     def _read(self) -> dict[str, Any]:
         for line in self.proc.stdout:
@@ -197,14 +220,22 @@ def run_case(
     settle_s: float = SETTLE_S,
     host_env: str = "tuned",
     round_warmup: int = ROUND_WARMUP,
+    parallel_start: bool = False,
 ) -> dict[str, Any]:
     """Times ``fws`` on ``spec``: ``reps`` rounds, each framework once per round, in an order
     shuffled every round (seeded), after ``settle_s`` seconds of quiet before each turn and
-    ``round_warmup`` untimed steps at the start of each turn."""
+    ``round_warmup`` untimed steps at the start of each turn. ``parallel_start``: start,
+    compile and warm up all workers at once (a GPU machine's many cores; the timed rounds
+    stay one worker at a time); else one after the other (compilation is heavy too)."""
     print(f"== {case_name(spec)}", flush=True)
     workers, results = [], {}
-    for fw in fws:  # one at a time: compilation is heavy too
-        w = Worker(fw, spec, device, warmup, host_env)
+    if parallel_start:
+        started = [Worker(fw, spec, device, warmup, host_env, wait=False) for fw in fws]
+    else:  # a generator: each worker starts once the one before it is warm
+        started = (Worker(fw, spec, device, warmup, host_env) for fw in fws)
+    for w in started:
+        fw = w.fw
+        w.ready()
         if not w.info.get("ready"):
             print(f"   {fw:12s} skipped: {w.info.get('error')}", flush=True)
             results[fw] = {"error": w.info.get("error")}
@@ -223,6 +254,11 @@ def run_case(
             if r < w.rounds:
                 time.sleep(settle_s)
                 out = w.run(w.per_round, round_warmup)
+                if "times" not in out:  # the worker died (e.g. out of memory): keep the others
+                    print(f"   {w.fw:12s} failed: {out.get('error')}", flush=True)
+                    results[w.fw]["error"] = out.get("error")
+                    w.rounds = r
+                    continue
                 results[w.fw]["times"] += out["times"]
                 results[w.fw]["rss_mb"] = out["rss_mb"]
     for w in workers:
@@ -305,6 +341,10 @@ def main() -> None:
         choices=["tuned", "jaxrnn", "default"],
         help="environment of every worker (see the module docstring)",
     )
+    ap.add_argument(
+        "--parallel-start", default="auto", choices=["auto", "on", "off"],
+        help="start and compile a case's workers all at once (auto: on a GPU machine)",
+    )  # fmt: skip
     ap.add_argument("--frameworks", default=None, help="comma-separated subset (default: all)")
     ap.add_argument(
         "--cases", default=None,
@@ -321,6 +361,8 @@ def main() -> None:
         else args.workload.split(",")
     )
     only = set(args.frameworks.split(",")) if args.frameworks else None
+    gpu = args.device == "gpu" or (args.device == "auto" and _has_gpu())
+    parallel = args.parallel_start == "on" or (args.parallel_start == "auto" and gpu)
     out = (
         Path(args.out)
         if args.out
@@ -329,7 +371,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {"command": " ".join(["python"] + sys.argv), "machine": machine_info(), "device": args.device,
               "reps": args.reps, "settle_s": args.settle, "round_warmup": args.round_warmup,
-              "host_env": args.host_env,
+              "host_env": args.host_env, "parallel_start": parallel,
               "glibc_tunables": runtime.host_env(os.environ).get("GLIBC_TUNABLES")
               if args.host_env != "default" else os.environ.get("GLIBC_TUNABLES"),
               "inline_dispatch": args.host_env != "default",  # for the same workers, JAX ones
@@ -341,7 +383,7 @@ def main() -> None:
             fws = [f for f in fws if only is None or f in only or f == "matmul"]
             res = run_case(
                 spec, fws, args.device, args.reps, args.budget, args.warmup, args.settle,
-                args.host_env, args.round_warmup,
+                args.host_env, args.round_warmup, parallel,
             )  # fmt: skip
             res["workload"] = name
             record["cases"].append(res)

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The GPU suite in one command, sized for a short lease on a GPU machine:
+#
+#     bash benchmarks/gpu.sh OUTDIR          # -> OUTDIR/{env.txt,check.txt,gpu_main.json,gpu_scaling.json}
+#     PYTHONPATH=. python benchmarks/report.py   # renders them into benchmarks/RESULTS.md
+#
+# 1. the machine and the versions (nvidia-smi, jax / torch / flax / keras, cuDNN, TF32 flags);
+# 2. correctness there: benchmarks/gpu_check.py (jaxrnn's plain and fast paths on the GPU
+#    against float64 on the CPU);
+# 3. benchmarks/run.py on the GPU: matmul peak, the seed training step for the three cells,
+#    the stacked bidirectional LSTM with lengths, inference (B 64 and 1), then the scaling
+#    grid (T, H, B, LSTM / GRU at H 256). Workers are started in parallel (16 cores), timed
+#    one at a time; short budgets (a GPU step is milliseconds; the machine is not shared).
+#
+# Keras is not in the GPU image: wheels carried in .whl (keras, namex, optree; see
+# benchmarks/RESULTS.md) are installed to /tmp/site when present. JAXRNN_NATIVE=0: the
+# native kernels are CPU-only (lax.platform_dependent lowers only the GPU branch there), so
+# skipping their 15-s build changes nothing on the GPU. Each phase has a time limit, and
+# run.py rewrites its JSON after every case, so a cut-off run keeps what it measured.
+set -u
+OUTDIR=${1:-benchmarks/results/gpu}
+mkdir -p "$OUTDIR"
+PY=${PYTHON:-python3}
+if [ -d .whl ] && ! $PY -c "import keras" 2>/dev/null; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 JAXRNN_NATIVE=0 KERAS_BACKEND=jax
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+
+{
+    date -u
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm,power.limit --format=csv
+    nproc
+    $PY - <<'EOF'
+import jax, torch, flax, optax
+print("jax", jax.__version__, jax.devices(), "default matmul precision:", jax.config.jax_default_matmul_precision)
+print("torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version(),
+      "cudnn.allow_tf32", torch.backends.cudnn.allow_tf32, "matmul.allow_tf32", torch.backends.cuda.matmul.allow_tf32)
+print("flax", flax.__version__, "optax", optax.__version__)
+try:
+    import keras; print("keras", keras.__version__, keras.backend.backend())
+except Exception as e:
+    print("keras unavailable:", e)
+EOF
+} 2>&1 | tee "$OUTDIR/env.txt"
+
+timeout "${CHECK_S:-120}" $PY benchmarks/gpu_check.py 2>&1 | tee "$OUTDIR/check.txt"
+
+RUN=(benchmarks/run.py --device "${DEVICE:-gpu}" --host-env default --reps 4 --budget 0.5 --warmup 2
+     --settle 0.05 --round-warmup 0)
+timeout "${MAIN_S:-220}" $PY "${RUN[@]}" --workload matmul,train,train-gated,stack,infer \
+    --out "$OUTDIR/gpu_main.json"
+timeout "${SCALING_S:-200}" $PY "${RUN[@]}" --workload scaling --out "$OUTDIR/gpu_scaling.json"
+echo "gpu.sh done: $(date -u)"

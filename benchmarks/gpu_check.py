@@ -1,0 +1,113 @@
+"""Correctness on an accelerator: jaxrnn's paths there against float64 on the CPU.
+
+    PYTHONPATH=. python benchmarks/gpu_check.py            # on a GPU machine (benchmarks/gpu.sh)
+
+The test suite runs on the CPU (where :mod:`jaxrnn.fast` uses its native kernels); on a
+GPU the fast path runs its XLA loops (hand-written BPTT, ``lax.platform_dependent``) and
+the plain path ``lax.scan`` with autodiff. This script computes, on the default device,
+the seed classifier's loss and gradients (``models.classifier_loss`` and
+``fast.classifier_loss``, with lengths) and ``fast.rnn`` with lengths and ``reverse``, for
+every cell, in float32 at the default matmul precision and at ``"highest"``, and compares
+them with the plain path in float64 on the CPU: ``max |a - b| / max |b|`` over every leaf.
+Fresh random inputs (seed per cell). It prints one line per check and exits 1 if any
+check at ``"highest"`` precision exceeds 1e-4 (float32 rounding over T = 60 steps) or any
+result is not finite; at the default precision (TF32 matmuls on recent NVIDIA GPUs) the
+error is reported, not judged.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+jax.config.update("jax_enable_x64", True)  # the float64 reference on the CPU
+
+from jaxrnn import cells, fast, models, rnn  # noqa: E402
+
+B, T, E, H, V = 8, 60, 16, 32, 50
+TOL_HIGHEST = 1e-4
+
+
+def rel_err(a, b) -> float:
+    errs = []
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        if not np.all(np.isfinite(x)):
+            return float("inf")
+        errs.append(np.max(np.abs(x - y)) / max(np.max(np.abs(y)), 1e-30))
+    return max(errs)
+
+
+def seed_grads(loss, cfg):
+    """Jitted ``(loss, grads)`` of the seed classifier's ``loss(cfg, params, tokens, labels, lengths)``."""
+    return jax.jit(jax.value_and_grad(lambda p, x, y, n: loss(cfg, p, x, y, n)))
+
+
+def rnn_out(fn, cell):
+    """Jitted ``fn(cell, ...)`` with lengths and ``reverse``: final carry, outputs, and the
+    gradient of ``sum(ys ** 2)`` (forward direction) with respect to the parameters."""
+
+    def f(p, x, n):
+        carry, ys = fn(cell, p, x, lengths=n, reverse=True)
+        grads = jax.grad(lambda p: jnp.sum(fn(cell, p, x, lengths=n)[1] ** 2))(p)
+        return carry, ys, grads
+
+    return jax.jit(f)
+
+
+def to(tree, dtype, device):
+    return jax.device_put(jax.tree.map(lambda a: a.astype(dtype), tree), device)
+
+
+def main() -> int:
+    dev, cpu = jax.devices()[0], jax.devices("cpu")[0]
+    print(f"device: {dev.platform} {dev.device_kind}; jax {jax.__version__}")
+    bad = []
+    for i, cell in enumerate(("simple", "lstm", "gru")):
+        cfg = models.ClassifierConfig(vocab_size=V, embed_dim=E, hidden_size=H, cell=cell)
+        rng = np.random.default_rng(i)
+        params = models.init_classifier(jax.random.key(i), cfg)
+        tokens = jnp.asarray(rng.integers(1, V, (B, T)), jnp.int32)
+        labels = jnp.asarray(rng.integers(0, 2, (B,)), jnp.float32)
+        lengths = jnp.asarray(rng.integers(0, T + 1, (B,)), jnp.int32)
+        mod = cells.get(cell)
+        p_rnn = mod.init(jax.random.key(10 + i), E, H)
+        xs = jnp.asarray(rng.standard_normal((B, T, E)), jnp.float32)
+
+        ref = {
+            "seed loss+grads": seed_grads(models.classifier_loss, cfg)(
+                to(params, jnp.float64, cpu), *jax.device_put((tokens, labels, lengths), cpu)
+            ),
+            "rnn lengths+reverse": rnn_out(rnn, mod.cell)(
+                to(p_rnn, jnp.float64, cpu), *jax.device_put((xs.astype(jnp.float64), lengths), cpu)
+            ),
+        }
+        for precision in ("default", "highest"):
+            with jax.default_matmul_precision(None if precision == "default" else "highest"):
+                for path, loss, fn in (("plain", models.classifier_loss, rnn), ("fast", fast.classifier_loss, fast.rnn)):  # fmt: skip
+                    got = {
+                        "seed loss+grads": seed_grads(loss, cfg)(
+                            to(params, jnp.float32, dev),
+                            *jax.device_put((tokens, labels, lengths), dev),
+                        ),
+                        "rnn lengths+reverse": rnn_out(fn, mod.cell)(
+                            to(p_rnn, jnp.float32, dev), *jax.device_put((xs, lengths), dev)
+                        ),
+                    }
+                    for what, value in got.items():
+                        err = rel_err(value, ref[what])
+                        judged = precision == "highest"
+                        ok = np.isfinite(err) and (err <= TOL_HIGHEST or not judged)
+                        print(f"{cell:6s} {path:5s} {what:20s} precision={precision:8s} "
+                              f"rel err {err:.2e} {'ok' if ok else 'FAIL'}", flush=True)  # fmt: skip
+                        if not ok:
+                            bad.append((cell, path, what, precision, err))
+    print("all checks passed" if not bad else f"{len(bad)} checks FAILED: {bad}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
