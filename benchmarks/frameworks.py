@@ -102,13 +102,14 @@ def _jax_infer_step(
 
 
 def build_jaxrnn(
-    spec: dict[str, Any], device: str, variant: str = "plain", unroll: int = 1
+    spec: dict[str, Any], device: str, variant: str = "plain", unroll: int | None = None
 ) -> Callable[[], None]:
     """jaxrnn's seed model: ``variant="plain"`` is ``models.classifier_loss`` (``rnn``,
     ``lax.scan`` with autodiff); ``"fast"`` is :mod:`jaxrnn.fast` (with the native CPU kernels
-    of :mod:`jaxrnn.native` where they apply); ``"fast-xla"`` the same with them off.
-    ``unroll``: steps per loop iteration of the fast path's XLA loops (what runs on a GPU;
-    the CPU kernels ignore it)."""
+    of :mod:`jaxrnn.native` or the GPU kernels of :mod:`jaxrnn.gpu` where they apply);
+    ``"fast-xla"`` the same with both off (its XLA loops).
+    ``unroll``: steps per iteration of the fast path's XLA loops (``None``: its default, 1 on
+    a CPU, 10 on a GPU; the kernels have none)."""
     import jax
 
     from jaxrnn import models, runtime
@@ -125,8 +126,9 @@ def build_jaxrnn(
         loss_fn = lambda p, x, y: models.classifier_loss(cfg, p, x, y)  # noqa: E731
         logits_fn = lambda p, x: models.classifier_logits(cfg, p, x)  # noqa: E731
     elif variant in ("fast", "fast-xla"):
-        if variant == "fast-xla":  # the fast path with its XLA loops: no native kernels
+        if variant == "fast-xla":  # the fast path with its XLA loops: no CPU / GPU kernels
             os.environ["JAXRNN_NATIVE"] = "0"
+            os.environ["JAXRNN_GPU_KERNELS"] = "0"
         from jaxrnn import fast
 
         loss_fn = lambda p, x, y: fast.classifier_loss(cfg, p, x, y, unroll=unroll)  # noqa: E731
@@ -434,7 +436,7 @@ def build_matmul(spec: dict[str, Any], device: str) -> Callable[[], None]:
 FRAMEWORKS: dict[str, Callable[[dict[str, Any], str], Callable[[], None]]] = {
     "jaxrnn-fast": lambda s, d: build_jaxrnn(s, d, "fast"),
     "jaxrnn-fast-xla": lambda s, d: build_jaxrnn(s, d, "fast-xla"),
-    "jaxrnn-fast-u10": lambda s, d: build_jaxrnn(s, d, "fast", unroll=10),  # GPU: fewer loop trips
+    "jaxrnn-fast-u10": lambda s, d: build_jaxrnn(s, d, "fast", unroll=10),  # first GPU run
     "jaxrnn": lambda s, d: build_jaxrnn(s, d, "plain"),
     "flax": build_flax,
     "keras-jax": lambda s, d: build_keras(s, d, "jit"),

@@ -45,11 +45,11 @@ except Exception as e:
 EOF
 } 2>&1 | tee "$OUTDIR/env.txt"
 
-timeout "${CHECK_S:-120}" $PY benchmarks/gpu_check.py 2>&1 | tee "$OUTDIR/check.txt"
+timeout "${CHECK_S:-90}" $PY benchmarks/gpu_check.py 2>&1 | tee "$OUTDIR/check.txt"
 
 RUN=(benchmarks/run.py --device "${DEVICE:-gpu}" --host-env default --reps 4 --budget 0.5 --warmup 2
      --settle 0.05 --round-warmup 0)
-timeout "${MAIN_S:-220}" $PY "${RUN[@]}" --workload matmul,train,train-gated,stack,infer \
+timeout "${MAIN_S:-190}" $PY "${RUN[@]}" --workload matmul,train,train-gated,stack,infer \
     --out "$OUTDIR/gpu_main.json"
-timeout "${SCALING_S:-200}" $PY "${RUN[@]}" --workload scaling --out "$OUTDIR/gpu_scaling.json"
+timeout "${SCALING_S:-150}" $PY "${RUN[@]}" --workload scaling --out "$OUTDIR/gpu_scaling.json"
 echo "gpu.sh done: $(date -u)"

@@ -62,13 +62,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrnn import cells, models, native
+from jaxrnn import cells, gpu, models, native
 from jaxrnn import dropout as dropout_lib
 from jaxrnn.cells._common import Array
 from jaxrnn.layer import check_lengths, reverse_padded
 from jaxrnn.layer import rnn as plain_rnn
 
-DEFAULT_UNROLL = 1  # steps per loop iteration; unrolling did not pay on XLA:CPU here (RESULTS.md)
+# Steps per iteration of the XLA loops. ``None`` (the default): 1 where JAX's default backend
+# is the CPU (unrolling did not pay on XLA:CPU here, RESULTS.md), GPU_UNROLL elsewhere: on an
+# H100 the seed training step's XLA loops ran 3.85 ms at 1, 2.44 ms at 10 (per-iteration
+# launch overhead; GPU section of RESULTS.md). The GPU kernels (:mod:`jaxrnn.gpu`) and the
+# native CPU kernels have no unroll.
+DEFAULT_UNROLL = None
+GPU_UNROLL = 10
 
 # Activations whose derivative is a function of the output h = f(a): f'(a) = d(h).
 _DERIV_FROM_OUTPUT: dict[str, Callable[[Array], Array]] = {
@@ -90,8 +96,8 @@ _ACT = {
 # ----------------------------------------------------------------------------- simple cell
 
 
-def divisor_unroll(T: int, unroll: int) -> int:
-    """The largest divisor of ``T`` not above ``unroll``.
+def divisor_unroll(T: int, unroll: int | None) -> int:
+    """The largest divisor of ``T`` not above ``unroll`` (``None``: see :data:`DEFAULT_UNROLL`).
 
     A scan whose length is not a multiple of ``unroll`` gets a remainder loop, and on
     XLA:CPU the reversed (backward) scan with a remainder ran 2-3x slower here
@@ -100,7 +106,42 @@ def divisor_unroll(T: int, unroll: int) -> int:
     >>> divisor_unroll(250, 8), divisor_unroll(256, 8), divisor_unroll(97, 8)
     (5, 8, 1)
     """
+    if unroll is None:
+        unroll = 1 if jax.default_backend() == "cpu" else GPU_UNROLL
     return max(d for d in range(1, max(1, min(unroll, T)) + 1) if T % d == 0)
+
+
+def _per_platform(xla: Callable, cpu: Callable | None = None, cuda: Callable | None = None):
+    """``xla()``, or ``lax.platform_dependent`` over it and the kernels that apply: ``cpu`` the
+    native kernels (:mod:`jaxrnn.native`), ``cuda`` the Pallas ones (:mod:`jaxrnn.gpu`).
+    Only the branch of the platform compiled for is lowered."""
+    branches = {name: f for name, f in (("cpu", cpu), ("cuda", cuda)) if f is not None}
+    return jax.lax.platform_dependent(**branches, default=xla) if branches else xla()
+
+
+def _use_gpu(x: Array, W_h: Array) -> bool:
+    """Whether a cell's loops get a GPU kernel (float32, ``H <= gpu.MAX_HIDDEN``)."""
+    return gpu.supports(x.dtype, W_h.shape[0])
+
+
+def _dense(U: Array, idx: Array | None) -> Array:
+    """``[T, B, G H]`` step inputs: ``U`` itself, or the rows ``U[idx]`` of a table (the GPU
+    kernels read dense inputs; the gather is one XLA op)."""
+    return U if idx is None else jnp.take(U, idx, axis=0)
+
+
+def _dU_of(D: Array, U: Array, idx: Array | None) -> Array:
+    """``dL/dU`` from ``D = dL/du: [T, B, G H]``: ``D`` itself, or scattered onto a table's rows."""
+    if idx is None:
+        return D
+    return jnp.zeros_like(U).at[idx.reshape(-1)].add(D.reshape(-1, U.shape[-1]))
+
+
+def _dW_of(S: Array, D: Array) -> Array:
+    """``dW_h = sum_t h_{t-1}^T D_t``: ``S: [T + 1, B, H]``, ``D: [T, B, G H]`` -> ``[H, G H]``,
+    one ``[H, T B] @ [T B, G H]`` matmul."""
+    H = S.shape[-1]
+    return S[:-1].reshape(-1, H).T @ D.reshape(-1, D.shape[-1])
 
 
 def _input_cotangent(dZ: Array, U: Array, idx: Array | None) -> tuple[Array, Any]:
@@ -161,12 +202,15 @@ def _simple_forward(U, idx, W_h, h0, activation, unroll) -> Array:
     This layout measured ~10% faster per forward loop than carrying ``h`` and stacking it
     (in-process A/B; the whole training step: 7.13 -> 6.82 ms, benchmarks/RESULTS.md).
     """
-    if _use_native(U, W_h, activation):
-        return jax.lax.platform_dependent(
-            cpu=lambda: native.simple_forward(U, idx, W_h, h0, activation),
-            default=lambda: _simple_forward_xla(U, idx, W_h, h0, activation, unroll),
-        )
-    return _simple_forward_xla(U, idx, W_h, h0, activation, unroll)
+    return _per_platform(
+        lambda: _simple_forward_xla(U, idx, W_h, h0, activation, unroll),
+        cpu=(lambda: native.simple_forward(U, idx, W_h, h0, activation))
+        if _use_native(U, W_h, activation)
+        else None,
+        cuda=(lambda: gpu.simple_forward(_dense(U, idx), W_h, h0))
+        if activation == "tanh" and _use_gpu(U, W_h)
+        else None,
+    )
 
 
 def _use_native(x: Array, W_h: Array, activation: str = "tanh") -> bool:
@@ -195,7 +239,7 @@ def simple_scan(
     h0: Array,
     idx: Array | None = None,
     activation: str = "tanh",
-    unroll: int = DEFAULT_UNROLL,
+    unroll: int | None = DEFAULT_UNROLL,
     last_only: bool = False,
 ) -> Array:
     """The simple-cell recurrence on pre-projected inputs, with a hand-written BPTT.
@@ -212,7 +256,8 @@ def simple_scan(
         h0: ``[B, H]`` initial state.
         idx: ``None`` or ``[T, B]`` int rows of ``U``.
         activation: one of ``tanh``, ``sigmoid``, ``relu``, ``identity``/``linear``.
-        unroll: steps per loop iteration (rounded down to a divisor of ``T``).
+        unroll: steps per loop iteration of the XLA loops (rounded down to a divisor of ``T``;
+            ``None``: :data:`DEFAULT_UNROLL`).
         last_only: return only ``h_T`` (then the backward pass reads no ``[T, B, H]``
             cotangent).
 
@@ -244,10 +289,15 @@ def _simple_scan_bwd(activation, unroll, last_only, res, g):
         D, dW_h, dTable = native.simple_backward(S, W_h, g, activation, idx, vocab, rows=rows)
         return D[0], dW_h, (_drop_zero_row(D, S) if idx is None else dTable)
 
-    if _use_native(S, W_h, activation):
-        D0, dW_h, dU = jax.lax.platform_dependent(cpu=cpu, default=xla)
-    else:
-        D0, dW_h, dU = xla()
+    def cuda():  # the reversed loop in one kernel; dW_h and dU in XLA
+        D = gpu.simple_backward(S, W_h, g, last_only)  # [T, B, H]
+        return D[0], _dW_of(S, D), _dU_of(D, U, idx)
+
+    D0, dW_h, dU = _per_platform(
+        xla,
+        cpu=cpu if _use_native(S, W_h, activation) else None,
+        cuda=cuda if activation == "tanh" and _use_gpu(S, W_h) else None,
+    )
     dh0 = D0 @ W_h.T  # [B, H]
     didx = None if idx is None else np.zeros(idx.shape, jax.dtypes.float0)
     return dU, dW_h, dh0, didx
@@ -300,12 +350,11 @@ def _lstm_gate_affine(H: int, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
 def _lstm_forward(U, idx, W_h, h0, c0, unroll):
     """``(S_h, S_c, Gs)``: :func:`jaxrnn.native.lstm_forward` for float32 on an AVX-512 CPU,
     else :func:`_lstm_forward_xla`."""
-    if _use_native(U, W_h):
-        return jax.lax.platform_dependent(
-            cpu=lambda: native.lstm_forward(U, idx, W_h, h0, c0),
-            default=lambda: _lstm_forward_xla(U, idx, W_h, h0, c0, unroll),
-        )
-    return _lstm_forward_xla(U, idx, W_h, h0, c0, unroll)
+    return _per_platform(
+        lambda: _lstm_forward_xla(U, idx, W_h, h0, c0, unroll),
+        cpu=(lambda: native.lstm_forward(U, idx, W_h, h0, c0)) if _use_native(U, W_h) else None,
+        cuda=(lambda: gpu.lstm_forward(_dense(U, idx), W_h, h0, c0)) if _use_gpu(U, W_h) else None,
+    )
 
 
 def _lstm_forward_xla(U, idx, W_h, h0, c0, unroll):
@@ -356,7 +405,7 @@ def lstm_scan(U, W_h, h0, c0, idx=None, unroll=DEFAULT_UNROLL, last_only=False, 
         W_h: ``[H, 4H]``.
         h0, c0: ``[B, H]``.
         idx: ``None`` or ``[T, B]`` int rows of ``U``.
-        unroll: steps per loop iteration (a divisor of ``T``).
+        unroll: steps per XLA loop iteration (a divisor of ``T``; ``None``: :data:`DEFAULT_UNROLL`).
         last_only: return only ``(h_T, c_T)``.
         with_cells: also return the cell states ``cs [T, B, H]`` (``c_1 .. c_T``; differentiable),
             e.g. to pick each sequence's carry at its own length.
@@ -398,10 +447,15 @@ def _lstm_scan_bwd(unroll, last_only, with_cells, res, g):
         )  # fmt: skip
         return D[0], dW_h, dc0, (_drop_zero_row(D, S_h) if idx is None else dTable)
 
-    if _use_native(S_h, W_h):
-        D0, dW_h, dc0, dU = jax.lax.platform_dependent(cpu=cpu, default=xla)
-    else:
-        D0, dW_h, dc0, dU = xla()
+    def cuda():  # the reversed loop in one kernel; dW_h and dU in XLA
+        D, dc0 = gpu.lstm_backward(S_c, Gs, W_h, g_hs, g_hT, g_cT, g_cs)  # [T, B, 4H], [B, H]
+        return D[0], _dW_of(S_h, D), dc0, _dU_of(D, U, idx)
+
+    D0, dW_h, dc0, dU = _per_platform(
+        xla,
+        cpu=cpu if _use_native(S_h, W_h) else None,
+        cuda=cuda if _use_gpu(S_h, W_h) else None,
+    )
     dh0 = D0 @ W_h.T  # [B, H]
     didx = None if idx is None else np.zeros(idx.shape, jax.dtypes.float0)
     return dU, dW_h, dh0, dc0, didx
@@ -465,12 +519,11 @@ lstm_scan.defvjp(_lstm_scan_fwd, _lstm_scan_bwd)
 def _gru_forward(U, idx, W_h, b_h, h0, unroll):
     """``(S, Sv)``: :func:`jaxrnn.native.gru_forward` for float32 on an AVX-512 CPU, else
     :func:`_gru_forward_xla`."""
-    if _use_native(U, W_h):
-        return jax.lax.platform_dependent(
-            cpu=lambda: native.gru_forward(U, idx, W_h, b_h, h0),
-            default=lambda: _gru_forward_xla(U, idx, W_h, b_h, h0, unroll),
-        )
-    return _gru_forward_xla(U, idx, W_h, b_h, h0, unroll)
+    return _per_platform(
+        lambda: _gru_forward_xla(U, idx, W_h, b_h, h0, unroll),
+        cpu=(lambda: native.gru_forward(U, idx, W_h, b_h, h0)) if _use_native(U, W_h) else None,
+        cuda=(lambda: gpu.gru_forward(_dense(U, idx), W_h, b_h, h0)) if _use_gpu(U, W_h) else None,
+    )
 
 
 def _gru_forward_xla(U, idx, W_h, b_h, h0, unroll):
@@ -513,7 +566,7 @@ def gru_scan(U, W_h, b_h, h0, idx=None, unroll=DEFAULT_UNROLL, last_only=False):
         b_h: ``[3H]`` recurrent bias.
         h0: ``[B, H]``.
         idx: ``None`` or ``[T, B]`` int rows of ``U``.
-        unroll: steps per loop iteration (a divisor of ``T``).
+        unroll: steps per XLA loop iteration (a divisor of ``T``; ``None``: :data:`DEFAULT_UNROLL`).
         last_only: return only ``h_T``.
 
     Returns:
@@ -541,12 +594,17 @@ def _gru_scan_bwd(unroll, last_only, res, g):
         dU = A if idx is None else dTable
         return dU, dW_h, D.sum(axis=(0, 1)), carry + D[0] @ W_h.T
 
-    if _use_native(S, W_h):
-        dU, dW_h, db_h, dh0 = jax.lax.platform_dependent(
-            cpu=cpu, default=lambda: _gru_backward_xla(S, Sv, W_h, U, idx, g, unroll, last_only)
-        )
-    else:
-        dU, dW_h, db_h, dh0 = _gru_backward_xla(S, Sv, W_h, U, idx, g, unroll, last_only)
+    def cuda():  # the reversed loop in one kernel; dW_h, db_h and dU in XLA
+        D, N, dh0 = gpu.gru_backward(S, Sv, W_h, g, last_only)  # [T, B, 3H], [T, B, H], [B, H]
+        H = W_h.shape[0]
+        dA = jnp.concatenate([D[..., : 2 * H], N], axis=-1)  # dL/dU [T, B, 3H]
+        return _dU_of(dA, U, idx), _dW_of(S, D), D.sum(axis=(0, 1)), dh0
+
+    dU, dW_h, db_h, dh0 = _per_platform(
+        lambda: _gru_backward_xla(S, Sv, W_h, U, idx, g, unroll, last_only),
+        cpu=cpu if _use_native(S, W_h) else None,
+        cuda=cuda if _use_gpu(S, W_h) else None,
+    )
     didx = None if idx is None else np.zeros(idx.shape, jax.dtypes.float0)
     return dU, dW_h, db_h, dh0, didx
 
@@ -636,7 +694,7 @@ def scan_projected(
     U: Array,
     h0: Any,
     *,
-    unroll: int = DEFAULT_UNROLL,
+    unroll: int | None = DEFAULT_UNROLL,
     last_only: bool = False,
     idx: Array | None = None,
     states: bool = False,
@@ -706,7 +764,7 @@ def rnn(
     *,
     lengths: Array | None = None,
     reverse: bool = False,
-    unroll: int = DEFAULT_UNROLL,
+    unroll: int | None = DEFAULT_UNROLL,
     time_major: bool = False,
     kernels: Any = KERNELS,
 ) -> tuple[Any, Any]:
@@ -727,7 +785,7 @@ def rnn(
     Args:
         cell, params, xs, h0, lengths, reverse, time_major: as in :func:`jaxrnn.rnn`
             (``xs: [B, T, D]``, ``[T, B, D]`` with ``time_major``, or ``[T, D]``).
-        unroll: steps per loop iteration of the sequential scans.
+        unroll: steps per loop iteration of the XLA loops (``None``: :data:`DEFAULT_UNROLL`).
         kernels: which fast kernels may be used: ``"auto"`` (default, :data:`KERNELS`: all of
             them) or a set of names, e.g. ``{"simple", "lstm"}`` (the GRU then runs the plain path).
 
@@ -741,8 +799,8 @@ def rnn(
         or xs_arr.shape[0 if time_major else 1] == 0  # T = 0: nothing to run
     ):
         return plain_rnn(
-            cell, params, xs, h0, lengths=lengths, reverse=reverse, unroll=unroll,
-            time_major=time_major,
+            cell, params, xs, h0, lengths=lengths, reverse=reverse,
+            unroll=1 if unroll is None else unroll, time_major=time_major,
         )  # fmt: skip
     # Let the plain path validate shapes/dtypes (it traces one step only, no scan).
     jax.eval_shape(
@@ -782,7 +840,7 @@ def classifier_logits(
     lengths: Array | None = None,
     *,
     key: Array | None = None,
-    unroll: int = DEFAULT_UNROLL,
+    unroll: int | None = DEFAULT_UNROLL,
     kernels: Any = KERNELS,
 ) -> Array:
     """:func:`jaxrnn.models.classifier_logits` on the fast path (same arguments, same numbers
@@ -811,7 +869,7 @@ def classifier_logits(
         lengths: optional ``[B]`` int true lengths of post-padded reviews, in ``[0, T]``.
         key: PRNG key for ``cfg.dropout`` / ``cfg.recurrent_dropout`` (the same masks as
             the plain model draws from it); ``None``: no dropout.
-        unroll: steps per loop iteration.
+        unroll: steps per XLA loop iteration (``None``: :data:`DEFAULT_UNROLL`).
         kernels: which fast kernels may be used (see :func:`rnn`).
 
     Returns:
@@ -885,7 +943,7 @@ def classifier_loss(
     lengths: Array | None = None,
     *,
     key: Array | None = None,
-    unroll: int = DEFAULT_UNROLL,
+    unroll: int | None = DEFAULT_UNROLL,
     kernels: Any = KERNELS,
 ) -> Array:
     """:func:`jaxrnn.models.classifier_loss` on the fast path (mean BCE; ``key``: dropout)."""

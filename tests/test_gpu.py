@@ -1,0 +1,175 @@
+"""The GPU kernels (jaxrnn.gpu, Pallas) on the CPU through Pallas's interpreter.
+
+1. Each kernel against the XLA loop of :mod:`jaxrnn.fast` it replaces (float64, to
+   rounding), at a size with padding in H and in the batch and several batch tiles.
+2. :mod:`jaxrnn.fast` with its GPU branch taken (``_per_platform`` routed to the ``cuda``
+   kernels, interpreted) against the plain path in float64: ``fast.rnn`` with lengths and
+   ``reverse``, the seed classifier (table and projected-rows inputs), values and gradients.
+On a GPU the same kernels are compiled by Triton; ``benchmarks/gpu_check.py`` checks them
+there (benchmarks/RESULTS.md, GPU section).
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrnn import cells, fast, gpu, models, rnn
+
+SHAPES = [(7, 5, 12), (4, 37, 100)]  # (T, B, H): H 12 -> 16, 100 -> 128; B 37 -> 3 tiles of 16
+
+
+def _r(rng, *shape):
+    return jnp.asarray(0.5 * rng.standard_normal(shape), jnp.float64)
+
+
+def _close(a, b, tol=1e-12):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("T,B,H", SHAPES)
+@pytest.mark.parametrize("last_only", [False, True])
+def test_simple_kernels_equal_xla_loops(T, B, H, last_only):
+    rng = np.random.default_rng(0)
+    U, W, h0 = _r(rng, T, B, H), _r(rng, H, H), _r(rng, B, H)
+    S = fast._simple_forward_xla(U, None, W, h0, "tanh", 1)
+    _close(gpu.simple_forward(U, W, h0, interpret=True), S)
+    g = _r(rng, B, H) if last_only else _r(rng, T, B, H)
+    D, _ = fast._simple_backward_xla(S, W, g, "tanh", 1, last_only)
+    _close(gpu.simple_backward(S, W, g, last_only, interpret=True), D[:-1])
+
+
+@pytest.mark.parametrize("T,B,H", SHAPES)
+@pytest.mark.parametrize("g_hs,g_cs", [(False, False), (True, False), (True, True)])
+def test_lstm_kernels_equal_xla_loops(T, B, H, g_hs, g_cs):
+    rng = np.random.default_rng(1)
+    U, W, h0, c0 = _r(rng, T, B, 4 * H), _r(rng, H, 4 * H), _r(rng, B, H), _r(rng, B, H)
+    S_h, S_c, Gs = fast._lstm_forward_xla(U, None, W, h0, c0, 1)
+    _close(gpu.lstm_forward(U, W, h0, c0, interpret=True), (S_h, S_c, Gs))
+    ghs = _r(rng, T, B, H) if g_hs else None
+    gcs = _r(rng, T, B, H) if g_cs else None
+    ghT, gcT = _r(rng, B, H), _r(rng, B, H)
+    D, _, dc0 = fast._lstm_backward_xla(S_h, S_c, Gs, W, ghs, ghT, gcT, 1, gcs)
+    _close(gpu.lstm_backward(S_c, Gs, W, ghs, ghT, gcT, gcs, interpret=True), (D[:-1], dc0))
+
+
+@pytest.mark.parametrize("T,B,H", SHAPES)
+@pytest.mark.parametrize("last_only", [False, True])
+def test_gru_kernels_equal_xla_loops(T, B, H, last_only):
+    rng = np.random.default_rng(2)
+    A, W, b, h0 = _r(rng, T, B, 3 * H), _r(rng, H, 3 * H), _r(rng, 3 * H), _r(rng, B, H)
+    S, Sv = fast._gru_forward_xla(A, None, W, b, h0, 1)
+    _close(gpu.gru_forward(A, W, b, h0, interpret=True), (S, Sv))
+    g = _r(rng, B, H) if last_only else _r(rng, T, B, H)
+    dA, dW, db, dh0 = fast._gru_backward_xla(S, Sv, W, A, None, g, 1, last_only)
+    D, N, dh0_k = gpu.gru_backward(S, Sv, W, g, last_only, interpret=True)
+    _close((jnp.concatenate([D[..., : 2 * H], N], -1), D.sum((0, 1)), dh0_k), (dA, db, dh0))
+    _close(fast._dW_of(S, D), dW)
+
+
+def test_supports_and_padding(monkeypatch):
+    assert gpu.padded(100) == 128 and gpu.padded(128) == 128 and gpu.padded(1) == 16
+    assert gpu.supports(jnp.float32, 100)
+    assert not gpu.supports(jnp.float64, 100)  # float32 kernels only
+    assert not gpu.supports(jnp.float32, gpu.MAX_HIDDEN + 1)
+    monkeypatch.setenv(gpu.SWITCH, "0")
+    assert not gpu.supports(jnp.float32, 100)
+
+
+@pytest.fixture
+def gpu_branch(monkeypatch):
+    """Routes jaxrnn.fast's per-platform dispatch to its GPU kernels (interpreted) and
+    records which dispatches had one."""
+    taken = []
+
+    def per_platform(xla, cpu=None, cuda=None):
+        taken.append(cuda is not None)
+        return cuda() if cuda is not None else xla()
+
+    monkeypatch.setattr(fast, "_per_platform", per_platform)
+    monkeypatch.setattr(gpu, "INTERPRET", True)
+    return taken
+
+
+def _f32(tree):
+    return jax.tree.map(lambda a: a.astype(jnp.float32), tree)
+
+
+TOL32 = 2e-5  # float32 kernels vs float64 plain, relative to each leaf's largest entry
+
+
+def _close32(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        assert np.max(np.abs(x - y)) <= TOL32 * max(np.max(np.abs(y)), 1.0), (x, y)
+
+
+@pytest.mark.parametrize("name", ["simple", "lstm", "gru"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_fast_rnn_gpu_branch_equals_plain(name, reverse, gpu_branch, key):
+    """fast.rnn with lengths (and reverse) on the GPU kernels: outputs, carry, gradients."""
+    mod = cells.get(name)
+    B, T, D, H = 19, 9, 5, 12
+    p = mod.init(key, D, H, dtype=jnp.float64)
+    if p.b is not None:
+        p = dataclasses.replace(p, b=jax.random.normal(jax.random.key(7), p.b.shape, jnp.float64))
+    xs = jax.random.normal(jax.random.key(1), (B, T, D), jnp.float64)
+    lengths = jnp.asarray(np.random.default_rng(3).integers(0, T + 1, B))
+
+    def loss(run, p, xs):
+        carry, ys = run(mod.cell, p, xs, lengths=lengths, reverse=reverse)
+        w = jnp.cos(jnp.arange(ys.size, dtype=ys.dtype)).reshape(ys.shape)
+        return jnp.sum(ys * w) + sum(jnp.sum(jnp.sin(c)) for c in jax.tree.leaves(carry))
+
+    got = jax.value_and_grad(lambda p, x: loss(fast.rnn, p, x), (0, 1))(_f32(p), _f32(xs))
+    assert gpu_branch and all(gpu_branch), gpu_branch  # every loop ran on a GPU kernel
+    want = jax.value_and_grad(lambda p, x: loss(rnn, p, x), (0, 1))(p, xs)
+    _close32(got, want)
+
+
+@pytest.mark.parametrize("name", ["simple", "lstm", "gru"])
+@pytest.mark.parametrize("B", [24, 2], ids=["table", "rows"])
+def test_classifier_gpu_branch_equals_plain(name, B, gpu_branch, key):
+    """The seed classifier's loss and gradients on the GPU kernels (last state only)."""
+    cfg = models.ClassifierConfig(vocab_size=40, embed_dim=4, hidden_size=20, cell=name)
+    params = models.init_classifier(key, cfg, dtype=jnp.float64)
+    if params["rnn"].b is not None:
+        b = jax.random.normal(jax.random.key(7), params["rnn"].b.shape, jnp.float64)
+        params["rnn"] = dataclasses.replace(params["rnn"], b=b)
+    tokens = jax.random.randint(jax.random.key(1), (B, 11), 0, 40)  # B T >= V: the table
+    labels = (jnp.arange(B) % 2).astype(jnp.float64)
+    got = jax.value_and_grad(lambda p: fast.classifier_loss(cfg, p, tokens, labels))(_f32(params))
+    assert gpu_branch and all(gpu_branch), gpu_branch
+    want = jax.value_and_grad(lambda p: models.classifier_loss(cfg, p, tokens, labels))(params)
+    _close32(got, want)
+
+
+def test_gpu_branch_absent_where_kernels_do_not_apply(gpu_branch, key):
+    """float64 and H > MAX_HIDDEN keep the XLA loops on a GPU."""
+    p = cells.simple.init(key, 3, 8, dtype=jnp.float64)
+    fast.rnn(cells.simple.cell, p, jnp.ones((2, 4, 3), jnp.float64))
+    wide = cells.simple.init(key, 3, gpu.MAX_HIDDEN + 1, dtype=jnp.float32)
+    fast.rnn(cells.simple.cell, wide, jnp.ones((2, 4, 3), jnp.float32))
+    assert gpu_branch == [False, False]
+
+
+@pytest.mark.parametrize("name", ["simple", "lstm", "gru"])
+def test_seed_step_lowers_to_triton_kernels_for_cuda(name):
+    """Lowered for CUDA (no GPU needed: cross-platform lowering through ``jax.export``), the
+    seed training step runs its recurrence in two Triton kernels (forward, backward) and no
+    XLA loop; Pallas's Triton lowering accepts every kernel at the seed size (H 100)."""
+    from jax import export
+
+    cfg = models.ClassifierConfig(cell=name)
+    params = models.init_classifier(jax.random.key(0), cfg, dtype=jnp.float32)
+    tokens = jax.ShapeDtypeStruct((64, 250), jnp.int32)
+    labels = jax.ShapeDtypeStruct((64,), jnp.float32)
+    step = jax.jit(jax.grad(lambda p, x, y: fast.classifier_loss(cfg, p, x, y)))
+    triton = export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")
+    exported = export.export(step, platforms=["cuda"], disabled_checks=[triton])
+    text = exported(params, tokens, labels).mlir_module()
+    assert text.count("custom_call @__gpu$xla.gpu.triton") == 2
+    assert "stablehlo.while" not in text
