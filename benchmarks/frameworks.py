@@ -122,6 +122,10 @@ def build_jaxrnn(
     )
     params = models.init_classifier(jax.random.key(0), cfg)
     tokens, labels = make_data(spec)
+    if variant == "fast-w8":  # the GPU kernels with 8 warps per program (default 4)
+        from jaxrnn import gpu
+
+        gpu.NUM_WARPS, variant = 8, "fast"
     if variant == "plain":
         loss_fn = lambda p, x, y: models.classifier_loss(cfg, p, x, y)  # noqa: E731
         logits_fn = lambda p, x: models.classifier_logits(cfg, p, x)  # noqa: E731
@@ -437,6 +441,7 @@ FRAMEWORKS: dict[str, Callable[[dict[str, Any], str], Callable[[], None]]] = {
     "jaxrnn-fast": lambda s, d: build_jaxrnn(s, d, "fast"),
     "jaxrnn-fast-xla": lambda s, d: build_jaxrnn(s, d, "fast-xla"),
     "jaxrnn-fast-u10": lambda s, d: build_jaxrnn(s, d, "fast", unroll=10),  # first GPU run
+    "jaxrnn-fast-w8": lambda s, d: build_jaxrnn(s, d, "fast-w8"),  # GPU kernels, 8 warps
     "jaxrnn": lambda s, d: build_jaxrnn(s, d, "plain"),
     "flax": build_flax,
     "keras-jax": lambda s, d: build_keras(s, d, "jit"),

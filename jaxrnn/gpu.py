@@ -129,6 +129,17 @@ def _spec(shape: tuple[int, ...], batch_axis: int | None):
     return pl.BlockSpec(block, index)
 
 
+def _triton_params():
+    """Triton's compiler parameters (``NUM_WARPS``; one stage: the loop's loads depend on the
+    step before), or ``None`` (Pallas's defaults) where this JAX names them differently."""
+    try:
+        from jax.experimental.pallas import triton as pltriton
+
+        return pltriton.CompilerParams(num_warps=NUM_WARPS, num_stages=1)
+    except (ImportError, AttributeError, TypeError):  # pragma: no cover - other JAX versions
+        return None
+
+
 def _call(kernel, inputs, outputs, interpret: bool | None):
     """``pallas_call`` over batch tiles. ``inputs`` / ``outputs``: ``[(array or shape,
     batch_axis)]``; arrays' batch axes are padded to a multiple of BLOCK_B already."""
@@ -136,11 +147,7 @@ def _call(kernel, inputs, outputs, interpret: bool | None):
     interpret = INTERPRET if interpret is None else interpret
     arrays = [a for a, _ in inputs]
     Bp = next(a.shape[ax] for a, ax in inputs if ax is not None)
-    params = None
-    if not interpret:
-        from jax.experimental.pallas import triton as pltriton
-
-        params = pltriton.CompilerParams(num_warps=NUM_WARPS, num_stages=1)
+    params = None if interpret else _triton_params()
     return pl.pallas_call(
         kernel,
         out_shape=[jax.ShapeDtypeStruct(s, arrays[0].dtype) for s, _ in outputs],
