@@ -122,7 +122,7 @@ def build_jaxrnn(
     )
     params = models.init_classifier(jax.random.key(0), cfg)
     tokens, labels = make_data(spec)
-    if variant == "fast-w8":  # the GPU kernels with 8 warps per program (default 4)
+    if variant == "fast-w8":  # the GPU kernels with 8 warps per program (the second GPU run)
         from jaxrnn import gpu
 
         gpu.NUM_WARPS, variant = 8, "fast"

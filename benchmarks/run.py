@@ -80,8 +80,7 @@ GATED_PEERS = [
 # (The first GPU run had "jaxrnn-fast-u10", the XLA loops at unroll 10, now their GPU default,
 # and "keras-fit", Keras's train_on_batch: 1.2x keras-jax's time there; left out since.)
 GPU_PEERS = ["jaxrnn-fast", "jaxrnn-fast-xla", "jaxrnn", "keras-jax", "flax", "torch"]
-GPU_PEERS += ["jaxrnn-fast-w8"]  # the GPU kernels with 8 warps per program instead of 4
-GPU_GATED_PEERS = GPU_PEERS
+GPU_GATED_PEERS = GPU_PEERS  # (the second GPU run had "jaxrnn-fast-w8": 8 warps, now the default)
 
 
 def case(mode: str = "train", **kw: Any) -> dict[str, Any]:
@@ -129,8 +128,7 @@ def workloads(name: str, device: str) -> list[tuple[dict[str, Any], list[str]]]:
         fws.append("torch-unpacked")
         return [(case("train", cell="lstm", layers=2), fws)]  # every layer bidirectional
     if name == "infer":
-        infer = [p for p in peers if p not in ("keras-fit", "jaxrnn-fast-w8")]
-        infer += ["keras-fit"] if cpu else []
+        infer = [p for p in peers if p != "keras-fit"] + (["keras-fit"] if cpu else [])
         return [(case("infer", B=b), infer) for b in (64, 1)]
     if name == "scaling":
         out = []

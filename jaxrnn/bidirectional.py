@@ -69,7 +69,7 @@ def bidirectional(
     recurrent_dropout: float = 0.0,
     key: Array | None = None,
     deterministic: bool = True,
-    unroll: int | bool = 1,
+    unroll: int | bool | None = None,
     fast: bool = False,
 ) -> Any:
     """Runs a forward and a backward recurrent layer over ``xs [B, T, D]`` and merges them.
@@ -86,7 +86,8 @@ def bidirectional(
         return_state: also return ``(forward_final_carry, backward_final_carry)``.
         dropout, recurrent_dropout, key, deterministic: Keras-style per-sequence dropout
             (each direction draws its own masks from ``fold_in(key, 0 | 1)``).
-        unroll: ``lax.scan``'s unroll.
+        unroll: ``lax.scan``'s unroll (``None``: 1); with ``fast``, the fast path's
+            (``None``: its default, :data:`jaxrnn.fast.DEFAULT_UNROLL`).
         fast: both directions on :func:`jaxrnn.fast.rnn` (see :func:`jaxrnn.recurrent.recurrent`).
 
     Returns:

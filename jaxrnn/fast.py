@@ -119,9 +119,9 @@ def _per_platform(xla: Callable, cpu: Callable | None = None, cuda: Callable | N
     return jax.lax.platform_dependent(**branches, default=xla) if branches else xla()
 
 
-def _use_gpu(x: Array, W_h: Array) -> bool:
-    """Whether a cell's loops get a GPU kernel (float32, ``H <= gpu.MAX_HIDDEN``)."""
-    return gpu.supports(x.dtype, W_h.shape[0])
+def _use_gpu(x: Array, W_h: Array, cell: str) -> bool:
+    """Whether a cell's loops get a GPU kernel (:func:`jaxrnn.gpu.supports`)."""
+    return gpu.supports(x.dtype, W_h.shape[0], cell)
 
 
 def _dense(U: Array, idx: Array | None) -> Array:
@@ -208,7 +208,7 @@ def _simple_forward(U, idx, W_h, h0, activation, unroll) -> Array:
         if _use_native(U, W_h, activation)
         else None,
         cuda=(lambda: gpu.simple_forward(_dense(U, idx), W_h, h0))
-        if activation == "tanh" and _use_gpu(U, W_h)
+        if activation == "tanh" and _use_gpu(U, W_h, "simple")
         else None,
     )
 
@@ -296,7 +296,7 @@ def _simple_scan_bwd(activation, unroll, last_only, res, g):
     D0, dW_h, dU = _per_platform(
         xla,
         cpu=cpu if _use_native(S, W_h, activation) else None,
-        cuda=cuda if activation == "tanh" and _use_gpu(S, W_h) else None,
+        cuda=cuda if activation == "tanh" and _use_gpu(S, W_h, "simple") else None,
     )
     dh0 = D0 @ W_h.T  # [B, H]
     didx = None if idx is None else np.zeros(idx.shape, jax.dtypes.float0)
@@ -353,7 +353,9 @@ def _lstm_forward(U, idx, W_h, h0, c0, unroll):
     return _per_platform(
         lambda: _lstm_forward_xla(U, idx, W_h, h0, c0, unroll),
         cpu=(lambda: native.lstm_forward(U, idx, W_h, h0, c0)) if _use_native(U, W_h) else None,
-        cuda=(lambda: gpu.lstm_forward(_dense(U, idx), W_h, h0, c0)) if _use_gpu(U, W_h) else None,
+        cuda=(lambda: gpu.lstm_forward(_dense(U, idx), W_h, h0, c0))
+        if _use_gpu(U, W_h, "lstm")
+        else None,
     )
 
 
@@ -454,7 +456,7 @@ def _lstm_scan_bwd(unroll, last_only, with_cells, res, g):
     D0, dW_h, dc0, dU = _per_platform(
         xla,
         cpu=cpu if _use_native(S_h, W_h) else None,
-        cuda=cuda if _use_gpu(S_h, W_h) else None,
+        cuda=cuda if _use_gpu(S_h, W_h, "lstm") else None,
     )
     dh0 = D0 @ W_h.T  # [B, H]
     didx = None if idx is None else np.zeros(idx.shape, jax.dtypes.float0)
@@ -522,7 +524,9 @@ def _gru_forward(U, idx, W_h, b_h, h0, unroll):
     return _per_platform(
         lambda: _gru_forward_xla(U, idx, W_h, b_h, h0, unroll),
         cpu=(lambda: native.gru_forward(U, idx, W_h, b_h, h0)) if _use_native(U, W_h) else None,
-        cuda=(lambda: gpu.gru_forward(_dense(U, idx), W_h, b_h, h0)) if _use_gpu(U, W_h) else None,
+        cuda=(lambda: gpu.gru_forward(_dense(U, idx), W_h, b_h, h0))
+        if _use_gpu(U, W_h, "gru")
+        else None,
     )
 
 
@@ -603,7 +607,7 @@ def _gru_scan_bwd(unroll, last_only, res, g):
     dU, dW_h, db_h, dh0 = _per_platform(
         lambda: _gru_backward_xla(S, Sv, W_h, U, idx, g, unroll, last_only),
         cpu=cpu if _use_native(S, W_h) else None,
-        cuda=cuda if _use_gpu(S, W_h) else None,
+        cuda=cuda if _use_gpu(S, W_h, "gru") else None,
     )
     didx = None if idx is None else np.zeros(idx.shape, jax.dtypes.float0)
     return dU, dW_h, db_h, dh0, didx

@@ -46,7 +46,15 @@ from jaxrnn.cells._common import Array
 SWITCH = "JAXRNN_GPU_KERNELS"  # "0": off (XLA loops on the GPU too)
 BLOCK_B = 16  # batch rows per program (the smallest M of a tensor-core product)
 MAX_HIDDEN = 128  # H <= this: one [Hp, Hp] float32 gate block is 64 KiB
-NUM_WARPS = 4
+# H100, seed training step (B 64, T 250, H 100), medians (benchmarks/RESULTS.md, GPU section):
+# 4 -> 8 warps: simple 1.45 -> 1.35 ms, LSTM 5.91 -> 4.92, GRU 4.92 -> 4.04.
+NUM_WARPS = 8
+# The cells whose kernels jaxrnn.fast uses. Same run: simple 1.35 ms vs 2.38 with the XLA
+# loops (PyTorch cuDNN 1.83); LSTM 4.92 vs 4.63, GRU 4.04 vs 3.99: the gated kernels read
+# G = 4 / 3 weight blocks from L2 every step and are no faster than the loops yet, so they
+# stay off by default (``CELLS |= {"lstm", "gru"}`` turns them on; tested either way).
+ALL_CELLS = frozenset({"simple", "lstm", "gru"})
+CELLS = frozenset({"simple"})
 # Run the kernels through Pallas's interpreter (any backend; what the CPU tests do when they
 # route jaxrnn.fast's GPU branch onto the CPU). The kernels' ``interpret`` argument overrides it.
 INTERPRET = False
@@ -72,9 +80,10 @@ def enabled() -> bool:
     return True
 
 
-def supports(dtype, H: int) -> bool:
-    """Whether the kernels run for this dtype and hidden size (see the module docstring)."""
-    return jnp.dtype(dtype) == jnp.float32 and 0 < H <= MAX_HIDDEN and enabled()
+def supports(dtype, H: int, cell: str = "simple") -> bool:
+    """Whether :mod:`jaxrnn.fast` runs ``cell``'s kernels for this dtype and hidden size
+    (``cell`` in :data:`CELLS`; see the module docstring)."""
+    return cell in CELLS and jnp.dtype(dtype) == jnp.float32 and 0 < H <= MAX_HIDDEN and enabled()
 
 
 def padded(H: int) -> int:

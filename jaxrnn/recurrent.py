@@ -134,7 +134,7 @@ def recurrent(
     key: Array | None = None,
     deterministic: bool = True,
     per_gate_masks: bool | None = None,
-    unroll: int | bool = 1,
+    unroll: int | bool | None = None,
     fast: bool = False,
 ) -> Any:
     """Runs ``cell`` over ``xs [B, T, D]`` exactly as a Keras 3 RNN layer does.
@@ -155,7 +155,8 @@ def recurrent(
         key: PRNG key for the dropout masks (needed when ``deterministic=False`` and a rate > 0).
         deterministic: ``True`` for inference (Keras's ``training=False``): no dropout.
         per_gate_masks: see :func:`jaxrnn.dropout.rnn_dropout_masks` (``None``: as Keras).
-        unroll: ``lax.scan``'s unroll.
+        unroll: ``lax.scan``'s unroll (``None``: 1); with ``fast``, the fast path's
+            (``None``: its default, :data:`jaxrnn.fast.DEFAULT_UNROLL`).
         fast: run on :func:`jaxrnn.fast.rnn` (the same numbers up to rounding) unless an
             explicit ``mask`` is given (an arbitrary mask can skip steps in the middle;
             right-padded sequences should come as ``lengths``). With ``lengths`` the masked
@@ -249,7 +250,7 @@ def recurrent(
             mask_tm,
             reverse=go_backwards,
             zero_output_for_mask=zero_output_for_mask,
-            unroll=unroll,
+            unroll=1 if unroll is None else unroll,
         )  # ys [T, B, H] in time order
     if go_backwards:
         ys = ys[::-1]  # processing order, as Keras returns it

@@ -44,7 +44,7 @@ def stack(
     dropout: float = 0.0,
     key: Array | None = None,
     deterministic: bool = True,
-    unroll: int | bool = 1,
+    unroll: int | bool | None = None,
     fast: bool = False,
 ) -> tuple[list[Any], Array]:
     """Runs layers one after the other over ``xs [B, T, D]``.
@@ -60,7 +60,8 @@ def stack(
         dropout: rate of the dropout on each layer's output except the last (PyTorch's).
         key: PRNG key for that dropout (layer ``k`` uses ``fold_in(key, k)``).
         deterministic: ``True``: no dropout.
-        unroll: ``lax.scan``'s unroll.
+        unroll: ``lax.scan``'s unroll (``None``: 1); with ``fast``, the fast path's
+            (``None``: its default, :data:`jaxrnn.fast.DEFAULT_UNROLL`).
         fast: every layer on :func:`jaxrnn.fast.rnn` (see :func:`jaxrnn.recurrent.recurrent`:
             with ``lengths`` or no mask; an explicit ``mask`` runs the plain loop).
 

@@ -73,6 +73,7 @@ def test_gru_kernels_equal_xla_loops(T, B, H, last_only):
 def test_supports_and_padding(monkeypatch):
     assert gpu.padded(100) == 128 and gpu.padded(128) == 128 and gpu.padded(1) == 16
     assert gpu.supports(jnp.float32, 100)
+    assert gpu.supports(jnp.float32, 100, "simple") and not gpu.supports(jnp.float32, 100, "lstm")
     assert not gpu.supports(jnp.float64, 100)  # float32 kernels only
     assert not gpu.supports(jnp.float32, gpu.MAX_HIDDEN + 1)
     monkeypatch.setenv(gpu.SWITCH, "0")
@@ -91,6 +92,7 @@ def gpu_branch(monkeypatch):
 
     monkeypatch.setattr(fast, "_per_platform", per_platform)
     monkeypatch.setattr(gpu, "INTERPRET", True)
+    monkeypatch.setattr(gpu, "CELLS", gpu.ALL_CELLS)  # the gated kernels too (off by default)
     return taken
 
 
@@ -157,12 +159,17 @@ def test_gpu_branch_absent_where_kernels_do_not_apply(gpu_branch, key):
 
 
 @pytest.mark.parametrize("name", ["simple", "lstm", "gru"])
-def test_seed_step_lowers_to_triton_kernels_for_cuda(name):
+@pytest.mark.parametrize("all_cells", [False, True], ids=["default", "all-kernels"])
+def test_seed_step_lowers_to_triton_kernels_for_cuda(name, all_cells, monkeypatch):
     """Lowered for CUDA (no GPU needed: cross-platform lowering through ``jax.export``), the
     seed training step runs its recurrence in two Triton kernels (forward, backward) and no
-    XLA loop; Pallas's Triton lowering accepts every kernel at the seed size (H 100)."""
+    XLA loop where the cell's kernels are on (by default the simple cell's; the gated cells
+    keep their XLA loops); Pallas's Triton lowering accepts every kernel at H = 100."""
     from jax import export
 
+    if all_cells:
+        monkeypatch.setattr(gpu, "CELLS", gpu.ALL_CELLS)
+    on = name in gpu.CELLS
     cfg = models.ClassifierConfig(cell=name)
     params = models.init_classifier(jax.random.key(0), cfg, dtype=jnp.float32)
     tokens = jax.ShapeDtypeStruct((64, 250), jnp.int32)
@@ -171,5 +178,5 @@ def test_seed_step_lowers_to_triton_kernels_for_cuda(name):
     triton = export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")
     exported = export.export(step, platforms=["cuda"], disabled_checks=[triton])
     text = exported(params, tokens, labels).mlir_module()
-    assert text.count("custom_call @__gpu$xla.gpu.triton") == 2
-    assert "stablehlo.while" not in text
+    assert text.count("custom_call @__gpu$xla.gpu.triton") == (2 if on else 0)
+    assert ("stablehlo.while" in text) == (not on)
