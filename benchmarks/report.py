@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python benchmarks/report.py            # prints the tables, writes benchmarks/*.png
     PYTHONPATH=. python benchmarks/report.py --md tables.md
+    PYTHONPATH=. python benchmarks/report.py --results benchmarks/results/gpu   # the GPU runs
 
 The prose of ``benchmarks/RESULTS.md`` is written by hand around these tables.
 """
@@ -19,7 +20,8 @@ COLORS = {
     "jaxrnn-fast": "tab:red", "jaxrnn-fast-xla": "tab:pink", "jaxrnn": "tab:orange",
     "keras-jax": "tab:blue",
     "keras-fit": "tab:cyan", "flax": "tab:green", "torch": "tab:brown",
-    "torch-1thread": "tab:purple", "numpy": "tab:gray",
+    "torch-1thread": "tab:purple", "numpy": "tab:gray", "jaxrnn-fast-u10": "tab:olive",
+    "jaxrnn-fast-w8": "darkred", "torch-unpacked": "tan",
 }  # fmt: skip
 HOST_ENV = {  # run.py --host-env
     "tuned": "`--host-env tuned`: every worker with GLIBC_TUNABLES={}{}",
@@ -93,7 +95,7 @@ def plot_bars(cases: list[dict], out: Path, title: str) -> None:
     plt.close(fig)
 
 
-def plot_scaling(cases: list[dict], out: Path) -> None:
+def plot_scaling(cases: list[dict], out: Path, device: str = "CPU") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -122,12 +124,12 @@ def plot_scaling(cases: list[dict], out: Path) -> None:
         ax.set_xscale("log")
         ax.set_yscale("log")
         others = ", ".join(f"{k}={v}" for k, v in seed.items() if k != var)
-        note = "; H=1024 at T=100" if var == "H" else ""
+        note = "; H=1024 at T=100" if var == "H" and device == "CPU" else ""
         ax.set_xlabel(f"{var} (others at seed {others}{note})")
         ax.set_ylabel("ms / training step")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle("Simple RNN training step: scaling (CPU)", fontsize=10)
+    fig.suptitle(f"Simple RNN training step: scaling ({device})", fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -234,7 +236,8 @@ def main() -> None:
                     med = stats(r["times"])[0]
                     out.append(f"{c['name']}: {med:.2f} ms, {c['flop'] / med / 1e6:.0f} GFLOP/s\n")
         if any(c["workload"] == "scaling" and c["spec"]["cell"] == "simple" for c in rec["cases"]):
-            plot_scaling(rec["cases"], HERE / f"{f.stem}.png")
+            device = m["gpu"].split(" (UUID")[0] if m["gpu"] else "CPU"
+            plot_scaling(rec["cases"], HERE / f"{f.stem}.png", device)
         else:
             plot_bars(rec["cases"], HERE / f"{f.stem}.png", f"{f.stem}: median ms/step (log scale)")
     text = "\n".join(out)
