@@ -351,7 +351,8 @@ def _lstm_gate_affine(H: int, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def _lstm_forward(U, idx, W_h, h0, c0, unroll):
     """``(S_h, S_c, Gs)``: :func:`jaxrnn.native.lstm_forward` for float32 on an AVX-512 CPU,
-    else :func:`_lstm_forward_xla`."""
+    :func:`jaxrnn.gpu.lstm_forward` on a GPU where :func:`jaxrnn.gpu.supports` it, else
+    :func:`_lstm_forward_xla`."""
     return _per_platform(
         lambda: _lstm_forward_xla(U, idx, W_h, h0, c0, unroll),
         cpu=(lambda: native.lstm_forward(U, idx, W_h, h0, c0)) if _use_native(U, W_h) else None,
@@ -521,7 +522,8 @@ lstm_scan.defvjp(_lstm_scan_fwd, _lstm_scan_bwd)
 
 
 def _gru_forward(U, idx, W_h, b_h, h0, unroll):
-    """``(S, Sv)``: :func:`jaxrnn.native.gru_forward` for float32 on an AVX-512 CPU, else
+    """``(S, Sv)``: :func:`jaxrnn.native.gru_forward` for float32 on an AVX-512 CPU,
+    :func:`jaxrnn.gpu.gru_forward` on a GPU where :func:`jaxrnn.gpu.supports` it, else
     :func:`_gru_forward_xla`."""
     return _per_platform(
         lambda: _gru_forward_xla(U, idx, W_h, b_h, h0, unroll),

@@ -23,8 +23,11 @@ keep the padded units and rows at zero through the cell (``sigmoid(0) = 1/2`` ga
 multiply zeros) and their gradients at zero.
 
 Scope (:func:`supports`): float32, ``H <= MAX_HIDDEN`` (a gate block's ``[Hp, Hp]``
-operand must fit in a multiprocessor's shared memory beside the rest), simple cell with
-``tanh``, LSTM, GRU (``reset_after``). Anything else runs the XLA loops. Matmul precision
+operand must fit in a multiprocessor's shared memory beside the rest), CUDA (``cuda`` in
+``lax.platform_dependent``). Kernels exist for the simple cell with ``tanh``, the LSTM and
+the GRU (``reset_after``); :mod:`jaxrnn.fast` uses those of :data:`CELLS` (by default the
+simple cell's: the gated ones measured no faster than the XLA loops). Anything else runs
+the XLA loops. Matmul precision
 follows JAX's (``jax.default_matmul_precision``: the default is TF32 on NVIDIA GPUs, as
 for XLA's own dots; ``"highest"`` gives IEEE float32).
 
@@ -52,7 +55,7 @@ NUM_WARPS = 8
 # The cells whose kernels jaxrnn.fast uses. Same run: simple 1.35 ms vs 2.38 with the XLA
 # loops (PyTorch cuDNN 1.83); LSTM 4.92 vs 4.63, GRU 4.04 vs 3.99: the gated kernels read
 # G = 4 / 3 weight blocks from L2 every step and are no faster than the loops yet, so they
-# stay off by default (``CELLS |= {"lstm", "gru"}`` turns them on; tested either way).
+# stay off by default (``gpu.CELLS = gpu.ALL_CELLS`` turns them on; tested either way).
 ALL_CELLS = frozenset({"simple", "lstm", "gru"})
 CELLS = frozenset({"simple"})
 # Run the kernels through Pallas's interpreter (any backend; what the CPU tests do when they
