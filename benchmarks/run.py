@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python benchmarks/run.py --workload train --reps 10 --out benchmarks/results/train.json
     PYTHONPATH=. python benchmarks/run.py --workload all --device auto      # unchanged on a GPU machine
+    bash benchmarks/gpu.sh OUTDIR        # the GPU suite sized for a short lease (+ gpu_check.py)
     PYTHONPATH=. python benchmarks/report.py                                # -> benchmarks/RESULTS.md
 
 How it measures (a benchmark, not a test: nothing asserts a time):
