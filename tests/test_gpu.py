@@ -180,3 +180,32 @@ def test_seed_step_lowers_to_triton_kernels_for_cuda(name, all_cells, monkeypatc
     text = exported(params, tokens, labels).mlir_module()
     assert text.count("custom_call @__gpu$xla.gpu.triton") == (2 if on else 0)
     assert ("stablehlo.while" in text) == (not on)
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU (the kernels compiled)")
+@pytest.mark.parametrize("name", ["simple", "lstm", "gru"])
+def test_compiled_kernels_on_a_gpu_equal_float64(name, monkeypatch, key):
+    """On a GPU: the Triton-compiled kernels (every cell's, not only the defaults) through
+    fast.rnn with lengths and reverse, float32 at "highest" matmul precision, against the plain
+    path in float64 on the CPU (what benchmarks/gpu_check.py reports for the seed model)."""
+    monkeypatch.setattr(gpu, "CELLS", gpu.ALL_CELLS)
+    mod = cells.get(name)
+    B, T, D, H = 20, 30, 8, 100  # H 100 -> 128, B 20 -> two batch tiles
+    p = mod.init(key, D, H, dtype=jnp.float64)
+    xs = jax.random.normal(jax.random.key(1), (B, T, D), jnp.float64)
+    lengths = jnp.asarray(np.random.default_rng(3).integers(0, T + 1, B))
+
+    def loss(run, p, xs, lengths):
+        carry, ys = run(mod.cell, p, xs, lengths=lengths, reverse=True)
+        w = jnp.cos(jnp.arange(ys.size, dtype=ys.dtype)).reshape(ys.shape)
+        return jnp.sum(ys * w) + sum(jnp.sum(jnp.sin(c)) for c in jax.tree.leaves(carry))
+
+    step = jax.jit(jax.value_and_grad(lambda p, x, n: loss(fast.rnn, p, x, n), (0, 1)))
+    args = (_f32(p), _f32(xs), lengths)
+    assert "triton" in step.lower(*args).as_text()  # the kernels, not the XLA loops
+    with jax.default_matmul_precision("highest"):
+        got = step(*args)
+    cpu = jax.devices("cpu")[0]
+    plain = jax.jit(jax.value_and_grad(lambda p, x, n: loss(rnn, p, x, n), (0, 1)))
+    want = plain(*jax.device_put((p, xs, lengths), cpu))  # runs where its inputs are: the CPU
+    _close32(got, want)
