@@ -171,10 +171,6 @@ def _call(kernel, inputs, outputs, interpret: bool | None):
     )(*arrays)
 
 
-def _dot(a: Array, b: Array) -> Array:
-    return jnp.dot(a, b)
-
-
 # ---------------------------------------------------------------------------- simple cell
 
 
@@ -184,7 +180,7 @@ def _simple_forward_kernel(u_ref, w_ref, h0_ref, s_ref):
     s_ref[0] = h0
 
     def step(t, h):
-        h = jnp.tanh(u_ref[t] + _dot(h, w_ref[...]))
+        h = jnp.tanh(u_ref[t] + jnp.dot(h, w_ref[...]))
         s_ref[t + 1] = h
         return h
 
@@ -217,7 +213,7 @@ def _simple_backward_kernel(s_ref, g_ref, wt_ref, d_ref, *, last_only: bool):
         dh = dh_next if last_only else dh_next + g_ref[t]
         dz = dh * (1.0 - h * h)
         d_ref[t] = dz
-        return _dot(dz, wt_ref[...])
+        return jnp.dot(dz, wt_ref[...])
 
     init = g_ref[...] if last_only else jnp.zeros(s_ref.shape[1:], s_ref.dtype)
     jax.lax.fori_loop(0, T, step, init)
@@ -256,10 +252,10 @@ def _lstm_forward_kernel(u_ref, w_ref, h0_ref, c0_ref, sh_ref, sc_ref, g_ref):
 
     def step(t, carry):
         h, c = carry
-        i = jax.nn.sigmoid(u_ref[t, 0] + _dot(h, w_ref[0]))
-        f = jax.nn.sigmoid(u_ref[t, 1] + _dot(h, w_ref[1]))
-        g = jnp.tanh(u_ref[t, 2] + _dot(h, w_ref[2]))
-        o = jax.nn.sigmoid(u_ref[t, 3] + _dot(h, w_ref[3]))
+        i = jax.nn.sigmoid(u_ref[t, 0] + jnp.dot(h, w_ref[0]))
+        f = jax.nn.sigmoid(u_ref[t, 1] + jnp.dot(h, w_ref[1]))
+        g = jnp.tanh(u_ref[t, 2] + jnp.dot(h, w_ref[2]))
+        o = jax.nn.sigmoid(u_ref[t, 3] + jnp.dot(h, w_ref[3]))
         c = f * c + i * g
         h = o * jnp.tanh(c)
         sh_ref[t + 1] = h
@@ -322,10 +318,10 @@ def _lstm_backward_kernel(*refs, has_hs: bool, has_cs: bool):
         d_ref[t, 2] = dzg
         d_ref[t, 3] = dzo
         dh = (
-            _dot(dzi, wt_ref[0])
-            + _dot(dzf, wt_ref[1])
-            + _dot(dzg, wt_ref[2])
-            + _dot(dzo, wt_ref[3])
+            jnp.dot(dzi, wt_ref[0])
+            + jnp.dot(dzf, wt_ref[1])
+            + jnp.dot(dzg, wt_ref[2])
+            + jnp.dot(dzo, wt_ref[3])
         )
         return dh, dc * f
 
@@ -377,9 +373,9 @@ def _gru_forward_kernel(a_ref, w_ref, b_ref, h0_ref, s_ref, sv_ref):
     s_ref[0] = h0
 
     def step(t, h):
-        u_z = _dot(h, w_ref[0]) + b_ref[0]
-        u_r = _dot(h, w_ref[1]) + b_ref[1]
-        u_h = _dot(h, w_ref[2]) + b_ref[2]
+        u_z = jnp.dot(h, w_ref[0]) + b_ref[0]
+        u_r = jnp.dot(h, w_ref[1]) + b_ref[1]
+        u_h = jnp.dot(h, w_ref[2]) + b_ref[2]
         z = jax.nn.sigmoid(a_ref[t, 0] + u_z)
         r = jax.nn.sigmoid(a_ref[t, 1] + u_r)
         n = jnp.tanh(a_ref[t, 2] + r * u_h)
@@ -432,7 +428,7 @@ def _gru_backward_kernel(s_ref, sv_ref, wt_ref, g_ref, d_ref, n_ref, dh0_ref, *,
         d_ref[t, 1] = dr
         d_ref[t, 2] = dn * r
         n_ref[t] = dn
-        return dh * z + _dot(dz, wt_ref[0]) + _dot(dr, wt_ref[1]) + _dot(dn * r, wt_ref[2])
+        return dh * z + jnp.dot(dz, wt_ref[0]) + jnp.dot(dr, wt_ref[1]) + jnp.dot(dn * r, wt_ref[2])
 
     init = g_ref[...] if last_only else jnp.zeros(s_ref.shape[1:], s_ref.dtype)
     dh0_ref[...] = jax.lax.fori_loop(0, T, step, init)
