@@ -149,6 +149,23 @@ def test_classifier_gpu_branch_equals_plain(name, B, gpu_branch, key):
     _close32(got, want)
 
 
+@pytest.mark.parametrize("name", ["simple", "lstm", "gru"])
+def test_vmap_of_gpu_branch_equals_plain(name, gpu_branch, key):
+    """``vmap`` over groups of sequences (Pallas's batching rule adds a grid axis), gradients."""
+    mod = cells.get(name)
+    p = mod.init(key, 3, 8, dtype=jnp.float64)
+    xs = jax.random.normal(jax.random.key(1), (4, 2, 6, 3), jnp.float64)  # 4 groups of [2, 6, 3]
+
+    def grads(run, p, xs):
+        return jax.vmap(jax.grad(lambda p, x: jnp.sum(run(mod.cell, p, x)[1] ** 2)), (None, 0))(
+            p, xs
+        )
+
+    got = grads(fast.rnn, _f32(p), _f32(xs))
+    assert gpu_branch and all(gpu_branch), gpu_branch
+    _close32(got, grads(rnn, p, xs))
+
+
 def test_gpu_branch_absent_where_kernels_do_not_apply(gpu_branch, key):
     """float64 and H > MAX_HIDDEN keep the XLA loops on a GPU."""
     p = cells.simple.init(key, 3, 8, dtype=jnp.float64)
@@ -209,3 +226,21 @@ def test_compiled_kernels_on_a_gpu_equal_float64(name, monkeypatch, key):
     plain = jax.jit(jax.value_and_grad(lambda p, x, n: loss(rnn, p, x, n), (0, 1)))
     want = plain(*jax.device_put((p, xs, lengths), cpu))  # runs where its inputs are: the CPU
     _close32(got, want)
+
+
+def test_vmap_lowers_to_triton_kernels_for_cuda(monkeypatch, key):
+    """The batched kernels (an extra grid axis) pass Pallas's Triton lowering too."""
+    from jax import export
+
+    monkeypatch.setattr(gpu, "CELLS", gpu.ALL_CELLS)
+    triton = export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")
+    xs = jax.ShapeDtypeStruct((4, 2, 6, 3), jnp.float32)
+    for name in ("simple", "lstm", "gru"):
+        mod = cells.get(name)
+        p = mod.init(key, 3, 8, dtype=jnp.float32)
+        loss = lambda p, x, mod=mod: jnp.sum(fast.rnn(mod.cell, p, x)[1] ** 2)  # noqa: E731
+        step = jax.jit(jax.vmap(jax.grad(loss), (None, 0)))
+        text = export.export(step, platforms=["cuda"], disabled_checks=[triton])(
+            p, xs
+        ).mlir_module()
+        assert text.count("custom_call @__gpu$xla.gpu.triton") == 2, name
