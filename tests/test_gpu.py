@@ -4,9 +4,12 @@
    rounding), at a size with padding in H and in the batch and several batch tiles.
 2. :mod:`jaxrnn.fast` with its GPU branch taken (``_per_platform`` routed to the ``cuda``
    kernels, interpreted) against the plain path in float64: ``fast.rnn`` with lengths and
-   ``reverse``, the seed classifier (table and projected-rows inputs), values and gradients.
-On a GPU the same kernels are compiled by Triton; ``benchmarks/gpu_check.py`` checks them
-there (benchmarks/RESULTS.md, GPU section).
+   ``reverse``, the seed classifier (table and projected-rows inputs), ``vmap``; values and
+   gradients.
+3. The training step lowered for CUDA (``jax.export``, no GPU needed): Triton kernels where
+   a cell's kernels are on, XLA loops elsewhere.
+4. On a GPU only (skipped elsewhere): the Triton-compiled kernels against float64.
+``benchmarks/gpu_check.py`` checks the seed model on a GPU (benchmarks/RESULTS.md, GPU section).
 """
 
 import dataclasses
