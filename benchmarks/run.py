@@ -81,7 +81,7 @@ GATED_PEERS = [
 # (The first GPU run had "jaxrnn-fast-u10", the XLA loops at unroll 10, now their GPU default,
 # and "keras-fit", Keras's train_on_batch: 1.2x keras-jax's time there; left out since.)
 GPU_PEERS = ["jaxrnn-fast", "jaxrnn-fast-xla", "jaxrnn", "keras-jax", "flax", "torch"]
-GPU_GATED_PEERS = GPU_PEERS  # (the second GPU run had "jaxrnn-fast-w8": 8 warps, now the default)
+# (The second GPU run had "jaxrnn-fast-w8": the GPU kernels at 8 warps, now their default.)
 
 
 def case(mode: str = "train", **kw: Any) -> dict[str, Any]:
@@ -116,7 +116,7 @@ def workloads(name: str, device: str) -> list[tuple[dict[str, Any], list[str]]]:
     """``[(spec, frameworks)]`` of a workload. The CPU grid is shrunk where a cell would take
     minutes (noted in RESULTS.md); on a GPU the full grid runs."""
     cpu = device == "cpu" or (device == "auto" and not _has_gpu())
-    peers, gated = (PEERS, GATED_PEERS) if cpu else (GPU_PEERS, GPU_GATED_PEERS)
+    peers, gated = (PEERS, GATED_PEERS) if cpu else (GPU_PEERS, GPU_PEERS)
     if name == "matmul":  # a GPU needs a larger product to reach its peak
         sizes = (1024, 2048) if cpu else (2048, 8192)
         return [(dict(mode="matmul", N=n), ["matmul"]) for n in sizes]

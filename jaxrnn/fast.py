@@ -133,7 +133,8 @@ def _dense(U: Array, idx: Array | None) -> Array:
 
 
 def _dU_of(D: Array, U: Array, idx: Array | None) -> Array:
-    """``dL/dU`` from ``D = dL/du: [T, B, G H]``: ``D`` itself, or scattered onto a table's rows."""
+    """``dL/dU`` from ``D = dL/du: [N, B, G H]``: ``D`` itself, or scattered onto the rows
+    ``idx: [N, B]`` of a table ``U: [V, G H]``."""
     if idx is None:
         return D
     return jnp.zeros_like(U).at[idx.reshape(-1)].add(D.reshape(-1, U.shape[-1]))
@@ -146,18 +147,17 @@ def _dW_of(S: Array, D: Array) -> Array:
     return S[:-1].reshape(-1, H).T @ D.reshape(-1, D.shape[-1])
 
 
-def _input_cotangent(dZ: Array, U: Array, idx: Array | None) -> tuple[Array, Any]:
-    """Cotangents of ``(U, idx)`` from a kernel's gradient buffer ``dZ: [T + 1, B, G H]``
+def _input_cotangent(dZ: Array, U: Array, idx: Array | None) -> Array:
+    """The cotangent of ``U`` from an XLA loop's gradient buffer ``dZ: [T + 1, B, G H]``
     (``dZ[t] = dL/du_t``, ``dZ[T] = 0``).
 
     For ``U: [T, ...]`` the zero row is dropped; for a table it is scattered too (onto
     row 0, adding nothing) so the ``[T B, G H]`` updates are not sliced out of the buffer.
     """
     if idx is None:
-        return dZ[:-1], None
+        return dZ[:-1]
     idx_ext = jnp.concatenate([idx, jnp.zeros((1, *idx.shape[1:]), idx.dtype)])  # [T + 1, B]
-    dU = jnp.zeros_like(U).at[idx_ext.reshape(-1)].add(dZ.reshape(-1, U.shape[-1]))  # [V, G H]
-    return dU, np.zeros(idx.shape, jax.dtypes.float0)
+    return _dU_of(dZ, U, idx_ext)  # [V, G H]
 
 
 def _drop_zero_row(D: Array, S: Array) -> Array:
@@ -282,7 +282,7 @@ def _simple_scan_bwd(activation, unroll, last_only, res, g):
     # place, row t from row t + 1, like the forward pass.
     def xla():
         D, dW_h = _simple_backward_xla(S, W_h, g, activation, unroll, last_only)
-        return D[0], dW_h, _input_cotangent(D, U, idx)[0]
+        return D[0], dW_h, _input_cotangent(D, U, idx)
 
     def cpu():  # one call: the loop, dW_h and (for a table) the scatter into dU
         vocab = 0 if idx is None else U.shape[0]
@@ -440,7 +440,7 @@ def _lstm_scan_bwd(unroll, last_only, with_cells, res, g):
 
     def xla():
         D, dW_h, dc0 = _lstm_backward_xla(S_h, S_c, Gs, W_h, g_hs, g_hT, g_cT, unroll, g_cs)
-        return D[0], dW_h, dc0, _input_cotangent(D, U, idx)[0]
+        return D[0], dW_h, dc0, _input_cotangent(D, U, idx)
 
     def cpu():  # one call: the loop, dW_h and (for a table) the scatter into dU
         vocab = 0 if idx is None else U.shape[0]
@@ -647,7 +647,7 @@ def _gru_backward_xla(S, Sv, W_h, U, idx, g, unroll, last_only):
     dA = jnp.concatenate([D[..., : 2 * H], N], axis=-1)  # [T + 1, B, 3H]  dL/dU
     dW_h = S.reshape(-1, H).T @ D.reshape(-1, 3 * H)  # one matmul over T + 1 rows (D[T] = 0)
     db_h = dU_h.sum(axis=(0, 1))  # [3H]
-    return _input_cotangent(dA, U, idx)[0], dW_h, db_h, dh0
+    return _input_cotangent(dA, U, idx), dW_h, db_h, dh0
 
 
 gru_scan.defvjp(_gru_scan_fwd, _gru_scan_bwd)
