@@ -22,6 +22,7 @@ within each length, and the last layer's final ``h`` of both directions ``[B, 2H
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -101,6 +102,18 @@ def _jax_infer_step(
     return run
 
 
+# Settings of jaxrnn.gpu (module constants) for the "jaxrnn-<variant>" frameworks: the GPU
+# kernels measured against their defaults in the same run ("all": gpu.ALL_CELLS, the gated
+# cells' kernels too). On a CPU they change nothing (the kernels are CUDA-only).
+GPU_VARIANTS: dict[str, dict[str, Any]] = {
+    "fast-w8": dict(NUM_WARPS=8),  # the second GPU run (8 warps, the default since)
+    "fast-kern": dict(CELLS="all"),
+    "fast-hoist": dict(CELLS="all", HOIST_WEIGHTS=True),
+    "fast-hoist-w16": dict(CELLS="all", HOIST_WEIGHTS=True, NUM_WARPS=16),
+    "fast-s2": dict(CELLS="all", NUM_STAGES=2),
+}
+
+
 def build_jaxrnn(
     spec: dict[str, Any], device: str, variant: str = "plain", unroll: int | None = None
 ) -> Callable[[], None]:
@@ -122,10 +135,12 @@ def build_jaxrnn(
     )
     params = models.init_classifier(jax.random.key(0), cfg)
     tokens, labels = make_data(spec)
-    if variant == "fast-w8":  # the GPU kernels with 8 warps per program (the second GPU run)
+    if variant in GPU_VARIANTS:  # the fast path with other settings of its GPU kernels
         from jaxrnn import gpu
 
-        gpu.NUM_WARPS, variant = 8, "fast"
+        for name, value in GPU_VARIANTS[variant].items():
+            setattr(gpu, name, gpu.ALL_CELLS if value == "all" else value)
+        variant = "fast"
     if variant == "plain":
         loss_fn = lambda p, x, y: models.classifier_loss(cfg, p, x, y)  # noqa: E731
         logits_fn = lambda p, x: models.classifier_logits(cfg, p, x)  # noqa: E731
@@ -441,7 +456,7 @@ FRAMEWORKS: dict[str, Callable[[dict[str, Any], str], Callable[[], None]]] = {
     "jaxrnn-fast": lambda s, d: build_jaxrnn(s, d, "fast"),
     "jaxrnn-fast-xla": lambda s, d: build_jaxrnn(s, d, "fast-xla"),
     "jaxrnn-fast-u10": lambda s, d: build_jaxrnn(s, d, "fast", unroll=10),  # first GPU run
-    "jaxrnn-fast-w8": lambda s, d: build_jaxrnn(s, d, "fast-w8"),  # GPU kernels, 8 warps
+    **{f"jaxrnn-{v}": functools.partial(build_jaxrnn, variant=v) for v in GPU_VARIANTS},
     "jaxrnn": lambda s, d: build_jaxrnn(s, d, "plain"),
     "flax": build_flax,
     "keras-jax": lambda s, d: build_keras(s, d, "jit"),

@@ -12,7 +12,8 @@
 #    grid (T, H, B, LSTM / GRU at H 256). Workers are started in parallel (16 cores), timed
 #    one at a time; short budgets (a GPU step is milliseconds; the machine is not shared).
 #
-# Keras is not in the GPU image: wheels carried in .whl (keras, namex, optree; see
+# MAIN_ARGS / SCALING_ARGS: more run.py options for a phase (e.g. "--extra jaxrnn-fast-hoist",
+# "--cases B128,B512"). Keras is not in the GPU image: wheels carried in .whl (keras, namex, optree; see
 # benchmarks/RESULTS.md) are installed to /tmp/site when present. JAXRNN_NATIVE=0: the
 # native kernels are CPU-only (lax.platform_dependent lowers only the GPU branch there), so
 # skipping their 15-s build changes nothing on the GPU. Each phase has a time limit, and
@@ -54,9 +55,10 @@ RUN=(benchmarks/run.py --device "${DEVICE:-gpu}" --host-env default --reps 4 --b
      --settle 0.05 --round-warmup 0)
 if [ "${MAIN_S:-190}" != 0 ]; then
     timeout "${MAIN_S:-190}" $PY "${RUN[@]}" --out "$OUTDIR/${MAIN_NAME:-gpu_main}.json" \
-        --workload "${MAIN_WORKLOADS:-matmul,train,train-gated,stack,infer}"
+        --workload "${MAIN_WORKLOADS:-matmul,train,train-gated,stack,infer}" ${MAIN_ARGS:-}
 fi
 if [ "${SCALING_S:-150}" != 0 ]; then
-    timeout "${SCALING_S:-150}" $PY "${RUN[@]}" --workload scaling --out "$OUTDIR/gpu_scaling.json"
+    timeout "${SCALING_S:-150}" $PY "${RUN[@]}" --workload scaling --out "$OUTDIR/gpu_scaling.json" \
+        ${SCALING_ARGS:-}
 fi
 echo "gpu.sh done: $(date -u)"

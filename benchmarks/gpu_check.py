@@ -7,9 +7,10 @@ kernels only through Pallas's interpreter); on a GPU the fast path runs the Pall
 :mod:`jaxrnn.gpu` (compiled by Triton) or its XLA loops, and the plain path ``lax.scan`` with
 autodiff. This script computes, on the default device, the seed classifier's loss and
 gradients (``models.classifier_loss`` / ``fast.classifier_loss``, with lengths) and
-``fast.rnn`` with lengths and ``reverse``, for every cell, on three paths (plain; fast with
-the GPU kernels; fast with its XLA loops, ``JAXRNN_GPU_KERNELS=0``), in float32 at the
-default matmul precision and at ``"highest"``, and compares them with the plain path in
+``fast.rnn`` with lengths and ``reverse``, for every cell, on four paths (plain; fast with
+every cell's GPU kernels, reading the weights at each step and, ``fast-hoist``, once; fast
+with its XLA loops, ``JAXRNN_GPU_KERNELS=0``), in float32 at ``"highest"`` matmul precision
+and (plain and fast) at the default, and compares them with the plain path in
 float64 on the CPU: ``max |a - b| / max |b|`` over every leaf. H = 100 and B = 20 (padded
 to 128 and two batch tiles in the kernels), T = 60.
 Fresh random inputs (seed per cell). It prints one line per check and exits 1 if any
@@ -68,6 +69,7 @@ def to(tree, dtype, device):
 
 def main() -> int:
     dev, cpu = jax.devices()[0], jax.devices("cpu")[0]
+    gpu.CELLS = gpu.ALL_CELLS  # the gated cells' kernels too (off by default)
     print(f"device: {dev.platform} {dev.device_kind}; jax {jax.__version__}")
     bad = []
     for i, cell in enumerate(("simple", "lstm", "gru")):
@@ -89,15 +91,19 @@ def main() -> int:
                 to(p_rnn, jnp.float64, cpu), *jax.device_put((xs.astype(jnp.float64), lengths), cpu)
             ),
         }
-        paths = (
-            ("plain", models.classifier_loss, rnn, "1"),
-            ("fast", fast.classifier_loss, fast.rnn, "1"),  # the GPU kernels (jaxrnn.gpu)
-            ("fast-xla", fast.classifier_loss, fast.rnn, "0"),  # its XLA loops
+        paths = (  # (name, loss, rnn, $JAXRNN_GPU_KERNELS, gpu.HOIST_WEIGHTS)
+            ("plain", models.classifier_loss, rnn, "1", False),
+            ("fast", fast.classifier_loss, fast.rnn, "1", False),  # every cell's GPU kernels
+            ("fast-hoist", fast.classifier_loss, fast.rnn, "1", True),  # weights read once
+            ("fast-xla", fast.classifier_loss, fast.rnn, "0", False),  # its XLA loops
         )
         for precision in ("default", "highest"):
             with jax.default_matmul_precision(None if precision == "default" else "highest"):
-                for path, loss, fn, kernels in paths:
+                for path, loss, fn, kernels, hoist in paths:
+                    if precision == "default" and path in ("fast-hoist", "fast-xla"):
+                        continue  # the same TF32 products as "fast"
                     os.environ[gpu.SWITCH] = kernels  # read when the step is traced
+                    gpu.HOIST_WEIGHTS = hoist
                     for what in ref:
                         try:
                             if what == "seed loss+grads":

@@ -21,7 +21,8 @@ COLORS = {
     "keras-jax": "tab:blue",
     "keras-fit": "tab:cyan", "flax": "tab:green", "torch": "tab:brown",
     "torch-1thread": "tab:purple", "numpy": "tab:gray", "jaxrnn-fast-u10": "tab:olive",
-    "jaxrnn-fast-w8": "darkred", "torch-unpacked": "tan",
+    "jaxrnn-fast-w8": "darkred", "torch-unpacked": "tan", "jaxrnn-fast-kern": "salmon",
+    "jaxrnn-fast-hoist": "crimson", "jaxrnn-fast-hoist-w16": "maroon", "jaxrnn-fast-s2": "coral",
 }  # fmt: skip
 HOST_ENV = {  # run.py --host-env
     "tuned": "`--host-env tuned`: every worker with GLIBC_TUNABLES={}{}",

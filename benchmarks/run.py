@@ -349,6 +349,10 @@ def main() -> None:
     )  # fmt: skip
     ap.add_argument("--frameworks", default=None, help="comma-separated subset (default: all)")
     ap.add_argument(
+        "--extra", default=None,
+        help="comma-separated frameworks added to every case (e.g. jaxrnn-fast-hoist: variants)",
+    )  # fmt: skip
+    ap.add_argument(
         "--cases", default=None,
         help="keep only the cases whose name contains one of these comma-separated strings",
     )  # fmt: skip
@@ -383,6 +387,8 @@ def main() -> None:
             if args.cases and not any(c in case_name(spec) for c in args.cases.split(",")):
                 continue
             fws = [f for f in fws if only is None or f in only or f == "matmul"]
+            if args.extra and fws != ["matmul"]:
+                fws = fws[:1] + [f for f in args.extra.split(",") if f not in fws] + fws[1:]
             res = run_case(
                 spec, fws, args.device, args.reps, args.budget, args.warmup, args.settle,
                 args.host_env, args.round_warmup, parallel,

@@ -58,6 +58,11 @@ NUM_WARPS = 8
 # stay off by default (``gpu.CELLS = gpu.ALL_CELLS`` turns them on; tested either way).
 ALL_CELLS = frozenset({"simple", "lstm", "gru"})
 CELLS = frozenset({"simple"})
+# Read the recurrent weight blocks once, before the time loop, and hold them in registers
+# (False: re-read them from L1 / L2 at every step, which Triton does not hoist by itself).
+HOIST_WEIGHTS = False
+# Triton's software-pipelining stages of the time loop (1: none).
+NUM_STAGES = 1
 # Run the kernels through Pallas's interpreter (any backend; what the CPU tests do when they
 # route jaxrnn.fast's GPU branch onto the CPU). The kernels' ``interpret`` argument overrides it.
 INTERPRET = False
@@ -142,14 +147,22 @@ def _spec(shape: tuple[int, ...], batch_axis: int | None):
 
 
 def _triton_params():
-    """Triton's compiler parameters (``NUM_WARPS``; one stage: the loop's loads depend on the
-    step before), or ``None`` (Pallas's defaults) where this JAX names them differently."""
+    """Triton's compiler parameters (:data:`NUM_WARPS`, :data:`NUM_STAGES`), or ``None`` (Pallas's defaults) where this JAX names them differently."""
     try:
         from jax.experimental.pallas import triton as pltriton
 
-        return pltriton.CompilerParams(num_warps=NUM_WARPS, num_stages=1)
+        return pltriton.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     except (ImportError, AttributeError, TypeError):  # pragma: no cover - other JAX versions
         return None
+
+
+def _weights(w_ref, G: int | None = None) -> list:
+    """Getters of the recurrent weight operand inside the time loop: ``[w_ref[...]]`` (``G``
+    None) or ``[w_ref[k] for k < G]``, read once here (:data:`HOIST_WEIGHTS`) or at each call."""
+    index = [...] if G is None else list(range(G))
+    if HOIST_WEIGHTS:
+        return [lambda w=w_ref[k]: w for k in index]
+    return [lambda k=k: w_ref[k] for k in index]
 
 
 def _call(kernel, inputs, outputs, interpret: bool | None):
@@ -178,9 +191,10 @@ def _simple_forward_kernel(u_ref, w_ref, h0_ref, s_ref):
     T = u_ref.shape[0]
     h0 = h0_ref[...]
     s_ref[0] = h0
+    (w,) = _weights(w_ref)
 
     def step(t, h):
-        h = jnp.tanh(u_ref[t] + jnp.dot(h, w_ref[...]))
+        h = jnp.tanh(u_ref[t] + jnp.dot(h, w()))
         s_ref[t + 1] = h
         return h
 
@@ -206,6 +220,7 @@ def simple_forward(U: Array, W_h: Array, h0: Array, *, interpret: bool | None = 
 
 def _simple_backward_kernel(s_ref, g_ref, wt_ref, d_ref, *, last_only: bool):
     T = s_ref.shape[0] - 1
+    (wt,) = _weights(wt_ref)
 
     def step(j, dh_next):  # dh_next = dL/dh_t through h_{t+1} (last_only: g at t = T - 1)
         t = T - 1 - j
@@ -213,7 +228,7 @@ def _simple_backward_kernel(s_ref, g_ref, wt_ref, d_ref, *, last_only: bool):
         dh = dh_next if last_only else dh_next + g_ref[t]
         dz = dh * (1.0 - h * h)
         d_ref[t] = dz
-        return jnp.dot(dz, wt_ref[...])
+        return jnp.dot(dz, wt())
 
     init = g_ref[...] if last_only else jnp.zeros(s_ref.shape[1:], s_ref.dtype)
     jax.lax.fori_loop(0, T, step, init)
@@ -249,13 +264,14 @@ def _lstm_forward_kernel(u_ref, w_ref, h0_ref, c0_ref, sh_ref, sc_ref, g_ref):
     h0, c0 = h0_ref[...], c0_ref[...]
     sh_ref[0] = h0
     sc_ref[0] = c0
+    w = _weights(w_ref, 4)
 
     def step(t, carry):
         h, c = carry
-        i = jax.nn.sigmoid(u_ref[t, 0] + jnp.dot(h, w_ref[0]))
-        f = jax.nn.sigmoid(u_ref[t, 1] + jnp.dot(h, w_ref[1]))
-        g = jnp.tanh(u_ref[t, 2] + jnp.dot(h, w_ref[2]))
-        o = jax.nn.sigmoid(u_ref[t, 3] + jnp.dot(h, w_ref[3]))
+        i = jax.nn.sigmoid(u_ref[t, 0] + jnp.dot(h, w[0]()))
+        f = jax.nn.sigmoid(u_ref[t, 1] + jnp.dot(h, w[1]()))
+        g = jnp.tanh(u_ref[t, 2] + jnp.dot(h, w[2]()))
+        o = jax.nn.sigmoid(u_ref[t, 3] + jnp.dot(h, w[3]()))
         c = f * c + i * g
         h = o * jnp.tanh(c)
         sh_ref[t + 1] = h
@@ -298,6 +314,7 @@ def _lstm_backward_kernel(*refs, has_hs: bool, has_cs: bool):
     gcs_ref = refs.pop(5) if has_cs else None
     d_ref, dc0_ref = refs[5:]
     T = gs_ref.shape[0]
+    wt = _weights(wt_ref, 4)
 
     def step(j, carry):
         dh, dc = carry  # dL/dh_t through h_{t+1}, dL/dc_t through c_{t+1}
@@ -318,10 +335,10 @@ def _lstm_backward_kernel(*refs, has_hs: bool, has_cs: bool):
         d_ref[t, 2] = dzg
         d_ref[t, 3] = dzo
         dh = (
-            jnp.dot(dzi, wt_ref[0])
-            + jnp.dot(dzf, wt_ref[1])
-            + jnp.dot(dzg, wt_ref[2])
-            + jnp.dot(dzo, wt_ref[3])
+            jnp.dot(dzi, wt[0]())
+            + jnp.dot(dzf, wt[1]())
+            + jnp.dot(dzg, wt[2]())
+            + jnp.dot(dzo, wt[3]())
         )
         return dh, dc * f
 
@@ -371,11 +388,12 @@ def _gru_forward_kernel(a_ref, w_ref, b_ref, h0_ref, s_ref, sv_ref):
     T = a_ref.shape[0]
     h0 = h0_ref[...]
     s_ref[0] = h0
+    w = _weights(w_ref, 3)
 
     def step(t, h):
-        u_z = jnp.dot(h, w_ref[0]) + b_ref[0]
-        u_r = jnp.dot(h, w_ref[1]) + b_ref[1]
-        u_h = jnp.dot(h, w_ref[2]) + b_ref[2]
+        u_z = jnp.dot(h, w[0]()) + b_ref[0]
+        u_r = jnp.dot(h, w[1]()) + b_ref[1]
+        u_h = jnp.dot(h, w[2]()) + b_ref[2]
         z = jax.nn.sigmoid(a_ref[t, 0] + u_z)
         r = jax.nn.sigmoid(a_ref[t, 1] + u_r)
         n = jnp.tanh(a_ref[t, 2] + r * u_h)
@@ -415,6 +433,7 @@ def gru_forward(
 
 def _gru_backward_kernel(s_ref, sv_ref, wt_ref, g_ref, d_ref, n_ref, dh0_ref, *, last_only: bool):
     T = sv_ref.shape[0]
+    wt = _weights(wt_ref, 3)
 
     def step(j, dh):  # dL/dh_t through h_{t+1} (last_only: g at t = T - 1)
         t = T - 1 - j
@@ -428,7 +447,7 @@ def _gru_backward_kernel(s_ref, sv_ref, wt_ref, g_ref, d_ref, n_ref, dh0_ref, *,
         d_ref[t, 1] = dr
         d_ref[t, 2] = dn * r
         n_ref[t] = dn
-        return dh * z + jnp.dot(dz, wt_ref[0]) + jnp.dot(dr, wt_ref[1]) + jnp.dot(dn * r, wt_ref[2])
+        return dh * z + jnp.dot(dz, wt[0]()) + jnp.dot(dr, wt[1]()) + jnp.dot(dn * r, wt[2]())
 
     init = g_ref[...] if last_only else jnp.zeros(s_ref.shape[1:], s_ref.dtype)
     dh0_ref[...] = jax.lax.fori_loop(0, T, step, init)

@@ -24,6 +24,13 @@ from jaxrnn import cells, fast, gpu, models, rnn
 SHAPES = [(7, 5, 12), (4, 37, 100)]  # (T, B, H): H 12 -> 16, 100 -> 128; B 37 -> 3 tiles of 16
 
 
+@pytest.fixture(params=[False, True], ids=["reread", "hoisted"])
+def hoist(request, monkeypatch):
+    """Both ways of reading the recurrent weights (gpu.HOIST_WEIGHTS): the same numbers."""
+    monkeypatch.setattr(gpu, "HOIST_WEIGHTS", request.param)
+    return request.param
+
+
 def _r(rng, *shape):
     return jnp.asarray(0.5 * rng.standard_normal(shape), jnp.float64)
 
@@ -35,7 +42,7 @@ def _close(a, b, tol=1e-12):
 
 @pytest.mark.parametrize("T,B,H", SHAPES)
 @pytest.mark.parametrize("last_only", [False, True])
-def test_simple_kernels_equal_xla_loops(T, B, H, last_only):
+def test_simple_kernels_equal_xla_loops(T, B, H, last_only, hoist):
     rng = np.random.default_rng(0)
     U, W, h0 = _r(rng, T, B, H), _r(rng, H, H), _r(rng, B, H)
     S = fast._simple_forward_xla(U, None, W, h0, "tanh", 1)
@@ -47,7 +54,7 @@ def test_simple_kernels_equal_xla_loops(T, B, H, last_only):
 
 @pytest.mark.parametrize("T,B,H", SHAPES)
 @pytest.mark.parametrize("g_hs,g_cs", [(False, False), (True, False), (True, True)])
-def test_lstm_kernels_equal_xla_loops(T, B, H, g_hs, g_cs):
+def test_lstm_kernels_equal_xla_loops(T, B, H, g_hs, g_cs, hoist):
     rng = np.random.default_rng(1)
     U, W, h0, c0 = _r(rng, T, B, 4 * H), _r(rng, H, 4 * H), _r(rng, B, H), _r(rng, B, H)
     S_h, S_c, Gs = fast._lstm_forward_xla(U, None, W, h0, c0, 1)
@@ -61,7 +68,7 @@ def test_lstm_kernels_equal_xla_loops(T, B, H, g_hs, g_cs):
 
 @pytest.mark.parametrize("T,B,H", SHAPES)
 @pytest.mark.parametrize("last_only", [False, True])
-def test_gru_kernels_equal_xla_loops(T, B, H, last_only):
+def test_gru_kernels_equal_xla_loops(T, B, H, last_only, hoist):
     rng = np.random.default_rng(2)
     A, W, b, h0 = _r(rng, T, B, 3 * H), _r(rng, H, 3 * H), _r(rng, 3 * H), _r(rng, B, H)
     S, Sv = fast._gru_forward_xla(A, None, W, b, h0, 1)
@@ -71,6 +78,37 @@ def test_gru_kernels_equal_xla_loops(T, B, H, last_only):
     D, N, dh0_k = gpu.gru_backward(S, Sv, W, g, last_only, interpret=True)
     _close((jnp.concatenate([D[..., : 2 * H], N], -1), D.sum((0, 1)), dh0_k), (dA, db, dh0))
     _close(fast._dW_of(S, D), dW)
+
+
+def _loop_reads(fn, *args) -> int:
+    """How many ref reads (``get``) the body of ``fn``'s kernel's time loop does."""
+    jaxpr = jax.make_jaxpr(lambda *a: fn(*a))(*args)  # a new function: traced afresh
+    (kernel,) = [e for e in jaxpr.eqns if e.primitive.name == "pallas_call"]
+    (loop,) = [e for e in kernel.params["jaxpr"].eqns if e.primitive.name in ("scan", "while")]
+    body = loop.params["jaxpr" if loop.primitive.name == "scan" else "body_jaxpr"]
+    return sum(e.primitive.name == "get" for e in body.eqns)
+
+
+@pytest.mark.parametrize("G", [1, 4, 3], ids=["simple", "lstm", "gru"])
+def test_hoisted_weights_are_read_once(G, monkeypatch):
+    """gpu.HOIST_WEIGHTS takes the G weight-block reads out of each kernel's time loop."""
+    T, B, H = 3, 2, 8
+    z = jnp.zeros
+    fwd, bwd = {
+        1: (lambda: gpu.simple_forward(z((T, B, H)), z((H, H)), z((B, H))),
+            lambda: gpu.simple_backward(z((T + 1, B, H)), z((H, H)), z((T, B, H)), False)),
+        4: (lambda: gpu.lstm_forward(z((T, B, 4 * H)), z((H, 4 * H)), z((B, H)), z((B, H))),
+            lambda: gpu.lstm_backward(z((T + 1, B, H)), z((T, B, 4 * H)), z((H, 4 * H)), None,
+                                      z((B, H)), z((B, H)))),
+        3: (lambda: gpu.gru_forward(z((T, B, 3 * H)), z((H, 3 * H)), z((3 * H,)), z((B, H))),
+            lambda: gpu.gru_backward(z((T + 1, B, H)), z((T, B, 4 * H)), z((H, 3 * H)),
+                                     z((T, B, H)), False)),
+    }[G]  # fmt: skip
+    for kernel in (fwd, bwd):
+        monkeypatch.setattr(gpu, "HOIST_WEIGHTS", False)
+        reread = _loop_reads(kernel)
+        monkeypatch.setattr(gpu, "HOIST_WEIGHTS", True)
+        assert _loop_reads(kernel) == reread - G
 
 
 def test_supports_and_padding(monkeypatch):
@@ -180,7 +218,7 @@ def test_gpu_branch_absent_where_kernels_do_not_apply(gpu_branch, key):
 
 @pytest.mark.parametrize("name", ["simple", "lstm", "gru"])
 @pytest.mark.parametrize("all_cells", [False, True], ids=["default", "all-kernels"])
-def test_seed_step_lowers_to_triton_kernels_for_cuda(name, all_cells, monkeypatch):
+def test_seed_step_lowers_to_triton_kernels_for_cuda(name, all_cells, hoist, monkeypatch):
     """Lowered for CUDA (no GPU needed: cross-platform lowering through ``jax.export``), the
     seed training step runs its recurrence in two Triton kernels (forward, backward) and no
     XLA loop where the cell's kernels are on (by default the simple cell's; the gated cells
@@ -204,7 +242,7 @@ def test_seed_step_lowers_to_triton_kernels_for_cuda(name, all_cells, monkeypatc
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU (the kernels compiled)")
 @pytest.mark.parametrize("name", ["simple", "lstm", "gru"])
-def test_compiled_kernels_on_a_gpu_equal_float64(name, monkeypatch, key):
+def test_compiled_kernels_on_a_gpu_equal_float64(name, hoist, monkeypatch, key):
     """On a GPU: the Triton-compiled kernels (every cell's, not only the defaults) through
     fast.rnn with lengths and reverse, float32 at "highest" matmul precision, against the plain
     path in float64 on the CPU (what benchmarks/gpu_check.py reports for the seed model)."""
