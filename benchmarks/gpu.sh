@@ -12,7 +12,7 @@
 #    grid (T, H, B, LSTM / GRU at H 256). Workers are started in parallel (16 cores), timed
 #    one at a time; short budgets (a GPU step is milliseconds; the machine is not shared).
 #
-# MAIN_ARGS / SCALING_ARGS: more run.py options for a phase (e.g. "--extra jaxrnn-fast-hoist",
+# CHECK_CELLS: the cells gpu_check.py checks (default all). MAIN_ARGS / SCALING_ARGS: more run.py options for a phase (e.g. "--extra jaxrnn-fast-hoist",
 # "--cases B128,B512"). Keras is not in the GPU image: wheels carried in .whl (keras, namex, optree; see
 # benchmarks/RESULTS.md) are installed to /tmp/site when present. JAXRNN_NATIVE=0: the
 # native kernels are CPU-only (lax.platform_dependent lowers only the GPU branch there), so
@@ -48,7 +48,7 @@ EOF
 
 # a phase whose limit is 0 is skipped (a lease split over two calls)
 if [ "${CHECK_S:-90}" != 0 ]; then
-    timeout "${CHECK_S:-90}" $PY benchmarks/gpu_check.py 2>&1 | tee "$OUTDIR/check.txt"
+    timeout "${CHECK_S:-90}" $PY benchmarks/gpu_check.py ${CHECK_CELLS:-} 2>&1 | tee "$OUTDIR/check.txt"
 fi
 
 RUN=(benchmarks/run.py --device "${DEVICE:-gpu}" --host-env default --reps 4 --budget 0.5 --warmup 2

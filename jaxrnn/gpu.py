@@ -50,17 +50,27 @@ SWITCH = "JAXRNN_GPU_KERNELS"  # "0": off (XLA loops on the GPU too)
 BLOCK_B = 16  # batch rows per program (the smallest M of a tensor-core product)
 MAX_HIDDEN = 128  # H <= this: one [Hp, Hp] float32 gate block is 64 KiB
 # H100, seed training step (B 64, T 250, H 100), medians (benchmarks/RESULTS.md, GPU section):
-# 4 -> 8 warps: simple 1.45 -> 1.35 ms, LSTM 5.91 -> 4.92, GRU 4.92 -> 4.04.
+# 4 -> 8 warps: simple 1.45 -> 1.35 ms, LSTM 5.91 -> 4.92, GRU 4.92 -> 4.04 (weights re-read
+# every step); hoisted weights, 8 -> 16 warps: simple 0.97 -> 1.16, GRU 2.97 -> 3.12.
 NUM_WARPS = 8
-# The cells whose kernels jaxrnn.fast uses. Same run: simple 1.35 ms vs 2.38 with the XLA
-# loops (PyTorch cuDNN 1.83); LSTM 4.92 vs 4.63, GRU 4.04 vs 3.99: the gated kernels read
-# G = 4 / 3 weight blocks from L2 every step and are no faster than the loops yet, so they
-# stay off by default (``gpu.CELLS = gpu.ALL_CELLS`` turns them on; tested either way).
+# The cells whose kernels jaxrnn.fast uses. H100, same run (fourth GPU run): simple 0.97 ms
+# (hoisted weights) vs 2.25 with the XLA loops; GRU 2.97 (hoisted) vs 4.15; LSTM 4.95 vs
+# 4.69: its four [128, 128] blocks (256 KiB) are too large to hold (see HOIST_WEIGHTS), and
+# re-read from L2 every step the kernel is no faster than the loops, so it stays off by
+# default (``gpu.CELLS = gpu.ALL_CELLS`` turns it on; tested either way).
 ALL_CELLS = frozenset({"simple", "lstm", "gru"})
-CELLS = frozenset({"simple"})
-# Read the recurrent weight blocks once, before the time loop, and hold them in registers
-# (False: re-read them from L1 / L2 at every step, which Triton does not hoist by itself).
-HOIST_WEIGHTS = False
+CELLS = frozenset({"simple", "gru"})
+# Read the recurrent weight blocks once, before the time loop, and keep them on chip (Triton
+# stages a dot's operand through shared memory) instead of re-reading them from L1 / L2 at
+# every step (Triton does not hoist a loop-invariant load by itself). ``None``: where the G
+# blocks fit in the GPU's shared memory beside the kernel's scratch (see :func:`hoisted`);
+# ``True`` / ``False`` force it (too large: Triton fails with RESOURCE_EXHAUSTED).
+HOIST_WEIGHTS: bool | None = None
+# Shared memory per block (the opt-in maximum, KiB) by CUDA compute capability, from NVIDIA's
+# CUDA C++ Programming Guide (compute capabilities table); others: the smallest, 64.
+SMEM_KIB = {(7, 0): 96, (7, 5): 64, (8, 0): 163, (8, 6): 99, (8, 7): 163, (8, 9): 99,
+            (9, 0): 227, (10, 0): 227, (12, 0): 99}  # fmt: skip
+SCRATCH_KIB = 32  # shared memory left to the kernel's own use (layout conversions)
 # Triton's software-pipelining stages of the time loop (1: none).
 NUM_STAGES = 1
 # Run the kernels through Pallas's interpreter (any backend; what the CPU tests do when they
@@ -156,11 +166,32 @@ def _triton_params():
         return None
 
 
+def _smem_kib() -> int:
+    """Shared memory per block (KiB) of the default backend's first GPU (:data:`SMEM_KIB`; 64
+    where unknown or when no GPU is attached, e.g. lowering for CUDA on a CPU host)."""
+    try:
+        dev = jax.devices()[0]
+        cc = tuple(int(v) for v in str(dev.compute_capability).split(".")[:2])
+    except (AttributeError, RuntimeError, ValueError):
+        return 64
+    return SMEM_KIB.get(cc, 64)
+
+
+def hoisted(G: int, Hp: int, itemsize: int = 4) -> bool:
+    """Whether the kernels hold ``G`` weight blocks ``[Hp, Hp]`` on chip across the time loop
+    (:data:`HOIST_WEIGHTS`; by default where they fit in shared memory with
+    :data:`SCRATCH_KIB` to spare: on an H100 (227 KiB) the simple cell's and the GRU's at
+    H <= 128 (64 / 192 KiB), the LSTM's at H <= 64 (64 KiB; 256 KiB at H = 128)."""
+    if HOIST_WEIGHTS is not None:
+        return HOIST_WEIGHTS
+    return G * Hp * Hp * itemsize <= (_smem_kib() - SCRATCH_KIB) * 1024
+
+
 def _weights(w_ref, G: int | None = None) -> list:
     """Getters of the recurrent weight operand inside the time loop: ``[w_ref[...]]`` (``G``
-    None) or ``[w_ref[k] for k < G]``, read once here (:data:`HOIST_WEIGHTS`) or at each call."""
+    None) or ``[w_ref[k] for k < G]``, read once here (:func:`hoisted`) or at each call."""
     index = [...] if G is None else list(range(G))
-    if HOIST_WEIGHTS:
+    if hoisted(G or 1, w_ref.shape[-1], jnp.dtype(w_ref.dtype).itemsize):
         return [lambda w=w_ref[k]: w for k in index]
     return [lambda k=k: w_ref[k] for k in index]
 
@@ -478,6 +509,6 @@ def gru_backward(
 
 
 __all__ = [
-    "BLOCK_B", "MAX_HIDDEN", "enabled", "gru_backward", "gru_forward", "lstm_backward",
+    "BLOCK_B", "MAX_HIDDEN", "enabled", "gru_backward", "gru_forward", "hoisted", "lstm_backward",
     "lstm_forward", "padded", "simple_backward", "simple_forward", "supports",
 ]  # fmt: skip
