@@ -130,6 +130,12 @@ def build_jaxrnn(
     from jaxrnn import models, runtime
 
     dev = _jax_device(device)
+    if variant in GPU_VARIANTS:  # the fast path with other settings of its GPU kernels
+        from jaxrnn import gpu
+
+        for name, value in GPU_VARIANTS[variant].items():
+            setattr(gpu, name, gpu.ALL_CELLS if value == "all" else value)
+        variant = "fast"
     if spec.get("layers"):
         return _build_jaxrnn_stack(spec, dev, variant)
     cfg = models.ClassifierConfig(
@@ -137,12 +143,6 @@ def build_jaxrnn(
     )
     params = models.init_classifier(jax.random.key(0), cfg)
     tokens, labels = make_data(spec)
-    if variant in GPU_VARIANTS:  # the fast path with other settings of its GPU kernels
-        from jaxrnn import gpu
-
-        for name, value in GPU_VARIANTS[variant].items():
-            setattr(gpu, name, gpu.ALL_CELLS if value == "all" else value)
-        variant = "fast"
     if variant == "plain":
         loss_fn = lambda p, x, y: models.classifier_loss(cfg, p, x, y)  # noqa: E731
         logits_fn = lambda p, x: models.classifier_logits(cfg, p, x)  # noqa: E731

@@ -133,7 +133,7 @@ def gpu_branch(monkeypatch):
 
     monkeypatch.setattr(fast, "_per_platform", per_platform)
     monkeypatch.setattr(gpu, "INTERPRET", True)
-    monkeypatch.setattr(gpu, "CELLS", gpu.ALL_CELLS)  # the gated kernels too (off by default)
+    monkeypatch.setattr(gpu, "CELLS", gpu.ALL_CELLS)  # the LSTM's kernels too (off by default)
     return taken
 
 
@@ -221,8 +221,9 @@ def test_gpu_branch_absent_where_kernels_do_not_apply(gpu_branch, key):
 def test_seed_step_lowers_to_triton_kernels_for_cuda(name, all_cells, hoist, monkeypatch):
     """Lowered for CUDA (no GPU needed: cross-platform lowering through ``jax.export``), the
     seed training step runs its recurrence in two Triton kernels (forward, backward) and no
-    XLA loop where the cell's kernels are on (by default the simple cell's; the gated cells
-    keep their XLA loops); Pallas's Triton lowering accepts every kernel at H = 100."""
+    XLA loop where the cell's kernels are on (by default the simple cell's and the GRU's; the
+    LSTM keeps its XLA loops); Pallas's Triton lowering accepts every kernel at H = 100, with
+    the weights held across the loop or re-read."""
     from jax import export
 
     if all_cells:
