@@ -107,7 +107,8 @@ def _jax_infer_step(
 # cells' kernels too). On a CPU they change nothing (the kernels are CUDA-only).
 GPU_VARIANTS: dict[str, dict[str, Any]] = {
     "fast-w8": dict(NUM_WARPS=8),  # the second GPU run (8 warps, the default since)
-    # the fourth GPU run (before hoisting was the default; "fast-hoist" is it since)
+    # the fourth GPU run: every cell's kernels, weights re-read ("kern") or held ("hoist",
+    # forced: the LSTM's do not fit), 16 warps, 2 pipeline stages; then the fifth run's A/B
     "fast-kern": dict(CELLS="all", HOIST_WEIGHTS=False),
     "fast-hoist": dict(CELLS="all", HOIST_WEIGHTS=True),
     "fast-hoist-w16": dict(CELLS="all", HOIST_WEIGHTS=True, NUM_WARPS=16),

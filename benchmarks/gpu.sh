@@ -12,8 +12,9 @@
 #    grid (T, H, B, LSTM / GRU at H 256). Workers are started in parallel (16 cores), timed
 #    one at a time; short budgets (a GPU step is milliseconds; the machine is not shared).
 #
-# CHECK_CELLS: the cells gpu_check.py checks (default all). MAIN_ARGS / SCALING_ARGS: more run.py options for a phase (e.g. "--extra jaxrnn-fast-hoist",
-# "--cases B128,B512"). Keras is not in the GPU image: wheels carried in .whl (keras, namex, optree; see
+# CHECK_CELLS: the cells gpu_check.py checks (default all). MAIN_ARGS / SCALING_ARGS: more
+# run.py options for a phase (e.g. "--extra jaxrnn-fast-reread", "--cases B128,B512").
+# Keras is not in the GPU image: wheels carried in .whl (keras, namex, optree; see
 # benchmarks/RESULTS.md) are installed to /tmp/site when present. JAXRNN_NATIVE=0: the
 # native kernels are CPU-only (lax.platform_dependent lowers only the GPU branch there), so
 # skipping their 15-s build changes nothing on the GPU. Each phase has a time limit, and

@@ -32,7 +32,8 @@ with ``dW_h`` and the table's gradient) run as hand-written kernels instead,
 ``lax.platform_dependent``; the seed training step 7.4 -> 4.8 ms here,
 benchmarks/RESULTS.md). On an NVIDIA GPU, for float32 and H <= 128, the simple cell's and the
 GRU's loops run as persistent Pallas kernels instead, :mod:`jaxrnn.gpu` (the seed step 2.45
--> 1.02 ms on an H100, the GRU's 4.07 -> 2.84). Every other dtype / backend / cell runs the XLA loops below.
+-> 1.02 ms on an H100, the GRU's 4.07 -> 2.84). Every other dtype / backend / cell runs the
+XLA loops below.
 
 Everything here is checked against the plain path in float64 (outputs and
 gradients; ``tests/test_fast.py``; the kernels in float32, ``tests/test_native.py``).

@@ -75,7 +75,8 @@ HOIST_WEIGHTS: bool | None = None
 SMEM_KIB = {(7, 0): 96, (7, 5): 64, (8, 0): 163, (8, 6): 99, (8, 7): 163, (8, 9): 99,
             (9, 0): 227, (10, 0): 227, (12, 0): 99}  # fmt: skip
 SCRATCH_KIB = 32  # shared memory left to the kernel's own use (layout conversions)
-# Triton's software-pipelining stages of the time loop (1: none).
+# Triton's software-pipelining stages of the time loop (1: none; 2 measured slower than
+# hoisting and, for the gated cells, beyond the shared memory: RESULTS.md, GPU run 4).
 NUM_STAGES = 1
 # Run the kernels through Pallas's interpreter (any backend; what the CPU tests do when they
 # route jaxrnn.fast's GPU branch onto the CPU). The kernels' ``interpret`` argument overrides it.
@@ -161,7 +162,8 @@ def _spec(shape: tuple[int, ...], batch_axis: int | None):
 
 
 def _triton_params():
-    """Triton's compiler parameters (:data:`NUM_WARPS`, :data:`NUM_STAGES`), or ``None`` (Pallas's defaults) where this JAX names them differently."""
+    """Triton's compiler parameters (:data:`NUM_WARPS`, :data:`NUM_STAGES`), or ``None``
+    (Pallas's defaults) where this JAX names them differently."""
     try:
         from jax.experimental.pallas import triton as pltriton
 
