@@ -261,6 +261,7 @@ def test_fused_weight_gradient_only_where_it_fits_in_cache():
     assert not native.fuse_dw(257, 1) and not native.fuse_dw(512, 3) and not native.fuse_dw(129, 4)
 
 
+@pytest.mark.slow  # a full build of the kernels into a fresh folder (~28 s on the CI machine)
 def test_build_is_cached_and_switch_turns_it_off(tmp_path):
     first = native.build(tmp_path)
     mtime = first.stat().st_mtime_ns
