@@ -1,7 +1,9 @@
 """The GPU kernels (jaxrnn.gpu, Pallas) on the CPU through Pallas's interpreter.
 
 1. Each kernel against the XLA loop of :mod:`jaxrnn.fast` it replaces (float64, to
-   rounding), at a size with padding in H and in the batch and several batch tiles.
+   rounding), at a size with padding in H and in the batch and several batch tiles, with its
+   weights held across the time loop and re-read (and the loop's reads counted; the rule
+   that decides it per GPU).
 2. :mod:`jaxrnn.fast` with its GPU branch taken (``_per_platform`` routed to the ``cuda``
    kernels, interpreted) against the plain path in float64: ``fast.rnn`` with lengths and
    ``reverse``, the seed classifier (table and projected-rows inputs), ``vmap``; values and
