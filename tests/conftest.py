@@ -47,7 +47,6 @@ THINNED = {
     "test_native.py::test_simple_scan_gradients_native_vs_xla_loops": 2,
     "test_native.py::test_lstm_scan_gradients_native_vs_xla_loops": 2,
     "test_native.py::test_gru_scan_gradients_native_vs_xla_loops": 2,
-    "test_training_loop.py::test_fast_flag_trains_to_the_same_numbers": 2,
 }
 
 
