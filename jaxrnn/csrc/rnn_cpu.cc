@@ -148,8 +148,14 @@ struct IsPerGroup<PerGroup<F>> : std::true_type {};
 // One register block: acc[r][v] = X[r, :] @ M[:, j0 + 16 v : j0 + 16 v + 16] for R rows of X
 // (row stride ldx, P.K columns) and NV column vectors of P; then epi(r, j0 + 16 v, acc[r][v])
 // per vector, or epi.f(r, j0, acc[r]) for a PerGroup epilogue.
-template <int R, int NV, class Epilogue>
-inline void Block(const float* x, int64_t ldx, const Panel& P, int64_t j0, const Epilogue& epi) {
+// The k loop is a function of its own (not inlined): inlined, GCC hoisted the epilogue's
+// constants (the tanh polynomial, masks) above the loop, and with 16-24 accumulators live
+// ran out of the 32 vector registers: on an Intel Xeon (Emerald Rapids) the LSTM forward's
+// 4 x 4 loop kept 3 accumulators on the stack (a store and a load per FMA). The
+// accumulators leave through memory once per block instead.
+template <int R, int NV>
+__attribute__((noinline)) void Accumulate(const float* x, int64_t ldx, const Panel& P,
+                                          int64_t j0, __m512 (&out)[R][NV]) {
   __m512 acc[R][NV];
   JAXRNN_UNROLL for (int r = 0; r < R; ++r)
     JAXRNN_UNROLL for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
@@ -162,6 +168,14 @@ inline void Block(const float* x, int64_t ldx, const Panel& P, int64_t j0, const
       JAXRNN_UNROLL for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(a, w[v], acc[r][v]);
     }
   }
+  JAXRNN_UNROLL for (int r = 0; r < R; ++r)
+    JAXRNN_UNROLL for (int v = 0; v < NV; ++v) out[r][v] = acc[r][v];
+}
+
+template <int R, int NV, class Epilogue>
+inline void Block(const float* x, int64_t ldx, const Panel& P, int64_t j0, const Epilogue& epi) {
+  __m512 acc[R][NV];
+  Accumulate<R, NV>(x, ldx, P, j0, acc);
   if constexpr (IsPerGroup<Epilogue>::value) {
     JAXRNN_UNROLL for (int r = 0; r < R; ++r) epi.f(r, j0, acc[r]);
   } else {
