@@ -68,8 +68,10 @@ CELLS = frozenset({"simple", "gru"})
 # stages a dot's operand through shared memory) instead of re-reading them from L1 / L2 at
 # every step (Triton does not hoist a loop-invariant load by itself). ``None``: where the G
 # blocks fit in the GPU's shared memory beside the kernel's scratch (see :func:`hoisted`);
-# ``True`` / ``False`` force it (too large: Triton fails with RESOURCE_EXHAUSTED).
-HOIST_WEIGHTS: bool | None = None
+# ``True`` / ``False`` force it (too large: Triton fails with RESOURCE_EXHAUSTED); an int k
+# holds the first min(k, G) blocks and re-reads the others (the LSTM's four do not fit on an
+# H100; a benchmark variant, see benchmarks/frameworks.py GPU_VARIANTS).
+HOIST_WEIGHTS: bool | int | None = None
 # Shared memory per block (the opt-in maximum, KiB) by CUDA compute capability, from NVIDIA's
 # CUDA C++ Programming Guide (compute capabilities table); others: the smallest, 64.
 SMEM_KIB = {(7, 0): 96, (7, 5): 64, (8, 0): 163, (8, 6): 99, (8, 7): 163, (8, 9): 99,
@@ -188,18 +190,29 @@ def hoisted(G: int, Hp: int, itemsize: int = 4) -> bool:
     (:data:`HOIST_WEIGHTS`; by default where they fit in shared memory with
     :data:`SCRATCH_KIB` to spare: on an H100 (227 KiB) the simple cell's and the GRU's at
     H <= 128 (64 / 192 KiB), the LSTM's at H <= 64 (64 KiB; 256 KiB at H = 128)."""
+    return held(G, Hp, itemsize) == G
+
+
+def held(G: int, Hp: int, itemsize: int = 4) -> int:
+    """How many of the ``G`` weight blocks the kernels hold on chip (the first ones; the
+    others are re-read at each step): ``G`` or 0 as :func:`hoisted` says, or ``min(k, G)``
+    where :data:`HOIST_WEIGHTS` is an int ``k``."""
     if HOIST_WEIGHTS is not None:
-        return HOIST_WEIGHTS
-    return G * Hp * Hp * itemsize <= (_smem_kib() - SCRATCH_KIB) * 1024
+        if isinstance(HOIST_WEIGHTS, bool):
+            return G if HOIST_WEIGHTS else 0
+        return max(0, min(int(HOIST_WEIGHTS), G))
+    return G if G * Hp * Hp * itemsize <= (_smem_kib() - SCRATCH_KIB) * 1024 else 0
 
 
 def _weights(w_ref, G: int | None = None) -> list:
     """Getters of the recurrent weight operand inside the time loop: ``[w_ref[...]]`` (``G``
-    None) or ``[w_ref[k] for k < G]``, read once here (:func:`hoisted`) or at each call."""
+    None) or ``[w_ref[k] for k < G]``, each read once here (the first :func:`held` ones) or at
+    each call."""
     index = [...] if G is None else list(range(G))
-    if hoisted(G or 1, w_ref.shape[-1], jnp.dtype(w_ref.dtype).itemsize):
-        return [lambda w=w_ref[k]: w for k in index]
-    return [lambda k=k: w_ref[k] for k in index]
+    n = held(G or 1, w_ref.shape[-1], jnp.dtype(w_ref.dtype).itemsize)
+    return [
+        (lambda w=w_ref[k]: w) if i < n else (lambda k=k: w_ref[k]) for i, k in enumerate(index)
+    ]
 
 
 def _call(kernel, inputs, outputs, interpret: bool | None):
@@ -515,6 +528,6 @@ def gru_backward(
 
 
 __all__ = [
-    "BLOCK_B", "MAX_HIDDEN", "enabled", "gru_backward", "gru_forward", "hoisted", "lstm_backward",
-    "lstm_forward", "padded", "simple_backward", "simple_forward", "supports",
+    "BLOCK_B", "MAX_HIDDEN", "enabled", "gru_backward", "gru_forward", "held", "hoisted",
+    "lstm_backward", "lstm_forward", "padded", "simple_backward", "simple_forward", "supports",
 ]  # fmt: skip

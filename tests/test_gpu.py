@@ -26,9 +26,10 @@ from jaxrnn import cells, fast, gpu, models, rnn
 SHAPES = [(7, 5, 12), (4, 37, 100)]  # (T, B, H): H 12 -> 16, 100 -> 128; B 37 -> 3 tiles of 16
 
 
-@pytest.fixture(params=[False, True], ids=["reread", "hoisted"])
+@pytest.fixture(params=[False, True, 2], ids=["reread", "hoisted", "held2"])
 def hoist(request, monkeypatch):
-    """Both ways of reading the recurrent weights (gpu.HOIST_WEIGHTS): the same numbers."""
+    """Every way of reading the recurrent weights (gpu.HOIST_WEIGHTS: re-read, held, the first
+    2 blocks held and the others re-read): the same numbers."""
     monkeypatch.setattr(gpu, "HOIST_WEIGHTS", request.param)
     return request.param
 
@@ -111,6 +112,8 @@ def test_hoisted_weights_are_read_once(G, monkeypatch):
         reread = _loop_reads(kernel)
         monkeypatch.setattr(gpu, "HOIST_WEIGHTS", True)
         assert _loop_reads(kernel) == reread - G
+        monkeypatch.setattr(gpu, "HOIST_WEIGHTS", 2)  # the first min(2, G) held
+        assert _loop_reads(kernel) == reread - min(2, G)
 
 
 @pytest.mark.parametrize(
@@ -129,6 +132,10 @@ def test_weights_held_where_they_fit_in_shared_memory(cc, G, Hp, held, monkeypat
     assert gpu.hoisted(G, Hp) is held
     monkeypatch.setattr(gpu, "HOIST_WEIGHTS", not held)  # forced either way
     assert gpu.hoisted(G, Hp) is (not held)
+    assert gpu.held(G, Hp) == (0 if held else G)
+    for k, n in [(0, 0), (2, min(2, G)), (G + 1, G)]:  # an int: the first min(k, G) blocks
+        monkeypatch.setattr(gpu, "HOIST_WEIGHTS", k)
+        assert gpu.held(G, Hp) == n and gpu.hoisted(G, Hp) is (n == G)
 
 
 def test_supports_and_padding(monkeypatch):
@@ -263,12 +270,13 @@ def test_seed_step_lowers_to_triton_kernels_for_cuda(name, all_cells, hoist, mon
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU (the kernels compiled)")
 @pytest.mark.parametrize("name", ["simple", "lstm", "gru"])
-@pytest.mark.parametrize("hold", [None, False], ids=["held-where-they-fit", "reread"])
+@pytest.mark.parametrize("hold", [None, False, 2], ids=["held-where-they-fit", "reread", "held2"])
 def test_compiled_kernels_on_a_gpu_equal_float64(name, hold, monkeypatch, key):
     """On a GPU: the Triton-compiled kernels (every cell's, not only the defaults) through
     fast.rnn with lengths and reverse, float32 at "highest" matmul precision, against the plain
     path in float64 on the CPU (what benchmarks/gpu_check.py reports for the seed model); the
-    weights held where they fit (not forced: the LSTM's do not fit on an H100) and re-read."""
+    weights held where they fit (not forced: the LSTM's do not fit on an H100), re-read, and
+    the first 2 blocks held (the others re-read)."""
     monkeypatch.setattr(gpu, "CELLS", gpu.ALL_CELLS)
     monkeypatch.setattr(gpu, "HOIST_WEIGHTS", hold)
     mod = cells.get(name)
