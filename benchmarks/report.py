@@ -226,6 +226,11 @@ def main() -> None:
                 rec.get("glibc_tunables") or "unset",
                 " and inline CPU dispatch (JAX)" if rec.get("inline_dispatch") else "",
             )
+            + (
+                "; PyTorch with denormals flushed to zero"
+                if rec.get("torch_flush_denormal")
+                else ""
+            )
             + "\n"
         )
         for c in rec["cases"]:

@@ -29,10 +29,12 @@ How it measures (a benchmark, not a test: nothing asserts a time):
 * ``--host-env tuned`` (default) starts EVERY worker, peers included, with jaxrnn's host
   settings (:mod:`jaxrnn.runtime`: the glibc malloc tunables, so XLA's per-step host
   buffers stay mapped instead of being faulted in again every step, and JAX's inline CPU
-  dispatch; what ``train.py`` sets for itself), so all frameworks run in the same
-  environment; ``--host-env jaxrnn`` gives them to the jaxrnn workers only (each library
-  as it ships: ``train.py`` sets them, the peers do not); ``--host-env default`` leaves
-  them out.
+  dispatch; what ``train.py`` sets for itself) and the PyTorch workers with denormals
+  flushed to zero (``torch.set_flush_denormal``: XLA's CPU runtime always flushes them;
+  PyTorch, unflushed, took ~9x longer for the seed LSTM step on an Intel Xeon), so all
+  frameworks run in the same environment; ``--host-env jaxrnn`` gives them to the jaxrnn
+  workers only (each library as it ships: ``train.py`` sets them, the peers do not);
+  ``--host-env default`` leaves them out.
 """
 
 from __future__ import annotations
@@ -180,7 +182,8 @@ class Worker:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.worker", "--framework", fw, "--spec",
              json.dumps(spec), "--device", device, "--warmup", str(warmup)]
-            + (["--inline-dispatch"] if host and not fw.startswith("torch") else []),  # JAX only
+            + (["--inline-dispatch"] if host and not fw.startswith("torch") else [])  # JAX only
+            + (["--flush-denormal"] if host and fw.startswith("torch") else []),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             text=True, cwd=ROOT, env=env,
         )  # fmt: skip
@@ -381,6 +384,7 @@ def main() -> None:
               "glibc_tunables": runtime.host_env(os.environ).get("GLIBC_TUNABLES")
               if args.host_env != "default" else os.environ.get("GLIBC_TUNABLES"),
               "inline_dispatch": args.host_env != "default",  # for the same workers, JAX ones
+              "torch_flush_denormal": args.host_env == "tuned",  # the PyTorch workers
               "cases": []}  # fmt: skip
     for name in names:
         for spec, fws in workloads(name, args.device):

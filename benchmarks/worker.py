@@ -40,12 +40,25 @@ def main() -> None:
     ap.add_argument(
         "--inline-dispatch", action="store_true", help="jaxrnn.runtime.inline_cpu_dispatch()"
     )
+    ap.add_argument(
+        "--flush-denormal",
+        action="store_true",
+        help="PyTorch: torch.set_flush_denormal(True), as XLA runs on the CPU",
+    )
     args = ap.parse_args()
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if args.inline_dispatch:  # before any framework creates JAX's CPU backend
         from jaxrnn import runtime
 
         runtime.inline_cpu_dispatch()
+    if args.flush_denormal:
+        # XLA's CPU runtime computes with denormals flushed to zero (FTZ/DAZ); PyTorch does
+        # not by default, and on Intel CPUs the tiny gradients of a saturated LSTM/GRU then
+        # take microcode assists (seen: seed LSTM step ~800 ms -> ~90 ms). Set here, before
+        # the framework sets its thread count, so that its intra-op threads inherit the mode.
+        import torch
+
+        torch.set_flush_denormal(True)
     from benchmarks.frameworks import FRAMEWORKS
 
     spec = json.loads(args.spec)
