@@ -113,8 +113,10 @@ GPU_VARIANTS: dict[str, dict[str, Any]] = {
     "fast-hoist": dict(CELLS="all", HOIST_WEIGHTS=True),
     "fast-hoist-w16": dict(CELLS="all", HOIST_WEIGHTS=True, NUM_WARPS=16),
     "fast-s2": dict(CELLS="all", HOIST_WEIGHTS=False, NUM_STAGES=2),
-    "fast-reread": dict(HOIST_WEIGHTS=False),  # the defaults, weights re-read every step
+    # the default cells with their weights re-read every step (the LSTM: its XLA loops then)
+    "fast-reread": dict(HOIST_WEIGHTS=False),
     # the eighth (H200): the LSTM's kernels holding 2 / 3 of its 4 blocks, re-reading the rest
+    # (2: what the defaults do on an sm_90 GPU since)
     "fast-hold2": dict(CELLS="all", HOIST_WEIGHTS=2),
     "fast-hold3": dict(CELLS="all", HOIST_WEIGHTS=3),
 }

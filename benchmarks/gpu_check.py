@@ -70,7 +70,7 @@ def to(tree, dtype, device):
 
 def main() -> int:
     dev, cpu = jax.devices()[0], jax.devices("cpu")[0]
-    gpu.CELLS = gpu.ALL_CELLS  # the LSTM's kernels too (off by default)
+    gpu.CELLS = gpu.ALL_CELLS  # every cell's kernels (the LSTM's too where few blocks fit)
     print(f"device: {dev.platform} {dev.device_kind}; jax {jax.__version__}")
     bad = []
     for i, cell in enumerate(("simple", "lstm", "gru")):

@@ -13,9 +13,10 @@ whole sequence inside one kernel. The kernels here do the same, written in Palla
   reads ``u_t``, multiplies by ``W_h`` (tensor cores, one ``[Hp, Hp]`` operand per gate
   block), applies the cell and writes the saved state rows;
 * the weight blocks are read once, before the loop, and stay on chip where they fit in
-  shared memory (:func:`hoisted`: on an H100 the simple cell's and the GRU's at H <= 128);
-  else they are re-read from L1 / L2 at every step (the LSTM's four blocks at H = 128). On
-  an H100 this took the seed training step from 1.44 to 0.97 ms (GRU 4.22 -> 2.97);
+  shared memory (:func:`held`: on an H100 / H200 all of the simple cell's and the GRU's at
+  H <= 128, two of the LSTM's four); the others are re-read from L1 / L2 at every step. On
+  an H100 this took the seed training step from 1.44 to 0.97 ms (GRU 4.22 -> 2.97); on an
+  H200 the LSTM's from 5.13 (all re-read) to 4.35 (two held; the XLA loops: 4.77-4.93);
 * the backward kernels run the reversed loop of :mod:`jaxrnn.fast`'s hand-written BPTT
   (the same formulas as its XLA loops) and write ``dL/dz`` for every step; ``dW_h`` is
   then ONE ``[H, T B] @ [T B, G H]`` matmul in XLA, as on the other paths.
@@ -29,9 +30,10 @@ multiply zeros) and their gradients at zero.
 Scope (:func:`supports`): float32, ``H <= MAX_HIDDEN`` (a gate block's ``[Hp, Hp]``
 operand must fit in a multiprocessor's shared memory beside the rest), CUDA (``cuda`` in
 ``lax.platform_dependent``). Kernels exist for the simple cell with ``tanh``, the LSTM and
-the GRU (``reset_after``); :mod:`jaxrnn.fast` uses those of :data:`CELLS` (by default the
-simple cell's and the GRU's; the LSTM's, its weights re-read every step at H = 128,
-measured no faster than the XLA loops). Anything else runs the XLA loops. Matmul precision
+the GRU (``reset_after``); :mod:`jaxrnn.fast` uses them as :data:`CELLS` says (by default
+the simple cell's and the GRU's always, the LSTM's where at least :data:`LSTM_MIN_HELD` of
+its four weight blocks stay on chip: with fewer, re-read every step, it measured slower than
+the XLA loops). Anything else runs the XLA loops. Matmul precision
 follows JAX's (``jax.default_matmul_precision``: the default is TF32 on NVIDIA GPUs, as
 for XLA's own dots; ``"highest"`` gives IEEE float32).
 
@@ -57,20 +59,25 @@ MAX_HIDDEN = 128  # H <= this: one [Hp, Hp] float32 gate block is 64 KiB
 # 4 -> 8 warps: simple 1.45 -> 1.35 ms, LSTM 5.91 -> 4.92, GRU 4.92 -> 4.04 (weights re-read
 # every step); hoisted weights, 8 -> 16 warps: simple 0.97 -> 1.16, GRU 2.97 -> 3.12.
 NUM_WARPS = 8
-# The cells whose kernels jaxrnn.fast uses. H100, same run (fourth GPU run): simple 0.97 ms
-# (hoisted weights) vs 2.25 with the XLA loops; GRU 2.97 (hoisted) vs 4.15; LSTM 4.95 vs
-# 4.69: its four [128, 128] blocks (256 KiB) are too large to hold (see HOIST_WEIGHTS), and
-# re-read from L2 every step the kernel is no faster than the loops, so it stays off by
-# default (``gpu.CELLS = gpu.ALL_CELLS`` turns it on; tested either way).
+# The cells whose kernels jaxrnn.fast uses: a set forces those on and the others off
+# (``gpu.CELLS = gpu.ALL_CELLS``: every kernel, as the tests do); ``None`` (default): by
+# measurement, see :func:`supports`. H100 (fourth GPU run): simple 0.97 ms (hoisted weights)
+# vs 2.25 with the XLA loops; GRU 2.97 (hoisted) vs 4.15; LSTM 4.95 vs 4.69: its four
+# [128, 128] blocks (256 KiB) do not all fit (see HOIST_WEIGHTS), and re-read from L2 every
+# step the kernel was slower than the loops. H200 (eighth run, two runs): LSTM with its
+# first two blocks held 4.35 / 4.32 ms vs the loops 4.77-4.93 (all re-read: 5.13).
 ALL_CELLS = frozenset({"simple", "lstm", "gru"})
-CELLS = frozenset({"simple", "gru"})
+CELLS: frozenset[str] | None = None
+# By default the LSTM's kernels run where at least this many of its 4 weight blocks are held
+# (2 on sm_90 at H = 128; with 0 they measured slower than the loops, 1 is unmeasured).
+LSTM_MIN_HELD = 2
 # Read the recurrent weight blocks once, before the time loop, and keep them on chip (Triton
 # stages a dot's operand through shared memory) instead of re-reading them from L1 / L2 at
-# every step (Triton does not hoist a loop-invariant load by itself). ``None``: where the G
-# blocks fit in the GPU's shared memory beside the kernel's scratch (see :func:`hoisted`);
-# ``True`` / ``False`` force it (too large: Triton fails with RESOURCE_EXHAUSTED); an int k
-# holds the first min(k, G) blocks and re-reads the others (the LSTM's four do not fit on an
-# H100; a benchmark variant, see benchmarks/frameworks.py GPU_VARIANTS).
+# every step (Triton does not hoist a loop-invariant load by itself). ``None``: as many as
+# fit in the GPU's shared memory beside the kernel's scratch (see :func:`held`); ``True`` /
+# ``False`` force all / none (too large: Triton fails with RESOURCE_EXHAUSTED); an int k
+# holds the first min(k, G) blocks and re-reads the others (benchmark variants, see
+# benchmarks/frameworks.py GPU_VARIANTS).
 HOIST_WEIGHTS: bool | int | None = None
 # Shared memory per block (the opt-in maximum, KiB) by CUDA compute capability, from NVIDIA's
 # CUDA C++ Programming Guide (compute capabilities table); others: the smallest, 64.
@@ -106,9 +113,17 @@ def enabled() -> bool:
 
 
 def supports(dtype, H: int, cell: str = "simple") -> bool:
-    """Whether :mod:`jaxrnn.fast` runs ``cell``'s kernels for this dtype and hidden size
-    (``cell`` in :data:`CELLS`; see the module docstring)."""
-    return cell in CELLS and jnp.dtype(dtype) == jnp.float32 and 0 < H <= MAX_HIDDEN and enabled()
+    """Whether :mod:`jaxrnn.fast` runs ``cell``'s kernels for this dtype and hidden size:
+    float32, ``H <= MAX_HIDDEN``, switched on, and ``cell`` in :data:`CELLS`; by default
+    (``CELLS`` None) the simple cell and the GRU, and the LSTM where :func:`held` keeps at
+    least :data:`LSTM_MIN_HELD` of its blocks on chip (see the module docstring)."""
+    if not (jnp.dtype(dtype) == jnp.float32 and 0 < H <= MAX_HIDDEN and enabled()):
+        return False
+    if CELLS is not None:
+        return cell in CELLS
+    if cell == "lstm":
+        return held(4, padded(H)) >= LSTM_MIN_HELD
+    return cell in ALL_CELLS
 
 
 def padded(H: int) -> int:
@@ -186,22 +201,27 @@ def _smem_kib() -> int:
 
 
 def hoisted(G: int, Hp: int, itemsize: int = 4) -> bool:
-    """Whether the kernels hold ``G`` weight blocks ``[Hp, Hp]`` on chip across the time loop
-    (:data:`HOIST_WEIGHTS`; by default where they fit in shared memory with
-    :data:`SCRATCH_KIB` to spare: on an H100 (227 KiB) the simple cell's and the GRU's at
+    """Whether the kernels hold all ``G`` weight blocks ``[Hp, Hp]`` on chip across the time
+    loop (:func:`held` ``== G``): on an H100 (227 KiB) the simple cell's and the GRU's at
     H <= 128 (64 / 192 KiB), the LSTM's at H <= 64 (64 KiB; 256 KiB at H = 128)."""
     return held(G, Hp, itemsize) == G
 
 
 def held(G: int, Hp: int, itemsize: int = 4) -> int:
-    """How many of the ``G`` weight blocks the kernels hold on chip (the first ones; the
-    others are re-read at each step): ``G`` or 0 as :func:`hoisted` says, or ``min(k, G)``
-    where :data:`HOIST_WEIGHTS` is an int ``k``."""
+    """How many of the ``G`` weight blocks ``[Hp, Hp]`` the kernels hold on chip (the first
+    ones; the others are re-read at each step). By default (:data:`HOIST_WEIGHTS` None) all
+    ``G`` where they fit in the GPU's shared memory with :data:`SCRATCH_KIB` to spare, else
+    as many as fit beside one staged block of the re-read ones (Triton stages a dot operand
+    through shared memory): on an H100 / H200 (227 KiB) at Hp = 128 (64 KiB blocks) the
+    LSTM's first 2 of 4 (3 held asked for 256 KiB and failed to compile), on an A100 (163 KiB)
+    1 of the GRU's 3 and of the LSTM's 4. ``HOIST_WEIGHTS``: ``True`` / ``False`` all or
+    none, an int ``k`` ``min(k, G)``."""
     if HOIST_WEIGHTS is not None:
         if isinstance(HOIST_WEIGHTS, bool):
             return G if HOIST_WEIGHTS else 0
         return max(0, min(int(HOIST_WEIGHTS), G))
-    return G if G * Hp * Hp * itemsize <= (_smem_kib() - SCRATCH_KIB) * 1024 else 0
+    block, room = Hp * Hp * itemsize, (_smem_kib() - SCRATCH_KIB) * 1024
+    return G if G * block <= room else max(0, room // block - 1)
 
 
 def _weights(w_ref, G: int | None = None) -> list:
