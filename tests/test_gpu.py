@@ -164,6 +164,31 @@ def test_supports_and_padding(monkeypatch):
     assert not gpu.supports(jnp.float32, 100)
 
 
+def test_kernels_off_without_pallas_triton(monkeypatch, key):
+    """A jax without Pallas's Triton backend (deprecated in jax 0.11): the kernels are off and
+    the GPU branch is not taken, instead of failing when the step is lowered."""
+    import builtins
+
+    real = builtins.__import__
+
+    def no_triton(name, globals=None, locals=None, fromlist=(), level=0):
+        if name == "jax.experimental.pallas.triton" or (
+            name == "jax.experimental.pallas" and "triton" in (fromlist or ())
+        ):
+            raise ImportError("no Triton backend in this jax")
+        return real(name, globals, locals, fromlist, level)
+
+    assert gpu.enabled()
+    monkeypatch.setattr(builtins, "__import__", no_triton)
+    assert not gpu.enabled() and not gpu.supports(jnp.float32, 100)
+    taken = []
+    monkeypatch.setattr(fast, "_per_platform", lambda xla, cpu=None, cuda=None: (
+        taken.append(cuda is not None), xla())[1])  # fmt: skip
+    p = cells.simple.init(key, 3, 8, dtype=jnp.float32)
+    fast.rnn(cells.simple.cell, p, jnp.ones((2, 4, 3), jnp.float32))
+    assert taken and not any(taken)
+
+
 @pytest.fixture
 def gpu_branch(monkeypatch):
     """Routes jaxrnn.fast's per-platform dispatch to its GPU kernels (interpreted) and
