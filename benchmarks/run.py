@@ -176,14 +176,15 @@ class Worker:
         # several JAX workers share one GPU: each takes memory as it needs it, not 75% up front
         env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
         host = host_env == "tuned" or (host_env == "jaxrnn" and fw.startswith("jaxrnn"))
+        torch = fw.startswith("torch")  # host settings: PyTorch flushes denormals (as XLA
+        # computes), the JAX workers dispatch inline
         if host:
             env = runtime.host_env(env)
         self.fw = fw
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.worker", "--framework", fw, "--spec",
              json.dumps(spec), "--device", device, "--warmup", str(warmup)]
-            + (["--inline-dispatch"] if host and not fw.startswith("torch") else [])  # JAX only
-            + (["--flush-denormal"] if host and fw.startswith("torch") else []),
+            + ((["--flush-denormal"] if torch else ["--inline-dispatch"]) if host else []),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             text=True, cwd=ROOT, env=env,
         )  # fmt: skip

@@ -50,6 +50,7 @@ import os
 import jax
 import jax.numpy as jnp
 
+from jaxrnn.cells import lstm as _lstm
 from jaxrnn.cells._common import Array
 
 SWITCH = "JAXRNN_GPU_KERNELS"  # "0": off (XLA loops on the GPU too)
@@ -124,7 +125,7 @@ def supports(dtype, H: int, cell: str = "simple") -> bool:
     if CELLS is not None:
         return cell in CELLS
     if cell == "lstm":
-        return held(4, padded(H)) >= LSTM_MIN_HELD
+        return held(_lstm.N_GATES, padded(H)) >= LSTM_MIN_HELD
     return cell in ALL_CELLS
 
 
