@@ -8,6 +8,7 @@ import functools
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -625,3 +626,24 @@ def test_gru_bad_inputs_raise_in_python():
     S, Sv = native.gru_forward(U, None, W, b, h0)
     with pytest.raises(ValueError, match=r"gru_backward: .* g \(3, 4\)"):
         native.gru_backward(S, Sv, W, h0[:, :4])
+
+
+@pytest.mark.slow  # two builds of the driver side by side: ~20 s
+def test_kernel_benchmark_driver_builds_and_blocking_does_not_change_results():
+    """benchmarks/kernels.py (the kernels' A/B harness) still builds against rnn_cpu.cc and runs
+    every kernel; other register blockings (macros) give bitwise the same states and gradients:
+    each output element sums its products in the same order whatever the tile."""
+    from benchmarks import kernels as kb
+
+    src = Path(native.SOURCE)
+    builds = [
+        ("shipped", src, []),
+        ("blocks4x4", src, ["JAXRNN_BLOCK_ROWS=4", "JAXRNN_BLOCK_VECS=4",
+                            "JAXRNN_OUTER_ROWS=4", "JAXRNN_OUTER_VECS=5"]),
+    ]  # fmt: skip
+    res = kb.measure(builds, list(kb.KERNELS), rounds=1, reps=1, shape=["12", "7", "40", "50"])
+    for k in kb.KERNELS:
+        a, b = res["shipped", k], res["blocks4x4", k]
+        assert len(a["ms"]) == 1 and a["ms"][0] > 0, k
+        assert np.isfinite(float(a["checksum"])) and float(a["checksum"]) != 0.0, k
+        assert a["checksum"] == b["checksum"], (k, a["checksum"], b["checksum"])
