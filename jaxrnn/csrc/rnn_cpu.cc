@@ -304,6 +304,16 @@ void AccumulateOuter(const float* X, int64_t ldx, int64_t K, const float* Y, int
   }
 }
 
+// Step t's input row for batch row `row`: U[t, row] of U [T, B, width], or, with ids,
+// table[idx[t, row]] of a table [V, width]; nullptr for an id outside [0, V) (the callers
+// read NaN there, as jnp.take's default "fill" mode).
+inline const float* InputRow(const float* U, const int32_t* idx, int64_t V, int64_t width,
+                             int64_t t, int64_t B, int64_t row) {
+  if (idx == nullptr) return U + (t * B + row) * width;
+  const int32_t i = idx[t * B + row];
+  return (i >= 0 && i < V) ? U + static_cast<int64_t>(i) * width : nullptr;
+}
+
 // Fetches n floats from p into L2 (one prefetch per 64-byte line).
 inline void PrefetchSpan(const float* p, int64_t n) {
   const char* c = reinterpret_cast<const char*>(p);
@@ -455,13 +465,8 @@ void Forward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int64_t 
       StepRows(x, H, b0, b1, Panel{Wp, Hp, H}, [&](int64_t b) {
         return [&, b](int r, int64_t j, __m512 acc) {
           const int64_t row = b + r;
-          const float* u;
-          if (idx == nullptr) {
-            u = U + (t * B + row) * H + j;
-          } else {
-            const int32_t i = idx[t * B + row];
-            u = (i >= 0 && i < V) ? U + static_cast<int64_t>(i) * H + j : nan_row;
-          }
+          const float* in = InputRow(U, idx, V, H, t, B, row);
+          const float* u = in ? in + j : nan_row;
           const __mmask16 mask = ColumnMask(j, H);
           const __m512 a = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(mask, u));
           _mm512_mask_storeu_ps(out + row * H + j, mask, Apply<act>(a));
@@ -622,14 +627,7 @@ void LstmForward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int6
           // z * [1/2, 1/2, 1, 1/2]: sigmoid(z) = (1 + tanh(z / 2)) / 2 for i, f, o; tanh for g
           __m512 a[R][4];
           JAXRNN_UNROLL for (int r = 0; r < R; ++r) {
-            const int64_t row = b + r;
-            const float* u;
-            if (idx == nullptr) {
-              u = U + (t * B + row) * G4;
-            } else {
-              const int32_t i = idx[t * B + row];
-              u = (i >= 0 && i < V) ? U + static_cast<int64_t>(i) * G4 : nullptr;
-            }
+            const float* u = InputRow(U, idx, V, G4, t, B, b + r);
             JAXRNN_UNROLL for (int q = 0; q < 4; ++q) {
               a[r][q] = _mm512_add_ps(acc[r][q], _mm512_maskz_loadu_ps(mask, u ? u + q * H + j : nan_row));
               if (q != 2) a[r][q] = _mm512_mul_ps(a[r][q], Set(0.5f));
@@ -758,14 +756,7 @@ void GruForward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int64
           // then n[r] = tanh(a_n + r u_n), each activated for all R rows at once
           __m512 zr[R][2], in_n[R], u_n[R], n[R];
           JAXRNN_UNROLL for (int r = 0; r < R; ++r) {
-            const int64_t row = b + r;
-            const float* a;
-            if (idx == nullptr) {
-              a = U + (t * B + row) * G3;
-            } else {
-              const int32_t i = idx[t * B + row];
-              a = (i >= 0 && i < V) ? U + static_cast<int64_t>(i) * G3 : nullptr;
-            }
+            const float* a = InputRow(U, idx, V, G3, t, B, b + r);
             JAXRNN_UNROLL for (int q = 0; q < 2; ++q) {
               const __m512 in = _mm512_maskz_loadu_ps(mask, a ? a + q * H + j : nan_row);
               const __m512 u = _mm512_add_ps(acc[r][q], _mm512_maskz_loadu_ps(mask, bh + q * H + j));
