@@ -17,7 +17,8 @@ the best and the median repetition of each build, and the ratio of bests against
 Kernels: lstm-forward, lstm-backward (dW_h fused), lstm-backward-nodw, lstm-scatter,
 gru-forward, simple-forward, product-forward, product-backward (the step products alone, no
 epilogue: the floor that the kernels' epilogues and memory traffic add to). Needs an AVX-512
-CPU and a C++ compiler, as the kernels do. A benchmark: nothing here is asserted in tests.
+CPU and a C++ compiler, as the kernels do. A benchmark: no test asserts a time (a slow test
+checks that the driver builds and that the results do not depend on the register blocking).
 """
 
 from __future__ import annotations
@@ -39,16 +40,13 @@ KERNELS = (
 
 def build(source: Path, defines: list[str], out: Path) -> Path:
     """Compiles the driver with ``source`` included (native.py's compiler and flags)."""
-    import jax
-
     from jaxrnn import native
 
-    flags = [f for f in native.FLAGS if f not in ("-shared", "-fPIC")]
-    cmd = [
-        native.compiler(), *flags, "-w", f'-DJAXRNN_SOURCE="{source.resolve()}"',
-        *(f"-D{d}" for d in defines), "-I", jax.ffi.include_dir(), str(DRIVER), "-o", str(out),
-    ]  # fmt: skip
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    macros = (f'JAXRNN_SOURCE="{source.resolve()}"', *defines)
+    cmd = native.compile_command(DRIVER, out, shared=False, defines=macros)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"compiling {DRIVER.name} with {source} failed:\n{proc.stderr[-4000:]}")
     return out
 
 

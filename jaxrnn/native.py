@@ -113,6 +113,19 @@ def _cpu_flags() -> str:
         return ""
 
 
+def compile_command(
+    source: Path, out: Path, *, shared: bool = True, defines: tuple[str, ...] = ()
+) -> list[str]:
+    """The compiler command line for ``source`` against the XLA FFI headers of the installed
+    jaxlib, with :data:`FLAGS` (``shared=False``: an executable, e.g. the kernels' benchmark
+    driver ``benchmarks/kernels.cc``) and ``-D`` macros ``defines``."""
+    flags = FLAGS if shared else tuple(f for f in FLAGS if f not in ("-shared", "-fPIC"))
+    return [
+        compiler(), *flags, *(f"-D{d}" for d in defines),
+        "-isystem", jax.ffi.include_dir(), str(source), "-o", str(out),
+    ]  # fmt: skip
+
+
 def build(directory: Path | None = None) -> Path:
     """Compiles ``csrc/rnn_cpu.cc`` into a shared library (once; cached) and returns its path.
 
@@ -144,7 +157,7 @@ def build(directory: Path | None = None) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
     os.close(fd)
-    cmd = [cxx, *FLAGS, "-isystem", include, str(SOURCE), "-o", tmp]
+    cmd = compile_command(SOURCE, Path(tmp))
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         if proc.returncode != 0:
