@@ -4,9 +4,11 @@
 //
 //   kernels KERNEL REPS [B T H V]   ->  one line per repetition: "KERNEL <ms> <checksum>"
 //
-// KERNEL: lstm-forward, lstm-backward (dW_h fused, as shipped), lstm-backward-nodw,
-// lstm-scatter, gru-forward, simple-forward, product-forward ([B, H] @ the LSTM's interleaved
-// [H, 4 Hp] panel, no epilogue), product-backward ([B, 4H] @ W_h^T padded, no epilogue).
+// KERNEL: lstm-forward, lstm-backward (dW_h fused, all of D kept), lstm-backward-nodw,
+// lstm-backward-table (as the seed step runs it: dW_h fused, the table's gradient accumulated
+// in the loop, D kept as two rows), gru-forward, simple-forward, product-forward ([B, H] @ the
+// LSTM's interleaved [H, 4 Hp] panel, no epilogue), product-backward ([B, 4H] @ W_h^T padded,
+// no epilogue).
 // Defaults: B = 32 (one of two threads' rows of the seed batch), T = 250, H = 100, V = 5000.
 // Everything runs on one thread: the kernels only use XLA's thread pool where they split rows
 // over more than one thread, and here they are asked for one (threads = 1), so the pool
@@ -80,11 +82,18 @@ int main(int argc, char** argv) {
       std::memset(partial.data, 0, sizeof(float) * H * ldw);
       LstmBackward(pool, Sh.data, Sc.data, G.data, WTp, nullptr, nullptr, gT.data(), zeros.data(),
                    D.data, DT.data, dW.data, dc.data, split, partial.data,
-                   kernel == "lstm-backward", ldw, T, B, H);
+                   kernel == "lstm-backward", nullptr, false, ldw, T, B, H);
       check = Checksum(dW.data, H * GH) + Checksum(D.data + (T - 1) * B * GH, B * GH);
-    } else if (kernel == "lstm-scatter") {
-      ScatterRows(pool, D.data, idx.data(), T, B, GH, dTable.data, V, 1);
-      check = Checksum(dTable.data, V * GH);
+    } else if (kernel == "lstm-backward-table") {  // as LstmBackwardImpl with D [1, B, 4H]
+      std::memset(partial.data, 0, sizeof(float) * H * ldw);
+      const GradientRows Drows(D.data, Rows::kFirst, T, B * GH);
+      TableGradient grad(dTable.data, idx.data(), V, GH, T, B, split);
+      LstmBackward(pool, Sh.data, Sc.data, G.data, WTp, nullptr, nullptr, gT.data(), zeros.data(),
+                   Drows.data, Drows.last, dW.data, dc.data, split, partial.data, true, &grad,
+                   Drows.ring, ldw, T, B, H);
+      grad.Finish(pool, 1);
+      Drows.Finish();
+      check = Checksum(dW.data, H * GH) + Checksum(dTable.data, V * GH) + Checksum(D.data, B * GH);
     } else if (kernel == "gru-forward") {
       GruForward(pool, table.data(), idx.data(), V, Wp, bh.data(), zeros.data(), Sh.data, G.data,
                  T, B, H, 1);

@@ -14,9 +14,10 @@ the best and the median repetition of each build, and the ratio of bests against
     PYTHONPATH=. python benchmarks/kernels.py --define JAXRNN_OUTER_ROWS=4,JAXRNN_OUTER_VECS=5
 
 ``--define`` adds a build of the first source with those macros (comma-separated; repeatable).
-Kernels: lstm-forward, lstm-backward (dW_h fused), lstm-backward-nodw, lstm-scatter,
-gru-forward, simple-forward, product-forward, product-backward (the step products alone, no
-epilogue: the floor that the kernels' epilogues and memory traffic add to). Needs an AVX-512
+Kernels: lstm-forward, lstm-backward (dW_h fused, all of D kept), lstm-backward-nodw,
+lstm-backward-table (as the seed step: dW_h and the table's gradient in the loop), gru-forward,
+simple-forward, product-forward, product-backward (the step products alone, no epilogue: the
+floor that the kernels' epilogues and memory traffic add to). Needs an AVX-512
 CPU and a C++ compiler, as the kernels do. A benchmark: no test asserts a time (a slow test
 checks that the driver builds and that the results do not depend on the register blocking).
 """
@@ -33,7 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 DRIVER = HERE / "kernels.cc"
 KERNELS = (
-    "lstm-forward", "lstm-backward", "lstm-backward-nodw", "lstm-scatter", "gru-forward",
+    "lstm-forward", "lstm-backward", "lstm-backward-nodw", "lstm-backward-table", "gru-forward",
     "simple-forward", "product-forward", "product-backward",
 )  # fmt: skip
 

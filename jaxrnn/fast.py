@@ -287,8 +287,9 @@ def _simple_scan_bwd(activation, unroll, last_only, res, g):
 
     def cpu():  # one call: the loop, dW_h and (for a table) the scatter into dU
         vocab = 0 if idx is None else U.shape[0]
-        # without a table D[:T] is dU itself: asked for as such, it needs no slicing in XLA
-        rows = "inputs" if idx is None else "all"
+        # without a table D[:T] is dU itself: asked for as such, it needs no slicing in XLA;
+        # with one only D[0] leaves the call (for dh0)
+        rows = "inputs" if idx is None else "first"
         D, dW_h, dTable = native.simple_backward(S, W_h, g, activation, idx, vocab, rows=rows)
         return D[0], dW_h, (_drop_zero_row(D, S) if idx is None else dTable)
 

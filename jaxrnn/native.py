@@ -14,7 +14,8 @@ runs each whole loop as one call instead, on the buffers of :mod:`jaxrnn.fast`::
 
 (``u_t = U[t]`` or ``table[idx[t]]``, ``g_t = dL/dh_{t+1}``). The backward calls also return
 ``dW_h = S^T D`` (accumulated per step while ``S[t]`` and ``D[t]`` are in cache) and, for a
-table, its gradient (a scatter-add of the rows of ``D``, split among threads by table row).
+table, its gradient (the rows of ``D`` added by id inside the loop, each thread's rows into a
+table part of its own, the parts added at the end).
 Batch rows never interact in a recurrence, so the rows are split over the threads of XLA's
 CPU thread pool, each running all ``T`` steps on its rows; every step is a register-blocked
 AVX-512 product with the cell update applied in registers before the store (the gated
@@ -319,8 +320,11 @@ def simple_backward(
         idx: ``None`` or the ``[T, B]`` row ids given to :func:`simple_forward`.
         vocab: rows ``V`` of that table (with ``idx``).
         threads: as in :func:`simple_forward`.
-        rows: ``"all"``: ``D [T + 1, B, H]``; ``"inputs"``: ``D[:T]`` only, ``[T, B, H]``,
-            where ``dW_h`` is accumulated in the call (:func:`fuse_dw`; otherwise all rows).
+        rows: ``"all"``: ``D [T + 1, B, H]``; ``"inputs"``: ``D[:T]`` only, ``[T, B, H]``;
+            ``"first"``: ``D[:1]`` only, ``[1, B, H]`` (what ``dL/dh_0`` needs where the
+            table's gradient is all that uses ``D``: the call then keeps just two rows of it).
+            The last two where ``dW_h`` is accumulated in the call (:func:`fuse_dw`;
+            otherwise all rows).
     """
     _require(S.dtype, activation)
     T, B, H = S.shape[0] - 1, S.shape[1], S.shape[2]
@@ -333,11 +337,11 @@ def simple_backward(
             raise ValueError(f"jaxrnn.native.simple_backward: idx must be [T, B] = [{T}, {B}] with vocab >= 1; got idx {idx.shape}, vocab {vocab}")  # fmt: skip
         V, idx = int(vocab), idx.astype(jnp.int32)
     fused = fuse_dw(H, 1)
-    n = _gradient_rows(rows, T, ("all", "inputs") if fused else ("all",))
+    n = _gradient_rows(rows, T, ROWS if fused else ("all",))
     call = jax.ffi.ffi_call(
         "jaxrnn_simple_backward",
         (
-            jax.ShapeDtypeStruct((n, B, H), jnp.float32),  # D (or D[:T])
+            jax.ShapeDtypeStruct((n, B, H), jnp.float32),  # D (or D[:T] or D[:1])
             jax.ShapeDtypeStruct((H, H), jnp.float32),  # dW_h
             jax.ShapeDtypeStruct((V, H), jnp.float32),  # dTable
         ),
@@ -410,10 +414,11 @@ def lstm_backward(
     ``S_h[1:]`` or ``None``; ``g_cs``: ``[T, B, H]`` cotangents of ``S_c[1:]`` (where the cell
     states are outputs too) or ``None``; ``g_hT, g_cT``: ``[B, H]`` cotangents of ``h_T, c_T``.
     ``rows="first"``: ``D`` is returned as ``D[:1]: [1, B, 4H]`` (what ``dL/dh_0`` needs
-    when the table's gradient is all that uses ``D``), the rest stays a scratch buffer of the
-    call and out of XLA's per-step memory; ``rows="inputs"``: ``D[:T]: [T, B, 4H]``, the
-    cotangent of ``U`` as it is. Both only where ``dW_h`` is accumulated in the call
-    (:func:`fuse_dw`; otherwise ``D`` is needed for it and returned whole).
+    when the table's gradient is all that uses ``D``): the call keeps just the two rows a
+    step writes and reads, out of XLA's per-step memory; ``rows="inputs"``:
+    ``D[:T]: [T, B, 4H]``, the cotangent of ``U`` as it is. Both only where ``dW_h`` is
+    accumulated in the call (:func:`fuse_dw`; otherwise ``D`` is needed for it and returned
+    whole).
     """
     _require(S_h.dtype)
     T, B, H = S_h.shape[0] - 1, S_h.shape[1], S_h.shape[2]

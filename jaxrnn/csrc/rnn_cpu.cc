@@ -445,6 +445,98 @@ void ReducePartials(const float* partial, int64_t chunks, int64_t H, int64_t N, 
   }
 }
 
+// dTable[v] = the sum of D[t][b] over (t, b) with idx[t][b] = v, for a table [V, width],
+// accumulated inside a backward loop while D[t] is in cache (Add after each step) rather
+// than by a pass over all of D afterwards: that pass re-read D from memory (the seed LSTM's
+// 26 MB per step), and D itself no longer has to be kept beyond the step that reads it.
+// Each chunk of batch rows adds into rows of its own, so the threads never write one row:
+// chunk 0 into dTable itself, chunk c > 0 into a compact buffer (a slot per id, taken on the
+// id's first update, at most min(V, T x its rows) rows: never more than its share of D).
+// A row's first update is a copy (no zeroing pass). Finish then adds the chunks' rows in
+// chunk order, by id range across the threads, and zeroes the rows no chunk hit. Ids outside
+// [0, V) add nothing (as XLA's scatter drops them). The sums depend on the number of chunks
+// (as dW_h's per-chunk partials do), not on which thread runs a chunk.
+class TableGradient {
+ public:
+  TableGradient(float* dTable, const int32_t* idx, int64_t V, int64_t width, int64_t T,
+                int64_t B, const RowSplit& split)
+      : dTable_(dTable), idx_(idx), V_(V), width_(width), B_(B), chunks_(split.chunks),
+        cap_(std::min(V, T * split.rows_per_chunk)),
+        slot_(static_cast<size_t>(split.chunks * V), -1),
+        used_(static_cast<size_t>(split.chunks), 0),
+        rows_((split.chunks - 1) * cap_ * width, /*zeroed=*/false) {}
+  bool ok() const { return rows_.data != nullptr; }
+
+  // Brings the rows step t will add into for rows [b0, b1) of chunk c into L2 (those whose
+  // slot is taken; the others are a copy, a write).
+  void Prefetch(int64_t c, int64_t t, int64_t b0, int64_t b1) const {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int32_t v = idx_[t * B_ + b];
+      if (v < 0 || v >= V_) continue;
+      const int32_t s = slot_[c * V_ + v];
+      if (s >= 0) PrefetchSpan(Row(c, s), width_);
+    }
+  }
+
+  // Adds D[t][b] (row b of Dt: [B, width]) into row idx[t][b], for rows [b0, b1) of chunk c.
+  void Add(int64_t c, int64_t t, int64_t b0, int64_t b1, const float* Dt) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int32_t v = idx_[t * B_ + b];
+      if (v < 0 || v >= V_) continue;
+      int32_t& s = slot_[c * V_ + v];
+      const float* d = Dt + b * width_;
+      if (s < 0) {
+        s = c == 0 ? v : static_cast<int32_t>(used_[c]++);
+        std::memcpy(Row(c, s), d, sizeof(float) * width_);
+      } else {
+        AddRow(Row(c, s), d);
+      }
+    }
+  }
+
+  // dTable = the chunks' rows summed in chunk order; zeros where none was hit.
+  void Finish(ffi::ThreadPool& pool, int64_t threads) {
+    const int64_t parts = std::max<int64_t>(1, std::min(threads, V_ / 64));
+    const int64_t per = (V_ + parts - 1) / parts;
+    ParallelFor(pool, parts, [&](int64_t p) {
+      for (int64_t v = p * per; v < std::min(V_, (p + 1) * per); ++v) {
+        float* out = dTable_ + v * width_;
+        bool hit = slot_[v] >= 0;
+        for (int64_t c = 1; c < chunks_; ++c) {
+          const int32_t s = slot_[c * V_ + v];
+          if (s < 0) continue;
+          if (hit) {
+            AddRow(out, Row(c, s));
+          } else {
+            std::memcpy(out, Row(c, s), sizeof(float) * width_);
+          }
+          hit = true;
+        }
+        if (!hit) std::memset(out, 0, sizeof(float) * width_);
+      }
+    });
+  }
+
+ private:
+  float* Row(int64_t c, int64_t s) const {
+    return c == 0 ? dTable_ + s * width_ : rows_.data + ((c - 1) * cap_ + s) * width_;
+  }
+  void AddRow(float* row, const float* d) const {
+    for (int64_t j = 0; j < width_; j += kLanes) {
+      const __mmask16 mask = ColumnMask(j, width_);
+      _mm512_mask_storeu_ps(row + j, mask, _mm512_add_ps(_mm512_maskz_loadu_ps(mask, row + j),
+                                                         _mm512_maskz_loadu_ps(mask, d + j)));
+    }
+  }
+
+  float* dTable_;
+  const int32_t* idx_;
+  int64_t V_, width_, B_, chunks_, cap_;
+  std::vector<int32_t> slot_;   // [chunks, V]: a row's slot in its chunk's rows, -1 if none
+  std::vector<int64_t> used_;   // slots taken per chunk (chunk 0: rows of dTable itself)
+  Aligned rows_;                // chunks 1..: [cap, width] each, uninitialised
+};
+
 template <int64_t act>
 void Forward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int64_t V,
              const float* Wp, int64_t Hp, const float* h0, float* S, int64_t T, int64_t B,
@@ -479,17 +571,19 @@ void Forward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int64_t 
 template <int64_t act>
 void Backward(ffi::ThreadPool& pool, const float* S, const float* WTp, int64_t Hp,
               const float* g, bool last_only, float* D, const float* D_T, float* dW,
-              const RowSplit& split, float* partial, bool fuse_dw, int64_t T, int64_t B,
-              int64_t H) {
+              const RowSplit& split, float* partial, bool fuse_dw, TableGradient* table,
+              bool ring, int64_t T, int64_t B, int64_t H) {
   ParallelFor(pool, split.chunks, [&](int64_t c) {
     const int64_t b0 = c * split.rows_per_chunk;
     const int64_t b1 = std::min(B, b0 + split.rows_per_chunk);
     float* dWc = partial + c * H * Hp;
     for (int64_t t = T - 1; t >= 0; --t) {
-      const float* x = t == T - 1 ? D_T : D + (t + 1) * B * H;  // D_T: zeros
-      float* out = D + t * B * H;
+      // D_T: zeros; with `ring`, D holds two rows, step t's and the one it reads
+      const float* x = t == T - 1 ? D_T : D + (ring ? (t + 1) & 1 : t + 1) * B * H;
+      float* out = D + (ring ? t & 1 : t) * B * H;
       const float* h = S + (t + 1) * B * H;
       const float* gt = last_only ? (t == T - 1 ? g : nullptr) : g + t * B * H;
+      if (table) table->Prefetch(c, t, b0, b1);
       StepRows(x, H, b0, b1, Panel{WTp, Hp, H}, [&](int64_t b) {
         return [&, b](int r, int64_t j, __m512 acc) {
           const int64_t o = (b + r) * H + j;
@@ -502,60 +596,10 @@ void Backward(ffi::ThreadPool& pool, const float* S, const float* WTp, int64_t H
       // dW += S[t]^T D[t] for this chunk's rows (the state step t read, times its dL/da),
       // while both are in cache
       if (fuse_dw) AccumulateOuter(S + (t * B + b0) * H, H, H, out + b0 * H, H, H, b1 - b0, dWc, Hp);
+      if (table) table->Add(c, t, b0, b1, out);
     }
   });
   ReducePartials(partial, split.chunks, H, H, Hp, fuse_dw, dW);
-}
-
-// dTable[v] = sum of D[t][b] over (t, b) with idx[t][b] = v, for a table [V, H]. The rows
-// of dTable are split among the threads by owner (no two threads write one row, no atomics)
-// and each thread adds its rows' updates in (t, b) order: deterministic for any thread
-// count. Ids outside [0, V) add nothing (as XLA's scatter drops them). The rows of D and
-// dTable 8 ids ahead are prefetched (D is mostly out of cache by now, the table rows are
-// random). Where a thread's part of the table is larger than L2, a row's first update is a
-// copy (no zeroing pass, no read) and rows never hit are zeroed at the end: the seed LSTM's
-// scatter 1.5 -> 0.95 ms. A smaller part is zeroed first, which also brings it into L2 (the
-// simple cell's 1 MB half: 0.1 ms faster that way).
-void ScatterRows(ffi::ThreadPool& pool, const float* D, const int32_t* idx, int64_t T,
-                 int64_t B, int64_t H, float* dTable, int64_t V, int64_t threads) {
-  const int64_t chunks = std::max<int64_t>(1, std::min(threads, V / 64));
-  const int64_t per = (V + chunks - 1) / chunks;
-  constexpr int64_t kAhead = 8;
-  ParallelFor(pool, chunks, [&](int64_t c) {
-    const int64_t v0 = c * per, v1 = std::min(V, v0 + per);
-    const int64_t rows = v1 - v0;  // > 0: chunks <= V / 64, so v0 < V
-    const bool zero_first = rows * H * static_cast<int64_t>(sizeof(float)) <= (int64_t{1} << 20);
-    if (zero_first) std::memset(dTable + v0 * H, 0, sizeof(float) * rows * H);
-    // seen[v - v0]: row v has been written (always, where it was zeroed first)
-    std::vector<uint8_t> seen(static_cast<size_t>(rows), zero_first ? 1 : 0);
-    const int64_t N = T * B;
-    for (int64_t n = 0; n < N; ++n) {
-      if (n + kAhead < N) {
-        const int64_t w = idx[n + kAhead];
-        if (w >= v0 && w < v1) {
-          PrefetchSpan(D + (n + kAhead) * H, H);
-          PrefetchSpan(dTable + w * H, H);
-        }
-      }
-      const int64_t v = idx[n];
-      if (v < v0 || v >= v1) continue;
-      float* row = dTable + v * H;
-      const float* d = D + n * H;
-      if (!seen[v - v0]) {
-        seen[v - v0] = 1;
-        std::memcpy(row, d, sizeof(float) * H);
-        continue;
-      }
-      for (int64_t j = 0; j < H; j += kLanes) {
-        const __mmask16 mask = ColumnMask(j, H);
-        _mm512_mask_storeu_ps(row + j, mask, _mm512_add_ps(_mm512_maskz_loadu_ps(mask, row + j),
-                                                           _mm512_maskz_loadu_ps(mask, d + j)));
-      }
-    }
-    for (int64_t v = v0; v < v1; ++v) {
-      if (!seen[v - v0]) std::memset(dTable + v * H, 0, sizeof(float) * H);
-    }
-  });
 }
 
 // ----------------------------------------------------------------------- gated panels
@@ -667,8 +711,8 @@ void LstmForward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int6
 void LstmBackward(ffi::ThreadPool& pool, const float* Sh, const float* Sc, const float* G,
                   const TransposedPanel& WTp, const float* g_hs, const float* g_cs,
                   const float* g_hT, const float* g_cT, float* D, const float* D_T, float* dW, float* dc,
-                  const RowSplit& split, float* partial, bool fuse_dw, int64_t ldw, int64_t T,
-                  int64_t B, int64_t H) {
+                  const RowSplit& split, float* partial, bool fuse_dw, TableGradient* table,
+                  bool ring, int64_t ldw, int64_t T, int64_t B, int64_t H) {
   const int64_t G4 = 4 * H;
   std::memcpy(dc, g_cT, sizeof(float) * B * H);  // the carried dL/dc, ends as dL/dc_0
   const Panel P{WTp.buf.data, WTp.ld, G4};
@@ -678,8 +722,9 @@ void LstmBackward(ffi::ThreadPool& pool, const float* Sh, const float* Sc, const
     const int64_t b1 = std::min(B, b0 + split.rows_per_chunk);
     float* dWc = partial + c * H * ldw;
     for (int64_t t = T - 1; t >= 0; --t) {
-      const float* x = t == T - 1 ? D_T : D + (t + 1) * B * G4;  // D_T: zeros
-      float* out = D + t * B * G4;
+      // D_T: zeros; with `ring`, D holds two rows, step t's and the one it reads
+      const float* x = t == T - 1 ? D_T : D + (ring ? (t + 1) & 1 : t + 1) * B * G4;
+      float* out = D + (ring ? t & 1 : t) * B * G4;
       const float* gh = g_hs ? g_hs + t * B * H : nullptr;
       const float* gc = g_cs ? g_cs + t * B * H : nullptr;
       const float* ghT = t == T - 1 ? g_hT : nullptr;
@@ -688,6 +733,7 @@ void LstmBackward(ffi::ThreadPool& pool, const float* Sh, const float* Sc, const
         PrefetchSpan(Sc + ((t - 1) * B + b0) * H, (b1 - b0) * H);
         PrefetchSpan(Sh + ((t - 1) * B + b0) * H, (b1 - b0) * H);
       }
+      if (table) table->Prefetch(c, t, b0, b1);
       StepRows(x, G4, b0, b1, P, [&](int64_t b) {
         return [&, b](int r, int64_t j, __m512 acc) {
           const int64_t row = b + r, o = row * H + j;
@@ -715,6 +761,7 @@ void LstmBackward(ffi::ThreadPool& pool, const float* Sh, const float* Sc, const
         };
       });
       if (fuse_dw) AccumulateOuter(Sh + (t * B + b0) * H, H, H, out + b0 * G4, G4, G4, b1 - b0, dWc, ldw);
+      if (table) table->Add(c, t, b0, b1, out);
     }
   });
   ReducePartials(partial, split.chunks, H, G4, ldw, fuse_dw, dW);
@@ -795,9 +842,10 @@ void GruForward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int64
 void GruBackward(ffi::ThreadPool& pool, const float* S, const float* Sv,
                  const TransposedPanel& WTp, const float* g, bool last_only, float* D,
                  float* A, float* carry, float* dW, const RowSplit& split, float* partial,
-                 bool fuse_dw, int64_t ldw, int64_t T, int64_t B, int64_t H) {
+                 bool fuse_dw, TableGradient* table, bool ring, int64_t ldw, int64_t T,
+                 int64_t B, int64_t H) {
   const int64_t G3 = 3 * H;
-  std::memset(D + T * B * G3, 0, sizeof(float) * B * G3);  // A's row T: GradientRows
+  std::memset(D + T * B * G3, 0, sizeof(float) * B * G3);  // D[T] = 0 (A's row T: GradientRows)
   std::memset(carry, 0, sizeof(float) * B * H);  // z_{t+1} dL/dh_{t+1}; ends as z_0 dL/dh_0
   const Panel P{WTp.buf.data, WTp.ld, G3};
   const __m512 one = Set(1.0f);
@@ -808,11 +856,12 @@ void GruBackward(ffi::ThreadPool& pool, const float* S, const float* Sv,
     for (int64_t t = T - 1; t >= 0; --t) {
       const float* gt = last_only ? (t == T - 1 ? g : nullptr) : g + t * B * H;
       float* out = D + t * B * G3;
-      float* outA = A + t * B * G3;
+      float* outA = A + (ring ? t & 1 : t) * B * G3;  // ring: A holds two rows
       if (t > 0) {  // what step t - 1 reads, into L2 ahead
         PrefetchSpan(Sv + ((t - 1) * B + b0) * 4 * H, (b1 - b0) * 4 * H);
         PrefetchSpan(S + ((t - 1) * B + b0) * H, (b1 - b0) * H);
       }
+      if (table) table->Prefetch(c, t, b0, b1);
       StepRows(D + (t + 1) * B * G3, G3, b0, b1, P, [&](int64_t b) {
         return [&, b](int r, int64_t j, __m512 acc) {
           const int64_t row = b + r, o = row * H + j;
@@ -842,6 +891,7 @@ void GruBackward(ffi::ThreadPool& pool, const float* S, const float* Sv,
         };
       });
       if (fuse_dw) AccumulateOuter(S + (t * B + b0) * H, H, H, out + b0 * G3, G3, G3, b1 - b0, dWc, ldw);
+      if (table) table->Add(c, t, b0, b1, outA);
     }
   });
   ReducePartials(partial, split.chunks, H, G3, ldw, fuse_dw, dW);
@@ -857,10 +907,11 @@ std::string Shape(ffi::Span<const int64_t> dims) {
 // goes back to XLA, from the result's dimensions (`row` = B G H elements):
 //  * all rows, [T + 1, B, G H];
 //  * the first row only, [1, B, G H]: the caller needs just that row (the table's gradient
-//    is scattered inside the call), so the whole buffer stays a scratch buffer of the call.
-//    For the seed LSTM that takes 26 MB out of XLA's temporary buffer for the step (72 ->
-//    47 MB), below the 64 MB of a glibc thread heap, so the buffer is reused from step to
-//    step instead of being mapped and faulted in afresh (jaxrnn/runtime.py);
+//    is accumulated inside the call), so the kernel keeps only the two rows a step writes
+//    and reads, row t at t % 2 of a scratch buffer (a ring). For the seed LSTM that takes
+//    26 MB out of XLA's temporary buffer for the step (72 -> 47 MB), below the 64 MB of a
+//    glibc thread heap, so the buffer is reused from step to step instead of being mapped
+//    and faulted in afresh (jaxrnn/runtime.py), and the rows stay in cache;
 //  * the input rows only, [T, B, G H] (the cotangent of U [T, B, G H] as it is): the zero
 //    row lives in a buffer of its own. XLA then gets the cotangent without slicing
 //    [T + 1, B, G H]: a slice feeding the input projection's gradient matmuls cost ~33 ms in
@@ -875,28 +926,28 @@ Rows RowsOf(ffi::Span<const int64_t> dims, int64_t T, int64_t B, int64_t GH) {
   return Rows::kInvalid;
 }
 
-// Where a backward kernel writes such a buffer (`data`, rows 0..T - 1, and row T unless
-// kInputs) and the zero row step T - 1 reads (`last`): the result itself, or (first row
-// only) an uninitialised scratch buffer whose first row Finish() copies into the result.
+// Where a backward kernel writes such a buffer (`data`: rows 0..T - 1 and row T for kAll;
+// with `ring` (kFirst), row t at t % 2 of an uninitialised two-row scratch buffer whose row 0
+// Finish() copies into the result) and the zero row step T - 1 reads (`last`).
 struct GradientRows {
   float* result;
   int64_t row;
-  bool first_only;
+  bool ring;
   Aligned scratch;
   Aligned zeros;
   float* data;
   const float* last;
   GradientRows(float* result, Rows rows, int64_t T, int64_t row)
-      : result(result), row(row), first_only(rows == Rows::kFirst),
-        scratch(first_only ? (T + 1) * row : 1, /*zeroed=*/false),
-        zeros(rows == Rows::kInputs ? row : 1),
-        data(first_only ? scratch.data : result),
-        last(rows == Rows::kInputs ? zeros.data : (data ? data + T * row : nullptr)) {
-    if (rows != Rows::kInputs && data != nullptr) std::memset(data + T * row, 0, sizeof(float) * row);
+      : result(result), row(row), ring(rows == Rows::kFirst),
+        scratch(ring ? 2 * row : 1, /*zeroed=*/false),
+        zeros(rows == Rows::kAll ? 1 : row),
+        data(ring ? scratch.data : result),
+        last(rows == Rows::kAll ? (data ? data + T * row : nullptr) : zeros.data) {
+    if (rows == Rows::kAll && data != nullptr) std::memset(data + T * row, 0, sizeof(float) * row);
   }
   bool ok() const { return data != nullptr && last != nullptr; }
   void Finish() const {
-    if (first_only) std::memcpy(result, data, sizeof(float) * row);
+    if (ring) std::memcpy(result, data, sizeof(float) * row);
   }
 };
 
@@ -958,7 +1009,8 @@ ffi::Error SimpleBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> S,
   const Rows rows = RowsOf(D->dimensions(), T, B, H);
   const int64_t V = td.size() == 2 ? td[0] : -1;
   const bool last_only = gd.size() == 2;
-  const bool ok = shapes_ok && T >= 1 && (rows == Rows::kAll || rows == Rows::kInputs) &&
+  const bool ok = shapes_ok && T >= 1 && rows != Rows::kInvalid &&
+                  (rows != Rows::kFirst || fuse_dw != 0) &&
                   W.dimensions().size() == 2 &&
                   W.dimensions()[0] == H && W.dimensions()[1] == H &&
                   static_cast<int64_t>(dW->element_count()) == H * H &&
@@ -968,9 +1020,9 @@ ffi::Error SimpleBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> S,
                   (V == 0 || static_cast<int64_t>(idx.element_count()) == T * B);
   if (!ok) {
     return ffi::Error::InvalidArgument(
-        "jaxrnn_simple_backward: expected S [T + 1, B, H] (T >= 1), D [T + 1, B, H] or [T, B, H], "
-        "W [H, H], g [T, B, H] or [B, H], dTable [V, H] with idx [T, B] (V = 0: no table); got S " +
-        Shape(sd) +
+        "jaxrnn_simple_backward: expected S [T + 1, B, H] (T >= 1), D [T + 1, B, H], [T, B, H] or "
+        "(with fuse_dw) [1, B, H], W [H, H], g [T, B, H] or [B, H], dTable [V, H] with idx [T, B] "
+        "(V = 0: no table); got fuse_dw " + std::to_string(fuse_dw) + ", S " + Shape(sd) +
         ", D " + Shape(D->dimensions()) + ", W " + Shape(W.dimensions()) + ", g " + Shape(gd) +
         ", dTable " + Shape(td) + ", idx " + Shape(idx.dimensions()));
   }
@@ -985,17 +1037,19 @@ ffi::Error SimpleBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> S,
   const RowSplit split(B, threads_used);
   Aligned partial(fuse_dw ? split.chunks * H * WTp.Hp : 1);  // one [H, Hp] partial dW per chunk
   const GradientRows Drows(D->typed_data(), rows, T, B * H);
-  if (WTp.data == nullptr || partial.data == nullptr || !Drows.ok()) {
+  TableGradient table(dTable->typed_data(), idx.typed_data(), V, H, T, B, split);
+  if (WTp.data == nullptr || partial.data == nullptr || !Drows.ok() || !table.ok()) {
     return ffi::Error::Internal("jaxrnn_simple_backward: out of memory");
   }
   const ffi::Error status = Dispatch(activation, [&](auto act) {
     Backward<decltype(act)::value>(pool, S.typed_data(), WTp.data, WTp.Hp, g.typed_data(),
                                    last_only, Drows.data, Drows.last, dW->typed_data(), split,
-                                   partial.data, fuse_dw != 0, T, B, H);
+                                   partial.data, fuse_dw != 0, V > 0 ? &table : nullptr,
+                                   Drows.ring, T, B, H);
   });
-  if (status.failure() || V == 0) return status;
-  ScatterRows(pool, Drows.data, idx.typed_data(), T, B, H, dTable->typed_data(), V,
-              threads_used);
+  if (status.failure()) return status;
+  if (V > 0) table.Finish(pool, threads_used);
+  Drows.Finish();
   return ffi::Error::Success();
 }
 
@@ -1061,12 +1115,14 @@ ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> Sh,
                   static_cast<int64_t>(g_cT.element_count()) == B * H &&
                   (n_hs == 0 || n_hs == T * B * H) && (n_cs == 0 || n_cs == T * B * H) &&
                   V >= 0 && td[1] == 4 * H &&
-                  (V == 0 || static_cast<int64_t>(idx.element_count()) == T * B);
+                  (V == 0 || static_cast<int64_t>(idx.element_count()) == T * B) &&
+                  (rows != Rows::kFirst || fuse_dw != 0);
   if (!ok) {
     return ffi::Error::InvalidArgument(
         "jaxrnn_lstm_backward: expected S_h, S_c [T + 1, B, H] (T >= 1), G [T, B, 4H], W [H, 4H], "
         "g_hs, g_cs [T, B, H] or empty, g_hT, g_cT [B, H], dTable [V, 4H] with idx [T, B], D "
-        "[T + 1, B, 4H], [T, B, 4H] or [1, B, 4H]; got S_h " + Shape(sd) + ", S_c " +
+        "[T + 1, B, 4H], [T, B, 4H] or (with fuse_dw) [1, B, 4H]; got fuse_dw " +
+        std::to_string(fuse_dw) + ", S_h " + Shape(sd) + ", S_c " +
         Shape(Sc.dimensions()) + ", D " + Shape(D->dimensions()) + ", G " + Shape(G.dimensions()) +
         ", W " + Shape(W.dimensions()) + ", g_hs " + Shape(g_hs.dimensions()) + ", g_cs " +
         Shape(g_cs.dimensions()) + ", g_hT " +
@@ -1085,18 +1141,16 @@ ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> Sh,
   const int64_t ldw = RoundUp(4 * H, kLanes);
   Aligned partial(fuse_dw ? split.chunks * H * ldw : 1);
   const GradientRows Drows(D->typed_data(), rows, T, B * 4 * H);
-  if (WTp.buf.data == nullptr || partial.data == nullptr || !Drows.ok()) {
+  TableGradient table(dTable->typed_data(), idx.typed_data(), V, 4 * H, T, B, split);
+  if (WTp.buf.data == nullptr || partial.data == nullptr || !Drows.ok() || !table.ok()) {
     return ffi::Error::Internal("jaxrnn_lstm_backward: out of memory");
   }
   LstmBackward(pool, Sh.typed_data(), Sc.typed_data(), G.typed_data(), WTp,
                n_hs ? g_hs.typed_data() : nullptr, n_cs ? g_cs.typed_data() : nullptr,
                g_hT.typed_data(), g_cT.typed_data(),
                Drows.data, Drows.last, dW->typed_data(), dc0->typed_data(), split, partial.data,
-               fuse_dw != 0, ldw, T, B, H);
-  if (V > 0) {
-    ScatterRows(pool, Drows.data, idx.typed_data(), T, B, 4 * H, dTable->typed_data(), V,
-                threads_used);
-  }
+               fuse_dw != 0, V > 0 ? &table : nullptr, Drows.ring, ldw, T, B, H);
+  if (V > 0) table.Finish(pool, threads_used);
   Drows.Finish();
   return ffi::Error::Success();
 }
@@ -1182,16 +1236,14 @@ ffi::Error GruBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> S,
   const int64_t ldw = RoundUp(3 * H, kLanes);
   Aligned partial(fuse_dw ? split.chunks * H * ldw : 1);
   const GradientRows Arows(A->typed_data(), rows, T, B * 3 * H);
-  if (WTp.buf.data == nullptr || partial.data == nullptr || !Arows.ok()) {
+  TableGradient table(dTable->typed_data(), idx.typed_data(), V, 3 * H, T, B, split);
+  if (WTp.buf.data == nullptr || partial.data == nullptr || !Arows.ok() || !table.ok()) {
     return ffi::Error::Internal("jaxrnn_gru_backward: out of memory");
   }
   GruBackward(pool, S.typed_data(), Sv.typed_data(), WTp, g.typed_data(), last_only,
               D->typed_data(), Arows.data, carry->typed_data(), dW->typed_data(), split,
-              partial.data, fuse_dw != 0, ldw, T, B, H);
-  if (V > 0) {
-    ScatterRows(pool, Arows.data, idx.typed_data(), T, B, 3 * H, dTable->typed_data(), V,
-                threads_used);
-  }
+              partial.data, fuse_dw != 0, V > 0 ? &table : nullptr, Arows.ring, ldw, T, B, H);
+  if (V > 0) table.Finish(pool, threads_used);
   Arows.Finish();
   return ffi::Error::Success();
 }
