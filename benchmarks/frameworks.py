@@ -33,9 +33,15 @@ LR = 1e-3  # Adam learning rate, the same everywhere
 
 
 def make_data(spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids ``[B, T]`` int32 in ``[1, V)`` and labels ``[B]`` float32 in {0, 1}."""
+    """Token ids ``[B, T]`` int32 in ``[1, V)`` and labels ``[B]`` float32 in {0, 1}. The ids
+    are uniform, or with ``spec["ids"] == "zipf"`` Zipf-distributed (exponent 1.2, as words
+    in text: a few ids make most of the tokens; benchmarks/native_ab.py)."""
     rng = np.random.default_rng(0)
-    tokens = rng.integers(1, spec["V"], size=(spec["B"], spec["T"]), dtype=np.int32)
+    if spec.get("ids", "uniform") == "zipf":
+        ranks = rng.zipf(1.2, size=(spec["B"], spec["T"]))
+        tokens = np.minimum(ranks, spec["V"] - 1).astype(np.int32)
+    else:
+        tokens = rng.integers(1, spec["V"], size=(spec["B"], spec["T"]), dtype=np.int32)
     labels = rng.integers(0, 2, size=(spec["B"],)).astype(np.float32)
     return tokens, labels
 
@@ -84,6 +90,7 @@ def _jax_train_step(
         p, s, loss = step(state[0], state[1], tokens, labels)
         loss.block_until_ready()
         state[0], state[1] = p, s
+        run.loss = loss  # the last step's (benchmarks/native_ab.py compares builds by it)
 
     return run
 
@@ -97,7 +104,7 @@ def _jax_infer_step(
     f = jax.jit(logits_fn, compiler_options=compiler_options)
 
     def run() -> None:
-        f(params, tokens).block_until_ready()
+        run.loss = f(params, tokens).block_until_ready()  # the logits, for native_ab.py
 
     return run
 

@@ -45,6 +45,7 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -202,6 +203,41 @@ def unavailable_reason() -> str | None:
     return _load()
 
 
+# Other builds of the kernels, for A/B timings in one process (benchmarks/native_ab.py): a
+# build registered with register_variant(library, suffix) is called by what is traced inside
+# `with variant(suffix):`.
+_variant = ""
+
+
+def _target(name: str) -> str:
+    return name + _variant
+
+
+def register_variant(library: Path, suffix: str) -> None:
+    """Registers a shared library built from another version of ``csrc/rnn_cpu.cc`` (with
+    :func:`compile_command`) under FFI target names ending in ``suffix``."""
+    import ctypes
+
+    if not suffix:
+        raise ValueError("register_variant: suffix must be non-empty (the default build has none)")
+    lib = ctypes.cdll.LoadLibrary(str(library))
+    for target, symbol in _SYMBOLS.items():
+        capsule = jax.ffi.pycapsule(getattr(lib, symbol))
+        jax.ffi.register_ffi_target(target + suffix, capsule, platform="cpu")
+
+
+@contextlib.contextmanager
+def variant(suffix: str):
+    """Kernel calls traced inside this block use the build registered with ``suffix``. The
+    suffix is not part of ``jax.jit``'s cache key: give each variant a function of its own."""
+    global _variant
+    saved, _variant = _variant, suffix
+    try:
+        yield
+    finally:
+        _variant = saved
+
+
 # The kernels split batch rows over the threads, so every thread streams all of W_h through
 # its caches once per step (a column tile at a time, reused by all its rows): fine while W_h
 # ([H, G H] float32) is about the size of L2 (2 MiB a core here), not always beyond. Measured
@@ -267,7 +303,7 @@ def simple_forward(
     if W_h.shape != (H, H):
         raise ValueError(f"jaxrnn.native.simple_forward: W_h must be [{H}, {H}]; got {W_h.shape}")  # fmt: skip
     call = jax.ffi.ffi_call(
-        "jaxrnn_simple_forward",
+        _target("jaxrnn_simple_forward"),
         jax.ShapeDtypeStruct((T + 1, B, H), jnp.float32),
         vmap_method="sequential",
     )
@@ -339,7 +375,7 @@ def simple_backward(
     fused = fuse_dw(H, 1)
     n = _gradient_rows(rows, T, ROWS if fused else ("all",))
     call = jax.ffi.ffi_call(
-        "jaxrnn_simple_backward",
+        _target("jaxrnn_simple_backward"),
         (
             jax.ShapeDtypeStruct((n, B, H), jnp.float32),  # D (or D[:T] or D[:1])
             jax.ShapeDtypeStruct((H, H), jnp.float32),  # dW_h
@@ -381,7 +417,7 @@ def lstm_forward(
         raise ValueError(f"jaxrnn.native.lstm_forward: expected U [T, B, 4H] (or a table [V, 4H] with idx [T, B]), W_h [H, 4H], h0 and c0 [B, H] with B, H = {B}, {H}; got U {U.shape}, idx {None if idx is None else idx.shape}, W_h {W_h.shape}, c0 {c0.shape}")  # fmt: skip
     f32 = jnp.float32
     call = jax.ffi.ffi_call(
-        "jaxrnn_lstm_forward",
+        _target("jaxrnn_lstm_forward"),
         (
             jax.ShapeDtypeStruct((T + 1, B, H), f32),
             jax.ShapeDtypeStruct((T + 1, B, H), f32),
@@ -436,7 +472,7 @@ def lstm_backward(
     fused = fuse_dw(H, 4)
     n = _gradient_rows(rows, T, ROWS if fused else ("all",))
     call = jax.ffi.ffi_call(
-        "jaxrnn_lstm_backward",
+        _target("jaxrnn_lstm_backward"),
         (
             jax.ShapeDtypeStruct((n, B, 4 * H), f32),  # D (or its first / first T rows)
             jax.ShapeDtypeStruct((H, 4 * H), f32),  # dW_h
@@ -482,7 +518,7 @@ def gru_forward(
         raise ValueError(f"jaxrnn.native.gru_forward: expected U [T, B, 3H] (or a table [V, 3H] with idx [T, B]), W_h [H, 3H], b_h [3H], h0 [B, H] with B, H = {B}, {H}; got U {U.shape}, idx {None if idx is None else idx.shape}, W_h {W_h.shape}, b_h {b_h.shape}")  # fmt: skip
     f32 = jnp.float32
     call = jax.ffi.ffi_call(
-        "jaxrnn_gru_forward",
+        _target("jaxrnn_gru_forward"),
         (jax.ShapeDtypeStruct((T + 1, B, H), f32), jax.ShapeDtypeStruct((T, B, 4 * H), f32)),
         vmap_method="sequential",
     )
@@ -523,7 +559,7 @@ def gru_backward(
     V = 0 if idx is None else int(vocab)
     f32 = jnp.float32
     call = jax.ffi.ffi_call(
-        "jaxrnn_gru_backward",
+        _target("jaxrnn_gru_backward"),
         (
             jax.ShapeDtypeStruct((T + 1, B, 3 * H), f32),  # D
             jax.ShapeDtypeStruct((_gradient_rows(rows, T, ROWS), B, 3 * H), f32),  # A

@@ -649,3 +649,33 @@ def test_kernel_benchmark_driver_builds_and_blocking_does_not_change_results():
         assert len(a["ms"]) == 1 and a["ms"][0] > 0, k
         assert np.isfinite(float(a["checksum"])) and float(a["checksum"]) != 0.0, k
         assert a["checksum"] == b["checksum"], (k, a["checksum"], b["checksum"])
+
+
+@pytest.mark.slow  # two more builds of the kernels, two small training steps each: ~40 s
+def test_native_ab_runs_each_build_under_target_names_of_its_own(tmp_path):
+    """benchmarks/native_ab.py (A/B of kernel builds inside the training step): calls traced
+    inside ``native.variant(suffix)`` use the build registered with that suffix (its names in
+    the lowered program), calls outside the default build; two builds of one source train
+    bitwise alike."""
+    from benchmarks import native_ab
+
+    native.register_variant(native_ab.build(native.SOURCE, tmp_path / "v.so"), "_t")
+    with pytest.raises(ValueError, match="suffix"):
+        native.register_variant(tmp_path / "v.so", "")
+    U, _, W, h0, c0 = _f32(*_lstm_data(5, 3, 20))
+    f = lambda U, W, h0, c0: native.lstm_forward(U, None, W, h0, c0)  # noqa: E731
+    with native.variant("_t"):
+        fv = jax.jit(f)
+        text_v, out_v = fv.lower(U, W, h0, c0).as_text(), fv(U, W, h0, c0)
+    assert "jaxrnn_lstm_forward_t" in text_v
+    g = lambda U, W, h0, c0: native.lstm_forward(U, None, W, h0, c0)  # noqa: E731
+    assert "jaxrnn_lstm_forward_t" not in jax.jit(g).lower(U, W, h0, c0).as_text()  # a new f
+    for a, b in zip(out_v, f(U, W, h0, c0), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    res = native_ab.measure(
+        [native.SOURCE, native.SOURCE], ["lstm"], rounds=2, overrides=dict(B=8, T=6, H=20)
+    )
+    times, first = res["lstm"]["times"], res["lstm"]["first"]
+    assert [len(t) for t in times] == [2, 2] and min(min(t) for t in times) > 0
+    assert np.isfinite(first[0]) and first[0] != 0
+    np.testing.assert_array_equal(first[0], first[1])
