@@ -27,7 +27,8 @@ ACTS = {
     "identity": (lambda a: a, np.ones_like),
 }
 # (T, B, H): one row / one unit; H not a multiple of 16 (masked columns), B not a multiple of
-# the 8-row blocks, H above one 48-column tile, the seed size
+# the 8-row blocks, H above one 48-column tile, the seed size. The LSTM forward packs a last
+# group of H % 16 <= 4 units into one vector: H = 1 (nothing else), 130, 100; H = 7 unpacked.
 SHAPES = [(1, 1, 1), (3, 5, 7), (6, 9, 16), (7, 33, 130), (20, 64, 100)]
 
 

@@ -238,11 +238,13 @@ inline void BlockRowsUpTo(int64_t r, int64_t nv, const float* x, int64_t ldx, co
 // from memory once per step and stays in L1/L2 for all rows (rows outside re-streamed all of
 // M per row block: at H = 512 the GRU's 3 MB W_h, 8 times a step; its fast.rnn step went
 // 287 -> 262 ms, the seed LSTM step 28.2 -> 25.7 ms).
+// Columns [j_begin, j_end) of M only (default all: j_end < 0).
 template <int NV = kBlockVecs, int BR = kBlockRows, class MakeEpilogue>
 void StepRows(const float* x, int64_t ldx, int64_t b0, int64_t b1, const Panel& P,
-              const MakeEpilogue& make_epi) {
-  for (int64_t j0 = 0; j0 < P.ld; j0 += kLanes * NV) {
-    const int64_t nv = std::min<int64_t>(NV, (P.ld - j0) / kLanes);
+              const MakeEpilogue& make_epi, int64_t j_begin = 0, int64_t j_end = -1) {
+  if (j_end < 0) j_end = P.ld;
+  for (int64_t j0 = j_begin; j0 < j_end; j0 += kLanes * NV) {
+    const int64_t nv = std::min<int64_t>(NV, (j_end - j0) / kLanes);
     for (int64_t b = b0; b < b1; b += BR) {
       BlockRowsUpTo<BR, NV>(b1 - b, nv, x + b * ldx, ldx, P, j0, make_epi(b));
     }
@@ -605,18 +607,29 @@ void Backward(ffi::ThreadPool& pool, const float* S, const float* WTp, int64_t H
 // ----------------------------------------------------------------------- gated panels
 
 // W_h [H, G H] -> [H, G Hp]: column block v (G x 16 wide) = the G gate columns of units
-// 16 v + 0..15, side by side.
+// 16 v + 0..15, side by side. With `pack` and G <= 4, a last group of m = H % 16 <= 4
+// units (H = 100: units 96..99) is packed into one vector instead of G: gate q at lanes
+// 4 q .. 4 q + m - 1 (the seed LSTM's 7th group held 16 units' columns for 4: its 4 vectors
+// of products became 1, 28 -> 25 per row and step). `full` = the columns of whole groups;
+// the packed vector, if any, follows them.
 struct InterleavedPanel {
+  int64_t H, gates, tail, full, ld;
   Aligned buf;
-  int64_t ld;
-  InterleavedPanel(const float* W, int64_t H, int64_t gates)
-      : buf(H * gates * RoundUp(H, kLanes)), ld(gates * RoundUp(H, kLanes)) {
+  InterleavedPanel(const float* W, int64_t H, int64_t gates, bool pack = false)
+      : H(H), gates(gates),
+        tail(pack && gates <= 4 && H % kLanes != 0 && H % kLanes <= 4 ? H % kLanes : 0),
+        full(gates * (tail ? H - tail : RoundUp(H, kLanes))),
+        ld(full + (tail ? kLanes : 0)),
+        buf(H * ld) {
     if (buf.data == nullptr) return;
     for (int64_t k = 0; k < H; ++k)
       for (int64_t q = 0; q < gates; ++q)
-        for (int64_t u = 0; u < H; ++u)
-          buf.data[k * ld + (u / kLanes) * gates * kLanes + q * kLanes + u % kLanes] =
-              W[k * gates * H + q * H + u];
+        for (int64_t u = 0; u < H; ++u) {
+          const int64_t col = tail && u >= H - tail
+                                  ? full + 4 * q + (u - (H - tail))
+                                  : (u / kLanes) * gates * kLanes + q * kLanes + u % kLanes;
+          buf.data[k * ld + col] = W[k * gates * H + q * H + u];
+        }
   }
 };
 
@@ -703,7 +716,66 @@ void LstmForward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int6
           }
         };
         return PerBlock<decltype(f)>{f};
-      });
+      }, 0, Wp.full);
+      if (Wp.tail == 0) continue;
+      // The packed last group (units H - m .. H - 1, gate q at lanes 4 q ..): one vector per
+      // row, 8 rows a block (8 independent FMA chains; 4 would wait on the FMA latency). The
+      // same operations per element as above, on the gates' 4-lane quarters: same results.
+      StepRows<1, 8>(x, H, b0, b1, P, [&](int64_t b) {
+        auto f = [&, b](int64_t, auto& acc) {
+          constexpr int R = std::extent_v<std::remove_reference_t<decltype(acc)>>;
+          const int64_t j = H - Wp.tail;
+          const __mmask8 m4 = static_cast<__mmask8>((1u << Wp.tail) - 1u);
+          // z * [1/2 (i), 1/2 (f), 1 (g), 1/2 (o)] per quarter
+          const __m512 half = _mm512_mask_blend_ps(0x0F00, Set(0.5f), Set(1.0f));
+          __m512 a[R];
+          JAXRNN_UNROLL for (int r = 0; r < R; ++r) {
+            const float* u = InputRow(U, idx, V, G4, t, B, b + r);
+            __m512 in = Set(nan);
+            if (u) {
+              in = _mm512_castps128_ps512(_mm_maskz_loadu_ps(m4, u + j));
+              in = _mm512_insertf32x4(in, _mm_maskz_loadu_ps(m4, u + H + j), 1);
+              in = _mm512_insertf32x4(in, _mm_maskz_loadu_ps(m4, u + 2 * H + j), 2);
+              in = _mm512_insertf32x4(in, _mm_maskz_loadu_ps(m4, u + 3 * H + j), 3);
+            }
+            a[r] = _mm512_mul_ps(_mm512_add_ps(acc[r][0], in), half);
+          }
+          TanhN<R>(a);
+          constexpr int NC = (R + 3) / 4;  // c of 4 rows per vector for their tanh
+          __m512 tc[NC];
+          __m128 og[R];
+          JAXRNN_UNROLL for (int r = 0; r < R; ++r) {
+            const __m512 gates = _mm512_mask_blend_ps(
+                0x0F00, _mm512_fmadd_ps(a[r], Set(0.5f), Set(0.5f)), a[r]);
+            const __m128 ig = _mm512_castps512_ps128(gates);
+            const __m128 fg = _mm512_extractf32x4_ps(gates, 1);
+            const __m128 gg = _mm512_extractf32x4_ps(gates, 2);
+            og[r] = _mm512_extractf32x4_ps(gates, 3);
+            const int64_t o = (t * B + b + r) * H + j;
+            const __m128 c = _mm_fmadd_ps(fg, _mm_maskz_loadu_ps(m4, Sc + o), _mm_mul_ps(ig, gg));
+            _mm_mask_storeu_ps(Sc + o + B * H, m4, c);
+            float* gt = G + (t * B + b + r) * G4 + j;
+            _mm_mask_storeu_ps(gt, m4, ig);
+            _mm_mask_storeu_ps(gt + H, m4, fg);
+            _mm_mask_storeu_ps(gt + 2 * H, m4, gg);
+            _mm_mask_storeu_ps(gt + 3 * H, m4, og[r]);
+            if (r % 4 == 0) tc[r / 4] = _mm512_castps128_ps512(c);
+            if (r % 4 == 1) tc[r / 4] = _mm512_insertf32x4(tc[r / 4], c, 1);
+            if (r % 4 == 2) tc[r / 4] = _mm512_insertf32x4(tc[r / 4], c, 2);
+            if (r % 4 == 3) tc[r / 4] = _mm512_insertf32x4(tc[r / 4], c, 3);
+          }
+          TanhN<NC>(tc);
+          JAXRNN_UNROLL for (int r = 0; r < R; ++r) {
+            __m128 th = _mm512_castps512_ps128(tc[r / 4]);
+            if (r % 4 == 1) th = _mm512_extractf32x4_ps(tc[r / 4], 1);
+            if (r % 4 == 2) th = _mm512_extractf32x4_ps(tc[r / 4], 2);
+            if (r % 4 == 3) th = _mm512_extractf32x4_ps(tc[r / 4], 3);
+            const int64_t o = (t * B + b + r) * H + j;
+            _mm_mask_storeu_ps(Sh + o + B * H, m4, _mm_mul_ps(og[r], th));
+          }
+        };
+        return PerBlock<decltype(f)>{f};
+      }, Wp.full, Wp.ld);
     }
   });
 }
@@ -1079,7 +1151,7 @@ ffi::Error LstmForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> U,
         Shape(h0.dimensions()) + ", c0 " + Shape(c0.dimensions()));
   }
   if (B == 0 || H == 0) return ffi::Error::Success();
-  const InterleavedPanel Wp(W.typed_data(), H, 4);
+  const InterleavedPanel Wp(W.typed_data(), H, 4, /*pack=*/true);
   if (Wp.buf.data == nullptr) return ffi::Error::Internal("jaxrnn_lstm_forward: out of memory");
   LstmForward(pool, U.typed_data(), table ? idx.typed_data() : nullptr, table ? ud[0] : 0, Wp,
               h0.typed_data(), c0.typed_data(), Sh->typed_data(), Sc->typed_data(),
