@@ -72,6 +72,7 @@ _SYMBOLS = {
     "jaxrnn_lstm_backward": "JaxrnnLstmBackward",
     "jaxrnn_gru_forward": "JaxrnnGruForward",
     "jaxrnn_gru_backward": "JaxrnnGruBackward",
+    "jaxrnn_table_projection_backward": "JaxrnnTableProjectionBackward",
 }
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
 # dW_h is accumulated inside the backward loop while each thread's [H, G H] partial sum fits
@@ -577,3 +578,31 @@ def gru_backward(
     if not fused:
         dW_h = S.reshape(-1, H).T @ D.reshape(-1, 3 * H)
     return D, A, carry, dW_h, (dTable if V else None)
+
+
+def table_projection_backward(
+    dTable: Array, E: Array, W: Array, threads: int = 0
+) -> tuple[Array, Array, Array]:
+    """``(dE, dW, db)``: the gradient of a projected table ``table = E @ W + b`` from
+    ``dTable: [V, N]`` (``E: [V, K]``, ``W: [K, N]``), in one pass over ``dTable``:
+    ``dE = dTable @ W^T: [V, K]``, ``dW = E^T @ dTable: [K, N]``, ``db = dTable.sum(0): [N]``
+    (one partial ``dW`` and ``db`` per thread, added in a fixed order). All float32."""
+    _require(dTable.dtype)
+    ok = (
+        dTable.ndim == 2 and E.ndim == 2 and W.ndim == 2
+        and E.shape[0] == dTable.shape[0] and W.shape == (E.shape[1], dTable.shape[1])
+    )  # fmt: skip
+    if not ok or E.dtype != jnp.float32 or W.dtype != jnp.float32:
+        raise ValueError(f"jaxrnn.native.table_projection_backward: expected float32 dTable [V, N], E [V, K], W [K, N]; got dTable {dTable.shape} {dTable.dtype}, E {E.shape} {E.dtype}, W {W.shape} {W.dtype}")  # fmt: skip
+    (V, N), K = dTable.shape, E.shape[1]
+    f32 = jnp.float32
+    call = jax.ffi.ffi_call(
+        _target("jaxrnn_table_projection_backward"),
+        (
+            jax.ShapeDtypeStruct((V, K), f32),  # dE
+            jax.ShapeDtypeStruct((K, N), f32),  # dW
+            jax.ShapeDtypeStruct((N,), f32),  # db
+        ),
+        vmap_method="sequential",
+    )
+    return call(dTable, E, W, threads=np.int64(threads))

@@ -680,3 +680,37 @@ def test_native_ab_runs_each_build_under_target_names_of_its_own(tmp_path):
     assert [len(t) for t in times] == [2, 2] and min(min(t) for t in times) > 0
     assert np.isfinite(first[0]) and first[0] != 0
     np.testing.assert_array_equal(first[0], first[1])
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (5, 3, 7), (130, 17, 33), (300, 32, 400)])
+def test_table_projection_backward_matches_numpy(shape, threads):
+    """dE = dTable W^T, dW = E^T dTable, db = dTable.sum(0) from one pass over dTable: K and
+    N not multiples of 16 (masked columns), V split over the threads in 64-row blocks."""
+    V, K, N = shape
+    rng = np.random.default_rng(21)
+    dT, E, W = rng.normal(size=(V, N)), rng.normal(size=(V, K)), rng.normal(size=(K, N))
+    dE, dW, db = native.table_projection_backward(*_f32(dT, E, W), threads=threads)
+    for got, want in ((dE, dT @ W.T), (dW, E.T @ dT), (db, dT.sum(0))):
+        assert got.shape == want.shape and got.dtype == jnp.float32
+        _close(got, want, tol=2e-6)
+    with pytest.raises(ValueError, match=r"table_projection_backward: expected .* got dTable"):
+        native.table_projection_backward(*_f32(dT, E, W[:, :-1] if N > 1 else W[:0]))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_project_table_gradient_native_vs_xla(bias, monkeypatch):
+    """fast.project_table (the classifier's embedding folded into W_x): values and the
+    gradients of E, W_x, b through the native pass equal autodiff's XLA products."""
+    rng = np.random.default_rng(22)
+    E, W, b, c = _f32(rng.normal(size=(70, 9)), rng.normal(size=(9, 52)), rng.normal(size=(52,)), rng.normal(size=(70, 52)))  # fmt: skip
+
+    def loss(E, W, b):
+        return jnp.sum(jnp.tanh(fast.project_table(E, W, b if bias else None)) * c)
+
+    got = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(E, W, b)
+    monkeypatch.setattr(native, "supports", lambda *a, **k: False)
+    want = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(E, W, b)
+    for a, b_ in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        _close(a, np.asarray(b_, np.float64), tol=2e-6)
+    assert bias or not np.asarray(got[1][2]).any()  # no bias: a zero gradient for it
