@@ -764,17 +764,26 @@ def project_table(E: Array, W_x: Array, b: Array | None) -> Array:
     ``db = dTable.sum(0)``: on an AVX-512 CPU, for float32, one pass over ``dTable``
     (:func:`jaxrnn.native.table_projection_backward`; the seed LSTM's ``[5000, 400]`` table:
     ~1.7 ms against ~2.8 ms for XLA's two products and reduction, each reading all of it),
-    elsewhere those XLA operations.
+    and the table itself :func:`jaxrnn.native.table_projection`; elsewhere XLA operations.
     """
     if b is None:
         return _project_table(E, W_x, jnp.zeros((W_x.shape[1],), W_x.dtype), False)
     return _project_table(E, W_x, b, True)
 
 
+def _native_f32(*xs: Array) -> bool:
+    return all(x.dtype == jnp.float32 for x in xs) and native.supports(jnp.float32)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _project_table(E: Array, W_x: Array, b: Array, with_bias: bool) -> Array:
-    table = E @ W_x  # [V, D] @ [D, G H]
-    return table + b if with_bias else table
+    def xla():
+        table = E @ W_x  # [V, D] @ [D, G H]
+        return table + b if with_bias else table
+
+    bias = b if with_bias else None
+    cpu = (lambda: native.table_projection(E, W_x, bias)) if _native_f32(E, W_x, b) else None
+    return _per_platform(xla, cpu=cpu)
 
 
 def _project_table_fwd(E, W_x, b, with_bias):
@@ -787,8 +796,8 @@ def _project_table_bwd(with_bias, res, g):
     def xla():
         return g @ W_x.T, E.T @ g, g.sum(axis=0)
 
-    f32 = all(x.dtype == jnp.float32 for x in (E, W_x, b, g))
-    cpu = (lambda: native.table_projection_backward(g, E, W_x)) if f32 and native.supports(g.dtype) else None  # fmt: skip
+    use = _native_f32(E, W_x, b, g)
+    cpu = (lambda: native.table_projection_backward(g, E, W_x)) if use else None
     dE, dW_x, db = _per_platform(xla, cpu=cpu)
     return dE, dW_x, db.astype(b.dtype) if with_bias else jnp.zeros_like(b)
 

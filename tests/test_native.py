@@ -684,12 +684,17 @@ def test_native_ab_runs_each_build_under_target_names_of_its_own(tmp_path):
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("shape", [(1, 1, 1), (5, 3, 7), (130, 17, 33), (300, 32, 400)])
-def test_table_projection_backward_matches_numpy(shape, threads):
-    """dE = dTable W^T, dW = E^T dTable, db = dTable.sum(0) from one pass over dTable: K and
-    N not multiples of 16 (masked columns), V split over the threads in 64-row blocks."""
+def test_table_projection_and_its_gradient_match_numpy(shape, threads):
+    """table = E W (+ b); dE = dTable W^T, dW = E^T dTable, db = dTable.sum(0) from one pass
+    over dTable: K and N not multiples of 16 (masked columns), V split over the threads."""
     V, K, N = shape
     rng = np.random.default_rng(21)
     dT, E, W = rng.normal(size=(V, N)), rng.normal(size=(V, K)), rng.normal(size=(K, N))
+    b = rng.normal(size=(N,))
+    _close(native.table_projection(*_f32(E, W, b), threads=threads), E @ W + b, tol=2e-6)
+    _close(native.table_projection(*_f32(E, W), threads=threads), E @ W, tol=2e-6)
+    with pytest.raises(ValueError, match=r"table_projection: expected .* got E"):
+        native.table_projection(*_f32(E, W, b[:-1]))
     dE, dW, db = native.table_projection_backward(*_f32(dT, E, W), threads=threads)
     for got, want in ((dE, dT @ W.T), (dW, E.T @ dT), (db, dT.sum(0))):
         assert got.shape == want.shape and got.dtype == jnp.float32
