@@ -59,7 +59,7 @@ int main(int argc, char** argv) {
   const int64_t GH = gates * H, ldw = RoundUp(GH, kLanes);
   const std::vector<float> W = Normal(H * GH, 0.1f, rng), table = Normal(V * GH, 0.3f, rng),
                            bh = Normal(GH, 0.1f, rng), zeros(B * H, 0.f), gT(B * H, 0.01f);
-  const InterleavedPanel Wp(W.data(), H, gates, /*pack=*/gates == 4);  // as shipped
+  const InterleavedPanel Wp(W.data(), H, gates, /*pack=*/true);  // as shipped
   const TransposedPanel WTp(W.data(), H, gates);
   const Padded Wsp(W.data(), H, false);
   Aligned Sh((T + 1) * B * H), Sc((T + 1) * B * H), G(T * B * 4 * H), D((T + 1) * B * GH),

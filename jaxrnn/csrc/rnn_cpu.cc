@@ -611,7 +611,7 @@ void Backward(ffi::ThreadPool& pool, const float* S, const float* WTp, int64_t H
 // 16 v + 0..15, side by side. With `pack` and G <= 4, a last group of m = H % 16 <= 4
 // units (H = 100: units 96..99) is packed into one vector instead of G: gate q at lanes
 // 4 q .. 4 q + m - 1 (the seed LSTM's 7th group held 16 units' columns for 4: its 4 vectors
-// of products became 1, 28 -> 25 per row and step). `full` = the columns of whole groups;
+// of products became 1, 28 -> 25 per row and step; the GRU's 21 -> 19). `full` = the columns of whole groups;
 // the packed vector, if any, follows them.
 struct InterleavedPanel {
   int64_t H, gates, tail, full, ld;
@@ -907,7 +907,64 @@ void GruForward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int64
           }
         };
         return PerBlock<decltype(f)>{f};
-      });
+      }, 0, Wp.full);
+      if (Wp.tail == 0) continue;
+      // The packed last group (units H - m .. H - 1; z, r, n at lanes 0.., 4.., 8..), as in
+      // LstmForward: the same operations per element on the gates' 4-lane quarters.
+      StepRows<1, 8>(S + t * B * H, H, b0, b1, P, [&](int64_t b) {
+        auto f = [&, b](int64_t, auto& acc) {
+          constexpr int R = std::extent_v<std::remove_reference_t<decltype(acc)>>;
+          const int64_t j = H - Wp.tail;
+          const __mmask8 m4 = static_cast<__mmask8>((1u << Wp.tail) - 1u);
+          __m512 bhv = _mm512_castps128_ps512(_mm_maskz_loadu_ps(m4, bh + j));
+          bhv = _mm512_insertf32x4(bhv, _mm_maskz_loadu_ps(m4, bh + H + j), 1);
+          bhv = _mm512_insertf32x4(bhv, _mm_maskz_loadu_ps(m4, bh + 2 * H + j), 2);
+          __m512 zr[R], u[R], in[R];
+          JAXRNN_UNROLL for (int r = 0; r < R; ++r) {
+            const float* a = InputRow(U, idx, V, G3, t, B, b + r);
+            in[r] = Set(nan);
+            if (a) {
+              in[r] = _mm512_castps128_ps512(_mm_maskz_loadu_ps(m4, a + j));
+              in[r] = _mm512_insertf32x4(in[r], _mm_maskz_loadu_ps(m4, a + H + j), 1);
+              in[r] = _mm512_insertf32x4(in[r], _mm_maskz_loadu_ps(m4, a + 2 * H + j), 2);
+            }
+            u[r] = _mm512_add_ps(acc[r][0], bhv);
+            zr[r] = _mm512_mul_ps(_mm512_add_ps(in[r], u[r]), Set(0.5f));  // quarter 2 unused
+          }
+          TanhN<R>(zr);
+          constexpr int NC = (R + 3) / 4;  // n of 4 rows per vector for their tanh
+          __m512 n[NC];
+          __m128 z[R];
+          JAXRNN_UNROLL for (int r = 0; r < R; ++r) {
+            const __m512 s = _mm512_fmadd_ps(zr[r], Set(0.5f), Set(0.5f));
+            z[r] = _mm512_castps512_ps128(s);
+            const __m128 rg = _mm512_extractf32x4_ps(s, 1);
+            const __m128 u_n = _mm512_extractf32x4_ps(u[r], 2);
+            const __m128 pre = _mm_fmadd_ps(rg, u_n, _mm512_extractf32x4_ps(in[r], 2));
+            float* v = Sv + (t * B + b + r) * 4 * H + j;
+            _mm_mask_storeu_ps(v, m4, z[r]);
+            _mm_mask_storeu_ps(v + H, m4, rg);
+            _mm_mask_storeu_ps(v + 3 * H, m4, u_n);
+            if (r % 4 == 0) n[r / 4] = _mm512_castps128_ps512(pre);
+            if (r % 4 == 1) n[r / 4] = _mm512_insertf32x4(n[r / 4], pre, 1);
+            if (r % 4 == 2) n[r / 4] = _mm512_insertf32x4(n[r / 4], pre, 2);
+            if (r % 4 == 3) n[r / 4] = _mm512_insertf32x4(n[r / 4], pre, 3);
+          }
+          TanhN<NC>(n);
+          JAXRNN_UNROLL for (int r = 0; r < R; ++r) {
+            __m128 nr = _mm512_castps512_ps128(n[r / 4]);
+            if (r % 4 == 1) nr = _mm512_extractf32x4_ps(n[r / 4], 1);
+            if (r % 4 == 2) nr = _mm512_extractf32x4_ps(n[r / 4], 2);
+            if (r % 4 == 3) nr = _mm512_extractf32x4_ps(n[r / 4], 3);
+            const int64_t o = (t * B + b + r) * H + j;
+            const __m128 hp = _mm_maskz_loadu_ps(m4, S + o);
+            const __m128 h = _mm_fmadd_ps(z[r], hp, _mm_mul_ps(_mm_sub_ps(_mm_set1_ps(1.0f), z[r]), nr));
+            _mm_mask_storeu_ps(S + o + B * H, m4, h);
+            _mm_mask_storeu_ps(Sv + (t * B + b + r) * 4 * H + j + 2 * H, m4, nr);
+          }
+        };
+        return PerBlock<decltype(f)>{f};
+      }, Wp.full, Wp.ld);
     }
   });
 }
@@ -1253,7 +1310,7 @@ ffi::Error GruForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> U,
         Shape(bh.dimensions()) + ", h0 " + Shape(h0.dimensions()));
   }
   if (B == 0 || H == 0) return ffi::Error::Success();
-  const InterleavedPanel Wp(W.typed_data(), H, 3);
+  const InterleavedPanel Wp(W.typed_data(), H, 3, /*pack=*/true);
   if (Wp.buf.data == nullptr) return ffi::Error::Internal("jaxrnn_gru_forward: out of memory");
   GruForward(pool, U.typed_data(), table ? idx.typed_data() : nullptr, table ? ud[0] : 0, Wp,
              bh.typed_data(), h0.typed_data(), S->typed_data(), Sv->typed_data(), T, B, H,
