@@ -149,6 +149,32 @@ __mmask16 ColumnMask(int64_t j, int64_t H) {
                         : static_cast<__mmask16>((1u << left) - 1u);
 }
 
+// Quarter i (lanes 4 i .. 4 i + 3) of v, and v with quarter i replaced by x: the 4-lane
+// pieces of the gated cells' packed last groups (i is a constant once the loops are unrolled:
+// the switch folds away).
+inline __m128 Quarter(__m512 v, int i) {
+  switch (i & 3) {
+    case 1: return _mm512_extractf32x4_ps(v, 1);
+    case 2: return _mm512_extractf32x4_ps(v, 2);
+    case 3: return _mm512_extractf32x4_ps(v, 3);
+    default: return _mm512_castps512_ps128(v);
+  }
+}
+inline __m512 WithQuarter(__m512 v, int i, __m128 x) {
+  switch (i & 3) {
+    case 1: return _mm512_insertf32x4(v, x, 1);
+    case 2: return _mm512_insertf32x4(v, x, 2);
+    case 3: return _mm512_insertf32x4(v, x, 3);
+    default: return _mm512_insertf32x4(v, x, 0);
+  }
+}
+// Quarters 0 .. n - 1 = the (masked) 4 floats at p, p + stride, ..., the rest zero.
+inline __m512 LoadQuarters(const float* p, int64_t stride, int n, __mmask8 mask) {
+  __m512 v = _mm512_setzero_ps();
+  for (int q = 0; q < n; ++q) v = WithQuarter(v, q, _mm_maskz_loadu_ps(mask, p + q * stride));
+  return v;
+}
+
 // A padded right-hand matrix for the step products: M is [K, ld] (64-byte aligned, ld a
 // multiple of 16, zero beyond the valid columns), so full vector loads are always safe.
 struct Panel {
@@ -732,13 +758,7 @@ void LstmForward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int6
           __m512 a[R];
           JAXRNN_UNROLL for (int r = 0; r < R; ++r) {
             const float* u = InputRow(U, idx, V, G4, t, B, b + r);
-            __m512 in = Set(nan);
-            if (u) {
-              in = _mm512_castps128_ps512(_mm_maskz_loadu_ps(m4, u + j));
-              in = _mm512_insertf32x4(in, _mm_maskz_loadu_ps(m4, u + H + j), 1);
-              in = _mm512_insertf32x4(in, _mm_maskz_loadu_ps(m4, u + 2 * H + j), 2);
-              in = _mm512_insertf32x4(in, _mm_maskz_loadu_ps(m4, u + 3 * H + j), 3);
-            }
+            const __m512 in = u ? LoadQuarters(u + j, H, 4, m4) : Set(nan);
             a[r] = _mm512_mul_ps(_mm512_add_ps(acc[r][0], in), half);
           }
           TanhN<R>(a);
@@ -748,10 +768,8 @@ void LstmForward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int6
           JAXRNN_UNROLL for (int r = 0; r < R; ++r) {
             const __m512 gates = _mm512_mask_blend_ps(
                 0x0F00, _mm512_fmadd_ps(a[r], Set(0.5f), Set(0.5f)), a[r]);
-            const __m128 ig = _mm512_castps512_ps128(gates);
-            const __m128 fg = _mm512_extractf32x4_ps(gates, 1);
-            const __m128 gg = _mm512_extractf32x4_ps(gates, 2);
-            og[r] = _mm512_extractf32x4_ps(gates, 3);
+            const __m128 ig = Quarter(gates, 0), fg = Quarter(gates, 1), gg = Quarter(gates, 2);
+            og[r] = Quarter(gates, 3);
             const int64_t o = (t * B + b + r) * H + j;
             const __m128 c = _mm_fmadd_ps(fg, _mm_maskz_loadu_ps(m4, Sc + o), _mm_mul_ps(ig, gg));
             _mm_mask_storeu_ps(Sc + o + B * H, m4, c);
@@ -760,19 +778,12 @@ void LstmForward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int6
             _mm_mask_storeu_ps(gt + H, m4, fg);
             _mm_mask_storeu_ps(gt + 2 * H, m4, gg);
             _mm_mask_storeu_ps(gt + 3 * H, m4, og[r]);
-            if (r % 4 == 0) tc[r / 4] = _mm512_castps128_ps512(c);
-            if (r % 4 == 1) tc[r / 4] = _mm512_insertf32x4(tc[r / 4], c, 1);
-            if (r % 4 == 2) tc[r / 4] = _mm512_insertf32x4(tc[r / 4], c, 2);
-            if (r % 4 == 3) tc[r / 4] = _mm512_insertf32x4(tc[r / 4], c, 3);
+            tc[r / 4] = WithQuarter(r % 4 ? tc[r / 4] : _mm512_setzero_ps(), r % 4, c);
           }
           TanhN<NC>(tc);
           JAXRNN_UNROLL for (int r = 0; r < R; ++r) {
-            __m128 th = _mm512_castps512_ps128(tc[r / 4]);
-            if (r % 4 == 1) th = _mm512_extractf32x4_ps(tc[r / 4], 1);
-            if (r % 4 == 2) th = _mm512_extractf32x4_ps(tc[r / 4], 2);
-            if (r % 4 == 3) th = _mm512_extractf32x4_ps(tc[r / 4], 3);
             const int64_t o = (t * B + b + r) * H + j;
-            _mm_mask_storeu_ps(Sh + o + B * H, m4, _mm_mul_ps(og[r], th));
+            _mm_mask_storeu_ps(Sh + o + B * H, m4, _mm_mul_ps(og[r], Quarter(tc[r / 4], r % 4)));
           }
         };
         return PerBlock<decltype(f)>{f};
@@ -916,18 +927,11 @@ void GruForward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int64
           constexpr int R = std::extent_v<std::remove_reference_t<decltype(acc)>>;
           const int64_t j = H - Wp.tail;
           const __mmask8 m4 = static_cast<__mmask8>((1u << Wp.tail) - 1u);
-          __m512 bhv = _mm512_castps128_ps512(_mm_maskz_loadu_ps(m4, bh + j));
-          bhv = _mm512_insertf32x4(bhv, _mm_maskz_loadu_ps(m4, bh + H + j), 1);
-          bhv = _mm512_insertf32x4(bhv, _mm_maskz_loadu_ps(m4, bh + 2 * H + j), 2);
+          const __m512 bhv = LoadQuarters(bh + j, H, 3, m4);
           __m512 zr[R], u[R], in[R];
           JAXRNN_UNROLL for (int r = 0; r < R; ++r) {
             const float* a = InputRow(U, idx, V, G3, t, B, b + r);
-            in[r] = Set(nan);
-            if (a) {
-              in[r] = _mm512_castps128_ps512(_mm_maskz_loadu_ps(m4, a + j));
-              in[r] = _mm512_insertf32x4(in[r], _mm_maskz_loadu_ps(m4, a + H + j), 1);
-              in[r] = _mm512_insertf32x4(in[r], _mm_maskz_loadu_ps(m4, a + 2 * H + j), 2);
-            }
+            in[r] = a ? LoadQuarters(a + j, H, 3, m4) : Set(nan);
             u[r] = _mm512_add_ps(acc[r][0], bhv);
             zr[r] = _mm512_mul_ps(_mm512_add_ps(in[r], u[r]), Set(0.5f));  // quarter 2 unused
           }
@@ -937,25 +941,18 @@ void GruForward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int64
           __m128 z[R];
           JAXRNN_UNROLL for (int r = 0; r < R; ++r) {
             const __m512 s = _mm512_fmadd_ps(zr[r], Set(0.5f), Set(0.5f));
-            z[r] = _mm512_castps512_ps128(s);
-            const __m128 rg = _mm512_extractf32x4_ps(s, 1);
-            const __m128 u_n = _mm512_extractf32x4_ps(u[r], 2);
-            const __m128 pre = _mm_fmadd_ps(rg, u_n, _mm512_extractf32x4_ps(in[r], 2));
+            z[r] = Quarter(s, 0);
+            const __m128 rg = Quarter(s, 1), u_n = Quarter(u[r], 2);
+            const __m128 pre = _mm_fmadd_ps(rg, u_n, Quarter(in[r], 2));
             float* v = Sv + (t * B + b + r) * 4 * H + j;
             _mm_mask_storeu_ps(v, m4, z[r]);
             _mm_mask_storeu_ps(v + H, m4, rg);
             _mm_mask_storeu_ps(v + 3 * H, m4, u_n);
-            if (r % 4 == 0) n[r / 4] = _mm512_castps128_ps512(pre);
-            if (r % 4 == 1) n[r / 4] = _mm512_insertf32x4(n[r / 4], pre, 1);
-            if (r % 4 == 2) n[r / 4] = _mm512_insertf32x4(n[r / 4], pre, 2);
-            if (r % 4 == 3) n[r / 4] = _mm512_insertf32x4(n[r / 4], pre, 3);
+            n[r / 4] = WithQuarter(r % 4 ? n[r / 4] : _mm512_setzero_ps(), r % 4, pre);
           }
           TanhN<NC>(n);
           JAXRNN_UNROLL for (int r = 0; r < R; ++r) {
-            __m128 nr = _mm512_castps512_ps128(n[r / 4]);
-            if (r % 4 == 1) nr = _mm512_extractf32x4_ps(n[r / 4], 1);
-            if (r % 4 == 2) nr = _mm512_extractf32x4_ps(n[r / 4], 2);
-            if (r % 4 == 3) nr = _mm512_extractf32x4_ps(n[r / 4], 3);
+            const __m128 nr = Quarter(n[r / 4], r % 4);
             const int64_t o = (t * B + b + r) * H + j;
             const __m128 hp = _mm_maskz_loadu_ps(m4, S + o);
             const __m128 h = _mm_fmadd_ps(z[r], hp, _mm_mul_ps(_mm_sub_ps(_mm_set1_ps(1.0f), z[r]), nr));
