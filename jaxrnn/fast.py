@@ -597,12 +597,12 @@ def _gru_scan_bwd(unroll, last_only, res, g):
     def cpu():  # one call: the loop, dW_h and (for a table) the scatter into dU
         vocab = 0 if idx is None else U.shape[0]
         # with a table only A[0] leaves the call (A feeds just the table's gradient); without
-        # one A[:T] is dU itself (no slicing in XLA)
-        D, A, carry, dW_h, dTable = native.gru_backward(
-            S, Sv, W_h, g, idx, vocab, rows="inputs" if idx is None else "first"
+        # one A[:T] is dU itself (no slicing in XLA); of D only D[0] (db_h is summed inside)
+        D, A, carry, dW_h, db_h, dTable = native.gru_backward(
+            S, Sv, W_h, g, idx, vocab, rows="inputs" if idx is None else "first", d_rows="first"
         )
         dU = A if idx is None else dTable
-        return dU, dW_h, D.sum(axis=(0, 1)), carry + D[0] @ W_h.T
+        return dU, dW_h, db_h, carry + D[0] @ W_h.T
 
     def cuda():  # the reversed loop in one kernel; dW_h, db_h and dU in XLA
         D, N, dh0 = gpu.gru_backward(S, Sv, W_h, g, last_only)  # [T, B, 3H], [T, B, H], [B, H]

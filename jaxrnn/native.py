@@ -538,18 +538,22 @@ def gru_backward(
     vocab: int = 0,
     threads: int = 0,
     rows: str = "all",
-) -> tuple[Array, Array, Array, Array, Array | None]:
-    """``(D, A, carry, dW_h, dTable)`` for the backward pass of :func:`gru_forward`.
+    d_rows: str = "all",
+) -> tuple[Array, Array, Array, Array, Array, Array | None]:
+    """``(D, A, carry, dW_h, db_h, dTable)`` for the backward pass of :func:`gru_forward`.
 
     ``D = dL/du: [T + 1, B, 3H]`` (the recurrent pre-activations, ``D[T] = 0``),
     ``A = dL/da: [T + 1, B, 3H]`` (the input projections; they differ in the ``n`` block by
     the factor ``r``), ``carry = z_0 dL/dh_0`` through the update gate (``dL/dh_0 = carry +
-    D[0] W_h^T``), ``dW_h = S^T D: [H, 3H]`` and, with ``idx``, ``dTable: [vocab, 3H]``
-    (the rows of ``A`` added by id; else ``None``). ``g``: ``[T, B, H]`` cotangents of
-    ``S[1:]``, or ``[B, H]`` for ``S[T]`` only. ``rows="first"``: ``A`` is returned as
-    ``A[:1]: [1, B, 3H]`` and the rest stays inside the call (as in :func:`lstm_backward`;
-    with a table, its gradient is all that needs ``A``); ``rows="inputs"``: ``A[:T]``, the
-    cotangent of ``U [T, B, 3H]`` as it is (``D`` always has all rows).
+    D[0] W_h^T``), ``dW_h = S^T D: [H, 3H]``, ``db_h = D.sum((0, 1)): [3H]`` (one partial sum
+    per thread, added in a fixed order) and, with ``idx``, ``dTable: [vocab, 3H]`` (the rows
+    of ``A`` added by id; else ``None``). ``g``: ``[T, B, H]`` cotangents of ``S[1:]``, or
+    ``[B, H]`` for ``S[T]`` only. ``rows="first"``: ``A`` is returned as ``A[:1]: [1, B, 3H]``
+    and the rest stays inside the call (as in :func:`lstm_backward`; with a table, its
+    gradient is all that needs ``A``); ``rows="inputs"``: ``A[:T]``, the cotangent of
+    ``U [T, B, 3H]`` as it is. ``d_rows="first"``: ``D`` as ``D[:1]`` (what ``dL/dh_0``
+    needs; the call keeps two rows of it), where ``dW_h`` is accumulated in the call
+    (:func:`fuse_dw`; otherwise ``D`` comes back whole).
     """
     _require(S.dtype)
     T, B, H = S.shape[0] - 1, S.shape[1], S.shape[2]
@@ -562,25 +566,27 @@ def gru_backward(
         raise ValueError(f"jaxrnn.native.gru_backward: expected S [T + 1, B, H] (T >= 1), Sv [T, B, 4H], W_h [H, 3H], g [T, B, H] or [B, H], idx [T, B] with vocab >= 1; got S {S.shape}, Sv {Sv.shape}, W_h {W_h.shape}, g {g.shape}, idx {None if idx is None else idx.shape}, vocab {vocab}")  # fmt: skip
     V = 0 if idx is None else int(vocab)
     f32 = jnp.float32
+    fused = fuse_dw(H, 3)
+    n_d = _gradient_rows(d_rows, T, ("all", "first") if fused else ("all",))
     call = jax.ffi.ffi_call(
         _target("jaxrnn_gru_backward"),
         (
-            jax.ShapeDtypeStruct((T + 1, B, 3 * H), f32),  # D
+            jax.ShapeDtypeStruct((n_d, B, 3 * H), f32),  # D (or D[:1])
             jax.ShapeDtypeStruct((_gradient_rows(rows, T, ROWS), B, 3 * H), f32),  # A
             jax.ShapeDtypeStruct((B, H), f32),  # carry
             jax.ShapeDtypeStruct((H, 3 * H), f32),  # dW_h
+            jax.ShapeDtypeStruct((3 * H,), f32),  # db_h
             jax.ShapeDtypeStruct((V, 3 * H), f32),  # dTable
         ),
         vmap_method="sequential",
     )
-    fused = fuse_dw(H, 3)
-    D, A, carry, dW_h, dTable = call(
+    D, A, carry, dW_h, db_h, dTable = call(
         S, Sv, W_h, g.astype(f32), _table_ids(idx), threads=np.int64(threads),
         fuse_dw=np.int64(fused),
     )  # fmt: skip
     if not fused:
         dW_h = S.reshape(-1, H).T @ D.reshape(-1, 3 * H)
-    return D, A, carry, dW_h, (dTable if V else None)
+    return D, A, carry, dW_h, db_h, (dTable if V else None)
 
 
 def table_projection(E: Array, W: Array, b: Array | None = None, threads: int = 0) -> Array:

@@ -611,15 +611,20 @@ def test_gru_thread_count_does_not_change_the_states():
     ref = None
     for threads in (1, 2, 3):
         S, Sv = native.gru_forward(U, ids, W, b, h0, threads=threads)
-        D, A, carry, dW, dT = native.gru_backward(S, Sv, W, g, ids, V, threads=threads)
+        D, A, carry, dW, db, dT = native.gru_backward(S, Sv, W, g, ids, V, threads=threads)
+        # db_h: D summed in the call (per-chunk partials), D[:1] alone when asked for
+        _close(db, np.asarray(D, np.float64).sum((0, 1)), tol=1e-6)
+        D1 = native.gru_backward(S, Sv, W, g, ids, V, threads=threads, d_rows="first")[0]
+        np.testing.assert_array_equal(np.asarray(D1), np.asarray(D[:1]))
         exact = [S, Sv, D, A, carry]
         if ref is None:
-            ref = (exact, dW, dT)
+            ref = (exact, dW, dT, db)
             continue
         for x, y in zip(exact, ref[0], strict=True):
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
         _close(dW, np.asarray(ref[1], np.float64), tol=1e-6)  # per-chunk partials
         _close(dT, np.asarray(ref[2], np.float64), tol=1e-6)
+        _close(db, np.asarray(ref[3], np.float64), tol=1e-6)
 
 
 def test_gru_bad_inputs_raise_in_python():

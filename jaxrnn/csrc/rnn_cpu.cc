@@ -966,13 +966,16 @@ void GruForward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int64
   });
 }
 
+// D and A as GradientRows place them (D_T: D's zero row T; ring_d / ring_a: two-row rings).
+// db_h = the sum of D's rows, one partial per chunk ([ldw] each in db_partial, zeroed),
+// added in chunk order: D need not leave the call for it.
 void GruBackward(ffi::ThreadPool& pool, const float* S, const float* Sv,
                  const TransposedPanel& WTp, const float* g, bool last_only, float* D,
-                 float* A, float* carry, float* dW, const RowSplit& split, float* partial,
-                 bool fuse_dw, TableGradient* table, bool ring, int64_t ldw, int64_t T,
-                 int64_t B, int64_t H) {
+                 const float* D_T, bool ring_d, float* A, bool ring_a, float* carry, float* dW,
+                 float* db, float* db_partial, const RowSplit& split, float* partial,
+                 bool fuse_dw, TableGradient* table, int64_t ldw, int64_t T, int64_t B,
+                 int64_t H) {
   const int64_t G3 = 3 * H;
-  std::memset(D + T * B * G3, 0, sizeof(float) * B * G3);  // D[T] = 0 (A's row T: GradientRows)
   std::memset(carry, 0, sizeof(float) * B * H);  // z_{t+1} dL/dh_{t+1}; ends as z_0 dL/dh_0
   const Panel P{WTp.buf.data, WTp.ld, G3};
   const __m512 one = Set(1.0f);
@@ -980,16 +983,18 @@ void GruBackward(ffi::ThreadPool& pool, const float* S, const float* Sv,
     const int64_t b0 = c * split.rows_per_chunk;
     const int64_t b1 = std::min(B, b0 + split.rows_per_chunk);
     float* dWc = partial + c * H * ldw;
+    float* dbc = db_partial + c * ldw;
     for (int64_t t = T - 1; t >= 0; --t) {
       const float* gt = last_only ? (t == T - 1 ? g : nullptr) : g + t * B * H;
-      float* out = D + t * B * G3;
-      float* outA = A + (ring ? t & 1 : t) * B * G3;  // ring: A holds two rows
+      const float* x = t == T - 1 ? D_T : D + (ring_d ? (t + 1) & 1 : t + 1) * B * G3;
+      float* out = D + (ring_d ? t & 1 : t) * B * G3;
+      float* outA = A + (ring_a ? t & 1 : t) * B * G3;
       if (t > 0) {  // what step t - 1 reads, into L2 ahead
         PrefetchSpan(Sv + ((t - 1) * B + b0) * 4 * H, (b1 - b0) * 4 * H);
         PrefetchSpan(S + ((t - 1) * B + b0) * H, (b1 - b0) * H);
       }
       if (table) table->Prefetch(c, t, b0, b1);
-      StepRows(D + (t + 1) * B * G3, G3, b0, b1, P, [&](int64_t b) {
+      StepRows(x, G3, b0, b1, P, [&](int64_t b) {
         return [&, b](int r, int64_t j, __m512 acc) {
           const int64_t row = b + r, o = row * H + j;
           const __mmask16 mask = ColumnMask(j, H);
@@ -1019,9 +1024,20 @@ void GruBackward(ffi::ThreadPool& pool, const float* S, const float* Sv,
       });
       if (fuse_dw) AccumulateOuter(S + (t * B + b0) * H, H, H, out + b0 * G3, G3, G3, b1 - b0, dWc, ldw);
       if (table) table->Add(c, t, b0, b1, outA);
+      // db_h: the step's rows summed first, then added to the chunk's sum (T + rows
+      // additions in a chain instead of T x rows: float32 error ~rows times smaller)
+      for (int64_t j = 0; j < G3; j += kLanes) {
+        const __mmask16 mask = ColumnMask(j, G3);
+        __m512 step = _mm512_setzero_ps();
+        for (int64_t b = b0; b < b1; ++b) {
+          step = _mm512_add_ps(step, _mm512_maskz_loadu_ps(mask, out + b * G3 + j));
+        }
+        _mm512_store_ps(dbc + j, _mm512_add_ps(_mm512_load_ps(dbc + j), step));
+      }
     }
   });
   ReducePartials(partial, split.chunks, H, G3, ldw, fuse_dw, dW);
+  ReducePartials(db_partial, split.chunks, 1, G3, ldw, true, db);
 }
 
 std::string Shape(ffi::Span<const int64_t> dims) {
@@ -1320,8 +1336,8 @@ ffi::Error GruBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> S,
                            ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::S32> idx,
                            ffi::ResultBuffer<ffi::F32> D, ffi::ResultBuffer<ffi::F32> A,
                            ffi::ResultBuffer<ffi::F32> carry, ffi::ResultBuffer<ffi::F32> dW,
-                           ffi::ResultBuffer<ffi::F32> dTable, int64_t threads,
-                           int64_t fuse_dw) {
+                           ffi::ResultBuffer<ffi::F32> db, ffi::ResultBuffer<ffi::F32> dTable,
+                           int64_t threads, int64_t fuse_dw) {
   const auto sd = S.dimensions();
   const auto gd = g.dimensions();
   const auto td = dTable->dimensions();
@@ -1329,12 +1345,13 @@ ffi::Error GruBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> S,
                 H = sd.size() == 3 ? sd[2] : 0;
   const int64_t V = td.size() == 2 ? td[0] : -1;
   const bool last_only = gd.size() == 2;
-  const int64_t full = (T + 1) * B * 3 * H;
   const Rows rows = RowsOf(A->dimensions(), T, B, 3 * H);
+  const Rows d_rows = RowsOf(D->dimensions(), T, B, 3 * H);
   const bool ok = sd.size() == 3 && T >= 1 && W.dimensions().size() == 2 &&
                   W.dimensions()[0] == H && W.dimensions()[1] == 3 * H &&
                   static_cast<int64_t>(Sv.element_count()) == T * B * 4 * H &&
-                  static_cast<int64_t>(D->element_count()) == full &&
+                  (d_rows == Rows::kAll || (d_rows == Rows::kFirst && fuse_dw != 0)) &&
+                  static_cast<int64_t>(db->element_count()) == 3 * H &&
                   rows != Rows::kInvalid &&
                   static_cast<int64_t>(carry->element_count()) == B * H &&
                   static_cast<int64_t>(dW->element_count()) == 3 * H * H &&
@@ -1345,15 +1362,17 @@ ffi::Error GruBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> S,
   if (!ok) {
     return ffi::Error::InvalidArgument(
         "jaxrnn_gru_backward: expected S [T + 1, B, H] (T >= 1), Sv [T, B, 4H], W [H, 3H], "
-        "g [T, B, H] or [B, H], dTable [V, 3H] with idx [T, B], D [T + 1, B, 3H], A "
-        "[T + 1, B, 3H], [T, B, 3H] or [1, B, 3H]; got S " + Shape(sd) + ", Sv " + Shape(Sv.dimensions()) +
+        "g [T, B, H] or [B, H], dTable [V, 3H] with idx [T, B], db [3H], D [T + 1, B, 3H] or "
+        "(with fuse_dw) [1, B, 3H], A [T + 1, B, 3H], [T, B, 3H] or [1, B, 3H]; got fuse_dw " +
+        std::to_string(fuse_dw) + ", S " + Shape(sd) + ", Sv " + Shape(Sv.dimensions()) +
         ", D " + Shape(D->dimensions()) + ", A " + Shape(A->dimensions()) + ", W " +
-        Shape(W.dimensions()) + ", g " + Shape(gd) +
+        Shape(W.dimensions()) + ", g " + Shape(gd) + ", db " + Shape(db->dimensions()) +
         ", dTable " + Shape(td) + ", idx " + Shape(idx.dimensions()));
   }
   if (H == 0) return ffi::Error::Success();
   if (B == 0) {
     std::memset(dW->typed_data(), 0, sizeof(float) * 3 * H * H);
+    std::memset(db->typed_data(), 0, sizeof(float) * 3 * H);
     std::memset(dTable->typed_data(), 0, sizeof(float) * V * 3 * H);
     return ffi::Error::Success();
   }
@@ -1361,16 +1380,20 @@ ffi::Error GruBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> S,
   const int64_t threads_used = Threads(pool, threads);
   const RowSplit split(B, threads_used);
   const int64_t ldw = RoundUp(3 * H, kLanes);
-  Aligned partial(fuse_dw ? split.chunks * H * ldw : 1);
+  Aligned partial(fuse_dw ? split.chunks * H * ldw : 1), db_partial(split.chunks * ldw);
+  const GradientRows Drows(D->typed_data(), d_rows, T, B * 3 * H);
   const GradientRows Arows(A->typed_data(), rows, T, B * 3 * H);
   TableGradient table(dTable->typed_data(), idx.typed_data(), V, 3 * H, T, B, split);
-  if (WTp.buf.data == nullptr || partial.data == nullptr || !Arows.ok() || !table.ok()) {
+  if (WTp.buf.data == nullptr || partial.data == nullptr || db_partial.data == nullptr ||
+      !Drows.ok() || !Arows.ok() || !table.ok()) {
     return ffi::Error::Internal("jaxrnn_gru_backward: out of memory");
   }
   GruBackward(pool, S.typed_data(), Sv.typed_data(), WTp, g.typed_data(), last_only,
-              D->typed_data(), Arows.data, carry->typed_data(), dW->typed_data(), split,
-              partial.data, fuse_dw != 0, V > 0 ? &table : nullptr, Arows.ring, ldw, T, B, H);
+              Drows.data, Drows.last, Drows.ring, Arows.data, Arows.ring, carry->typed_data(),
+              dW->typed_data(), db->typed_data(), db_partial.data, split, partial.data,
+              fuse_dw != 0, V > 0 ? &table : nullptr, ldw, T, B, H);
   if (V > 0) table.Finish(pool, threads_used);
+  Drows.Finish();
   Arows.Finish();
   return ffi::Error::Success();
 }
@@ -1579,10 +1602,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnGruBackward, GruBackwardImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // W_h [H, 3H]
                                   .Arg<ffi::Buffer<ffi::F32>>()  // g [T, B, H] or [B, H]
                                   .Arg<ffi::Buffer<ffi::S32>>()  // idx [T, B] (table only)
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // D = dL/du [T + 1, B, 3H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // D = dL/du [T + 1, B, 3H] or [1, B, 3H]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // A = dL/da [T + 1, B, 3H], [T, B, 3H] or [1, B, 3H]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // z_0 dL/dh_0 [B, H]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dW_h [H, 3H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // db_h [3H] = D summed
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dTable [V, 3H] (V = 0: none)
                                   .Attr<int64_t>("threads")
                                   .Attr<int64_t>("fuse_dw"));
