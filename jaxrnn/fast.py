@@ -775,6 +775,13 @@ def _native_f32(*xs: Array) -> bool:
     return all(x.dtype == jnp.float32 for x in xs) and native.supports(jnp.float32)
 
 
+def _cpu_or_xla(xla: Callable, cpu: Callable | None):
+    """``cpu()`` on a CPU, ``xla()`` elsewhere (or everywhere when ``cpu`` is ``None``): for
+    the table projection's kernels, which have no GPU counterpart (not :func:`_per_platform`,
+    which dispatches the recurrences' loops)."""
+    return jax.lax.platform_dependent(cpu=cpu, default=xla) if cpu is not None else xla()
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _project_table(E: Array, W_x: Array, b: Array, with_bias: bool) -> Array:
     def xla():
@@ -783,7 +790,7 @@ def _project_table(E: Array, W_x: Array, b: Array, with_bias: bool) -> Array:
 
     bias = b if with_bias else None
     cpu = (lambda: native.table_projection(E, W_x, bias)) if _native_f32(E, W_x, b) else None
-    return _per_platform(xla, cpu=cpu)
+    return _cpu_or_xla(xla, cpu)
 
 
 def _project_table_fwd(E, W_x, b, with_bias):
@@ -798,7 +805,7 @@ def _project_table_bwd(with_bias, res, g):
 
     use = _native_f32(E, W_x, b, g)
     cpu = (lambda: native.table_projection_backward(g, E, W_x)) if use else None
-    dE, dW_x, db = _per_platform(xla, cpu=cpu)
+    dE, dW_x, db = _cpu_or_xla(xla, cpu)
     return dE, dW_x, db.astype(b.dtype) if with_bias else jnp.zeros_like(b)
 
 
