@@ -566,6 +566,20 @@ class TableGradient {
   Aligned rows_;                // chunks 1..: [cap, width] each, uninitialised
 };
 
+// acc[:width] += the sum of rows [n, width] (row stride ld): the rows summed first, then
+// added to acc (a chain of n + calls additions per element instead of n x calls: float32
+// error ~n times smaller). acc is 64-byte aligned, width rounded up to 16.
+void AddRowSum(const float* rows, int64_t n, int64_t ld, int64_t width, float* acc) {
+  for (int64_t j = 0; j < width; j += kLanes) {
+    const __mmask16 mask = ColumnMask(j, width);
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t b = 0; b < n; ++b) {
+      sum = _mm512_add_ps(sum, _mm512_maskz_loadu_ps(mask, rows + b * ld + j));
+    }
+    _mm512_store_ps(acc + j, _mm512_add_ps(_mm512_load_ps(acc + j), sum));
+  }
+}
+
 template <int64_t act>
 void Forward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int64_t V,
              const float* Wp, int64_t Hp, const float* h0, float* S, int64_t T, int64_t B,
@@ -1024,16 +1038,7 @@ void GruBackward(ffi::ThreadPool& pool, const float* S, const float* Sv,
       });
       if (fuse_dw) AccumulateOuter(S + (t * B + b0) * H, H, H, out + b0 * G3, G3, G3, b1 - b0, dWc, ldw);
       if (table) table->Add(c, t, b0, b1, outA);
-      // db_h: the step's rows summed first, then added to the chunk's sum (T + rows
-      // additions in a chain instead of T x rows: float32 error ~rows times smaller)
-      for (int64_t j = 0; j < G3; j += kLanes) {
-        const __mmask16 mask = ColumnMask(j, G3);
-        __m512 step = _mm512_setzero_ps();
-        for (int64_t b = b0; b < b1; ++b) {
-          step = _mm512_add_ps(step, _mm512_maskz_loadu_ps(mask, out + b * G3 + j));
-        }
-        _mm512_store_ps(dbc + j, _mm512_add_ps(_mm512_load_ps(dbc + j), step));
-      }
+      AddRowSum(out + b0 * G3, b1 - b0, G3, G3, dbc);  // db_h
     }
   });
   ReducePartials(partial, split.chunks, H, G3, ldw, fuse_dw, dW);
@@ -1452,13 +1457,14 @@ ffi::Error TableProjectionImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> E,
 // partial dW ([K, N]: L1/L2) and its partial db. The partials are added in chunk order.
 void TableProjectionBackward(ffi::ThreadPool& pool, const float* dT, const float* E,
                              const float* WT, int64_t Kp, int64_t V, int64_t K, int64_t N,
-                             float* dE, float* partial, int64_t ldw, const RowSplit& split) {
+                             float* dE, float* partial, float* db_partial, int64_t ldw,
+                             const RowSplit& split) {
   constexpr int64_t kRows = 64;
   ParallelFor(pool, split.chunks, [&](int64_t c) {
     const int64_t v0 = c * split.rows_per_chunk;
     const int64_t v1 = std::min(V, v0 + split.rows_per_chunk);
-    float* dWc = partial + c * (K + 1) * ldw;
-    float* dbc = dWc + K * ldw;
+    float* dWc = partial + c * K * ldw;
+    float* dbc = db_partial + c * ldw;
     for (int64_t r0 = v0; r0 < v1; r0 += kRows) {
       const int64_t r1 = std::min(v1, r0 + kRows);
       StepRows(dT, N, r0, r1, Panel{WT, Kp, N}, [&](int64_t b) {
@@ -1467,13 +1473,7 @@ void TableProjectionBackward(ffi::ThreadPool& pool, const float* dT, const float
         };
       });
       AccumulateOuter(E + r0 * K, K, K, dT + r0 * N, N, N, r1 - r0, dWc, ldw);
-      for (int64_t v = r0; v < r1; ++v) {
-        for (int64_t j = 0; j < N; j += kLanes) {
-          const __mmask16 mask = ColumnMask(j, N);
-          _mm512_store_ps(dbc + j, _mm512_add_ps(_mm512_load_ps(dbc + j),
-                                                 _mm512_maskz_loadu_ps(mask, dT + v * N + j)));
-        }
-      }
+      AddRowSum(dT + r0 * N, r1 - r0, N, N, dbc);
     }
   });
 }
@@ -1504,22 +1504,16 @@ ffi::Error TableProjectionBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F3
   }
   const RowSplit split(V, Threads(pool, threads));
   Aligned WT(N * Kp);  // W^T [N, K] padded to [N, Kp] (zeros beyond K)
-  Aligned partial(split.chunks * (K + 1) * ldw);  // per chunk: dW [K, ldw], then db [ldw]
-  if (WT.data == nullptr || partial.data == nullptr) {
+  Aligned partial(split.chunks * K * ldw), db_partial(split.chunks * ldw);  // per chunk
+  if (WT.data == nullptr || partial.data == nullptr || db_partial.data == nullptr) {
     return ffi::Error::Internal("jaxrnn_table_projection_backward: out of memory");
   }
   for (int64_t k = 0; k < K; ++k)
     for (int64_t n = 0; n < N; ++n) WT.data[n * Kp + k] = W.typed_data()[k * N + n];
   TableProjectionBackward(pool, dT.typed_data(), E.typed_data(), WT.data, Kp, V, K, N,
-                          dE->typed_data(), partial.data, ldw, split);
-  for (int64_t k = 0; k <= K; ++k) {  // row K of each partial: db
-    float* out = k < K ? dW->typed_data() + k * N : db->typed_data();
-    for (int64_t n = 0; n < N; ++n) {
-      float sum = 0.0f;
-      for (int64_t c = 0; c < split.chunks; ++c) sum += partial.data[(c * (K + 1) + k) * ldw + n];
-      out[n] = sum;
-    }
-  }
+                          dE->typed_data(), partial.data, db_partial.data, ldw, split);
+  ReducePartials(partial.data, split.chunks, K, N, ldw, true, dW->typed_data());
+  ReducePartials(db_partial.data, split.chunks, 1, N, ldw, true, db->typed_data());
   return ffi::Error::Success();
 }
 
