@@ -29,7 +29,8 @@ thread count (``tests/test_native.py``).
 The kernels are compiled on first use with the system C++ compiler (``$CXX``, else
 ``c++``/``g++``/``clang++``; ~7 s) against the XLA FFI headers that ship with jaxlib, for
 the CPU at hand (``-march=native``), and cached under ``$JAXRNN_CACHE_DIR`` (default
-``~/.cache/jaxrnn``), keyed by source, compiler, flags, jax version and CPU flags.
+``~/.cache/jaxrnn``), keyed by source, compiler, flags, jax version and CPU flags. Register
+blocks are chosen per CPU core where measurements found others faster (:func:`tuning_defines`).
 They are used for float32 on CPUs with AVX-512; elsewhere (other CPUs, GPU/TPU via
 ``lax.platform_dependent``, float64, no compiler) :mod:`jaxrnn.fast` runs its XLA loops.
 ``JAXRNN_NATIVE=0`` turns them off; ``JAXRNN_NATIVE=require`` makes a failed build an
@@ -111,12 +112,43 @@ def compiler() -> str:
     raise NativeUnavailable("no C++ compiler found (set CXX, or install g++)")
 
 
-def _cpu_flags() -> str:
+def _cpuinfo(field: str) -> str:
+    """The value of the first ``field`` line of ``/proc/cpuinfo`` ("" where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
-            return next((line for line in f if line.startswith("flags")), "")
+            for line in f:
+                name, _, value = line.partition(":")
+                if name.strip() == field:
+                    return value.strip()
     except OSError:
-        return ""
+        pass
+    return ""
+
+
+def _cpu_flags() -> str:
+    return _cpuinfo("flags")
+
+
+# Register blocks per CPU core where they differ from the source's defaults (the blocks
+# measured best on an Intel Xeon, Emerald Rapids). AMD Zen 4 (family 0x19 with AVX-512) runs
+# 512-bit operations on 256-bit units: blocks of 4 rows (a panel load and a broadcast per 2
+# FMAs) ran 1.23x slower there than 24-accumulator blocks (benchmarks/kernels.py,
+# product-forward), so the LSTM forward takes 6 rows x 4 vectors and dW_h 8 rows x 3 vectors.
+# Seed training steps with these blocks against the defaults, same process (native_ab.py,
+# 40 rounds): LSTM 0.942x, GRU 0.969x, simple 0.975x. Same operations per element: the
+# results are bitwise those of the defaults.
+_TUNING = {
+    ("AuthenticAMD", "25"): ("JAXRNN_LSTM_ROWS=6", "JAXRNN_OUTER_ROWS=8", "JAXRNN_OUTER_VECS=3"),
+}
+
+
+def tuning_defines(vendor: str | None = None, family: str | None = None) -> tuple[str, ...]:
+    """``-D`` macros (``NAME=value``) that set the kernels' register blocks for this CPU
+    (``vendor``, ``family``: ``/proc/cpuinfo``'s ``vendor_id`` and ``cpu family``, read when
+    not given); ``()`` where the source's defaults apply."""
+    vendor = _cpuinfo("vendor_id") if vendor is None else vendor
+    family = _cpuinfo("cpu family") if family is None else family
+    return _TUNING.get((vendor, family), ())
 
 
 def compile_command(
@@ -124,10 +156,12 @@ def compile_command(
 ) -> list[str]:
     """The compiler command line for ``source`` against the XLA FFI headers of the installed
     jaxlib, with :data:`FLAGS` (``shared=False``: an executable, e.g. the kernels' benchmark
-    driver ``benchmarks/kernels.cc``) and ``-D`` macros ``defines``."""
+    driver ``benchmarks/kernels.cc``) and ``-D`` macros: :func:`tuning_defines` for this CPU,
+    then ``defines`` (``NAME=value``; a name in both takes its value from ``defines``)."""
     flags = FLAGS if shared else tuple(f for f in FLAGS if f not in ("-shared", "-fPIC"))
+    macros = {d.partition("=")[0]: d for d in (*tuning_defines(), *defines)}
     return [
-        compiler(), *flags, *(f"-D{d}" for d in defines),
+        compiler(), *flags, *(f"-D{d}" for d in macros.values()),
         "-isystem", jax.ffi.include_dir(), str(source), "-o", str(out),
     ]  # fmt: skip
 
@@ -153,6 +187,7 @@ def build(directory: Path | None = None) -> Path:
                 include.encode(),
                 jax.__version__.encode(),
                 _cpu_flags().encode(),
+                " ".join(tuning_defines()).encode(),
             ]
         )  # fmt: skip
     ).hexdigest()[:16]

@@ -645,16 +645,31 @@ def test_kernel_benchmark_driver_builds_and_blocking_does_not_change_results():
 
     src = Path(native.SOURCE)
     builds = [
-        ("shipped", src, []),
-        ("blocks4x4", src, ["JAXRNN_BLOCK_ROWS=4", "JAXRNN_BLOCK_VECS=4",
+        ("shipped", src, []),  # with this CPU's native.tuning_defines()
+        ("blocks4x4", src, ["JAXRNN_BLOCK_ROWS=4", "JAXRNN_BLOCK_VECS=4", "JAXRNN_LSTM_ROWS=4",
                             "JAXRNN_OUTER_ROWS=4", "JAXRNN_OUTER_VECS=5"]),
+        ("blocks5x8", src, ["JAXRNN_LSTM_ROWS=5", "JAXRNN_OUTER_ROWS=8", "JAXRNN_OUTER_VECS=3"]),
     ]  # fmt: skip
     res = kb.measure(builds, list(kb.KERNELS), rounds=1, reps=1, shape=["12", "7", "40", "50"])
     for k in kb.KERNELS:
-        a, b = res["shipped", k], res["blocks4x4", k]
+        a = res["shipped", k]
         assert len(a["ms"]) == 1 and a["ms"][0] > 0, k
         assert np.isfinite(float(a["checksum"])) and float(a["checksum"]) != 0.0, k
-        assert a["checksum"] == b["checksum"], (k, a["checksum"], b["checksum"])
+        for other in ("blocks4x4", "blocks5x8"):
+            b = res[other, k]
+            assert a["checksum"] == b["checksum"], (k, other, a["checksum"], b["checksum"])
+
+
+def test_tuning_defines_per_cpu_and_explicit_macros_override_them(monkeypatch):
+    """Register blocks per CPU core (AMD Zen 4: 6-row LSTM blocks, 8 x 3 dW tiles; others the
+    source's defaults), and a macro given to compile_command replaces a tuned one of that name
+    (benchmarks/kernels.py's --define builds) instead of adding a second -D."""
+    assert "JAXRNN_LSTM_ROWS=6" in native.tuning_defines("AuthenticAMD", "25")
+    assert native.tuning_defines("GenuineIntel", "6") == ()
+    monkeypatch.setattr(native, "tuning_defines", lambda: ("JAXRNN_LSTM_ROWS=6", "JAXRNN_X=1"))
+    monkeypatch.setattr(native, "compiler", lambda: "c++")
+    cmd = native.compile_command(Path("a.cc"), Path("a.so"), defines=("JAXRNN_LSTM_ROWS=5",))
+    assert [c for c in cmd if c.startswith("-D")] == ["-DJAXRNN_LSTM_ROWS=5", "-DJAXRNN_X=1"]
 
 
 @pytest.mark.slow  # two more builds of the kernels, two small training steps each: ~40 s

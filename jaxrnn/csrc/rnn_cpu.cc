@@ -58,10 +58,18 @@ constexpr int kBlockRows = JAXRNN_BLOCK_ROWS;  // rows of accumulators per regis
 constexpr int kBlockVecs = JAXRNN_BLOCK_VECS;  // vectors (x 16 columns) per register block
 #ifndef JAXRNN_OUTER_ROWS
 #define JAXRNN_OUTER_ROWS 8
+#endif
+#ifndef JAXRNN_OUTER_VECS
 #define JAXRNN_OUTER_VECS 2
 #endif
 constexpr int kOuterRows = JAXRNN_OUTER_ROWS;  // dW rows per register block
 constexpr int kOuterVecs = JAXRNN_OUTER_VECS;  // dW vectors per register block
+#ifndef JAXRNN_LSTM_ROWS
+#define JAXRNN_LSTM_ROWS 4
+#endif
+constexpr int kLstmRows = JAXRNN_LSTM_ROWS;  // rows per register block of the LSTM forward
+// The defaults are the blocks measured best on an Intel Xeon (Emerald Rapids); jaxrnn/native.py
+// passes others for the cores where other blocks measured faster (native.tuning_defines).
 
 int64_t RoundUp(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
@@ -259,8 +267,8 @@ inline void BlockRowsUpTo(int64_t r, int64_t nv, const float* x, int64_t ldx, co
 // X rows at x (row stride ldx), in register blocks of BR rows x NV vectors. 8 x 3 blocks (24
 // accumulators) load half the panel vectors per FMA that 4 x 4 does and keep a narrower tile
 // in L1 (the backward's panels are tall, K = G H): seed steps, simple 4.2 -> 3.4 ms, LSTM
-// 21.7 -> 19.3, GRU 17.8 -> 15.3 (with the prefetches below). The LSTM forward keeps 4 x 4:
-// its epilogue takes a unit group's four gates at once.
+// 21.7 -> 19.3, GRU 17.8 -> 15.3 (with the prefetches below). The LSTM forward's blocks are
+// 4 vectors wide (its epilogue takes a unit group's four gates at once) and kLstmRows rows.
 // Column tiles of NV vectors outside, row blocks inside: a tile of M ([K, 16 NV]) is read
 // from memory once per step and stays in L1/L2 for all rows (rows outside re-streamed all of
 // M per row block: at H = 512 the GRU's 3 MB W_h, 8 times a step; its fast.rnn step went
@@ -697,8 +705,11 @@ struct TransposedPanel {
 //
 // The forward product runs over W_h with its columns interleaved per 16 units ([i f g o] of
 // units 16 v .. 16 v + 15 side by side), so one register block holds all four gates of its
-// units and the cell update happens in registers, for 4 rows at once (their 16 gate vectors
-// go through one TanhN).
+// units and the cell update happens in registers, for kLstmRows rows at once (their gate
+// vectors go through one TanhN). Rows per block: 4 on an Intel Xeon; 6 on AMD Zen 4, whose
+// AVX-512 runs on 256-bit units: there 4 x 4 blocks (16 accumulators, a panel load and a
+// broadcast per 2 FMAs) ran the product 1.23x slower than 8 x 3 or 6 x 4 (kernels.py
+// product-forward, one thread), and the LSTM forward took 10.84 vs 11.94 ms best.
 
 void LstmForward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int64_t V,
                  const InterleavedPanel& Wp, const float* h0, const float* c0, float* Sh,
@@ -717,7 +728,7 @@ void LstmForward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int6
     for (int64_t t = 0; t < T; ++t) {
       const float* x = Sh + t * B * H;
       if (idx != nullptr && t + 1 < T) PrefetchTableRows(U, G4, idx + (t + 1) * B, V, b0, b1);
-      StepRows<4, 4>(x, H, b0, b1, P, [&](int64_t b) {
+      StepRows<4, kLstmRows>(x, H, b0, b1, P, [&](int64_t b) {
         auto f = [&, b](int64_t j0, auto& acc) {
           constexpr int R = std::extent_v<std::remove_reference_t<decltype(acc)>>;
           const int64_t j = j0 / 4;  // 64 interleaved columns = 16 units
