@@ -274,9 +274,17 @@ inline void BlockRowsUpTo(int64_t r, int64_t nv, const float* x, int64_t ldx, co
 // M per row block: at H = 512 the GRU's 3 MB W_h, 8 times a step; its fast.rnn step went
 // 287 -> 262 ms, the seed LSTM step 28.2 -> 25.7 ms).
 // Columns [j_begin, j_end) of M only (default all: j_end < 0).
+// One or two rows (a chunk of B = 1 inference) take tiles of 8 vectors: a tile is R x NV
+// chains of K dependent FMAs, and with R = 1 three chains waited on the FMA latency (the
+// simple cell at B = 1, H = 100: tiles of 3, 3, 1 vectors, ~400 cycles each). The same
+// products in the same order per element: the results do not depend on the tile.
 template <int NV = kBlockVecs, int BR = kBlockRows, class MakeEpilogue>
 void StepRows(const float* x, int64_t ldx, int64_t b0, int64_t b1, const Panel& P,
               const MakeEpilogue& make_epi, int64_t j_begin = 0, int64_t j_end = -1) {
+  using Epilogue = decltype(make_epi(int64_t{0}));
+  if constexpr (NV < 8 && BR > 2 && !IsPerBlock<Epilogue>::value) {
+    if (b1 - b0 <= 2) return StepRows<8, 2>(x, ldx, b0, b1, P, make_epi, j_begin, j_end);
+  }
   if (j_end < 0) j_end = P.ld;
   for (int64_t j0 = j_begin; j0 < j_end; j0 += kLanes * NV) {
     const int64_t nv = std::min<int64_t>(NV, (j_end - j0) / kLanes);
