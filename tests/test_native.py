@@ -150,6 +150,23 @@ def test_thread_count_does_not_change_the_states():
         _close(dT, np.asarray(dT1, np.float64), tol=1e-6)
 
 
+@pytest.mark.parametrize("H", [7, 100, 130])
+def test_a_row_alone_equals_the_same_row_in_a_batch(H):
+    """Batch rows never interact, and a chunk of 1-2 rows (B = 1 inference) runs wider
+    register tiles than a full block: each element still sums its products in the same order,
+    so a row computed alone is bitwise the row computed among 9 (S and D)."""
+    U, _, W, h0 = _data(12, 9, H)
+    U, W, h0 = _f32(U, W, h0)
+    g = jnp.asarray(np.random.default_rng(4).normal(size=(12, 9, H)), jnp.float32)
+    S = native.simple_forward(U, None, W, h0, "tanh", threads=1)
+    D = native.simple_backward(S, W, g, "tanh", threads=1)[0]
+    for rows in (np.array([4]), np.array([7, 8])):
+        Sb = native.simple_forward(U[:, rows], None, W, h0[rows], "tanh", threads=1)
+        np.testing.assert_array_equal(np.asarray(Sb), np.asarray(S[:, rows]))
+        Db = native.simple_backward(Sb, W, g[:, rows], "tanh", threads=1)[0]
+        np.testing.assert_array_equal(np.asarray(Db), np.asarray(D[:, rows]))
+
+
 def test_out_of_range_ids_read_nan_and_add_nothing():
     """As jnp.take (fill) and XLA's scatter (drop): row -1 / V gives NaN states, no update."""
     U, idx, W, h0 = _data(3, 4, 5, V=6)
