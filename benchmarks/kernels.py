@@ -13,7 +13,9 @@ the best and the median repetition of each build, and the ratio of bests against
         --kernels lstm-forward,lstm-backward --rounds 6
     PYTHONPATH=. python benchmarks/kernels.py --define JAXRNN_OUTER_ROWS=4,JAXRNN_OUTER_VECS=5
 
-``--define`` adds a build of the first source with those macros (comma-separated; repeatable).
+``--define`` adds a build of the first source with those macros (comma-separated; repeatable),
+on top of this CPU's register blocks (``native.tuning_defines``; a macro named in both takes
+the ``--define`` value). Every build, the first included, gets those blocks.
 Kernels: lstm-forward, lstm-backward (dW_h fused, all of D kept), lstm-backward-nodw,
 lstm-backward-table (as the seed step: dW_h and the table's gradient in the loop), gru-forward,
 simple-forward, product-forward, product-backward (the step products alone, no epilogue: the
