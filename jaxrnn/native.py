@@ -175,22 +175,11 @@ def build(directory: Path | None = None) -> Path:
     """
     if not cpu_has_avx512():
         raise NativeUnavailable("the CPU has no AVX-512 (avx512f); the kernels need it")
-    cxx = compiler()
-    include = jax.ffi.include_dir()
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(
-        b"\0".join(
-            [
-                source,
-                cxx.encode(),
-                " ".join(FLAGS).encode(),
-                include.encode(),
-                jax.__version__.encode(),
-                _cpu_flags().encode(),
-                " ".join(tuning_defines()).encode(),
-            ]
-        )  # fmt: skip
-    ).hexdigest()[:16]
+    # keyed by the compile command itself (compiler, flags, -D macros, FFI headers), so
+    # whatever compile_command adds is part of the key
+    command = " ".join(compile_command(SOURCE, Path("rnn_cpu.so")))
+    parts = [SOURCE.read_bytes(), command.encode(), jax.__version__.encode(), _cpu_flags().encode()]
+    key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
     directory = Path(directory) if directory is not None else cache_dir()
     out = directory / f"rnn_cpu-{key}.so"
     if out.exists():
