@@ -7,7 +7,7 @@ runs each whole loop as one call instead, on the buffers of :mod:`jaxrnn.fast`::
 
     simple  forward   S[0] = h_0,  S[t + 1] = f(u_t + S[t] @ W_h)                  S: [T + 1, B, H]
             backward  D[T] = 0,    D[t] = (g_t + D[t + 1] @ W_h^T) * f'(S[t + 1])   D: [T + 1, B, H]
-    LSTM    forward   S_h, S_c: [T + 1, B, H] and the gates G: [T, B, 4H]
+    LSTM    forward   S_h, S_c: [T + 1, B, H] and the gates G: [T, B, 4H] (per 16 units)
             backward  D[t] = dL/dz_t: [T + 1, B, 4H] and dL/dc_0
     GRU     forward   S: [T + 1, B, H] and [z | r | n | u_n]: [T, B, 4H]   (reset_after)
             backward  dL/du, dL/da: [T + 1, B, 3H] and z_0 dL/dh_0
@@ -435,7 +435,8 @@ def lstm_forward(
 
     Returns:
         ``(S_h, S_c, G)``: states ``[T + 1, B, H]`` each (row 0 the initial one) and the gate
-        activations ``G = [i | f | g | o]: [T, B, 4H]`` (what the backward pass reads).
+        activations ``G: [T, B, 4H]`` (what the backward pass reads), stored per group of 16
+        units as the kernel computes them (:func:`gate_blocks` gives ``[i | f | g | o]``).
     """
     _require(U.dtype)
     B, H = h0.shape
@@ -456,6 +457,19 @@ def lstm_forward(
     return call(U, _table_ids(idx), W_h, h0, c0, threads=np.int64(threads))
 
 
+def gate_blocks(G: Array, H: int, gates: int = 4) -> Array:
+    """``[..., gates H]`` in gate blocks (``[i | f | g | o]`` for the LSTM) from the layout of
+    :func:`lstm_forward`'s ``G``: per group of 16 units ``j .. j + w - 1`` (``w = min(16,
+    H - j)``), ``gates x w`` floats at ``gates j``, gate ``q`` at ``gates j + q w``."""
+    if G.shape[-1] != gates * H:
+        raise ValueError(f"jaxrnn.native.gate_blocks: expected [..., {gates} x H = {gates * H}]; got {G.shape}")  # fmt: skip
+    u = np.arange(H)
+    j = u // 16 * 16
+    w = np.minimum(16, H - j)
+    src = np.concatenate([gates * j + q * w + (u - j) for q in range(gates)])
+    return G[..., src]
+
+
 def lstm_backward(
     S_h: Array,
     S_c: Array,
@@ -472,7 +486,8 @@ def lstm_backward(
 ) -> tuple[Array, Array, Array, Array | None]:
     """``(D, dW_h, dc0, dTable)`` for the backward pass of :func:`lstm_forward`.
 
-    ``D: [T + 1, B, 4H]`` = ``dL/dz_t`` (``D[T] = 0``), ``dW_h = S_h^T D: [H, 4H]``,
+    ``G`` as :func:`lstm_forward` returns it. ``D: [T + 1, B, 4H]`` = ``dL/dz_t`` (gate
+    blocks ``[i | f | g | o]``; ``D[T] = 0``), ``dW_h = S_h^T D: [H, 4H]``,
     ``dc0 = dL/dc_0: [B, H]`` and, with ``idx``, ``dTable: [vocab, 4H]`` (as in
     :func:`simple_backward`; else ``None``). ``g_hs``: ``[T, B, H]`` cotangents of
     ``S_h[1:]`` or ``None``; ``g_cs``: ``[T, B, H]`` cotangents of ``S_c[1:]`` (where the cell

@@ -337,6 +337,8 @@ def test_lstm_forward_matches_numpy(shape, table):
     U, idx, W, h0, c0 = _lstm_data(T, B, H, V=11 if table else None)
     ids = None if idx is None else jnp.asarray(idx, jnp.int32)
     S_h, S_c, G = native.lstm_forward(*_f32(U), ids, *_f32(W, h0, c0))
+    assert G.shape == (T, B, 4 * H)
+    G = native.gate_blocks(G, H)  # stored per 16 units
     for got, want in zip((S_h, S_c, G), _np_lstm_forward(U, idx, W, h0, c0), strict=True):
         assert got.shape == want.shape and got.dtype == jnp.float32
         _close(got, want)
