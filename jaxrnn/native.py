@@ -9,7 +9,7 @@ runs each whole loop as one call instead, on the buffers of :mod:`jaxrnn.fast`::
             backward  D[T] = 0,    D[t] = (g_t + D[t + 1] @ W_h^T) * f'(S[t + 1])   D: [T + 1, B, H]
     LSTM    forward   S_h, S_c: [T + 1, B, H] and the gates G: [T, B, 4H] (per 16 units)
             backward  D[t] = dL/dz_t: [T + 1, B, 4H] and dL/dc_0
-    GRU     forward   S: [T + 1, B, H] and [z | r | n | u_n]: [T, B, 4H]   (reset_after)
+    GRU     forward   S: [T + 1, B, H] and z, r, n, u_n: [T, B, 4H] (per 16 units; reset_after)
             backward  dL/du, dL/da: [T + 1, B, 3H] and z_0 dL/dh_0
 
 (``u_t = U[t]`` or ``table[idx[t]]``, ``g_t = dL/dh_{t+1}``). The backward calls also return
@@ -550,8 +550,9 @@ def gru_forward(
         threads: as in :func:`simple_forward`.
 
     Returns:
-        ``(S, Sv)``: states ``[T + 1, B, H]`` (row 0 = ``h0``) and ``[z | r | n | u_n]:
-        [T, B, 4H]`` per step (what the backward pass reads).
+        ``(S, Sv)``: states ``[T + 1, B, H]`` (row 0 = ``h0``) and ``z, r, n, u_n``:
+        ``[T, B, 4H]`` per step (what the backward pass reads), stored per group of 16 units
+        as :func:`lstm_forward`'s ``G`` (:func:`gate_blocks` gives ``[z | r | n | u_n]``).
     """
     _require(U.dtype)
     B, H = h0.shape

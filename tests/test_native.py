@@ -589,6 +589,8 @@ def test_gru_forward_matches_numpy(shape, table):
     U, idx, W, b, h0 = _gru_data(T, B, H, V=11 if table else None)
     ids = None if idx is None else jnp.asarray(idx, jnp.int32)
     S, Sv = native.gru_forward(*_f32(U), ids, *_f32(W, b, h0))
+    assert Sv.shape == (T, B, 4 * H)
+    Sv = native.gate_blocks(Sv, H)  # stored per 16 units
     for got, want in zip((S, Sv), _np_gru_forward(U, idx, W, b, h0), strict=True):
         assert got.shape == want.shape and got.dtype == jnp.float32
         _close(got, want)

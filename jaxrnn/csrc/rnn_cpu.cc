@@ -918,7 +918,7 @@ void LstmBackward(ffi::ThreadPool& pool, const float* Sh, const float* Sc, const
 // reset_after (Keras / cuDNN form), gate blocks z | r | n:
 //   forward   [u_z, u_r, u_n] = h_{t-1} @ W_h + b_h, z = sigmoid(a_z + u_z),
 //             r = sigmoid(a_r + u_r), n = tanh(a_n + r u_n), h_t = z h_{t-1} + (1 - z) n
-//             -> S [T + 1, B, H], V = [z | r | n | u_n] [T, B, 4H]
+//             -> S [T + 1, B, H], V = [z | r | n | u_n] [T, B, 4H] (per 16 units, as G)
 //   backward  dh = g_t + carry + D[t + 1] @ W_h^T   (carry = z_{t+1} dL/dh_{t+1})
 //             dn = dh (1 - z)(1 - n^2), dz = dh (h_{t-1} - n) z (1 - z), dr = dn u_n r (1 - r)
 //             D[t] = dL/du_t = [dz, dr, dn r], A[t] = dL/da_t = [dz, dr, dn]   ([T + 1, B, 3H])
@@ -933,6 +933,7 @@ void GruForward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int64
   const RowSplit split(B, Threads(pool, threads));
   const Panel P{Wp.buf.data, Wp.ld, H};
   const __m512 one = Set(1.0f);
+  const bool stream = reinterpret_cast<uintptr_t>(Sv) % 64 == 0 && H % 4 == 0;  // as LstmForward
   ParallelFor(pool, split.chunks, [&](int64_t c) {
     const int64_t b0 = c * split.rows_per_chunk;
     const int64_t b1 = std::min(B, b0 + split.rows_per_chunk);
@@ -972,11 +973,8 @@ void GruForward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int64
             // h = z h_prev + (1 - z) n
             const __m512 h = _mm512_fmadd_ps(z, hp, _mm512_mul_ps(_mm512_sub_ps(one, z), n[r]));
             _mm512_mask_storeu_ps(S + o + B * H, mask, h);
-            float* v = Sv + (t * B + row) * 4 * H + j;
-            _mm512_mask_storeu_ps(v, mask, z);
-            _mm512_mask_storeu_ps(v + H, mask, zr[r][1]);
-            _mm512_mask_storeu_ps(v + 2 * H, mask, n[r]);
-            _mm512_mask_storeu_ps(v + 3 * H, mask, u_n[r]);
+            const __m512 gates[4] = {z, zr[r][1], n[r], u_n[r]};
+            StoreGates(Sv + (t * B + row) * 4 * H + 4 * j, GateStride(j, H), stream, gates);
           }
         };
         return PerBlock<decltype(f)>{f};
@@ -1006,10 +1004,10 @@ void GruForward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int64
             z[r] = Quarter(s, 0);
             const __m128 rg = Quarter(s, 1), u_n = Quarter(u[r], 2);
             const __m128 pre = _mm_fmadd_ps(rg, u_n, Quarter(in[r], 2));
-            float* v = Sv + (t * B + b + r) * 4 * H + j;
+            float* v = Sv + (t * B + b + r) * 4 * H + 4 * j;  // as G: q at 4 j + q m
             _mm_mask_storeu_ps(v, m4, z[r]);
-            _mm_mask_storeu_ps(v + H, m4, rg);
-            _mm_mask_storeu_ps(v + 3 * H, m4, u_n);
+            _mm_mask_storeu_ps(v + Wp.tail, m4, rg);
+            _mm_mask_storeu_ps(v + 3 * Wp.tail, m4, u_n);
             n[r / 4] = WithQuarter(r % 4 ? n[r / 4] : _mm512_setzero_ps(), r % 4, pre);
           }
           TanhN<NC>(n);
@@ -1019,12 +1017,13 @@ void GruForward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int64
             const __m128 hp = _mm_maskz_loadu_ps(m4, S + o);
             const __m128 h = _mm_fmadd_ps(z[r], hp, _mm_mul_ps(_mm_sub_ps(_mm_set1_ps(1.0f), z[r]), nr));
             _mm_mask_storeu_ps(S + o + B * H, m4, h);
-            _mm_mask_storeu_ps(Sv + (t * B + b + r) * 4 * H + j + 2 * H, m4, nr);
+            _mm_mask_storeu_ps(Sv + (t * B + b + r) * 4 * H + 4 * j + 2 * Wp.tail, m4, nr);
           }
         };
         return PerBlock<decltype(f)>{f};
       }, Wp.full, Wp.ld);
     }
+    _mm_sfence();  // as LstmForward
   });
 }
 
@@ -1052,7 +1051,9 @@ void GruBackward(ffi::ThreadPool& pool, const float* S, const float* Sv,
       float* out = D + (ring_d ? t & 1 : t) * B * G3;
       float* outA = A + (ring_a ? t & 1 : t) * B * G3;
       if (t > 0) {  // what step t - 1 reads, into L2 ahead
-        PrefetchSpan(Sv + ((t - 1) * B + b0) * 4 * H, (b1 - b0) * 4 * H);
+        // Sv two steps ahead, as LstmBackward's G
+        if (t == T - 1) PrefetchSpan(Sv + ((t - 1) * B + b0) * 4 * H, (b1 - b0) * 4 * H);
+        if (t > 1) PrefetchSpan(Sv + ((t - 2) * B + b0) * 4 * H, (b1 - b0) * 4 * H);
         PrefetchSpan(S + ((t - 1) * B + b0) * H, (b1 - b0) * H);
       }
       if (table) table->Prefetch(c, t, b0, b1);
@@ -1062,11 +1063,12 @@ void GruBackward(ffi::ThreadPool& pool, const float* S, const float* Sv,
           const __mmask16 mask = ColumnMask(j, H);
           __m512 dh = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(mask, carry + o));
           if (gt) dh = _mm512_add_ps(dh, _mm512_maskz_loadu_ps(mask, gt + o));
-          const float* v = Sv + (t * B + row) * 4 * H + j;
+          const float* v = Sv + (t * B + row) * 4 * H + 4 * j;
+          const int64_t w = GateStride(j, H);
           const __m512 z = _mm512_maskz_loadu_ps(mask, v);
-          const __m512 rg = _mm512_maskz_loadu_ps(mask, v + H);
-          const __m512 n = _mm512_maskz_loadu_ps(mask, v + 2 * H);
-          const __m512 un = _mm512_maskz_loadu_ps(mask, v + 3 * H);
+          const __m512 rg = _mm512_maskz_loadu_ps(mask, v + w);
+          const __m512 n = _mm512_maskz_loadu_ps(mask, v + 2 * w);
+          const __m512 un = _mm512_maskz_loadu_ps(mask, v + 3 * w);
           const __m512 hp = _mm512_maskz_loadu_ps(mask, S + t * B * H + o);
           const __m512 dn = _mm512_mul_ps(_mm512_mul_ps(dh, _mm512_sub_ps(one, z)),
                                           DerivFromOutput<kTanh>(n));
