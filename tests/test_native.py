@@ -554,6 +554,10 @@ def test_lstm_bad_inputs_raise_in_python():
     S_h, S_c, G = native.lstm_forward(U, None, W, h0, c0)
     with pytest.raises(ValueError, match=r"lstm_backward: .* g_hT \(3, 4\)"):
         native.lstm_backward(S_h, S_c, G, W, None, h0[:, :4], c0)
+    with pytest.raises(
+        ValueError, match=r"gate_blocks: expected \[\.\.\., 4 x H = 24\]; got \(4, 3, 20\)"
+    ):
+        native.gate_blocks(G, 6)
     with pytest.raises(TypeError, match="float32; got float64"):
         native.lstm_forward(U.astype(jnp.float64), None, W, h0, c0)
 
