@@ -377,6 +377,20 @@ inline void PrefetchSpan(const float* p, int64_t n) {
 // rounds: 0.974x).
 inline int64_t GateStride(int64_t j, int64_t H) { return std::min<int64_t>(kLanes, H - j); }
 
+// Whether a gate buffer's 16-unit groups are whole, aligned cache lines (streaming stores).
+inline bool StreamsGates(const float* G, int64_t H) {
+  return reinterpret_cast<uintptr_t>(G) % 64 == 0 && H % 4 == 0;
+}
+
+// For backward step t (running down from T - 1): rows [b0, b1) of a gate buffer ([T, B,
+// width]) two steps ahead into L2 (at t = T - 1 the next step's too). Streamed out by the
+// forward, they come from memory, not L3 (seed LSTM step, one step ahead: 1.000x, two: 0.974x).
+inline void PrefetchGatesAhead(const float* G, int64_t width, int64_t t, int64_t T, int64_t B,
+                               int64_t b0, int64_t b1) {
+  if (t == T - 1 && t > 0) PrefetchSpan(G + ((t - 1) * B + b0) * width, (b1 - b0) * width);
+  if (t > 1) PrefetchSpan(G + ((t - 2) * B + b0) * width, (b1 - b0) * width);
+}
+
 // Stores gates[q] at p + q w: streaming where p is 64-byte aligned and w = 16 (`stream`),
 // else masked (w lanes).
 inline void StoreGates(float* p, int64_t w, bool stream, const __m512 (&gates)[4]) {
@@ -749,8 +763,7 @@ void LstmForward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int6
   const float nan = std::numeric_limits<float>::quiet_NaN();
   const RowSplit split(B, Threads(pool, threads));
   const Panel P{Wp.buf.data, Wp.ld, H};
-  // whole cache lines per 16-unit group of G: streaming stores (GateStride)
-  const bool stream = reinterpret_cast<uintptr_t>(G) % 64 == 0 && H % 4 == 0;
+  const bool stream = StreamsGates(G, H);
   ParallelFor(pool, split.chunks, [&](int64_t c) {
     const int64_t b0 = c * split.rows_per_chunk;
     const int64_t b1 = std::min(B, b0 + split.rows_per_chunk);
@@ -870,11 +883,8 @@ void LstmBackward(ffi::ThreadPool& pool, const float* Sh, const float* Sc, const
       const float* gh = g_hs ? g_hs + t * B * H : nullptr;
       const float* gc = g_cs ? g_cs + t * B * H : nullptr;
       const float* ghT = t == T - 1 ? g_hT : nullptr;
+      PrefetchGatesAhead(G, G4, t, T, B, b0, b1);
       if (t > 0) {  // what step t - 1 reads, into L2 ahead (the streams run backwards in t)
-        // G two steps ahead: streamed out by the forward, it comes from memory, not L3
-        // (seed LSTM step, one step ahead: 1.000x instead of 0.974x)
-        if (t == T - 1) PrefetchSpan(G + ((t - 1) * B + b0) * G4, (b1 - b0) * G4);
-        if (t > 1) PrefetchSpan(G + ((t - 2) * B + b0) * G4, (b1 - b0) * G4);
         PrefetchSpan(Sc + ((t - 1) * B + b0) * H, (b1 - b0) * H);
         PrefetchSpan(Sh + ((t - 1) * B + b0) * H, (b1 - b0) * H);
       }
@@ -933,7 +943,7 @@ void GruForward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int64
   const RowSplit split(B, Threads(pool, threads));
   const Panel P{Wp.buf.data, Wp.ld, H};
   const __m512 one = Set(1.0f);
-  const bool stream = reinterpret_cast<uintptr_t>(Sv) % 64 == 0 && H % 4 == 0;  // as LstmForward
+  const bool stream = StreamsGates(Sv, H);
   ParallelFor(pool, split.chunks, [&](int64_t c) {
     const int64_t b0 = c * split.rows_per_chunk;
     const int64_t b1 = std::min(B, b0 + split.rows_per_chunk);
@@ -1050,12 +1060,8 @@ void GruBackward(ffi::ThreadPool& pool, const float* S, const float* Sv,
       const float* x = t == T - 1 ? D_T : D + (ring_d ? (t + 1) & 1 : t + 1) * B * G3;
       float* out = D + (ring_d ? t & 1 : t) * B * G3;
       float* outA = A + (ring_a ? t & 1 : t) * B * G3;
-      if (t > 0) {  // what step t - 1 reads, into L2 ahead
-        // Sv two steps ahead, as LstmBackward's G
-        if (t == T - 1) PrefetchSpan(Sv + ((t - 1) * B + b0) * 4 * H, (b1 - b0) * 4 * H);
-        if (t > 1) PrefetchSpan(Sv + ((t - 2) * B + b0) * 4 * H, (b1 - b0) * 4 * H);
-        PrefetchSpan(S + ((t - 1) * B + b0) * H, (b1 - b0) * H);
-      }
+      PrefetchGatesAhead(Sv, 4 * H, t, T, B, b0, b1);
+      if (t > 0) PrefetchSpan(S + ((t - 1) * B + b0) * H, (b1 - b0) * H);  // step t - 1's, ahead
       if (table) table->Prefetch(c, t, b0, b1);
       StepRows(x, G3, b0, b1, P, [&](int64_t b) {
         return [&, b](int r, int64_t j, __m512 acc) {
