@@ -153,8 +153,9 @@ def test_thread_count_does_not_change_the_states():
 @pytest.mark.parametrize("H", [7, 100, 130])
 def test_a_row_alone_equals_the_same_row_in_a_batch(H):
     """Batch rows never interact, and a chunk of 1-2 rows (B = 1 inference) runs wider
-    register tiles than a full block: each element still sums its products in the same order,
-    so a row computed alone is bitwise the row computed among 9 (S and D)."""
+    register tiles than a full block (one row with H = 100, a panel above L1: two column tiles
+    taken in alternating order step by step): each element still sums its products in the
+    same order, so a row computed alone is bitwise the row computed among 9 (S and D)."""
     U, _, W, h0 = _data(12, 9, H)
     U, W, h0 = _f32(U, W, h0)
     g = jnp.asarray(np.random.default_rng(4).normal(size=(12, 9, H)), jnp.float32)
