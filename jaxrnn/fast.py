@@ -771,6 +771,45 @@ def project_table(E: Array, W_x: Array, b: Array | None) -> Array:
     return _project_table(E, W_x, b, True)
 
 
+def project_rows(E: Array, ids: Array, W_x: Array, b: Array | None) -> Array:
+    """The projected rows of given ids, ``E[ids] @ W_x (+ b)``: ``[V, D]``, ``[T, B]`` ->
+    ``[T, B, G H]`` (the step inputs of a batch with fewer tokens than the vocabulary, where
+    projecting the whole table would cost more; an id outside ``[0, V)`` gives NaN, as
+    ``jnp.take``). On an AVX-512 CPU, for float32, one call
+    (:func:`jaxrnn.native.rows_projection`) instead of XLA's gather, product and bias add (at
+    B = 1 ~45 us of a 165 us seed inference call here); elsewhere those. Its gradient is
+    XLA's, that of :func:`project` over ``jnp.take(E, ids, axis=0)``."""
+    bias = jnp.zeros((W_x.shape[1],), W_x.dtype) if b is None else b
+    return _project_rows(E, ids, W_x, bias, b is not None)
+
+
+def _project_rows_xla(E: Array, ids: Array, W_x: Array, b: Array, with_bias: bool) -> Array:
+    return project(jnp.take(E, ids, axis=0), W_x, b if with_bias else None)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _project_rows(E: Array, ids: Array, W_x: Array, b: Array, with_bias: bool) -> Array:
+    xla = functools.partial(_project_rows_xla, E, ids, W_x, b, with_bias)
+    bias = b if with_bias else None
+    use = _native_f32(E, W_x, b)
+    cpu = (lambda: native.rows_projection(E, ids, W_x, bias)) if use else None
+    return _cpu_or_xla(xla, cpu)
+
+
+def _project_rows_fwd(E, ids, W_x, b, with_bias):
+    return _project_rows(E, ids, W_x, b, with_bias), (E, ids, W_x, b)
+
+
+def _project_rows_bwd(with_bias, res, g):
+    E, ids, W_x, b = res
+    f = lambda E, W_x, b: _project_rows_xla(E, ids, W_x, b, with_bias)  # noqa: E731
+    dE, dW_x, db = jax.vjp(f, E, W_x, b)[1](g)  # the unused forward is dead code to XLA
+    return dE, None, dW_x, db
+
+
+_project_rows.defvjp(_project_rows_fwd, _project_rows_bwd)
+
+
 def _native_f32(*xs: Array) -> bool:
     return all(x.dtype == jnp.float32 for x in xs) and native.supports(jnp.float32)
 
@@ -915,9 +954,10 @@ def classifier_logits(
     The input projection is folded into the embedding: ``u_t = (E W_x + b)[tokens[:, t]]``
     (``[V, G H]`` table; rows gathered inside the scan), so no ``[B, T, E]`` or
     ``[T, B, G H]`` tensor is built and nothing is transposed. The rows used are projected
-    instead (``[T, B, E] @ [E, G H]``, one matmul) when the batch has fewer tokens than the
-    vocabulary (``B T < V``, e.g. one review) or when input dropout is active (each review's
-    mask scales its word vectors before ``W_x``, so no shared table exists).
+    instead (``[T, B, E] @ [E, G H]``) when the batch has fewer tokens than the vocabulary
+    (``B T < V``, e.g. one review: :func:`project_rows`, gather and product in one call) or
+    when input dropout is active (each review's mask scales its word vectors before ``W_x``,
+    so no shared table exists: :func:`project`, one matmul).
 
     ``lengths`` (post-padded reviews): the loop runs over all ``T`` steps and the state
     after each review's last word, ``h[lengths[b]]``, is picked from the outputs. The
@@ -957,15 +997,16 @@ def classifier_logits(
     h0 = cell.initial_carry(p, (B,))
     b = input_bias(p)
     last_only = lengths is None
-    if dropout or B * T < cfg.vocab_size:
+    if dropout:
         xs = jnp.take(params["embedding"], tokens.T, axis=0)  # [T, B, E]
-        if dropout:  # the plain model's masks from the same key: x [B, E], one per review
-            masks = dropout_lib.rnn_dropout_masks(
-                key, cell, cfg.embed_dim, cfg.hidden_size, (B,), dropout=cfg.dropout,
-                dtype=xs.dtype,
-            )  # fmt: skip
-            xs = xs * masks.x
-        U = project(xs, p.W_x, b)  # [T, B, E] @ [E, G H]
+        # the plain model's masks from the same key: x [B, E], one per review
+        masks = dropout_lib.rnn_dropout_masks(
+            key, cell, cfg.embed_dim, cfg.hidden_size, (B,), dropout=cfg.dropout, dtype=xs.dtype
+        )
+        U = project(xs * masks.x, p.W_x, b)  # [T, B, E] @ [E, G H]
+        carry, ys = scan_projected(cell, p, U, h0, unroll=unroll, last_only=last_only)
+    elif B * T < cfg.vocab_size:  # the rows used only: [T, B, E] @ [E, G H]
+        U = project_rows(params["embedding"], tokens.T, p.W_x, b)
         carry, ys = scan_projected(cell, p, U, h0, unroll=unroll, last_only=last_only)
     else:
         # project the table once (V E GH multiply-adds instead of T B E GH); its rows

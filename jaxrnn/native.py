@@ -17,7 +17,9 @@ runs each whole loop as one call instead, on the buffers of :mod:`jaxrnn.fast`::
 table, its gradient (the rows of ``D`` added by id inside the loop, each thread's rows into a
 table part of its own, the parts added at the end). Two more calls build such a table,
 ``E @ W_x + b``, and take its gradient (``dE``, ``dW_x``, ``db`` in one pass over ``dTable``):
-:func:`table_projection`, :func:`table_projection_backward`.
+:func:`table_projection`, :func:`table_projection_backward`; one more projects only the rows
+of given ids, ``E[ids] @ W_x + b`` (:func:`rows_projection`: a batch with fewer tokens than
+the vocabulary).
 Batch rows never interact in a recurrence, so the rows are split over the threads of XLA's
 CPU thread pool, each running all ``T`` steps on its rows; every step is a register-blocked
 AVX-512 product with the cell update applied in registers before the store (the gated
@@ -77,6 +79,7 @@ _SYMBOLS = {
     "jaxrnn_gru_backward": "JaxrnnGruBackward",
     "jaxrnn_table_projection": "JaxrnnTableProjection",
     "jaxrnn_table_projection_backward": "JaxrnnTableProjectionBackward",
+    "jaxrnn_rows_projection": "JaxrnnRowsProjection",
 }
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
 # dW_h is accumulated inside the backward loop while each thread's [H, G H] partial sum fits
@@ -250,6 +253,8 @@ def register_variant(library: Path, suffix: str) -> None:
         raise ValueError("register_variant: suffix must be non-empty (the default build has none)")
     lib = ctypes.cdll.LoadLibrary(str(library))
     for target, symbol in _SYMBOLS.items():
+        if not hasattr(lib, symbol):  # an older build without this kernel: calling it fails
+            continue
         capsule = jax.ffi.pycapsule(getattr(lib, symbol))
         jax.ffi.register_ffi_target(target + suffix, capsule, platform="cpu")
 
@@ -646,6 +651,29 @@ def table_projection(E: Array, W: Array, b: Array | None = None, threads: int = 
     )
     bias = jnp.zeros((0,), jnp.float32) if b is None else b
     return call(E, W, bias, threads=np.int64(threads))
+
+
+def rows_projection(
+    E: Array, ids: Array, W: Array, b: Array | None = None, threads: int = 0
+) -> Array:
+    """``E[ids] @ W (+ b): [..., N]`` for ``E: [V, K]``, int ``ids: [...]``, ``W: [K, N]``,
+    ``b: [N]`` (float32; the step inputs of a batch with fewer tokens than the vocabulary,
+    ``ids = tokens.T: [T, B]``, in one call instead of XLA's gather, product and bias add).
+    An id outside ``[0, V)`` gives a NaN row, as ``jnp.take(E, ids, axis=0) @ W`` does."""
+    _require(E.dtype)
+    ok = E.ndim == 2 and W.ndim == 2 and W.shape[0] == E.shape[1]
+    ok = ok and (b is None or b.shape == (W.shape[1],))
+    dtypes = (E.dtype, W.dtype) + (() if b is None else (b.dtype,))
+    ok = ok and all(d == jnp.float32 for d in dtypes) and jnp.issubdtype(ids.dtype, jnp.integer)
+    if not ok:
+        raise ValueError(f"jaxrnn.native.rows_projection: expected float32 E [V, K], integer ids, W [K, N], b [N] or None; got E {E.shape} {E.dtype}, ids {ids.shape} {ids.dtype}, W {W.shape} {W.dtype}, b {None if b is None else (b.shape, b.dtype)}")  # fmt: skip
+    call = jax.ffi.ffi_call(
+        _target("jaxrnn_rows_projection"),
+        jax.ShapeDtypeStruct((*ids.shape, W.shape[1]), jnp.float32),
+        vmap_method="sequential",
+    )
+    bias = jnp.zeros((0,), jnp.float32) if b is None else b
+    return call(E, ids.astype(jnp.int32), W, bias, threads=np.int64(threads))
 
 
 def table_projection_backward(

@@ -382,17 +382,21 @@ def test_lstm_scan_gradients_native_vs_xla_loops(outputs, table, fused, monkeypa
 
 
 @pytest.mark.parametrize("cell", ["simple", "lstm", "gru"])
-@pytest.mark.parametrize("masked", [False, True], ids=["full", "lengths-dropout"])
-def test_seed_classifier_gradients_native_vs_float64_plain(cell, masked):
+@pytest.mark.parametrize("case", ["full", "lengths-dropout", "rows"])
+def test_seed_classifier_gradients_native_vs_float64_plain(cell, case):
     """The seed model's float32 fast gradients (kernels) against the plain model in float64;
-    ``masked``: post-padded reviews (lengths) and input dropout, as configs/imdb_lstm.yaml."""
+    ``lengths-dropout``: post-padded reviews (lengths) and input dropout, as
+    configs/imdb_lstm.yaml; ``rows``: fewer tokens than the vocabulary (B = 4: the rows
+    projected by ``native.rows_projection`` instead of the whole table)."""
+    masked = case == "lengths-dropout"
+    B = 4 if case == "rows" else 16
     cfg = models.ClassifierConfig(
         vocab_size=300, embed_dim=8, hidden_size=20, cell=cell, dropout=0.5 if masked else 0.0
     )
     rng = np.random.default_rng(6)
-    tokens = jnp.asarray(rng.integers(0, 300, size=(16, 40)), jnp.int32)
-    labels = jnp.asarray(rng.integers(0, 2, size=(16,)), jnp.float32)
-    lengths = jnp.asarray(rng.integers(0, 41, size=(16,)), jnp.int32) if masked else None
+    tokens = jnp.asarray(rng.integers(0, 300, size=(B, 40)), jnp.int32)
+    labels = jnp.asarray(rng.integers(0, 2, size=(B,)), jnp.float32)
+    lengths = jnp.asarray(rng.integers(0, 41, size=(B,)), jnp.int32) if masked else None
     key = jax.random.key(4) if masked else None
     p64 = models.init_classifier(jax.random.key(1), cfg, dtype=jnp.float64)
     p32 = jax.tree.map(lambda x: x.astype(jnp.float32), p64)
@@ -401,7 +405,9 @@ def test_seed_classifier_gradients_native_vs_float64_plain(cell, masked):
             cfg, p, tokens, labels, lengths, key=key, kernels=fast.ALL_KERNELS
         )
     )
-    assert f"jaxrnn_{cell}_backward" in jax.jit(jax.grad(loss32)).lower(p32).as_text()
+    hlo = jax.jit(jax.grad(loss32)).lower(p32).as_text()
+    assert f"jaxrnn_{cell}_backward" in hlo
+    assert ("jaxrnn_rows_projection" in hlo) == (case == "rows")
     g32 = jax.jit(jax.grad(loss32))(p32)
     g64 = jax.grad(lambda p: models.classifier_loss(cfg, p, tokens, labels, lengths, key=key))(p64)
     for a, b in zip(jax.tree.leaves(g32), jax.tree.leaves(g64), strict=True):
@@ -747,6 +753,54 @@ def test_table_projection_and_its_gradient_match_numpy(shape, threads):
         _close(got, want, tol=2e-6)
     with pytest.raises(ValueError, match=r"table_projection_backward: expected .* got dTable"):
         native.table_projection_backward(*_f32(dT, E, W[:, :-1] if N > 1 else W[:0]))
+
+
+@pytest.mark.parametrize("threads", [0, 1, 2, 3])
+@pytest.mark.parametrize(
+    "shape", [(2, 1, 1, 1), (9, 3, 7, 4), (250, 1, 32, 100), (40, 33, 17, 130)]
+)
+def test_rows_projection_matches_numpy(shape, threads):
+    """out = E[ids] W (+ b) for ids [T, B] with repeats and ids outside [0, V) (NaN rows, as
+    jnp.take's default): K and N not multiples of 16, rows gathered 64 at a time, split over
+    the threads (0: by the amount of work)."""
+    T, B, K, N = shape
+    V = 23
+    rng = np.random.default_rng(23)
+    E, W, b = rng.normal(size=(V, K)), rng.normal(size=(K, N)), rng.normal(size=(N,))
+    ids = rng.integers(-2, V + 2, size=(T, B))
+    ids[0, 0], ids[-1, -1] = V, 0  # at least one outside, one inside (T B > V + 4: repeats)
+    inside = (ids >= 0) & (ids < V)
+    want = E[np.clip(ids, 0, V - 1)] @ W
+    for bias in (b, None):
+        got = native.rows_projection(*_f32(E), jnp.asarray(ids), *_f32(W, bias), threads=threads)
+        assert got.shape == (T, B, N) and got.dtype == jnp.float32
+        assert np.isnan(np.asarray(got)[~inside]).all()
+        _close(np.asarray(got)[inside], (want + (0 if bias is None else b))[inside], tol=2e-6)
+    with pytest.raises(ValueError, match=r"rows_projection: expected .* got E .* ids"):
+        native.rows_projection(*_f32(E), jnp.asarray(ids, jnp.float32), *_f32(W, b))
+    with pytest.raises(ValueError, match=r"rows_projection: expected .* W \[K, N\]"):
+        native.rows_projection(*_f32(E), jnp.asarray(ids), *_f32(W[:-1] if K > 1 else W[:0], b))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_project_rows_gradient_native_vs_xla(bias, monkeypatch):
+    """fast.project_rows (a batch with fewer tokens than the vocabulary): values and the
+    gradients of E, W_x, b through the native call equal those of XLA's gather and product."""
+    rng = np.random.default_rng(24)
+    E, W, b, c = _f32(rng.normal(size=(70, 9)), rng.normal(size=(9, 52)), rng.normal(size=(52,)), rng.normal(size=(6, 2, 52)))  # fmt: skip
+    ids = jnp.asarray(rng.integers(0, 70, size=(6, 2)))
+
+    def loss(E, W, b):
+        return jnp.sum(jnp.tanh(fast.project_rows(E, ids, W, b if bias else None)) * c)
+
+    f = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+    assert "jaxrnn_rows_projection" in f.lower(E, W, b).as_text()
+    got = f(E, W, b)
+    monkeypatch.setattr(native, "supports", lambda *a, **k: False)
+    want = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(E, W, b)
+    for a, b_ in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        _close(a, np.asarray(b_, np.float64), tol=2e-6)
+    assert bias or not np.asarray(got[1][2]).any()  # no bias: a zero gradient for it
 
 
 @pytest.mark.parametrize("bias", [True, False])

@@ -6,7 +6,8 @@
 //
 // with u_t = U[t] ([T, B, G H]) or u_t = table[idx[t]] (table [V, G H], idx [T, B] int32).
 // The backward kernels also return dW_h = S^T D and, for a table, the table's gradient;
-// two more handlers build a projected table E W + b and take its gradient (last section).
+// three more build a projected table E W + b, take its gradient, and project only the rows
+// of given ids, E[ids] W + b (last section).
 // jaxrnn/native.py builds this file, registers the handlers and calls them from
 // jaxrnn/fast.py; dh0 = D[0] W^T stays in XLA.
 //
@@ -1502,42 +1503,93 @@ ffi::Error GruBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> S,
 // blocks over W padded to [K, Np], b added in the epilogue. XLA:CPU took 1.1-1.4 ms for the
 // seed LSTM's [5000, 32] @ [32, 400] and its bias add (an 8 MB table written, then read and
 // written again).
-ffi::Error TableProjectionImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> E,
-                               ffi::Buffer<ffi::F32> W, ffi::Buffer<ffi::F32> b,
-                               ffi::ResultBuffer<ffi::F32> table, int64_t threads) {
+// The same with ids ([R] int32): out = E[ids] W (+ b), [R, N], the step inputs of a batch
+// with fewer tokens than the vocabulary (one review at B = 1 inference), gathered 64 rows at a
+// time into a buffer of the thread's; an id outside [0, V) gives a NaN row (as jnp.take then
+// the product). XLA ran the gather, the product and the bias add as three operations, the
+// gather split over two threads: ~45 us of a 165 us seed inference call at B = 1 (Zen 4).
+void ProjectRows(ffi::ThreadPool& pool, const float* E, const int32_t* ids, int64_t V,
+                 int64_t R, int64_t K, const float* Wp, int64_t Np, const float* bias, int64_t N,
+                 float* out, int64_t threads) {
+  constexpr int64_t kRows = 64;
+  // by default a thread of its own per 4M multiply-adds (~50 us on one core here) at most: a
+  // B = 1 review's 250 rows ([32] @ [32, 100] or [32, 400]) ran 1.1-1.25x slower on two threads
+  // than on one (waking the second costs more than it saves)
+  const int64_t by_work = std::max<int64_t>(1, R * K * N >> 22);
+  const RowSplit split(R, threads > 0 ? threads : std::min(Threads(pool, 0), by_work));
+  ParallelFor(pool, split.chunks, [&](int64_t c) {
+    const int64_t v0 = c * split.rows_per_chunk;
+    const int64_t v1 = std::min(R, v0 + split.rows_per_chunk);
+    Aligned rows(ids ? kRows * K : 0, /*zeroed=*/false);
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    for (int64_t r0 = v0; r0 < v1; r0 += ids ? kRows : v1 - v0) {
+      const int64_t r1 = ids ? std::min(v1, r0 + kRows) : v1;
+      const float* x = E + r0 * K;  // rows r0 .. r1 - 1: E's own, or gathered into `rows`
+      if (ids) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const int32_t i = ids[r];
+          float* dst = rows.data + (r - r0) * K;
+          if (i >= 0 && i < V) {
+            std::memcpy(dst, E + static_cast<int64_t>(i) * K, sizeof(float) * K);
+          } else {
+            std::fill(dst, dst + K, nan);
+          }
+        }
+        x = rows.data;
+      }
+      float* o = out + r0 * N;
+      StepRows(x, K, 0, r1 - r0, Panel{Wp, Np, K}, [&](int64_t row0) {
+        return [&, row0](int r, int64_t j, __m512 acc) {
+          const __mmask16 mask = ColumnMask(j, N);
+          if (bias) acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(mask, bias + j));
+          _mm512_mask_storeu_ps(o + (row0 + r) * N + j, mask, acc);
+        };
+      });
+    }
+  });
+}
+
+// E, W, b checked and W padded, for both handlers; `rows` = R (ids) or V (none).
+ffi::Error ProjectionImpl(const char* name, ffi::ThreadPool& pool, ffi::Buffer<ffi::F32>& E,
+                          const int32_t* ids, int64_t rows, ffi::Buffer<ffi::F32>& W,
+                          ffi::Buffer<ffi::F32>& b, ffi::ResultBuffer<ffi::F32>& out,
+                          int64_t threads) {
   const auto ed = E.dimensions(), wd = W.dimensions();
   const int64_t nb = static_cast<int64_t>(b.element_count());
   const bool ok = ed.size() == 2 && wd.size() == 2 && wd[0] == ed[1] &&
                   (nb == 0 || nb == wd[1]) &&
-                  static_cast<int64_t>(table->element_count()) == ed[0] * wd[1];
+                  static_cast<int64_t>(out->element_count()) == rows * wd[1];
   if (!ok) {
     return ffi::Error::InvalidArgument(
-        "jaxrnn_table_projection: expected E [V, K], W [K, N], b [N] or empty, table [V, N]; "
-        "got E " + Shape(ed) + ", W " + Shape(wd) + ", b " + Shape(b.dimensions()) +
-        ", table " + Shape(table->dimensions()));
+        std::string(name) + ": expected E [V, K], W [K, N], b [N] or empty, out [" +
+        (ids ? "R" : "V") + ", N]; got E " + Shape(ed) + ", W " + Shape(wd) + ", b " +
+        Shape(b.dimensions()) + ", out " + Shape(out->dimensions()));
   }
   const int64_t V = ed[0], K = ed[1], N = wd[1], Np = RoundUp(N, kLanes);
-  if (V == 0 || N == 0) return ffi::Error::Success();
+  if (rows == 0 || N == 0) return ffi::Error::Success();
   Aligned Wp(K * Np);  // W [K, N] padded to [K, Np] (zeros beyond N)
-  if (Wp.data == nullptr) return ffi::Error::Internal("jaxrnn_table_projection: out of memory");
+  if (Wp.data == nullptr) return ffi::Error::Internal(std::string(name) + ": out of memory");
   for (int64_t k = 0; k < K; ++k)
     std::memcpy(Wp.data + k * Np, W.typed_data() + k * N, sizeof(float) * N);
-  const float* bias = nb ? b.typed_data() : nullptr;
-  float* out = table->typed_data();
-  const float* e = E.typed_data();
-  const RowSplit split(V, Threads(pool, threads));
-  ParallelFor(pool, split.chunks, [&](int64_t c) {
-    const int64_t v0 = c * split.rows_per_chunk;
-    const int64_t v1 = std::min(V, v0 + split.rows_per_chunk);
-    StepRows(e, K, v0, v1, Panel{Wp.data, Np, K}, [&](int64_t row0) {
-      return [&, row0](int r, int64_t j, __m512 acc) {
-        const __mmask16 mask = ColumnMask(j, N);
-        if (bias) acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(mask, bias + j));
-        _mm512_mask_storeu_ps(out + (row0 + r) * N + j, mask, acc);
-      };
-    });
-  });
+  ProjectRows(pool, E.typed_data(), ids, V, rows, K, Wp.data, Np, nb ? b.typed_data() : nullptr,
+              N, out->typed_data(), threads);
   return ffi::Error::Success();
+}
+
+ffi::Error TableProjectionImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> E,
+                               ffi::Buffer<ffi::F32> W, ffi::Buffer<ffi::F32> b,
+                               ffi::ResultBuffer<ffi::F32> table, int64_t threads) {
+  const int64_t V = E.dimensions().size() == 2 ? E.dimensions()[0] : 0;
+  return ProjectionImpl("jaxrnn_table_projection", pool, E, nullptr, V, W, b, table, threads);
+}
+
+ffi::Error RowsProjectionImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> E,
+                              ffi::Buffer<ffi::S32> ids, ffi::Buffer<ffi::F32> W,
+                              ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> out,
+                              int64_t threads) {
+  const int64_t R = static_cast<int64_t>(ids.element_count());
+  return ProjectionImpl("jaxrnn_rows_projection", pool, E, ids.typed_data(), R, W, b, out,
+                        threads);
 }
 
 // The gradient of a projected table, table = E W + b ([V, K] @ [K, N] + [N]), from dTable
@@ -1706,6 +1758,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnTableProjectionBackward, TableProjectionBack
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dE [V, K]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dW [K, N]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // db [N]
+                                  .Attr<int64_t>("threads"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnRowsProjection, RowsProjectionImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // E [V, K]
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // ids [R] (any shape)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // W [K, N]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // b [N] or empty
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // out [R, N]
                                   .Attr<int64_t>("threads"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrnnTableProjection, TableProjectionImpl,
