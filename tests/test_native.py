@@ -803,6 +803,21 @@ def test_project_rows_gradient_native_vs_xla(bias, monkeypatch):
     assert bias or not np.asarray(got[1][2]).any()  # no bias: a zero gradient for it
 
 
+def test_rows_ab_runs_both_variants_and_restores_the_shipped_one():
+    """benchmarks/rows_ab.py: the native rows projection and XLA's gather + product give the
+    same logits, each variant is timed, and fast.project_rows is the shipped one afterwards."""
+    from benchmarks import rows_ab
+
+    shipped = fast.project_rows
+    res = rows_ab.measure(["gru"], rounds=2)["gru"]
+    assert len(res["native"]) == len(res["xla"]) == 2 and min(res["native"] + res["xla"]) > 0
+    assert res["diff"] < 1e-5
+    assert fast.project_rows is shipped
+    with pytest.raises(ValueError, match="below the vocabulary"):
+        rows_ab.measure(["simple"], rounds=1, B=20)
+    assert fast.project_rows is shipped
+
+
 @pytest.mark.parametrize("bias", [True, False])
 def test_project_table_gradient_native_vs_xla(bias, monkeypatch):
     """fast.project_table (the classifier's embedding folded into W_x): values and the
