@@ -997,16 +997,17 @@ def classifier_logits(
     h0 = cell.initial_carry(p, (B,))
     b = input_bias(p)
     last_only = lengths is None
-    if dropout:
-        xs = jnp.take(params["embedding"], tokens.T, axis=0)  # [T, B, E]
-        # the plain model's masks from the same key: x [B, E], one per review
-        masks = dropout_lib.rnn_dropout_masks(
-            key, cell, cfg.embed_dim, cfg.hidden_size, (B,), dropout=cfg.dropout, dtype=xs.dtype
-        )
-        U = project(xs * masks.x, p.W_x, b)  # [T, B, E] @ [E, G H]
-        carry, ys = scan_projected(cell, p, U, h0, unroll=unroll, last_only=last_only)
-    elif B * T < cfg.vocab_size:  # the rows used only: [T, B, E] @ [E, G H]
-        U = project_rows(params["embedding"], tokens.T, p.W_x, b)
+    if dropout or B * T < cfg.vocab_size:  # the rows used only: [T, B, E] @ [E, G H]
+        if dropout:
+            xs = jnp.take(params["embedding"], tokens.T, axis=0)  # [T, B, E]
+            # the plain model's masks from the same key: x [B, E], one per review
+            masks = dropout_lib.rnn_dropout_masks(
+                key, cell, cfg.embed_dim, cfg.hidden_size, (B,), dropout=cfg.dropout,
+                dtype=xs.dtype,
+            )  # fmt: skip
+            U = project(xs * masks.x, p.W_x, b)
+        else:
+            U = project_rows(params["embedding"], tokens.T, p.W_x, b)
         carry, ys = scan_projected(cell, p, U, h0, unroll=unroll, last_only=last_only)
     else:
         # project the table once (V E GH multiply-adds instead of T B E GH); its rows

@@ -634,15 +634,20 @@ def gru_backward(
     return D, A, carry, dW_h, db_h, (dTable if V else None)
 
 
+def _projection_ok(E: Array, W: Array, b: Array | None) -> bool:
+    """float32 ``E: [V, K]``, ``W: [K, N]`` and ``b: [N]`` or ``None`` (both projections)."""
+    ok = E.ndim == 2 and W.ndim == 2 and W.shape[0] == E.shape[1]
+    ok = ok and (b is None or b.shape == (W.shape[1],))
+    dtypes = (E.dtype, W.dtype) + (() if b is None else (b.dtype,))
+    return ok and all(d == jnp.float32 for d in dtypes)
+
+
 def table_projection(E: Array, W: Array, b: Array | None = None, threads: int = 0) -> Array:
     """``table = E @ W (+ b): [V, N]`` for ``E: [V, K]``, ``W: [K, N]``, ``b: [N]`` (float32;
     an embedding folded into an input projection; XLA:CPU's product and bias add took ~1.2 ms
     for the seed LSTM's ``[5000, 400]``)."""
     _require(E.dtype)
-    ok = E.ndim == 2 and W.ndim == 2 and W.shape[0] == E.shape[1]
-    ok = ok and (b is None or b.shape == (W.shape[1],))
-    dtypes = (E.dtype, W.dtype) + (() if b is None else (b.dtype,))
-    if not ok or any(d != jnp.float32 for d in dtypes):
+    if not _projection_ok(E, W, b):
         raise ValueError(f"jaxrnn.native.table_projection: expected float32 E [V, K], W [K, N], b [N] or None; got E {E.shape} {E.dtype}, W {W.shape} {W.dtype}, b {None if b is None else (b.shape, b.dtype)}")  # fmt: skip
     call = jax.ffi.ffi_call(
         _target("jaxrnn_table_projection"),
@@ -661,11 +666,7 @@ def rows_projection(
     ``ids = tokens.T: [T, B]``, in one call instead of XLA's gather, product and bias add).
     An id outside ``[0, V)`` gives a NaN row, as ``jnp.take(E, ids, axis=0) @ W`` does."""
     _require(E.dtype)
-    ok = E.ndim == 2 and W.ndim == 2 and W.shape[0] == E.shape[1]
-    ok = ok and (b is None or b.shape == (W.shape[1],))
-    dtypes = (E.dtype, W.dtype) + (() if b is None else (b.dtype,))
-    ok = ok and all(d == jnp.float32 for d in dtypes) and jnp.issubdtype(ids.dtype, jnp.integer)
-    if not ok:
+    if not (_projection_ok(E, W, b) and jnp.issubdtype(ids.dtype, jnp.integer)):
         raise ValueError(f"jaxrnn.native.rows_projection: expected float32 E [V, K], integer ids, W [K, N], b [N] or None; got E {E.shape} {E.dtype}, ids {ids.shape} {ids.dtype}, W {W.shape} {W.dtype}, b {None if b is None else (b.shape, b.dtype)}")  # fmt: skip
     call = jax.ffi.ffi_call(
         _target("jaxrnn_rows_projection"),

@@ -1522,8 +1522,9 @@ void ProjectRows(ffi::ThreadPool& pool, const float* E, const int32_t* ids, int6
     const int64_t v1 = std::min(R, v0 + split.rows_per_chunk);
     Aligned rows(ids ? kRows * K : 0, /*zeroed=*/false);
     const float nan = std::numeric_limits<float>::quiet_NaN();
-    for (int64_t r0 = v0; r0 < v1; r0 += ids ? kRows : v1 - v0) {
-      const int64_t r1 = ids ? std::min(v1, r0 + kRows) : v1;
+    const int64_t block = ids ? kRows : v1 - v0;  // gathered: 64 rows at a time; else all
+    for (int64_t r0 = v0; r0 < v1; r0 += block) {
+      const int64_t r1 = std::min(v1, r0 + block);
       const float* x = E + r0 * K;  // rows r0 .. r1 - 1: E's own, or gathered into `rows`
       if (ids) {
         for (int64_t r = r0; r < r1; ++r) {
