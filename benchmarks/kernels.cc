@@ -6,9 +6,10 @@
 //
 // KERNEL: lstm-forward, lstm-backward (dW_h fused, all of D kept), lstm-backward-nodw,
 // lstm-backward-table (as the seed step runs it: dW_h fused, the table's gradient accumulated
-// in the loop, D kept as two rows), gru-forward, simple-forward, product-forward ([B, H] @ the
-// LSTM's interleaved [H, 4 Hp] panel, no epilogue), product-backward ([B, 4H] @ W_h^T padded,
-// no epilogue).
+// in the loop, D kept as two rows), gru-forward, simple-forward, simple-backward (the last
+// state's gradient only, dW_h fused, all of D kept), product-forward ([B, H] @ the LSTM's
+// interleaved [H, 4 Hp] panel, no epilogue), product-backward ([B, 4H] @ W_h^T padded, no
+// epilogue).
 // Defaults: B = 32 (one of two threads' rows of the seed batch), T = 250, H = 100, V = 5000.
 // Everything runs on one thread: the kernels only use XLA's thread pool where they split rows
 // over more than one thread, and here they are asked for one (threads = 1), so the pool
@@ -69,6 +70,10 @@ int main(int argc, char** argv) {
     LstmForward(pool, table.data(), idx.data(), V, Wp, zeros.data(), zeros.data(), Sh.data,
                 Sc.data, G.data, T, B, H, 1);
   }
+  if (gates == 1) {  // the states the simple backward reads
+    Forward<kTanh>(pool, table.data(), idx.data(), V, Wsp.data, Wsp.Hp, zeros.data(), Sh.data,
+                   T, B, H, 1);
+  }
   for (int64_t i = 0; i < B * GH; ++i) D.data[i] = 1e-3f * static_cast<float>(i % 7);
 
   for (int rep = 0; rep < reps; ++rep) {
@@ -102,6 +107,13 @@ int main(int argc, char** argv) {
       Forward<kTanh>(pool, table.data(), idx.data(), V, Wsp.data, Wsp.Hp, zeros.data(), Sh.data,
                      T, B, H, 1);
       check = Checksum(Sh.data, (T + 1) * B * H);
+    } else if (kernel == "simple-backward") {  // as the B T < V seed step: D [T, B, H] kept
+      std::memset(partial.data, 0, sizeof(float) * H * ldw);
+      const Padded WsTp(W.data(), H, /*transpose=*/true);
+      Backward<kTanh>(pool, Sh.data, WsTp.data, WsTp.Hp, gT.data(), /*last_only=*/true, D.data,
+                      DT.data, dW.data, split, partial.data, /*fuse_dw=*/true, nullptr, false, T,
+                      B, H);
+      check = Checksum(dW.data, H * H) + Checksum(D.data, T * B * H);
     } else if (kernel == "product-forward" || kernel == "product-backward") {
       const bool fwd = kernel == "product-forward";
       const Panel P = fwd ? Panel{Wp.buf.data, Wp.ld, H} : Panel{WTp.buf.data, WTp.ld, GH};

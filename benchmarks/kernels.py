@@ -18,8 +18,9 @@ on top of this CPU's register blocks (``native.tuning_defines``; a macro named i
 the ``--define`` value). Every build, the first included, gets those blocks.
 Kernels: lstm-forward, lstm-backward (dW_h fused, all of D kept), lstm-backward-nodw,
 lstm-backward-table (as the seed step: dW_h and the table's gradient in the loop), gru-forward,
-simple-forward, product-forward, product-backward (the step products alone, no epilogue: the
-floor that the kernels' epilogues and memory traffic add to). Needs an AVX-512
+simple-forward, simple-backward (the last state's gradient, dW_h fused), product-forward,
+product-backward (the step products alone, no epilogue: the floor that the kernels' epilogues
+and memory traffic add to). Needs an AVX-512
 CPU and a C++ compiler, as the kernels do. A benchmark: no test asserts a time (a slow test
 checks that the driver builds and that the results do not depend on the register blocking).
 """
@@ -37,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 DRIVER = HERE / "kernels.cc"
 KERNELS = (
     "lstm-forward", "lstm-backward", "lstm-backward-nodw", "lstm-backward-table", "gru-forward",
-    "simple-forward", "product-forward", "product-backward",
+    "simple-forward", "simple-backward", "product-forward", "product-backward",
 )  # fmt: skip
 
 

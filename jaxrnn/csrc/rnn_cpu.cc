@@ -67,6 +67,10 @@ constexpr int kBlockVecs = JAXRNN_BLOCK_VECS;  // vectors (x 16 columns) per reg
 #endif
 constexpr int kOuterRows = JAXRNN_OUTER_ROWS;  // dW rows per register block
 constexpr int kOuterVecs = JAXRNN_OUTER_VECS;  // dW vectors per register block
+#ifndef JAXRNN_OUTER_WINDOW
+#define JAXRNN_OUTER_WINDOW 16
+#endif
+constexpr int64_t kOuterWindow = JAXRNN_OUTER_WINDOW;  // rows per dW update (OuterWindow)
 #ifndef JAXRNN_LSTM_ROWS
 #define JAXRNN_LSTM_ROWS 4
 #endif
@@ -544,6 +548,48 @@ int64_t Threads(ffi::ThreadPool& pool, int64_t requested) {
   return std::max<int64_t>(1, pool.num_threads());
 }
 
+// A backward loop's dW_h accumulation for one chunk of rows: dW += X^T Y, step by step, with X
+// the states a step read ([rows, K]) and Y its dL/da ([rows, N]). AccumulateOuter reads and
+// writes the whole [K, ldw] partial once per call, which a chunk of many rows amortises over
+// its rows' products; with few rows it dominates (B = 1: a rank-1 update of the whole
+// partial per step, ~2/3 of the seed simple cell's backward call). Chunks of fewer than
+// kOuterWindow rows therefore gather their steps' rows side by side until there are at least
+// kOuterWindow of them (16 steps at B = 1), and add them in one call; larger chunks add each
+// step directly, as before (the same sums, bit for bit). Without memory for the window, each
+// step is added directly too. dW = nullptr: nothing is accumulated (the loop does not fuse
+// dW_h); Flush() must follow the last Add().
+class OuterWindow {
+ public:
+  OuterWindow(int64_t K, int64_t N, int64_t rows, float* dW, int64_t ldw)
+      : K_(K), N_(N), ldw_(ldw), dW_(dW),
+        buf_(dW && rows < kOuterWindow ? 2 * kOuterWindow * (K + N) : 1, /*zeroed=*/false),
+        direct_(rows >= kOuterWindow || buf_.data == nullptr) {}
+  OuterWindow(const OuterWindow&) = delete;
+  OuterWindow& operator=(const OuterWindow&) = delete;
+
+  // Adds X^T Y for n rows (X rows stride K, Y rows stride N), now or with the window.
+  void Add(const float* X, const float* Y, int64_t n) {
+    if (direct_) return AccumulateOuter(X, K_, K_, Y, N_, N_, n, dW_, ldw_);
+    std::memcpy(buf_.data + filled_ * K_, X, sizeof(float) * n * K_);
+    std::memcpy(buf_.data + 2 * kOuterWindow * K_ + filled_ * N_, Y, sizeof(float) * n * N_);
+    filled_ += n;
+    if (filled_ >= kOuterWindow) Flush();
+  }
+  void Flush() {
+    if (filled_ == 0) return;
+    AccumulateOuter(buf_.data, K_, K_, buf_.data + 2 * kOuterWindow * K_, N_, N_, filled_, dW_,
+                    ldw_);
+    filled_ = 0;
+  }
+
+ private:
+  int64_t K_, N_, ldw_;
+  float* dW_;
+  Aligned buf_;  // X rows [2 kOuterWindow, K], then Y rows [2 kOuterWindow, N]
+  bool direct_;
+  int64_t filled_ = 0;
+};
+
 // dW [H, N] = the per-chunk partial sums ([H, ldw] each) added in chunk order; zeros when
 // the loop did not accumulate them (fused = false: the caller computes dW_h = S^T D itself,
 // one big matmul, for large H).
@@ -707,7 +753,7 @@ void Backward(ffi::ThreadPool& pool, const float* S, const float* WTp, int64_t H
   ParallelFor(pool, split.chunks, [&](int64_t c) {
     const int64_t b0 = c * split.rows_per_chunk;
     const int64_t b1 = std::min(B, b0 + split.rows_per_chunk);
-    float* dWc = partial + c * H * Hp;
+    OuterWindow dWc(H, H, b1 - b0, fuse_dw ? partial + c * H * Hp : nullptr, Hp);
     for (int64_t t = T - 1; t >= 0; --t) {
       // D_T: zeros; with `ring`, D holds two rows, step t's and the one it reads
       const float* x = t == T - 1 ? D_T : D + (ring ? (t + 1) & 1 : t + 1) * B * H;
@@ -726,9 +772,10 @@ void Backward(ffi::ThreadPool& pool, const float* S, const float* WTp, int64_t H
       });
       // dW += S[t]^T D[t] for this chunk's rows (the state step t read, times its dL/da),
       // while both are in cache
-      if (fuse_dw) AccumulateOuter(S + (t * B + b0) * H, H, H, out + b0 * H, H, H, b1 - b0, dWc, Hp);
+      if (fuse_dw) dWc.Add(S + (t * B + b0) * H, out + b0 * H, b1 - b0);
       if (table) table->Add(c, t, b0, b1, out);
     }
+    dWc.Flush();
   });
   ReducePartials(partial, split.chunks, H, H, Hp, fuse_dw, dW);
 }
@@ -912,7 +959,7 @@ void LstmBackward(ffi::ThreadPool& pool, const float* Sh, const float* Sc, const
   ParallelFor(pool, split.chunks, [&](int64_t c) {
     const int64_t b0 = c * split.rows_per_chunk;
     const int64_t b1 = std::min(B, b0 + split.rows_per_chunk);
-    float* dWc = partial + c * H * ldw;
+    OuterWindow dWc(H, G4, b1 - b0, fuse_dw ? partial + c * H * ldw : nullptr, ldw);
     for (int64_t t = T - 1; t >= 0; --t) {
       // D_T: zeros; with `ring`, D holds two rows, step t's and the one it reads
       const float* x = t == T - 1 ? D_T : D + (ring ? (t + 1) & 1 : t + 1) * B * G4;
@@ -953,9 +1000,10 @@ void LstmBackward(ffi::ThreadPool& pool, const float* Sh, const float* Sc, const
           _mm512_mask_storeu_ps(dc + o, mask, _mm512_mul_ps(dcv, fg));
         };
       });
-      if (fuse_dw) AccumulateOuter(Sh + (t * B + b0) * H, H, H, out + b0 * G4, G4, G4, b1 - b0, dWc, ldw);
+      if (fuse_dw) dWc.Add(Sh + (t * B + b0) * H, out + b0 * G4, b1 - b0);
       if (table) table->Add(c, t, b0, b1, out);
     }
+    dWc.Flush();
   });
   ReducePartials(partial, split.chunks, H, G4, ldw, fuse_dw, dW);
 }
@@ -1090,7 +1138,7 @@ void GruBackward(ffi::ThreadPool& pool, const float* S, const float* Sv,
   ParallelFor(pool, split.chunks, [&](int64_t c) {
     const int64_t b0 = c * split.rows_per_chunk;
     const int64_t b1 = std::min(B, b0 + split.rows_per_chunk);
-    float* dWc = partial + c * H * ldw;
+    OuterWindow dWc(H, G3, b1 - b0, fuse_dw ? partial + c * H * ldw : nullptr, ldw);
     float* dbc = db_partial + c * ldw;
     for (int64_t t = T - 1; t >= 0; --t) {
       const float* gt = last_only ? (t == T - 1 ? g : nullptr) : g + t * B * H;
@@ -1129,10 +1177,11 @@ void GruBackward(ffi::ThreadPool& pool, const float* S, const float* Sv,
           _mm512_mask_storeu_ps(carry + o, mask, _mm512_mul_ps(dh, z));
         };
       });
-      if (fuse_dw) AccumulateOuter(S + (t * B + b0) * H, H, H, out + b0 * G3, G3, G3, b1 - b0, dWc, ldw);
+      if (fuse_dw) dWc.Add(S + (t * B + b0) * H, out + b0 * G3, b1 - b0);
       if (table) table->Add(c, t, b0, b1, outA);
       AddRowSum(out + b0 * G3, b1 - b0, G3, G3, dbc);  // db_h
     }
+    dWc.Flush();
   });
   ReducePartials(partial, split.chunks, H, G3, ldw, fuse_dw, dW);
   ReducePartials(db_partial, split.chunks, 1, G3, ldw, true, db);
