@@ -777,8 +777,9 @@ def project_rows(E: Array, ids: Array, W_x: Array, b: Array | None) -> Array:
     projecting the whole table would cost more; an id outside ``[0, V)`` gives NaN, as
     ``jnp.take``). On an AVX-512 CPU, for float32, one call
     (:func:`jaxrnn.native.rows_projection`) instead of XLA's gather, product and bias add (at
-    B = 1 ~45 us of a 165 us seed inference call here); elsewhere those. Its gradient is
-    XLA's, that of :func:`project` over ``jnp.take(E, ids, axis=0)``."""
+    B = 1 ~45 us of a 165 us seed inference call here); elsewhere those. Its gradient, that of
+    :func:`project` over ``jnp.take(E, ids, axis=0)``, the same way: one call
+    (:func:`jaxrnn.native.rows_projection_backward`) or XLA's operations."""
     bias = jnp.zeros((W_x.shape[1],), W_x.dtype) if b is None else b
     return _project_rows(E, ids, W_x, bias, b is not None)
 
@@ -802,9 +803,15 @@ def _project_rows_fwd(E, ids, W_x, b, with_bias):
 
 def _project_rows_bwd(with_bias, res, g):
     E, ids, W_x, b = res
-    f = lambda E, W_x, b: _project_rows_xla(E, ids, W_x, b, with_bias)  # noqa: E731
-    dE, dW_x, db = jax.vjp(f, E, W_x, b)[1](g)  # the unused forward is dead code to XLA
-    return dE, None, dW_x, db
+
+    def xla():
+        f = lambda E, W_x, b: _project_rows_xla(E, ids, W_x, b, with_bias)  # noqa: E731
+        return jax.vjp(f, E, W_x, b)[1](g)  # the unused forward is dead code to XLA
+
+    use = _native_f32(E, W_x, b, g)
+    cpu = (lambda: native.rows_projection_backward(g, E, ids, W_x)) if use else None
+    dE, dW_x, db = _cpu_or_xla(xla, cpu)
+    return dE, None, dW_x, db.astype(b.dtype) if with_bias else jnp.zeros_like(b)
 
 
 _project_rows.defvjp(_project_rows_fwd, _project_rows_bwd)

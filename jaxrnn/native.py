@@ -80,6 +80,7 @@ _SYMBOLS = {
     "jaxrnn_table_projection": "JaxrnnTableProjection",
     "jaxrnn_table_projection_backward": "JaxrnnTableProjectionBackward",
     "jaxrnn_rows_projection": "JaxrnnRowsProjection",
+    "jaxrnn_rows_projection_backward": "JaxrnnRowsProjectionBackward",
 }
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
 # dW_h is accumulated inside the backward loop while each thread's [H, G H] partial sum fits
@@ -675,6 +676,37 @@ def rows_projection(
     )
     bias = jnp.zeros((0,), jnp.float32) if b is None else b
     return call(E, ids.astype(jnp.int32), W, bias, threads=np.int64(threads))
+
+
+def rows_projection_backward(
+    dOut: Array, E: Array, ids: Array, W: Array, threads: int = 0
+) -> tuple[Array, Array, Array]:
+    """``(dE, dW, db)``: the gradient of projected rows ``out = E[ids] @ W + b`` from
+    ``dOut: [..., N]`` (``ids: [...]`` into ``E: [V, K]``, ``W: [K, N]``): ``dE: [V, K]`` the
+    rows ``dOut @ W^T`` added into the rows ``ids`` name (zeros elsewhere; an id outside
+    ``[0, V)`` adds nothing), ``dW = E[ids]^T @ dOut: [K, N]`` (NaN where an id is outside
+    ``[0, V)``, as ``jnp.take``'s NaN row gives) and ``db = dOut`` summed over rows ``[N]``;
+    repeated ids add in row order. All float32. One call instead of XLA's gather, products,
+    reduction, zero fill and scatter."""
+    _require(dOut.dtype)
+    ok = (
+        _projection_ok(E, W, None) and jnp.issubdtype(ids.dtype, jnp.integer)
+        and dOut.shape == (*ids.shape, W.shape[1])
+    )  # fmt: skip
+    if not ok:
+        raise ValueError(f"jaxrnn.native.rows_projection_backward: expected float32 dOut [..., N] for integer ids [...], E [V, K], W [K, N]; got dOut {dOut.shape} {dOut.dtype}, ids {ids.shape} {ids.dtype}, E {E.shape} {E.dtype}, W {W.shape} {W.dtype}")  # fmt: skip
+    (V, K), N = E.shape, W.shape[1]
+    f32 = jnp.float32
+    call = jax.ffi.ffi_call(
+        _target("jaxrnn_rows_projection_backward"),
+        (
+            jax.ShapeDtypeStruct((V, K), f32),  # dE
+            jax.ShapeDtypeStruct((K, N), f32),  # dW
+            jax.ShapeDtypeStruct((N,), f32),  # db
+        ),
+        vmap_method="sequential",
+    )
+    return call(dOut, E, ids.astype(jnp.int32), W, threads=np.int64(threads))
 
 
 def table_projection_backward(

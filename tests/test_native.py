@@ -784,10 +784,43 @@ def test_rows_projection_matches_numpy(shape, threads):
         native.rows_projection(*_f32(E), jnp.asarray(ids), *_f32(W[:-1] if K > 1 else W[:0], b))
 
 
+@pytest.mark.parametrize("threads", [0, 1, 2, 3])
+@pytest.mark.parametrize(
+    "shape", [(2, 1, 1, 1), (9, 3, 7, 4), (250, 1, 32, 100), (70, 33, 17, 130)]
+)
+def test_rows_projection_gradient_matches_numpy(shape, threads):
+    """dE = the rows dOut W^T added into the rows of their ids (repeats in row order, zeros
+    elsewhere), dW = E[ids]^T dOut, db = dOut summed; an id outside [0, V) adds nothing to dE
+    and makes dW NaN (jnp.take's NaN row, as XLA's gradient does)."""
+    T, B, K, N = shape
+    V = 23
+    rng = np.random.default_rng(25)
+    E, W, dO = rng.normal(size=(V, K)), rng.normal(size=(K, N)), rng.normal(size=(T, B, N))
+    ids = rng.integers(0, V, size=(T, B))
+    ids[-1, -1] = ids[0, 0]  # a repeat
+    rows = dO.reshape(-1, N)
+    dE_want = np.zeros((V, K))
+    np.add.at(dE_want, ids.reshape(-1), rows @ W.T)
+    dE, dW, db = native.rows_projection_backward(*_f32(dO, E), jnp.asarray(ids), *_f32(W), threads=threads)  # fmt: skip
+    for got, want in ((dE, dE_want), (dW, E[ids.reshape(-1)].T @ rows), (db, rows.sum(0))):
+        assert got.shape == want.shape and got.dtype == jnp.float32
+        _close(got, want, tol=2e-6)
+    outside = ids.copy()
+    outside[0, 0] = V  # its dE row dropped
+    np.add.at(dE_want, ids[0, 0], -(rows[0] @ W.T))
+    dE, dW, db = native.rows_projection_backward(*_f32(dO, E), jnp.asarray(outside), *_f32(W), threads=threads)  # fmt: skip
+    _close(dE, dE_want, tol=2e-6)
+    assert np.isnan(np.asarray(dW)).all()
+    _close(db, rows.sum(0), tol=2e-6)
+    with pytest.raises(ValueError, match=r"rows_projection_backward: expected .* got dOut"):
+        native.rows_projection_backward(*_f32(dO[..., :-1], E), jnp.asarray(ids), *_f32(W))
+
+
 @pytest.mark.parametrize("bias", [True, False])
 def test_project_rows_gradient_native_vs_xla(bias, monkeypatch):
     """fast.project_rows (a batch with fewer tokens than the vocabulary): values and the
-    gradients of E, W_x, b through the native call equal those of XLA's gather and product."""
+    gradients of E, W_x, b through the native calls equal those of XLA's gather and product
+    (and autodiff's scatter, products and sum)."""
     rng = np.random.default_rng(24)
     E, W, b, c = _f32(rng.normal(size=(70, 9)), rng.normal(size=(9, 52)), rng.normal(size=(52,)), rng.normal(size=(6, 2, 52)))  # fmt: skip
     ids = jnp.asarray(rng.integers(0, 70, size=(6, 2)))
@@ -796,7 +829,8 @@ def test_project_rows_gradient_native_vs_xla(bias, monkeypatch):
         return jnp.sum(jnp.tanh(fast.project_rows(E, ids, W, b if bias else None)) * c)
 
     f = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
-    assert "jaxrnn_rows_projection" in f.lower(E, W, b).as_text()
+    hlo = f.lower(E, W, b).as_text()
+    assert "jaxrnn_rows_projection" in hlo and "jaxrnn_rows_projection_backward" in hlo
     got = f(E, W, b)
     monkeypatch.setattr(native, "supports", lambda *a, **k: False)
     want = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(E, W, b)
@@ -807,13 +841,20 @@ def test_project_rows_gradient_native_vs_xla(bias, monkeypatch):
 
 def test_rows_ab_runs_both_variants_and_restores_the_shipped_one():
     """benchmarks/rows_ab.py: the native rows projection and XLA's gather + product give the
-    same logits, each variant is timed, and fast.project_rows is the shipped one afterwards."""
+    same logits (and the same training step), each variant is timed, and fast.project_rows is
+    the shipped one afterwards."""
     from benchmarks import rows_ab
 
     shipped = fast.project_rows
     res = rows_ab.measure(["gru"], rounds=2)["gru"]
     assert len(res["native"]) == len(res["xla"]) == 2 and min(res["native"] + res["xla"]) > 0
     assert res["diff"] < 1e-5
+    assert fast.project_rows is shipped
+    # the training step: the parameters after one Adam step (lr 1e-3) agree to well within a
+    # step (Adam's first step divides each gradient element by its magnitude, so float32
+    # rounding of a near-zero element can move its update by up to lr)
+    res = rows_ab.measure(["simple"], rounds=2, mode="train")["simple"]
+    assert len(res["native"]) == len(res["xla"]) == 2 and res["diff"] < 1e-4
     assert fast.project_rows is shipped
     with pytest.raises(ValueError, match="below the vocabulary"):
         rows_ab.measure(["simple"], rounds=1, B=20)
