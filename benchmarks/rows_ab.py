@@ -74,7 +74,7 @@ def measure(
                         compiler_options=options,
                     )
                     first[name] = np.asarray(f(params, tokens))
-                    calls[name] = lambda f=f: f(params, tokens).block_until_ready()
+                    calls[name] = lambda f=f, p=params: f(p, tokens).block_until_ready()
                     continue
 
                 def step(p, s, x, y, cfg=cfg):
