@@ -274,14 +274,32 @@ def variant(suffix: str):
 
 # The kernels split batch rows over the threads, so every thread streams all of W_h through
 # its caches once per step (a column tile at a time, reused by all its rows): fine while W_h
-# ([H, G H] float32) is about the size of L2 (2 MiB a core here), not always beyond. Measured
-# here (seed classifier, B = 64, T = 250, training steps, 2-core CPU, interleaved, medians,
-# kernels vs the XLA loops): GRU H = 384 (1.7 MiB) 144 vs 170 ms, LSTM H = 320 (1.6 MiB) 138 vs
-# 177, GRU H = 512 (3 MiB) 233 vs 323, LSTM H = 448 (3.1 MiB) 247 vs 324; at 4 MiB mixed: LSTM
-# H = 512 345 vs 320, simple H = 1024 270 vs 322. fast.rnn over [64, 128, 64]: GRU H = 512
-# 122.6 ms vs 164.4 plain (benchmarks/RESULTS.md, fifth session). Until then the limit was
-# 1 MiB (simple H = 1024, T = 100: 170 vs 133 ms with the first kernels).
-MAX_WEIGHT_BYTES = 3 << 20
+# ([H, G H] float32) is about the size of L2, not always beyond. Measured on an Intel Xeon
+# (Emerald Rapids, 2 MiB L2 a core; seed classifier, B = 64, T = 250, training steps, 2-core
+# CPU, interleaved, medians, kernels vs the XLA loops; fifth session): GRU H = 384 (1.7 MiB)
+# 144 vs 170 ms, LSTM H = 320 (1.6 MiB) 138 vs 177, GRU H = 512 (3 MiB) 233 vs 323, LSTM
+# H = 448 (3.1 MiB) 247 vs 324; at 4 MiB mixed: LSTM H = 512 345 vs 320, simple H = 1024 270 vs
+# 322. fast.rnn over [64, 128, 64]: GRU H = 512 122.6 ms vs 164.4 plain (benchmarks/RESULTS.md,
+# fifth session). Until then the limit was 1 MiB (simple H = 1024, T = 100: 170 vs 133 ms with
+# the first kernels). On AMD Zen 4 (1 MiB L2 a core, 32 MiB L3), with the fifteenth session's
+# kernels (same harness, B = 64, kernels / XLA loops, medians): simple H = 1024 (4 MiB) 0.90x,
+# 1448 (8 MiB) 0.69x, 1774 (12 MiB) 0.74x, 2048 (16 MiB) 1.32x; LSTM H = 512 (4 MiB) 0.84x,
+# 724 (8 MiB) 0.79x, 887 (12 MiB) 0.94x; GRU H = 600 (4.1 MiB) 0.73x, 836 (8 MiB) 0.69x: there
+# the limit is 8 MiB. Elsewhere 3 MiB, as measured on the Xeon.
+_MAX_WEIGHT_BYTES = {("AuthenticAMD", "25"): 8 << 20}
+
+
+def max_weight_bytes(vendor: str | None = None, family: str | None = None) -> int:
+    """The largest ``W_h`` (bytes) the kernels take on this CPU (``vendor``, ``family``:
+    ``/proc/cpuinfo``'s ``vendor_id`` and ``cpu family``, read when not given): 8 MiB on
+    AMD Zen 4, 3 MiB elsewhere (where larger weights were measured or may run slower than the
+    XLA loops)."""
+    vendor = _cpuinfo("vendor_id") if vendor is None else vendor
+    family = _cpuinfo("cpu family") if family is None else family
+    return _MAX_WEIGHT_BYTES.get((vendor, family), 3 << 20)
+
+
+MAX_WEIGHT_BYTES = max_weight_bytes()
 
 
 def supports(dtype, activation: str = "tanh", H: int = 0, G: int = 1) -> bool:

@@ -265,8 +265,13 @@ def test_bad_inputs_raise_in_python():
         native.simple_backward(S, W, jnp.zeros((4, 5), jnp.float32), "tanh")
 
 
-def test_kernels_only_for_weights_that_fit_in_cache():
-    # W_h [H, G H] float32 up to native.MAX_WEIGHT_BYTES = 3 MiB
+def test_kernels_only_for_weights_that_fit_in_cache(monkeypatch):
+    # W_h [H, G H] float32 up to native.MAX_WEIGHT_BYTES: 8 MiB on AMD Zen 4, 3 MiB elsewhere
+    assert native.max_weight_bytes("AuthenticAMD", "25") == 8 << 20
+    assert native.max_weight_bytes("GenuineIntel", "6") == 3 << 20
+    assert native.max_weight_bytes("AuthenticAMD", "26") == 3 << 20
+    assert native.MAX_WEIGHT_BYTES == native.max_weight_bytes()
+    monkeypatch.setattr(native, "MAX_WEIGHT_BYTES", 3 << 20)
     assert native.supports(jnp.float32, "tanh", 886, 1) and native.supports(
         jnp.float32, "tanh", 512, 3
     )
