@@ -601,11 +601,13 @@ void ReducePartials(const float* partial, int64_t chunks, int64_t H, int64_t N, 
     std::memset(dW, 0, sizeof(float) * H * N);
     return;
   }
+  // each element summed from 0 in chunk order; the chunks outermost, so the rows vectorise
   for (int64_t k = 0; k < H; ++k) {
-    for (int64_t j = 0; j < N; ++j) {
-      float sum = 0.0f;
-      for (int64_t c = 0; c < chunks; ++c) sum += partial[(c * H + k) * ldw + j];
-      dW[k * N + j] = sum;
+    float* d = dW + k * N;
+    std::fill(d, d + N, 0.0f);
+    for (int64_t c = 0; c < chunks; ++c) {
+      const float* p = partial + (c * H + k) * ldw;
+      for (int64_t j = 0; j < N; ++j) d[j] += p[j];
     }
   }
 }
