@@ -58,6 +58,7 @@ import shutil
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -696,6 +697,21 @@ def rows_projection(
     return call(E, ids.astype(jnp.int32), W, bias, threads=np.int64(threads))
 
 
+def _projection_gradient(name: str, E: Array, W: Array) -> Callable:
+    """The FFI call of a projection's gradient: results ``dE`` like ``E: [V, K]``, ``dW`` like
+    ``W: [K, N]`` and ``db: [N]``, float32."""
+    f32 = jnp.float32
+    return jax.ffi.ffi_call(
+        _target(name),
+        (
+            jax.ShapeDtypeStruct(E.shape, f32),  # dE
+            jax.ShapeDtypeStruct(W.shape, f32),  # dW
+            jax.ShapeDtypeStruct((W.shape[1],), f32),  # db
+        ),
+        vmap_method="sequential",
+    )
+
+
 def rows_projection_backward(
     dOut: Array, E: Array, ids: Array, W: Array, threads: int = 0
 ) -> tuple[Array, Array, Array]:
@@ -713,17 +729,7 @@ def rows_projection_backward(
     )  # fmt: skip
     if not ok:
         raise ValueError(f"jaxrnn.native.rows_projection_backward: expected float32 dOut [..., N] for integer ids [...], E [V, K], W [K, N]; got dOut {dOut.shape} {dOut.dtype}, ids {ids.shape} {ids.dtype}, E {E.shape} {E.dtype}, W {W.shape} {W.dtype}")  # fmt: skip
-    (V, K), N = E.shape, W.shape[1]
-    f32 = jnp.float32
-    call = jax.ffi.ffi_call(
-        _target("jaxrnn_rows_projection_backward"),
-        (
-            jax.ShapeDtypeStruct((V, K), f32),  # dE
-            jax.ShapeDtypeStruct((K, N), f32),  # dW
-            jax.ShapeDtypeStruct((N,), f32),  # db
-        ),
-        vmap_method="sequential",
-    )
+    call = _projection_gradient("jaxrnn_rows_projection_backward", E, W)
     return call(dOut, E, ids.astype(jnp.int32), W, threads=np.int64(threads))
 
 
@@ -741,15 +747,5 @@ def table_projection_backward(
     )  # fmt: skip
     if not ok or E.dtype != jnp.float32 or W.dtype != jnp.float32:
         raise ValueError(f"jaxrnn.native.table_projection_backward: expected float32 dTable [V, N], E [V, K], W [K, N]; got dTable {dTable.shape} {dTable.dtype}, E {E.shape} {E.dtype}, W {W.shape} {W.dtype}")  # fmt: skip
-    (V, N), K = dTable.shape, E.shape[1]
-    f32 = jnp.float32
-    call = jax.ffi.ffi_call(
-        _target("jaxrnn_table_projection_backward"),
-        (
-            jax.ShapeDtypeStruct((V, K), f32),  # dE
-            jax.ShapeDtypeStruct((K, N), f32),  # dW
-            jax.ShapeDtypeStruct((N,), f32),  # db
-        ),
-        vmap_method="sequential",
-    )
+    call = _projection_gradient("jaxrnn_table_projection_backward", E, W)
     return call(dTable, E, W, threads=np.int64(threads))

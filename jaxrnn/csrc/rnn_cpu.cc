@@ -1561,6 +1561,28 @@ ffi::Error GruBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> S,
 // time into a buffer of the thread's; an id outside [0, V) gives a NaN row (as jnp.take then
 // the product). XLA ran the gather, the product and the bias add as three operations, the
 // gather split over two threads: ~45 us of a 165 us seed inference call at B = 1 (Zen 4).
+// Rows ids[r0 .. r1 - 1] of E [V, K] copied into dst [r1 - r0, K]; a NaN row for an id
+// outside [0, V) (as jnp.take's default "fill" mode).
+void GatherRows(const float* E, const int32_t* ids, int64_t V, int64_t K, int64_t r0, int64_t r1,
+                float* dst) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (int64_t r = r0; r < r1; ++r, dst += K) {
+    const int32_t i = ids[r];
+    if (i >= 0 && i < V) {
+      std::memcpy(dst, E + static_cast<int64_t>(i) * K, sizeof(float) * K);
+    } else {
+      std::fill(dst, dst + K, nan);
+    }
+  }
+}
+
+// W^T of W [K, N] into WT [N, Kp] (Kp >= K; the columns beyond K left as they are: zeros in a
+// zeroed buffer), the panel of the projections' gradients dOut W^T.
+void TransposeInto(const float* W, int64_t K, int64_t N, int64_t Kp, float* WT) {
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t n = 0; n < N; ++n) WT[n * Kp + k] = W[k * N + n];
+}
+
 void ProjectRows(ffi::ThreadPool& pool, const float* E, const int32_t* ids, int64_t V,
                  int64_t R, int64_t K, const float* Wp, int64_t Np, const float* bias, int64_t N,
                  float* out, int64_t threads) {
@@ -1574,21 +1596,12 @@ void ProjectRows(ffi::ThreadPool& pool, const float* E, const int32_t* ids, int6
     const int64_t v0 = c * split.rows_per_chunk;
     const int64_t v1 = std::min(R, v0 + split.rows_per_chunk);
     Aligned rows(ids ? kRows * K : 0, /*zeroed=*/false);
-    const float nan = std::numeric_limits<float>::quiet_NaN();
     const int64_t block = ids ? kRows : v1 - v0;  // gathered: 64 rows at a time; else all
     for (int64_t r0 = v0; r0 < v1; r0 += block) {
       const int64_t r1 = std::min(v1, r0 + block);
       const float* x = E + r0 * K;  // rows r0 .. r1 - 1: E's own, or gathered into `rows`
       if (ids) {
-        for (int64_t r = r0; r < r1; ++r) {
-          const int32_t i = ids[r];
-          float* dst = rows.data + (r - r0) * K;
-          if (i >= 0 && i < V) {
-            std::memcpy(dst, E + static_cast<int64_t>(i) * K, sizeof(float) * K);
-          } else {
-            std::fill(dst, dst + K, nan);
-          }
-        }
+        GatherRows(E, ids, V, K, r0, r1, rows.data);
         x = rows.data;
       }
       float* o = out + r0 * N;
@@ -1706,8 +1719,7 @@ ffi::Error TableProjectionBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F3
   if (WT.data == nullptr || partial.data == nullptr || db_partial.data == nullptr) {
     return ffi::Error::Internal("jaxrnn_table_projection_backward: out of memory");
   }
-  for (int64_t k = 0; k < K; ++k)
-    for (int64_t n = 0; n < N; ++n) WT.data[n * Kp + k] = W.typed_data()[k * N + n];
+  TransposeInto(W.typed_data(), K, N, Kp, WT.data);
   TableProjectionBackward(pool, dT.typed_data(), E.typed_data(), WT.data, Kp, V, K, N,
                           dE->typed_data(), partial.data, db_partial.data, ldw, split);
   ReducePartials(partial.data, split.chunks, K, N, ldw, true, dW->typed_data());
@@ -1735,7 +1747,6 @@ void RowsProjectionBackward(ffi::ThreadPool& pool, const float* dO, const float*
     const int64_t v0 = c * split.rows_per_chunk;
     const int64_t v1 = std::min(R, v0 + split.rows_per_chunk);
     Aligned rows(kRows * K, /*zeroed=*/false);
-    const float nan = std::numeric_limits<float>::quiet_NaN();
     for (int64_t r0 = v0; r0 < v1; r0 += kRows) {
       const int64_t r1 = std::min(v1, r0 + kRows);
       StepRows(dO, N, r0, r1, Panel{WT, Kp, N}, [&](int64_t b) {
@@ -1743,15 +1754,7 @@ void RowsProjectionBackward(ffi::ThreadPool& pool, const float* dO, const float*
           _mm512_mask_storeu_ps(dX + (b + r) * K + j, ColumnMask(j, K), acc);
         };
       });
-      for (int64_t r = r0; r < r1; ++r) {
-        const int32_t i = ids[r];
-        float* dst = rows.data + (r - r0) * K;
-        if (i >= 0 && i < V) {
-          std::memcpy(dst, E + static_cast<int64_t>(i) * K, sizeof(float) * K);
-        } else {
-          std::fill(dst, dst + K, nan);
-        }
-      }
+      GatherRows(E, ids, V, K, r0, r1, rows.data);
       AccumulateOuter(rows.data, K, K, dO + r0 * N, N, N, r1 - r0, partial + c * K * ldw, ldw);
       AddRowSum(dO + r0 * N, r1 - r0, N, N, db_partial + c * ldw);
     }
@@ -1804,15 +1807,13 @@ ffi::Error RowsProjectionBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32
   // threads as ProjectRows (its forward): one per 4M multiply-adds at most by default
   const int64_t by_work = std::max<int64_t>(1, R * K * N >> 22);
   const RowSplit split(R, threads > 0 ? threads : std::min(Threads(pool, 0), by_work));
-  Aligned WT(N * Kp, /*zeroed=*/false), dX(R * K, /*zeroed=*/false);
+  Aligned WT(N * Kp), dX(R * K, /*zeroed=*/false);  // WT: W^T [N, K] padded to [N, Kp]
   Aligned partial(split.chunks * K * ldw), db_partial(split.chunks * ldw);  // per chunk
   if (WT.data == nullptr || dX.data == nullptr || partial.data == nullptr ||
       db_partial.data == nullptr) {
     return ffi::Error::Internal("jaxrnn_rows_projection_backward: out of memory");
   }
-  for (int64_t n = 0; n < N; ++n) {  // W^T [N, K] padded to [N, Kp] (zeros beyond K)
-    for (int64_t k = 0; k < Kp; ++k) WT.data[n * Kp + k] = k < K ? W.typed_data()[k * N + n] : 0.f;
-  }
+  TransposeInto(W.typed_data(), K, N, Kp, WT.data);
   RowsProjectionBackward(pool, dO.typed_data(), E.typed_data(), ids.typed_data(), WT.data, Kp,
                          V, R, K, N, dE->typed_data(), dX.data, partial.data, db_partial.data,
                          ldw, split);
