@@ -1551,16 +1551,7 @@ ffi::Error GruBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> S,
 
 
 // ------------------------------------------------------------------ table projection
-//
-// table = E W (+ b) ([V, K] @ [K, N] (+ [N])): the rows split over the threads, register
-// blocks over W padded to [K, Np], b added in the epilogue. XLA:CPU took 1.1-1.4 ms for the
-// seed LSTM's [5000, 32] @ [32, 400] and its bias add (an 8 MB table written, then read and
-// written again).
-// The same with ids ([R] int32): out = E[ids] W (+ b), [R, N], the step inputs of a batch
-// with fewer tokens than the vocabulary (one review at B = 1 inference), gathered 64 rows at a
-// time into a buffer of the thread's; an id outside [0, V) gives a NaN row (as jnp.take then
-// the product). XLA ran the gather, the product and the bias add as three operations, the
-// gather split over two threads: ~45 us of a 165 us seed inference call at B = 1 (Zen 4).
+
 // Rows ids[r0 .. r1 - 1] of E [V, K] copied into dst [r1 - r0, K]; a NaN row for an id
 // outside [0, V) (as jnp.take's default "fill" mode).
 void GatherRows(const float* E, const int32_t* ids, int64_t V, int64_t K, int64_t r0, int64_t r1,
@@ -1583,6 +1574,15 @@ void TransposeInto(const float* W, int64_t K, int64_t N, int64_t Kp, float* WT) 
     for (int64_t n = 0; n < N; ++n) WT[n * Kp + k] = W[k * N + n];
 }
 
+// table = E W (+ b) ([V, K] @ [K, N] (+ [N])): the rows split over the threads, register
+// blocks over W padded to [K, Np], b added in the epilogue. XLA:CPU took 1.1-1.4 ms for the
+// seed LSTM's [5000, 32] @ [32, 400] and its bias add (an 8 MB table written, then read and
+// written again).
+// The same with ids ([R] int32): out = E[ids] W (+ b), [R, N], the step inputs of a batch
+// with fewer tokens than the vocabulary (one review at B = 1 inference), gathered 64 rows at a
+// time into a buffer of the thread's; an id outside [0, V) gives a NaN row (as jnp.take then
+// the product). XLA ran the gather, the product and the bias add as three operations, the
+// gather split over two threads: ~45 us of a 165 us seed inference call at B = 1 (Zen 4).
 void ProjectRows(ffi::ThreadPool& pool, const float* E, const int32_t* ids, int64_t V,
                  int64_t R, int64_t K, const float* Wp, int64_t Np, const float* bias, int64_t N,
                  float* out, int64_t threads) {
@@ -1733,10 +1733,10 @@ ffi::Error TableProjectionBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F3
 // (an id outside [0, V) gathers a NaN row, as jnp.take does: dW is then NaN, as XLA's) and
 // db = the column sums of dOut. XLA ran a gather, two products, a reduction, a zero fill of
 // dE and a scatter: the seed simple cell's B = 1 training step took 1.00 ms with those, 0.86
-// with this call (Zen 4, benchmarks/rows_ab.py --mode train). Two passes: the rows in blocks of 64 (split over the threads:
-// their dE rows into `dX` [R, K], partial dW and db per chunk), then dE by ranges of ids (each
-// thread zeroes its range and adds the rows whose ids fall in it, in row order: the same sums
-// whatever the number of threads).
+// with this call (Zen 4, benchmarks/rows_ab.py --mode train). Two passes: the rows in blocks
+// of 64, split over the threads (their dE rows into `dX` [R, K], partial dW and db per
+// chunk), then dE by ranges of ids (each thread zeroes its range and adds the rows whose ids
+// fall in it, in row order: the same sums whatever the number of threads).
 void RowsProjectionBackward(ffi::ThreadPool& pool, const float* dO, const float* E,
                             const int32_t* ids, const float* WT, int64_t Kp, int64_t V,
                             int64_t R, int64_t K, int64_t N, float* dE, float* dX,
