@@ -71,8 +71,8 @@ int main(int argc, char** argv) {
                 Sc.data, G.data, T, B, H, 1);
   }
   if (gates == 1) {  // the states the simple backward reads
-    Forward<kTanh>(pool, table.data(), idx.data(), V, Wsp.data, Wsp.Hp, zeros.data(), Sh.data,
-                   T, B, H, 1);
+    Forward<kTanh>(pool, table.data(), idx.data(), V, Panel{Wsp.data, Wsp.ld, H, Wsp.Hp},
+                   zeros.data(), Sh.data, T, B, H, 1);
   }
   for (int64_t i = 0; i < B * GH; ++i) D.data[i] = 1e-3f * static_cast<float>(i % 7);
 
@@ -104,19 +104,20 @@ int main(int argc, char** argv) {
                  T, B, H, 1);
       check = Checksum(Sh.data, (T + 1) * B * H);
     } else if (kernel == "simple-forward") {
-      Forward<kTanh>(pool, table.data(), idx.data(), V, Wsp.data, Wsp.Hp, zeros.data(), Sh.data,
-                     T, B, H, 1);
+      Forward<kTanh>(pool, table.data(), idx.data(), V, Panel{Wsp.data, Wsp.ld, H, Wsp.Hp},
+                     zeros.data(), Sh.data, T, B, H, 1);
       check = Checksum(Sh.data, (T + 1) * B * H);
     } else if (kernel == "simple-backward") {  // as the B T < V seed step: D [T, B, H] kept
       std::memset(partial.data, 0, sizeof(float) * H * ldw);
       const Padded WsTp(W.data(), H, /*transpose=*/true);
-      Backward<kTanh>(pool, Sh.data, WsTp.data, WsTp.Hp, gT.data(), /*last_only=*/true, D.data,
-                      DT.data, dW.data, split, partial.data, /*fuse_dw=*/true, nullptr, false, T,
-                      B, H);
+      Backward<kTanh>(pool, Sh.data, Panel{WsTp.data, WsTp.ld, H, WsTp.Hp}, WsTp.Hp, gT.data(),
+                      /*last_only=*/true, D.data, DT.data, dW.data, split, partial.data,
+                      /*fuse_dw=*/true, nullptr, false, T, B, H);
       check = Checksum(dW.data, H * H) + Checksum(D.data, T * B * H);
     } else if (kernel == "product-forward" || kernel == "product-backward") {
       const bool fwd = kernel == "product-forward";
-      const Panel P = fwd ? Panel{Wp.buf.data, Wp.ld, H} : Panel{WTp.buf.data, WTp.ld, GH};
+      const Panel P = fwd ? Panel{Wp.buf.data, Wp.ld, H, Wp.width}
+                          : Panel{WTp.buf.data, WTp.ld, GH, WTp.Hp};
       const float* x = fwd ? Sh.data + T * B * H : D.data;  // h_T (h_0 = 0)
       const int64_t ldx = fwd ? H : GH;
       for (int64_t t = 0; t < T; ++t) {

@@ -15,7 +15,10 @@ median over rounds of its time / the first build's time in the same round.
         --cells lstm --ids zipf --rounds 100
 
 Without ``--source`` the shipped kernels are measured against themselves (the spread an
-A/B of equal code shows). Every build must take the FFI calls of the installed
+A/B of equal code shows). ``--xla`` adds the fast path's XLA loops (the kernels off) as one more
+entry and traces every build with ``native.MAX_WEIGHT_BYTES`` lifted: how to measure where the
+kernels stop paying off for large ``W_h`` on a new CPU (``--shape 64,100,1024``), the limit
+``native.max_weight_bytes`` keeps per CPU kind. Every build must take the FFI calls of the installed
 ``jaxrnn/native.py`` (operands, attributes, result shapes). The builds' first steps must agree (losses compared; different
 summation orders give float32-rounding differences). Restarts itself with jaxrnn's malloc
 settings and uses inline CPU dispatch, as ``train.py`` and the benchmark workers do. Needs an
@@ -52,10 +55,13 @@ def build(source: Path, out: Path) -> Path:
 
 def measure(
     sources: list[Path], cells: list[str], mode: str = "train", rounds: int = 40,
-    overrides: dict | None = None,
+    overrides: dict | None = None, xla: bool = False,
 ) -> dict[str, dict[str, dict]]:  # fmt: skip
-    """``{cell: {"times": [[s, ...] per source], "first": [output of step 2 per source]}}``:
-    every build's step, ``rounds`` times, in turn (after two steps whose output is kept)."""
+    """``{cell: {"times": [[s, ...] per entry], "first": [output of step 2 per entry]}}``:
+    every build's step, ``rounds`` times, in turn (after two steps whose output is kept).
+    ``xla``: one more entry, last, the fast path with the kernels off (its XLA loops); every
+    build is then traced with ``native.MAX_WEIGHT_BYTES`` lifted, so its kernels run at any
+    ``W_h``."""
     import numpy as np
 
     from benchmarks.frameworks import FRAMEWORKS
@@ -74,15 +80,24 @@ def measure(
         for cell in cells:
             spec = case(mode, cell=cell, **(overrides or {}))
             steps, first = [], []
-            for suffix in suffixes:
-                with native.variant(suffix):  # traced (and compiled) here, on its first call
-                    step = FRAMEWORKS["jaxrnn-fast"](spec, "cpu")
-                    step()
+            # the XLA loops: what the fast path runs for a W_h past the limit (the projections
+            # keep their kernels, as they do there)
+            entries = [(s, 1 << 62 if xla else None) for s in suffixes]
+            entries += [(suffixes[0], 0)] if xla else []
+            for suffix, limit in entries:
+                saved = native.MAX_WEIGHT_BYTES
+                native.MAX_WEIGHT_BYTES = saved if limit is None else limit
+                try:
+                    with native.variant(suffix):  # traced (and compiled) here, on its 1st call
+                        step = FRAMEWORKS["jaxrnn-fast"](spec, "cpu")
+                        step()
+                finally:
+                    native.MAX_WEIGHT_BYTES = saved
                 step()  # training: its loss depends on the first step's gradients
                 steps.append(step)
                 first.append(np.asarray(step.loss, np.float64))
-            times = [[] for _ in sources]
-            order = list(range(len(sources)))
+            times = [[] for _ in entries]
+            order = list(range(len(entries)))
             for r in range(rounds):
                 for i in order if r % 2 == 0 else order[::-1]:
                     t0 = time.perf_counter()
@@ -101,13 +116,16 @@ def main() -> None:
     ap.add_argument("--ids", default="uniform", choices=["uniform", "zipf"],
                     help="token ids: uniform over the vocabulary, or Zipf-distributed as words")  # fmt: skip
     ap.add_argument("--shape", default=None, help="B,T,H to override the seed shape")
+    ap.add_argument("--xla", action="store_true",
+                    help="add the XLA loops; trace the kernels with no W_h limit")  # fmt: skip
     args = ap.parse_args()
     shipped = ROOT / "jaxrnn" / "csrc" / "rnn_cpu.cc"
     sources = [shipped] + list(args.source or [shipped])
     overrides = {"ids": args.ids}
     if args.shape:
         overrides.update(zip(("B", "T", "H"), map(int, args.shape.split(",")), strict=True))
-    res = measure(sources, args.cells.split(","), args.mode, args.rounds, overrides)
+    res = measure(sources, args.cells.split(","), args.mode, args.rounds, overrides, args.xla)
+    names = [str(s) for s in sources] + (["the XLA loops (kernels off)"] if args.xla else [])
     print(f"{args.mode} step, ids {args.ids}, {args.rounds} rounds; ratio = median over rounds "
           f"of time / first build's time in the same round")  # fmt: skip
     for cell, r in res.items():
@@ -117,7 +135,7 @@ def main() -> None:
         print(f"{cell}: second step's output, largest difference between builds {diff:.2e}")
         if diff > 1e-3:
             raise SystemExit(f"{cell}: the builds disagree ({diff:.2e}): not timed further")
-        for i, (src, t) in enumerate(zip(sources, r["times"], strict=True)):
+        for i, (src, t) in enumerate(zip(names, r["times"], strict=True)):
             ratio = statistics.median(a / b for a, b in zip(t, base, strict=True))
             print(
                 f"{cell:7s} median {statistics.median(t) * 1e3:8.3f} ms  best "
