@@ -1,8 +1,11 @@
 """Peak memory of one training step against T, with and without ``rnn(..., remat=...)``.
 
     PYTHONPATH=. python benchmarks/memory.py --out benchmarks/results/memory.json
+    PYTHONPATH=. python benchmarks/memory.py --path fast --cell lstm \
+        --out benchmarks/results/memory_fast_lstm.json
 
-Model: tokens ``[B, T]`` -> Embedding(5000, 32) -> RNN(H) (``jaxrnn.rnn``) -> Dense(1),
+Model: tokens ``[B, T]`` -> Embedding(5000, 32) -> RNN(H) (``jaxrnn.rnn``, or ``fast.rnn``
+with ``--path fast``: the native kernels in each segment where the CPU has them) -> Dense(1),
 BCE, Adam (optax), one jitted step; B = 16, H = 256 (the issue's long-sequence goal).
 
 Two measurements, each in its own subprocess:
@@ -31,13 +34,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def measure(T: int, remat: str | None, cell: str, B: int, H: int, run: bool) -> dict:
+def measure(
+    T: int, remat: str | None, cell: str, B: int, H: int, run: bool, path: str = "plain"
+) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
     import optax
 
-    from jaxrnn import cells, rnn
+    from jaxrnn import cells, fast, rnn
+
+    run_rnn = fast.rnn if path == "fast" else rnn
 
     V, E = 5000, 32
     mod = cells.get(cell)
@@ -57,7 +64,7 @@ def measure(T: int, remat: str | None, cell: str, B: int, H: int, run: bool) -> 
 
     def loss_fn(params, tokens, labels):
         xs = jnp.take(params["embedding"], tokens, axis=0)  # [B, T, E]
-        carry, _ = rnn(mod.cell, params["rnn"], xs, remat=remat_arg)
+        carry, _ = run_rnn(mod.cell, params["rnn"], xs, remat=remat_arg)
         h = carry[0] if isinstance(carry, tuple) else carry  # [B, H]
         logits = (h @ params["W_o"] + params["b_o"])[:, 0]
         return optax.sigmoid_binary_cross_entropy(logits, labels).mean()
@@ -72,7 +79,7 @@ def measure(T: int, remat: str | None, cell: str, B: int, H: int, run: bool) -> 
     compiled = jitted.lower(params, opt_state, tokens, labels).compile()
     ma = compiled.memory_analysis()
     out = {
-        "T": T, "remat": remat or "none", "cell": cell, "B": B, "H": H,
+        "T": T, "remat": remat or "none", "cell": cell, "B": B, "H": H, "path": path,
         "compile_s": time.perf_counter() - t0,
         "xla_temp_bytes": ma.temp_size_in_bytes,
         "xla_argument_bytes": ma.argument_size_in_bytes,
@@ -110,6 +117,9 @@ def main() -> None:
         help="actually run (RSS) remat cases up to this T; full-memory ones up to 10k",
     )
     ap.add_argument("--cell", default="simple")
+    ap.add_argument("--path", default="plain", choices=["plain", "fast"],
+                    help="jaxrnn.rnn, or fast.rnn (the same remat option)")  # fmt: skip
+    ap.add_argument("--remats", default="none,sqrt", help="the remat settings to measure")
     ap.add_argument("--B", type=int, default=16)
     ap.add_argument("--H", type=int, default=256)
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one case as JSON
@@ -120,9 +130,9 @@ def main() -> None:
         return
     results = []
     for T in [int(t) for t in args.Ts.split(",")]:
-        for remat in ("none", "sqrt"):
+        for remat in args.remats.split(","):
             run = T <= (args.run_max_T if remat != "none" else 10_000)
-            c = dict(T=T, remat=remat, cell=args.cell, B=args.B, H=args.H, run=run)
+            c = dict(T=T, remat=remat, cell=args.cell, B=args.B, H=args.H, run=run, path=args.path)
             env = dict(os.environ, PYTHONPATH=str(ROOT))
             p = subprocess.run([sys.executable, __file__, "--one", json.dumps(c)],
                                capture_output=True, text=True, env=env, cwd=ROOT)  # fmt: skip

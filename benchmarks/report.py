@@ -157,7 +157,8 @@ def plot_memory(mem: dict, out: Path) -> None:
     ax.set_xlabel("T (sequence length)")
     ax.set_ylabel("peak MiB (one training step)")
     r0 = mem["results"][0]
-    ax.set_title(f"BPTT memory, {r0['cell']} RNN B={r0['B']} H={r0['H']}", fontsize=10)
+    path = "fast.rnn" if r0.get("path") == "fast" else "rnn"
+    ax.set_title(f"BPTT memory, {path}, {r0['cell']} B={r0['B']} H={r0['H']}", fontsize=10)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -206,9 +207,9 @@ def main() -> None:
     out = []
     for f in sorted(Path(args.results).glob("*.json")):
         rec = json.loads(f.read_text())
-        if f.stem == "memory":
+        if f.stem.startswith("memory"):
             out.append(f"### {f.name}\n\n`{rec['command']}`\n\n{memory_table(rec)}")
-            plot_memory(rec, HERE / "memory.png")
+            plot_memory(rec, HERE / f"{f.stem}.png")
             continue
         if f.stem == "options":
             out.append(f"### {f.name}\n\n`{rec['command']}`\n\n{options_table(rec)}")

@@ -68,7 +68,7 @@ import numpy as np
 from jaxrnn import cells, gpu, models, native
 from jaxrnn import dropout as dropout_lib
 from jaxrnn.cells._common import Array
-from jaxrnn.layer import check_lengths, reverse_padded
+from jaxrnn.layer import check_lengths, remat_segment, reverse_padded, scan_segments
 from jaxrnn.layer import rnn as plain_rnn
 
 # Steps per iteration of the XLA loops. ``None`` (the default): 1 where JAX's default backend
@@ -868,6 +868,40 @@ def input_bias(params: Any) -> Array | None:
     return params.b
 
 
+def _rnn_segments(
+    cell: Callable, params: Any, xs: Array, h0: Any, lengths: Array | None, k: int,
+    unroll: int | None,
+) -> tuple[Any, Array]:  # fmt: skip
+    """:func:`rnn`'s loop with ``remat``: ``xs [T, B, D]`` (time-major, already reversed where
+    asked) in checkpointed segments of ``k`` steps, each projected and run on the fast path.
+
+    With ``lengths`` the carry passed on is the loop's (it runs through the padding) beside the
+    one picked so far: a segment ``[t0, t0 + n)`` picks its state after ``lengths - t0`` steps
+    (clipped to ``[0, n]``: 0 keeps the earlier pick; rows whose length lies further on pick
+    the segment's last state, replaced in a later segment).
+
+    Returns:
+        ``(final_carry, ys [T, B, H])``: the carry at each row's length where ``lengths`` is given.
+    """
+    b = input_bias(params)
+
+    def run(carry, seg):
+        x, ts = seg  # [n, B, D], [n] the steps' indices
+        U = project(x, params.W_x, b)  # [n, B, G H]
+        if lengths is None:
+            return scan_projected(cell, params, U, carry, unroll=unroll)
+        loop, picked = carry
+        loop, ys, states = scan_projected(cell, params, U, loop, unroll=unroll, states=True)
+        steps = jnp.clip(lengths - ts[0], 0, ts.shape[0])  # [B]
+        picked = jax.tree.map(lambda s, p: state_at(s, p, steps), states, picked)
+        return (loop, picked), ys
+
+    T = xs.shape[0]
+    carry0 = h0 if lengths is None else (h0, h0)
+    carry, ys = scan_segments(run, carry0, (xs, jnp.arange(T)), k)
+    return (carry if lengths is None else carry[1]), ys
+
+
 def rnn(
     cell: Callable,
     params: Any,
@@ -878,6 +912,7 @@ def rnn(
     reverse: bool = False,
     unroll: int | None = DEFAULT_UNROLL,
     time_major: bool = False,
+    remat: int | str | None = None,
     kernels: Any = KERNELS,
 ) -> tuple[Any, Any]:
     """:func:`jaxrnn.rnn` with the input projection hoisted and a hand-written BPTT.
@@ -894,8 +929,14 @@ def rnn(
     sequence's length, :func:`jaxrnn.layer.reverse_padded`), run forward, and the
     outputs reversed back.
 
+    ``remat``: as in :func:`jaxrnn.rnn`, segments of ``k`` steps (``"sqrt"``: ``ceil(sqrt(T))``)
+    under ``jax.checkpoint`` (:func:`jaxrnn.layer.scan_segments`), each projecting its own
+    inputs and running the fast loop (the native kernels where they apply) over them, so
+    neither the projections ``[T, B, G H]`` nor the loops' buffers are kept for all ``T``:
+    memory ``O(T / k + k)`` for about one more forward pass, the same gradients.
+
     Args:
-        cell, params, xs, h0, lengths, reverse, time_major: as in :func:`jaxrnn.rnn`
+        cell, params, xs, h0, lengths, reverse, time_major, remat: as in :func:`jaxrnn.rnn`
             (``xs: [B, T, D]``, ``[T, B, D]`` with ``time_major``, or ``[T, D]``).
         unroll: steps per loop iteration of the XLA loops (``None``: :data:`DEFAULT_UNROLL`).
         kernels: which fast kernels may be used: ``"auto"`` (default, :data:`KERNELS`: all of
@@ -905,6 +946,7 @@ def rnn(
         ``(final_carry, ys)`` as :func:`jaxrnn.rnn`.
     """
     xs_arr = jnp.asarray(xs)
+    remat_segment(remat, 1)  # validates the option
     if (
         _supported(cell, params, kernels) is None
         or xs_arr.ndim != 3
@@ -912,7 +954,7 @@ def rnn(
     ):
         return plain_rnn(
             cell, params, xs, h0, lengths=lengths, reverse=reverse,
-            unroll=1 if unroll is None else unroll, time_major=time_major,
+            unroll=1 if unroll is None else unroll, time_major=time_major, remat=remat,
         )  # fmt: skip
     # Let the plain path validate shapes/dtypes (it traces one step only, no scan).
     jax.eval_shape(
@@ -927,12 +969,17 @@ def rnn(
         xs_tm = xs_tm[::-1] if lengths is None else reverse_padded(xs_tm, lengths)
     if h0 is None:
         h0 = cell.initial_carry(params, (B,))
-    U = project(xs_tm, params.W_x, input_bias(params))  # [T, B, G H]: one matmul
-    if lengths is None:
-        carry, ys = scan_projected(cell, params, U, h0, unroll=unroll)
+    k = remat_segment(remat, T)
+    if k is not None:
+        carry, ys = _rnn_segments(cell, params, xs_tm, h0, lengths, k, unroll)
     else:
-        _, ys, states = scan_projected(cell, params, U, h0, unroll=unroll, states=True)
-        carry = jax.tree.map(lambda s, s0: state_at(s, s0, lengths), states, h0)
+        U = project(xs_tm, params.W_x, input_bias(params))  # [T, B, G H]: one matmul
+        if lengths is None:
+            carry, ys = scan_projected(cell, params, U, h0, unroll=unroll)
+        else:
+            _, ys, states = scan_projected(cell, params, U, h0, unroll=unroll, states=True)
+            carry = jax.tree.map(lambda s, s0: state_at(s, s0, lengths), states, h0)
+    if lengths is not None:
         alive = jnp.arange(T)[:, None] < lengths[None, :]  # [T, B]
         ys = jnp.where(alive[:, :, None], ys, jnp.zeros_like(ys))
     if reverse:

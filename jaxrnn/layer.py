@@ -101,24 +101,26 @@ def remat_segment(remat: int | str | None, T: int) -> int | None:
     return min(remat, max(T, 1))
 
 
-def _scan(step: Callable, carry0: Any, inputs: Any, *, reverse: bool, unroll: Any, k: int | None):
-    """``lax.scan(step, carry0, inputs)``; with ``k``, in checkpointed segments of ``k`` steps.
+def scan_segments(
+    run: Callable, carry0: Any, inputs: Any, k: int, *, reverse: bool = False
+) -> tuple[Any, Any]:
+    """``run(carry0, inputs)`` in checkpointed segments of ``k`` steps (rematerialisation).
 
-    Rematerialisation: an outer scan over ``T // k`` segments keeps only the carry at
-    each segment start; the backward pass recomputes one segment (``k`` steps of
-    residuals) at a time under ``jax.checkpoint``. Memory for BPTT goes from
-    ``O(T)`` carries and residuals to ``O(T / k + k)`` (``k = sqrt(T)``: ``O(sqrt(T))``)
-    for about one extra forward pass. A remainder of ``T % k`` steps is one more segment.
+    ``run(carry, seg) -> (carry, ys)`` runs the recurrence over ``seg`` (``inputs``' leaves
+    cut to ``[k, ...]`` along time, their first axis; the last segment holds the remainder
+    ``T % k``), ``ys`` leaves ``[k, ...]``. An outer scan over the ``T // k`` segments keeps only
+    the carry at each segment start; the backward pass recomputes one segment (``k`` steps of
+    residuals) at a time under ``jax.checkpoint``. Memory for BPTT goes from ``O(T)`` carries
+    and residuals to ``O(T / k + k)`` (``k = sqrt(T)``: ``O(sqrt(T))``) for about one extra
+    forward pass. ``reverse``: ``run`` runs its segment backwards in time, so the segments are
+    taken last to first (the remainder first).
+
+    Returns:
+        ``(final_carry, ys)``, ``ys`` leaves ``[T, ...]`` in the original time order.
     """
-    if k is None:
-        return jax.lax.scan(step, carry0, inputs, reverse=reverse, unroll=unroll)
     T = jax.tree.leaves(inputs)[0].shape[0]
     n, r = divmod(T, k)
-
-    @jax.checkpoint
-    def segment(carry, seg):
-        return jax.lax.scan(step, carry, seg, reverse=reverse, unroll=unroll)
-
+    segment = jax.checkpoint(run)
     main = jax.tree.map(lambda a: a[: n * k].reshape(n, k, *a.shape[1:]), inputs)  # [n, k, ...]
     rest = jax.tree.map(lambda a: a[n * k :], inputs)  # [r, ...]
     carry = carry0
@@ -131,6 +133,17 @@ def _scan(step: Callable, carry0: Any, inputs: Any, *, reverse: bool, unroll: An
     if r:
         ys = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=0), ys, ys_rest)
     return carry, ys
+
+
+def _scan(step: Callable, carry0: Any, inputs: Any, *, reverse: bool, unroll: Any, k: int | None):
+    """``lax.scan(step, carry0, inputs)``; with ``k``, in checkpointed segments of ``k`` steps
+    (:func:`scan_segments`)."""
+    if k is None:
+        return jax.lax.scan(step, carry0, inputs, reverse=reverse, unroll=unroll)
+    return scan_segments(
+        lambda carry, seg: jax.lax.scan(step, carry, seg, reverse=reverse, unroll=unroll),
+        carry0, inputs, k, reverse=reverse,
+    )  # fmt: skip
 
 
 def rnn(

@@ -425,17 +425,29 @@ def test_seed_classifier_gradients_native_vs_float64_plain(cell, case):
 
 
 @pytest.mark.parametrize("cell", ["simple", "lstm", "gru"])
-@pytest.mark.parametrize("reverse", [False, True])
-def test_fast_rnn_lengths_native_vs_float64_plain(cell, reverse):
-    """fast.rnn with ``lengths`` (and ``reverse``) in float32 on the kernels (for the LSTM the
-    cell states' cotangents enter the backward kernel) against the plain path in float64."""
+@pytest.mark.parametrize(
+    "T,remat,with_lengths,reverse",
+    [
+        (30, None, True, False),
+        (30, None, True, True),
+        (1, None, False, False),  # one step: the GRU's one-row D once read as the input rows
+        (1, None, True, True),
+        (15, 7, False, False),  # segments of 7, 7 and 1 steps, each a kernel call
+        (15, 7, True, True),
+        (30, "sqrt", True, False),
+    ],
+)
+def test_fast_rnn_native_vs_float64_plain(cell, T, remat, with_lengths, reverse):
+    """fast.rnn in float32 on the kernels — with ``lengths`` (for the LSTM the cell states'
+    cotangents then enter the backward kernel), ``reverse``, ``remat`` (kernel calls per
+    checkpointed segment) — against the plain path without remat in float64."""
     mod = cells.get(cell)
-    B, T, D, H = 12, 30, 7, 20
+    B, D, H = 12, 7, 20
     rng = np.random.default_rng(11)
     p64 = mod.init(jax.random.key(2), D, H, dtype=jnp.float64)
     p32 = jax.tree.map(lambda x: x.astype(jnp.float32), p64)
     xs = rng.normal(size=(B, T, D))
-    lengths = jnp.asarray(rng.integers(0, T + 1, size=B), jnp.int32)
+    lengths = jnp.asarray(rng.integers(0, T + 1, size=B), jnp.int32) if with_lengths else None
     w = np.cos(np.arange(B * T * H)).reshape(B, T, H)
 
     def loss(run, p, xs):
@@ -444,7 +456,7 @@ def test_fast_rnn_lengths_native_vs_float64_plain(cell, reverse):
             jnp.sum(jnp.sin(c)) for c in jax.tree.leaves(carry)
         )
 
-    run32 = functools.partial(fast.rnn, kernels=fast.ALL_KERNELS)
+    run32 = functools.partial(fast.rnn, kernels=fast.ALL_KERNELS, remat=remat)
     grad32 = jax.jit(jax.value_and_grad(lambda *a: loss(run32, *a), argnums=(0, 1)))
     (x32,) = _f32(xs)
     assert f"jaxrnn_{cell}_backward" in grad32.lower(p32, x32).as_text()

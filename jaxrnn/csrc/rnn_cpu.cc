@@ -1515,7 +1515,8 @@ ffi::Error GruBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> S,
   const int64_t V = td.size() == 2 ? td[0] : -1;
   const bool last_only = gd.size() == 2;
   const Rows rows = RowsOf(A->dimensions(), T, B, 3 * H);
-  const Rows d_rows = RowsOf(D->dimensions(), T, B, 3 * H);
+  Rows d_rows = RowsOf(D->dimensions(), T, B, 3 * H);
+  if (T == 1 && d_rows == Rows::kInputs) d_rows = Rows::kFirst;  // one row: [1, B, 3H] is both
   const bool ok = sd.size() == 3 && T >= 1 && W.dimensions().size() == 2 &&
                   W.dimensions()[0] == H && W.dimensions()[1] == 3 * H &&
                   static_cast<int64_t>(Sv.element_count()) == T * B * 4 * H &&
