@@ -18,6 +18,19 @@ def _loss(cell, p, xs, h0, run=rnn, **kw):
     return jnp.sum(ys * w) + sum(jnp.sum(jnp.sin(c)) for c in jax.tree.leaves(carry))
 
 
+def _case(cell_name, key):
+    """A cell (float64), ``xs [3, 13, 4]`` and a random initial carry."""
+    mod = cells.get(cell_name)
+    B, T, D, H = 3, 13, 4, 5
+    p = mod.init(key, D, H, dtype=jnp.float64)
+    xs = jax.random.normal(jax.random.key(1), (B, T, D), jnp.float64)
+    h0 = jax.tree.map(
+        lambda a: 0.3 * jax.random.normal(jax.random.key(2), a.shape, a.dtype),
+        mod.initial_carry(p, (B,)),
+    )
+    return mod, p, xs, h0
+
+
 @pytest.mark.parametrize(
     "cell_name,remat,reverse,with_lengths",
     [
@@ -31,14 +44,7 @@ def _loss(cell, p, xs, h0, run=rnn, **kw):
     ],
 )
 def test_remat_values_and_grads_equal_full(cell_name, remat, reverse, with_lengths, key):
-    mod = cells.get(cell_name)
-    B, T, D, H = 3, 13, 4, 5
-    p = mod.init(key, D, H, dtype=jnp.float64)
-    xs = jax.random.normal(jax.random.key(1), (B, T, D), jnp.float64)
-    h0 = jax.tree.map(
-        lambda a: 0.3 * jax.random.normal(jax.random.key(2), a.shape, a.dtype),
-        mod.initial_carry(p, (B,)),
-    )
+    mod, p, xs, h0 = _case(cell_name, key)
     kw = dict(reverse=reverse, lengths=jnp.array([13, 6, 0]) if with_lengths else None)
     full = rnn(mod.cell, p, xs, h0, **kw)
     rem = rnn(mod.cell, p, xs, h0, remat=remat, **kw)
@@ -77,14 +83,7 @@ def test_fast_remat_values_and_grads_equal_plain(cell_name, remat, reverse, with
     """fast.rnn(..., remat=...) (segments projected and run on the fast path) against the
     plain path without remat, float64 (the XLA loops; the kernels in float32:
     tests/test_native.py)."""
-    mod = cells.get(cell_name)
-    B, T, D, H = 3, 13, 4, 5
-    p = mod.init(key, D, H, dtype=jnp.float64)
-    xs = jax.random.normal(jax.random.key(1), (B, T, D), jnp.float64)
-    h0 = jax.tree.map(
-        lambda a: 0.3 * jax.random.normal(jax.random.key(2), a.shape, a.dtype),
-        mod.initial_carry(p, (B,)),
-    )
+    mod, p, xs, h0 = _case(cell_name, key)
     kw = dict(reverse=reverse, lengths=jnp.array([13, 6, 0]) if with_lengths else None)
     run = functools.partial(fast.rnn, kernels=fast.ALL_KERNELS, remat=remat)
     for a, b in zip(
