@@ -868,17 +868,18 @@ def input_bias(params: Any) -> Array | None:
     return params.b
 
 
-def _rnn_segments(
-    cell: Callable, params: Any, xs: Array, h0: Any, lengths: Array | None, k: int,
+def _run_projected(
+    cell: Callable, params: Any, xs: Array, h0: Any, lengths: Array | None, k: int | None,
     unroll: int | None,
 ) -> tuple[Any, Array]:  # fmt: skip
-    """:func:`rnn`'s loop with ``remat``: ``xs [T, B, D]`` (time-major, already reversed where
-    asked) in checkpointed segments of ``k`` steps, each projected and run on the fast path.
+    """:func:`rnn`'s loop on ``xs [T, B, D]`` (time-major, already reversed where asked):
+    projected and run on the fast path, whole or (``k``, ``remat``) in checkpointed segments
+    of ``k`` steps (:func:`jaxrnn.layer.scan_segments`), each projecting its own inputs.
 
-    With ``lengths`` the carry passed on is the loop's (it runs through the padding) beside the
-    one picked so far: a segment ``[t0, t0 + n)`` picks its state after ``lengths - t0`` steps
-    (clipped to ``[0, n]``: 0 keeps the earlier pick; rows whose length lies further on pick
-    the segment's last state, replaced in a later segment).
+    With ``lengths`` the loop runs through the padding and its carry is passed on beside the
+    one picked so far: a run over steps ``[t0, t0 + n)`` picks its state after
+    ``lengths - t0`` steps (clipped to ``[0, n]``: 0 keeps the earlier pick; rows whose length
+    lies further on pick the run's last state, replaced in a later segment).
 
     Returns:
         ``(final_carry, ys [T, B, H])``: the carry at each row's length where ``lengths`` is given.
@@ -887,7 +888,7 @@ def _rnn_segments(
 
     def run(carry, seg):
         x, ts = seg  # [n, B, D], [n] the steps' indices
-        U = project(x, params.W_x, b)  # [n, B, G H]
+        U = project(x, params.W_x, b)  # [n, B, G H]: one matmul
         if lengths is None:
             return scan_projected(cell, params, U, carry, unroll=unroll)
         loop, picked = carry
@@ -896,9 +897,9 @@ def _rnn_segments(
         picked = jax.tree.map(lambda s, p: state_at(s, p, steps), states, picked)
         return (loop, picked), ys
 
-    T = xs.shape[0]
     carry0 = h0 if lengths is None else (h0, h0)
-    carry, ys = scan_segments(run, carry0, (xs, jnp.arange(T)), k)
+    inputs = (xs, jnp.arange(xs.shape[0]))
+    carry, ys = run(carry0, inputs) if k is None else scan_segments(run, carry0, inputs, k)
     return (carry if lengths is None else carry[1]), ys
 
 
@@ -969,16 +970,7 @@ def rnn(
         xs_tm = xs_tm[::-1] if lengths is None else reverse_padded(xs_tm, lengths)
     if h0 is None:
         h0 = cell.initial_carry(params, (B,))
-    k = remat_segment(remat, T)
-    if k is not None:
-        carry, ys = _rnn_segments(cell, params, xs_tm, h0, lengths, k, unroll)
-    else:
-        U = project(xs_tm, params.W_x, input_bias(params))  # [T, B, G H]: one matmul
-        if lengths is None:
-            carry, ys = scan_projected(cell, params, U, h0, unroll=unroll)
-        else:
-            _, ys, states = scan_projected(cell, params, U, h0, unroll=unroll, states=True)
-            carry = jax.tree.map(lambda s, s0: state_at(s, s0, lengths), states, h0)
+    carry, ys = _run_projected(cell, params, xs_tm, h0, lengths, remat_segment(remat, T), unroll)
     if lengths is not None:
         alive = jnp.arange(T)[:, None] < lengths[None, :]  # [T, B]
         ys = jnp.where(alive[:, :, None], ys, jnp.zeros_like(ys))

@@ -1228,11 +1228,14 @@ std::string Shape(ffi::Span<const int64_t> dims) {
 //    XLA:CPU against ~4 ms without it (the LSTM classifier's [250, 64, 400] buffer).
 enum class Rows { kAll, kFirst, kInputs, kInvalid };
 
+// One row is read as kFirst: at T = 1 the input rows are that same row (the ring then holds
+// the one step's row, with the same result), and a buffer that only takes kAll or kFirst (the
+// GRU's D) must not be refused there.
 Rows RowsOf(ffi::Span<const int64_t> dims, int64_t T, int64_t B, int64_t GH) {
   if (dims.size() != 3 || dims[1] != B || dims[2] != GH) return Rows::kInvalid;
   if (dims[0] == T + 1) return Rows::kAll;
-  if (dims[0] == T) return Rows::kInputs;
   if (dims[0] == 1) return Rows::kFirst;
+  if (dims[0] == T) return Rows::kInputs;
   return Rows::kInvalid;
 }
 
@@ -1515,8 +1518,7 @@ ffi::Error GruBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> S,
   const int64_t V = td.size() == 2 ? td[0] : -1;
   const bool last_only = gd.size() == 2;
   const Rows rows = RowsOf(A->dimensions(), T, B, 3 * H);
-  Rows d_rows = RowsOf(D->dimensions(), T, B, 3 * H);
-  if (T == 1 && d_rows == Rows::kInputs) d_rows = Rows::kFirst;  // one row: [1, B, 3H] is both
+  const Rows d_rows = RowsOf(D->dimensions(), T, B, 3 * H);
   const bool ok = sd.size() == 3 && T >= 1 && W.dimensions().size() == 2 &&
                   W.dimensions()[0] == H && W.dimensions()[1] == 3 * H &&
                   static_cast<int64_t>(Sv.element_count()) == T * B * 4 * H &&
