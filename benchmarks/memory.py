@@ -3,9 +3,13 @@
     PYTHONPATH=. python benchmarks/memory.py --out benchmarks/results/memory.json
     PYTHONPATH=. python benchmarks/memory.py --path fast --cell lstm \
         --out benchmarks/results/memory_fast_lstm.json
+    PYTHONPATH=. python benchmarks/memory.py --path fast --cell lstm --layers 2 \
+        --out benchmarks/results/memory_fast_lstm2.json
 
 Model: tokens ``[B, T]`` -> Embedding(5000, 32) -> RNN(H) (``jaxrnn.rnn``, or ``fast.rnn``
-with ``--path fast``: the native kernels in each segment where the CPU has them) -> Dense(1),
+with ``--path fast``: the native kernels in each segment where the CPU has them; with
+``--layers L``, ``jaxrnn.stack`` of L such layers, its remat in time segments through all
+of them) -> Dense(1),
 BCE, Adam (optax), one jitted step; B = 16, H = 256 (the issue's long-sequence goal).
 
 Two measurements, each in its own subprocess:
@@ -35,7 +39,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def measure(
-    T: int, remat: str | None, cell: str, B: int, H: int, run: bool, path: str = "plain"
+    T: int,
+    remat: str | None,
+    cell: str,
+    B: int,
+    H: int,
+    run: bool,
+    path: str = "plain",
+    layers: int = 1,
 ) -> dict:
     import jax
     import jax.numpy as jnp
@@ -43,6 +54,7 @@ def measure(
     import optax
 
     from jaxrnn import cells, fast, rnn
+    from jaxrnn.stack import stack
 
     run_rnn = fast.rnn if path == "fast" else rnn
 
@@ -51,7 +63,9 @@ def measure(
     k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
     params = {
         "embedding": jax.random.uniform(k1, (V, E), jnp.float32, -0.05, 0.05),
-        "rnn": mod.init(k2, E, H),
+        "rnn": mod.init(k2, E, H)
+        if layers == 1
+        else [mod.init(jax.random.fold_in(k2, i), E if i == 0 else H, H) for i in range(layers)],
         "W_o": jax.nn.initializers.glorot_uniform()(k3, (H, 1), jnp.float32),
         "b_o": jnp.zeros((1,), jnp.float32),
     }
@@ -64,7 +78,10 @@ def measure(
 
     def loss_fn(params, tokens, labels):
         xs = jnp.take(params["embedding"], tokens, axis=0)  # [B, T, E]
-        carry, _ = run_rnn(mod.cell, params["rnn"], xs, remat=remat_arg)
+        if layers == 1:
+            carry, _ = run_rnn(mod.cell, params["rnn"], xs, remat=remat_arg)
+        else:  # the last layer's final carry
+            carry = stack(mod.cell, params["rnn"], xs, fast=path == "fast", remat=remat_arg)[0][-1]
         h = carry[0] if isinstance(carry, tuple) else carry  # [B, H]
         logits = (h @ params["W_o"] + params["b_o"])[:, 0]
         return optax.sigmoid_binary_cross_entropy(logits, labels).mean()
@@ -80,6 +97,7 @@ def measure(
     ma = compiled.memory_analysis()
     out = {
         "T": T, "remat": remat or "none", "cell": cell, "B": B, "H": H, "path": path,
+        "layers": layers,
         "compile_s": time.perf_counter() - t0,
         "xla_temp_bytes": ma.temp_size_in_bytes,
         "xla_argument_bytes": ma.argument_size_in_bytes,
@@ -120,6 +138,8 @@ def main() -> None:
     ap.add_argument("--path", default="plain", choices=["plain", "fast"],
                     help="jaxrnn.rnn, or fast.rnn (the same remat option)")  # fmt: skip
     ap.add_argument("--remats", default="none,sqrt", help="the remat settings to measure")
+    ap.add_argument("--layers", type=int, default=1,
+                    help="> 1: a unidirectional jaxrnn.stack of that many layers")  # fmt: skip
     ap.add_argument("--B", type=int, default=16)
     ap.add_argument("--H", type=int, default=256)
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one case as JSON
@@ -132,7 +152,8 @@ def main() -> None:
     for T in [int(t) for t in args.Ts.split(",")]:
         for remat in args.remats.split(","):
             run = T <= (args.run_max_T if remat != "none" else 10_000)
-            c = dict(T=T, remat=remat, cell=args.cell, B=args.B, H=args.H, run=run, path=args.path)
+            c = dict(T=T, remat=remat, cell=args.cell, B=args.B, H=args.H, run=run, path=args.path,
+                     layers=args.layers)  # fmt: skip
             env = dict(os.environ, PYTHONPATH=str(ROOT))
             p = subprocess.run([sys.executable, __file__, "--one", json.dumps(c)],
                                capture_output=True, text=True, env=env, cwd=ROOT)  # fmt: skip

@@ -158,6 +158,8 @@ def plot_memory(mem: dict, out: Path) -> None:
     ax.set_ylabel("peak MiB (one training step)")
     r0 = mem["results"][0]
     path = "fast.rnn" if r0.get("path") == "fast" else "rnn"
+    if r0.get("layers", 1) > 1:
+        path = f"stack of {r0['layers']}" + (", fast" if r0.get("path") == "fast" else "")
     ax.set_title(f"BPTT memory, {path}, {r0['cell']} B={r0['B']} H={r0['H']}", fontsize=10)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)

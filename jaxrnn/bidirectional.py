@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrnn.cells._common import Array
-from jaxrnn.layer import Cell
+from jaxrnn.layer import Cell, remat_segment
 from jaxrnn.recurrent import recurrent
 
 MERGE_MODES = ("concat", "sum", "mul", "ave", None)
@@ -71,6 +71,7 @@ def bidirectional(
     deterministic: bool = True,
     unroll: int | bool | None = None,
     fast: bool = False,
+    remat: int | str | None = None,
 ) -> Any:
     """Runs a forward and a backward recurrent layer over ``xs [B, T, D]`` and merges them.
 
@@ -89,6 +90,8 @@ def bidirectional(
         unroll: ``lax.scan``'s unroll (``None``: 1); with ``fast``, the fast path's
             (``None``: its default, :data:`jaxrnn.fast.DEFAULT_UNROLL`).
         fast: both directions on :func:`jaxrnn.fast.rnn` (see :func:`jaxrnn.recurrent.recurrent`).
+        remat: both directions rematerialised in segments of ``k`` steps (``"sqrt"``:
+            ``ceil(sqrt(T))``), as in :func:`jaxrnn.rnn`.
 
     Returns:
         ``output`` (``[B, T, 2H]`` for concat with sequences; ``[B, 2H]`` without; a pair for
@@ -111,6 +114,7 @@ def bidirectional(
         raise TypeError(
             f"bidirectional: params must be BiParams(forward, backward); got {type(params).__name__}"
         )
+    remat_segment(remat, 1, "bidirectional")  # validates the option
     cell_fw, cell_bw = cell if isinstance(cell, tuple) else (cell, cell)
     carry_fw, carry_bw = (None, None) if initial_carry is None else initial_carry
     k_fw = k_bw = None
@@ -127,6 +131,7 @@ def bidirectional(
         deterministic=deterministic,
         unroll=unroll,
         fast=fast,
+        remat=remat,
     )
     y_fw, c_fw = recurrent(cell_fw, params.forward, xs, carry_fw, key=k_fw, **common)
     y_bw, c_bw = recurrent(

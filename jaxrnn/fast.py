@@ -947,7 +947,7 @@ def rnn(
         ``(final_carry, ys)`` as :func:`jaxrnn.rnn`.
     """
     xs_arr = jnp.asarray(xs)
-    remat_segment(remat, 1)  # validates the option
+    remat_segment(remat, 1, "fast.rnn")  # validates the option
     if (
         _supported(cell, params, kernels) is None
         or xs_arr.ndim != 3
@@ -957,11 +957,10 @@ def rnn(
             cell, params, xs, h0, lengths=lengths, reverse=reverse,
             unroll=1 if unroll is None else unroll, time_major=time_major, remat=remat,
         )  # fmt: skip
-    # Let the plain path validate shapes/dtypes (it traces one step only, no scan).
+    # Let the plain path validate shapes/dtypes (traced, not compiled: its errors name xs).
     jax.eval_shape(
-        lambda p, x, h: plain_rnn(cell, p, x[:1] if time_major else x[:, :1], h, time_major=time_major),
-        params, xs_arr, h0,
-    )  # fmt: skip
+        lambda p, x, h: plain_rnn(cell, p, x, h, time_major=time_major), params, xs_arr, h0
+    )
     xs_tm = xs_arr if time_major else jnp.swapaxes(xs_arr, 0, 1)  # [T, B, D]
     T, B = xs_tm.shape[:2]
     if lengths is not None:
@@ -1014,6 +1013,10 @@ def classifier_logits(
     Falls back to the plain model where no fast kernel applies: recurrent dropout (a mask
     inside the recurrence), other cells, ``T = 0``.
 
+    ``cfg.remat`` (rematerialised BPTT for long reviews): the word vectors ``[T, B, E]`` are
+    gathered and run through :func:`rnn` with ``remat``, in checkpointed segments that each
+    project their own inputs, so no ``[T, B, G H]`` tensor is kept either.
+
     Args:
         cfg: model settings.
         params: from :func:`jaxrnn.models.init_classifier`.
@@ -1043,15 +1046,25 @@ def classifier_logits(
     h0 = cell.initial_carry(p, (B,))
     b = input_bias(p)
     last_only = lengths is None
+    x_mask = None  # the plain model's input masks from the same key: [B, E], one per review
+    if dropout:
+        x_mask = dropout_lib.rnn_dropout_masks(
+            key, cell, cfg.embed_dim, cfg.hidden_size, (B,), dropout=cfg.dropout,
+            dtype=params["embedding"].dtype,
+        ).x  # fmt: skip
+    if cfg.remat is not None:  # checkpointed segments, each projecting its own word vectors
+        xs = jnp.take(params["embedding"], tokens.T, axis=0)  # [T, B, E]
+        xs = xs if x_mask is None else xs * x_mask
+        carry, _ = rnn(
+            cell, p, xs, h0, lengths=lengths, unroll=unroll, time_major=True, remat=cfg.remat,
+            kernels=kernels,
+        )  # fmt: skip
+        h_T = carry[0] if isinstance(carry, tuple) else carry  # [B, H]
+        return (h_T @ params["W_o"] + params["b_o"])[:, 0]  # [B]
     if dropout or B * T < cfg.vocab_size:  # the rows used only: [T, B, E] @ [E, G H]
         if dropout:
             xs = jnp.take(params["embedding"], tokens.T, axis=0)  # [T, B, E]
-            # the plain model's masks from the same key: x [B, E], one per review
-            masks = dropout_lib.rnn_dropout_masks(
-                key, cell, cfg.embed_dim, cfg.hidden_size, (B,), dropout=cfg.dropout,
-                dtype=xs.dtype,
-            )  # fmt: skip
-            U = project(xs * masks.x, p.W_x, b)
+            U = project(xs * x_mask, p.W_x, b)
         else:
             U = project_rows(params["embedding"], tokens.T, p.W_x, b)
         carry, ys = scan_projected(cell, p, U, h0, unroll=unroll, last_only=last_only)

@@ -86,8 +86,10 @@ def reverse_padded(xs: Array, lengths: Array) -> Array:
     return xs[idx, jnp.arange(B)[None, :]]
 
 
-def remat_segment(remat: int | str | None, T: int) -> int | None:
+def remat_segment(remat: int | str | None, T: int, where: str = "rnn") -> int | None:
     """Steps per checkpointed segment for ``rnn(..., remat=...)`` (``None``: no remat).
+
+    ``where`` names the caller in the error for a bad value.
 
     >>> remat_segment("sqrt", 100_000), remat_segment(50, 250), remat_segment(None, 250)
     (317, 50, None)
@@ -97,7 +99,7 @@ def remat_segment(remat: int | str | None, T: int) -> int | None:
     if remat == "sqrt":
         return max(1, int(np.ceil(np.sqrt(T))))
     if isinstance(remat, bool) or not isinstance(remat, int) or remat < 1:
-        raise ValueError(f"rnn: remat must be None, 'sqrt' or a positive int; got {remat!r}")
+        raise ValueError(f"{where}: remat must be None, 'sqrt' or a positive int; got {remat!r}")
     return min(remat, max(T, 1))
 
 

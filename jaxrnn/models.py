@@ -49,6 +49,8 @@ class ClassifierConfig:
     # applied only when classifier_logits gets a key (training); 0 = off
     dropout: float = 0.0
     recurrent_dropout: float = 0.0
+    # rematerialise BPTT (jaxrnn.rnn's remat): k steps per checkpointed segment, "sqrt", None
+    remat: int | str | None = None
 
 
 def init_classifier(key: Array, cfg: ClassifierConfig, dtype: Any = jnp.float32) -> dict[str, Any]:
@@ -115,7 +117,7 @@ def classifier_logits(
             dtype=xs.dtype,
         )
         cell = dropout_lib.with_masks(cell, masks)
-    h_T, _ = rnn(cell, params["rnn"], xs, lengths=lengths)  # [B, H] (or carry tuple)
+    h_T, _ = rnn(cell, params["rnn"], xs, lengths=lengths, remat=cfg.remat)  # [B, H] | carry
     h_T = h_T[0] if isinstance(h_T, tuple) else h_T  # LSTM-style carries (h, c): keep h
     return (h_T @ params["W_o"] + params["b_o"])[:, 0]  # [B, H] @ [H, 1] -> [B]
 

@@ -37,7 +37,7 @@ import numpy as np
 from jaxrnn.cells._common import Array, check_float
 from jaxrnn.dropout import rnn_dropout_masks, with_masks
 from jaxrnn.fast import rnn as fast_rnn
-from jaxrnn.layer import Cell, _bcast, _cell_name, _initial_carry_fn, rnn
+from jaxrnn.layer import Cell, _bcast, _cell_name, _initial_carry_fn, _scan, remat_segment, rnn
 
 
 def carry_output(carry: Any) -> Array:
@@ -89,6 +89,7 @@ def masked_scan(
     reverse: bool = False,
     zero_output_for_mask: bool = False,
     unroll: int | bool = 1,
+    k: int | None = None,
 ) -> tuple[Any, Array]:
     """The masked time loop of Keras's JAX backend, time-major.
 
@@ -101,6 +102,8 @@ def masked_scan(
         reverse: scan from ``T - 1`` to ``0``; outputs stay indexed by time.
         zero_output_for_mask: masked outputs are zeros instead of the carry's ``h``.
         unroll: ``lax.scan``'s unroll.
+        k: rematerialise: checkpointed segments of ``k`` steps
+            (:func:`jaxrnn.layer.scan_segments`); ``None``: one scan.
 
     Returns:
         ``(final_carry, ys [T, B, H])`` with ``ys[t]`` the output at time ``t``.
@@ -114,7 +117,7 @@ def masked_scan(
         new_carry = jax.tree.map(lambda n, o: jnp.where(_bcast(m, n), n, o), new_carry, carry)
         return new_carry, y
 
-    return jax.lax.scan(step, carry0, (xs, mask), reverse=reverse, unroll=unroll)
+    return _scan(step, carry0, (xs, mask), reverse=reverse, unroll=unroll, k=k)
 
 
 def recurrent(
@@ -136,6 +139,7 @@ def recurrent(
     per_gate_masks: bool | None = None,
     unroll: int | bool | None = None,
     fast: bool = False,
+    remat: int | str | None = None,
 ) -> Any:
     """Runs ``cell`` over ``xs [B, T, D]`` exactly as a Keras 3 RNN layer does.
 
@@ -165,6 +169,9 @@ def recurrent(
             steps come first), or zeros with ``zero_output_for_mask``. Where no fast kernel
             applies (other cells, dropout masks bound to the cell) ``fast.rnn`` runs the plain
             loop with the same semantics.
+        remat: rematerialise for memory, as in :func:`jaxrnn.rnn`: ``k`` checkpoints the
+            carry every ``k`` steps (``"sqrt"``: ``ceil(sqrt(T))``) and recomputes each
+            segment in the backward pass, on either path. Same values and gradients.
 
     Returns:
         ``output`` — ``[B, T, H]`` or ``[B, H]`` — or ``(output, final_carry)`` with
@@ -187,6 +194,7 @@ def recurrent(
     if xs.ndim != 3:
         raise ValueError(f"recurrent: xs must be [B, T, D]; got shape {tuple(xs.shape)}")
     B, T, D = xs.shape
+    k = remat_segment(remat, T, "recurrent")
     if mask is not None and lengths is not None:
         raise ValueError("recurrent: pass mask or lengths, not both")
     on_fast_path = fast and mask is None
@@ -228,13 +236,13 @@ def recurrent(
     else:
         mask_tm = jnp.swapaxes(mask, 0, 1)  # [T, B]
     # rnn() checks the cell against xs and the carry at trace time (shapes, dtypes).
-    jax.eval_shape(lambda p, x, c: rnn(cell, p, x[:, :1], c), params, xs, initial_carry)
+    jax.eval_shape(lambda p, x, c: rnn(cell, p, x, c), params, xs, initial_carry)
 
     if on_fast_path:
         # ys [T, B, H] in time order, zeros at masked steps
         carry, ys = fast_rnn(
             cell, params, xs_tm, initial_carry, lengths=lengths, reverse=go_backwards,
-            unroll=unroll, time_major=True,
+            unroll=unroll, time_major=True, remat=remat,
         )  # fmt: skip
         if lengths is not None and not zero_output_for_mask:
             # a masked step outputs the carry's h: the final one past a sequence's end, the
@@ -251,6 +259,7 @@ def recurrent(
             reverse=go_backwards,
             zero_output_for_mask=zero_output_for_mask,
             unroll=1 if unroll is None else unroll,
+            k=k,
         )  # ys [T, B, H] in time order
     if go_backwards:
         ys = ys[::-1]  # processing order, as Keras returns it

@@ -29,8 +29,8 @@ import jax.numpy as jnp
 from jaxrnn.bidirectional import BiParams, bidirectional
 from jaxrnn.cells._common import Array
 from jaxrnn.dropout import dropout as dropout_fn
-from jaxrnn.layer import Cell
-from jaxrnn.recurrent import recurrent
+from jaxrnn.layer import Cell, _initial_carry_fn, remat_segment, scan_segments
+from jaxrnn.recurrent import check_mask, recurrent
 
 
 def stack(
@@ -46,6 +46,7 @@ def stack(
     deterministic: bool = True,
     unroll: int | bool | None = None,
     fast: bool = False,
+    remat: int | str | None = None,
 ) -> tuple[list[Any], Array]:
     """Runs layers one after the other over ``xs [B, T, D]``.
 
@@ -64,6 +65,14 @@ def stack(
             (``None``: its default, :data:`jaxrnn.fast.DEFAULT_UNROLL`).
         fast: every layer on :func:`jaxrnn.fast.rnn` (see :func:`jaxrnn.recurrent.recurrent`:
             with ``lengths`` or no mask; an explicit ``mask`` runs the plain loop).
+        remat: rematerialised BPTT, as in :func:`jaxrnn.rnn`: the carries kept every ``k``
+            steps (``"sqrt"``: ``ceil(sqrt(T))``) and each segment recomputed in the backward
+            pass. Same values and gradients. A unidirectional stack without active dropout
+            runs in time segments through all layers, so BPTT keeps ``O(T / k)`` carries per
+            layer and one segment's activations, and no inner layer's ``[B, T, H]``
+            outputs. A bidirectional layer needs the whole sequence, and dropout masks
+            ``[B, T, H]`` are drawn per layer: there each layer is rematerialised on its own
+            and the outputs between layers ``[B, T, H_k]`` are kept.
 
     Returns:
         ``(finals, ys)``: per layer its final carry (``(fw, bw)`` when bidirectional),
@@ -90,34 +99,78 @@ def stack(
         raise ValueError(f"stack: got {len(cells)} cells for {L} layers of params")
     if initial_carries is not None and len(initial_carries) != L:
         raise ValueError(f"stack: got {len(initial_carries)} initial carries for {L} layers")
-    if not deterministic and dropout and key is None:
-        raise ValueError("stack: dropout with deterministic=False needs a PRNG key")
+    drop = None  # drop(k, h): the dropout on layer k's output, in training
+    if not deterministic and dropout:
+        if key is None:
+            raise ValueError("stack: dropout with deterministic=False needs a PRNG key")
 
+        def drop(k, h):
+            return dropout_fn(jax.random.fold_in(key, k), h, dropout)
+
+    remat_segment(remat, 1, "stack")  # validates the option
+    run = dict(mask=mask, lengths=lengths, unroll=unroll, fast=fast)
+    if remat is None or drop is not None or any(isinstance(p, BiParams) for p in params):
+        return _layers(cells, params, xs, initial_carries, remat=remat, drop=drop, **run)
+    # unidirectional, no dropout: time segments through all layers. Trace the layer-by-layer
+    # stack once for its checks (shapes, dtypes, carries, mask, lengths: errors with the
+    # full [B, T, D]); nothing of it is compiled or run.
+    jax.eval_shape(lambda p, x: _layers(cells, p, x, initial_carries, **run), params, xs)
+    return _segments(cells, params, jnp.asarray(xs), initial_carries, remat=remat, **run)
+
+
+def _layers(cells, params, xs, initial_carries, *, remat=None, drop=None, **run):
+    """The stack layer by layer over all of ``xs [B, T, D]``, each layer rematerialised on
+    its own with ``remat``."""
+    L = len(params)
     finals, h = [], xs
     for k, (cell, p) in enumerate(zip(cells, params, strict=True)):
         carry0 = None if initial_carries is None else initial_carries[k]
         if isinstance(p, BiParams):
-            h, final = bidirectional(
-                cell, p, h, carry0, mask=mask, lengths=lengths, return_state=True, unroll=unroll,
-                fast=fast,
-            )  # fmt: skip
+            h, final = bidirectional(cell, p, h, carry0, return_state=True, remat=remat, **run)
         else:
             h, final = recurrent(
-                cell,
-                p,
-                h,
-                carry0,
-                mask=mask,
-                lengths=lengths,
-                return_state=True,
-                zero_output_for_mask=True,
-                unroll=unroll,
-                fast=fast,
-            )
+                cell, p, h, carry0, return_state=True, zero_output_for_mask=True, remat=remat,
+                **run,
+            )  # fmt: skip
         finals.append(final)
-        if k < L - 1 and not deterministic and dropout:
-            h = dropout_fn(jax.random.fold_in(key, k), h, dropout)
+        if k < L - 1 and drop is not None:
+            h = drop(k, h)
     return finals, h
+
+
+def _segments(cells, params, xs, initial_carries, *, remat, mask, lengths, **run):
+    """A unidirectional stack in checkpointed time segments of ``k`` steps, each running every
+    layer over its ``k`` steps (:func:`jaxrnn.layer.scan_segments`): the backward pass keeps
+    each layer's carry at every segment start and recomputes one segment of all layers at a
+    time, so no ``[B, T, H]`` activation of an inner layer is kept. With ``lengths`` a
+    segment starting at step ``t0`` runs with lengths ``clip(lengths - t0, 0, k)``: the
+    carries stay frozen past each sequence's end and the outputs there are zeros, as on the
+    whole sequence."""
+    B, T = xs.shape[:2]
+    lengths = None if lengths is None else jnp.asarray(lengths)
+    carries0 = [
+        _initial_carry_fn(cell)(p, (B,)) if initial_carries is None else initial_carries[i]
+        for i, (cell, p) in enumerate(zip(cells, params, strict=True))
+    ]
+    mask_tm = None if mask is None else jnp.swapaxes(check_mask(mask, B, T), 0, 1)  # [T, B]
+
+    def segment(carries, seg):
+        x, ts, m = seg  # [n, B, D], [n], [n, B] | None
+        h = jnp.swapaxes(x, 0, 1)  # [B, n, D]
+        seg_lengths = None if lengths is None else jnp.clip(lengths - ts[0], 0, ts.shape[0])
+        seg_mask = None if m is None else jnp.swapaxes(m, 0, 1)  # [B, n]
+        out = []
+        for cell, p, c in zip(cells, params, carries, strict=True):
+            h, c = recurrent(
+                cell, p, h, c, mask=seg_mask, lengths=seg_lengths, return_state=True,
+                zero_output_for_mask=True, **run,
+            )  # fmt: skip
+            out.append(c)
+        return out, jnp.swapaxes(h, 0, 1)  # [n, B, H_L]
+
+    inputs = (jnp.swapaxes(xs, 0, 1), jnp.arange(T), mask_tm)
+    finals, ys = scan_segments(segment, carries0, inputs, remat_segment(remat, T, "stack"))
+    return finals, jnp.swapaxes(ys, 0, 1)  # [B, T, H_L]
 
 
 def torch_state(finals: Sequence[Any]) -> Any:

@@ -1,5 +1,6 @@
-"""rnn(..., remat=k | "sqrt"): the same values and gradients as without remat (float64),
-and less memory for BPTT (XLA's compiled buffer sizes)."""
+"""rnn / fast.rnn / recurrent / bidirectional / stack (..., remat=k | "sqrt"): the same
+values and gradients as without remat (float64), and less memory for BPTT (XLA's compiled
+buffer sizes)."""
 
 import functools
 
@@ -9,7 +10,10 @@ import numpy as np
 import pytest
 
 from jaxrnn import cells, fast, rnn
+from jaxrnn.bidirectional import BiParams, bidirectional
 from jaxrnn.layer import remat_segment
+from jaxrnn.recurrent import recurrent
+from jaxrnn.stack import stack
 
 
 def _loss(cell, p, xs, h0, run=rnn, **kw):
@@ -146,3 +150,191 @@ def test_memory_benchmark_measures_both_paths():
     assert got["fast"]["loss"] == pytest.approx(got["plain"]["loss"], rel=1e-5)
     for r in got.values():
         assert r["grad_finite"] and r["xla_peak_bytes"] > 0 and r["rss_peak_bytes"] > 0
+
+
+# ---------------------------------------------------------------- recurrent, bidirectional, stack
+
+
+def _close(a_tree, b_tree, rtol, atol):
+    for a, b in zip(jax.tree.leaves(a_tree), jax.tree.leaves(b_tree), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol)
+
+
+def _weighted(tree):
+    """A scalar that weights every element of every leaf differently."""
+    return sum(
+        jnp.sum(a * jnp.cos(jnp.arange(a.size, dtype=a.dtype)).reshape(a.shape))
+        for a in jax.tree.leaves(tree)
+    )
+
+
+@pytest.mark.parametrize(
+    "cell_name,remat,option,on_fast",
+    [
+        ("simple", 4, "mask", False),  # an arbitrary mask: the masked loop, in segments
+        ("lstm", "sqrt", "lengths", True),
+        *(
+            pytest.param(*case, marks=pytest.mark.slow)
+            for case in [
+                ("simple", 4, "mask", True),  # fast=True with a mask: the masked loop too
+                ("lstm", "sqrt", "lengths", False),
+                ("gru", 5, "lengths_backwards", False),
+                ("gru", 5, "lengths_backwards", True),
+                ("lstm", 3, "backwards", False),
+                ("lstm", 3, "backwards", True),
+            ]
+        ),
+    ],
+)
+def test_recurrent_remat_equals_full(cell_name, remat, option, on_fast, key):
+    """recurrent(..., remat=) (Keras semantics: masks, go_backwards, the masked steps' outputs)
+    against the same call without remat, float64, values and gradients."""
+    mod, p, xs, h0 = _case(cell_name, key)
+    B, T = xs.shape[:2]
+    kw = dict(go_backwards="backwards" in option, fast=on_fast, return_state=True)
+    if option == "mask":
+        kw["mask"] = jax.random.bernoulli(jax.random.key(3), 0.7, (B, T))
+    elif "lengths" in option:
+        kw["lengths"] = jnp.array([13, 6, 0])
+    if on_fast:
+        kw["unroll"] = 2
+
+    def loss(p, xs, h0, remat):
+        return _weighted(recurrent(mod.cell, p, xs, h0, remat=remat, **kw))
+
+    _close(
+        recurrent(mod.cell, p, xs, h0, **kw),
+        recurrent(mod.cell, p, xs, h0, remat=remat, **kw),
+        1e-12,
+        1e-13,
+    )
+    g = [jax.grad(loss, argnums=(0, 1, 2))(p, xs, h0, r) for r in (None, remat)]
+    _close(g[0], g[1], 1e-10, 1e-12)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("on_fast", [False, True])
+def test_stack_remat_equals_full(on_fast, key):
+    """A GRU layer under a bidirectional LSTM with lengths and dropout between the layers
+    (PyTorch's packed multi-layer model), every layer in sqrt(T) segments: the same final
+    states, outputs and gradients as without remat (float64)."""
+    D, H, B, T = 4, 5, 3, 13
+    ks = jax.random.split(key, 3)
+    params = [
+        cells.gru.init(ks[0], D, H, dtype=jnp.float64),
+        BiParams(
+            cells.lstm.init(ks[1], H, H, dtype=jnp.float64),
+            cells.lstm.init(ks[2], H, H, dtype=jnp.float64),
+        ),
+    ]
+    xs = jax.random.normal(jax.random.key(1), (B, T, D), jnp.float64)
+    kw = dict(
+        lengths=jnp.array([13, 7, 1]), dropout=0.3, key=jax.random.key(4), deterministic=False,
+        fast=on_fast,
+    )  # fmt: skip
+    cell = [cells.gru.cell, cells.lstm.cell]
+
+    def loss(params, xs, remat):
+        return _weighted(stack(cell, params, xs, remat=remat, **kw))
+
+    _close(stack(cell, params, xs, **kw), stack(cell, params, xs, remat="sqrt", **kw), 1e-12, 1e-13)
+    g = [jax.grad(loss, argnums=(0, 1))(params, xs, r) for r in (None, "sqrt")]
+    _close(g[0], g[1], 1e-10, 1e-12)
+
+
+@pytest.mark.parametrize(
+    "option,on_fast",
+    [
+        ("lengths", True),
+        *(
+            pytest.param(*case, marks=pytest.mark.slow)
+            for case in [("lengths", False), ("mask", False), ("mask", True), ("carries", False),
+                         ("carries", True)]
+        ),
+    ],
+)  # fmt: skip
+def test_unidirectional_stack_remat_equals_full(on_fast, option, key):
+    """simple -> LSTM -> GRU, run in time segments through all three layers (4 steps each,
+    13 = 3 * 4 + 1): the same finals, outputs and gradients as the layer-by-layer run
+    without remat (float64); with lengths (segments past a sequence's end), an explicit
+    mask (the masked loop) or given initial carries."""
+    D, H, B, T = 4, 5, 3, 13
+    mods = [cells.simple, cells.lstm, cells.gru]
+    ks = jax.random.split(key, 3)
+    params = [
+        m.init(k, d, H, dtype=jnp.float64) for m, k, d in zip(mods, ks, (D, H, H), strict=True)
+    ]
+    cell = [m.cell for m in mods]
+    xs = jax.random.normal(jax.random.key(1), (B, T, D), jnp.float64)
+    kw = dict(fast=on_fast)
+    if option == "lengths":
+        kw["lengths"] = jnp.array([13, 6, 0])
+    elif option == "mask":
+        kw["mask"] = jax.random.bernoulli(jax.random.key(3), 0.7, (B, T))
+    carries = None
+    if option == "carries":
+        carries = [
+            jax.tree.map(lambda a: jnp.full_like(a, 0.3), m.initial_carry(p, (B,)))
+            for m, p in zip(mods, params, strict=True)
+        ]
+
+    def loss(params, xs, carries, remat):
+        return _weighted(stack(cell, params, xs, carries, remat=remat, **kw))
+
+    _close(
+        stack(cell, params, xs, carries, **kw),
+        stack(cell, params, xs, carries, remat=4, **kw),
+        1e-12,
+        1e-13,
+    )
+    g = [jax.grad(loss, argnums=(0, 1, 2))(params, xs, carries, r) for r in (None, 4)]
+    _close(g[0], g[1], 1e-10, 1e-12)
+
+
+def test_stack_remat_reduces_bptt_memory(key):
+    """Two LSTM layers on the fast path, T = 2048: per-layer remat (a bidirectional layer
+    on top: the outputs between layers kept) and time segments through both layers (no
+    [B, T, H] activation of the inner layer kept) shrink the gradient's temporaries."""
+    B, T, D, H = 4, 2048, 8, 64
+    ks = jax.random.split(key, 3)
+    uni = [cells.lstm.init(ks[0], D, H), cells.lstm.init(ks[1], H, H)]
+    bi = [uni[0], BiParams(uni[1], cells.lstm.init(ks[2], H, H))]
+    xs = jnp.ones((B, T, D), jnp.float32)
+
+    def temp_bytes(params, remat):
+        def loss(p):
+            finals, _ = stack(cells.lstm.cell, p, xs, fast=True, remat=remat)
+            return sum(jnp.sum(a) for a in jax.tree.leaves(finals))
+
+        return jax.jit(jax.grad(loss)).lower(params).compile().memory_analysis().temp_size_in_bytes
+
+    full, layers = temp_bytes(bi, None), temp_bytes(bi, "sqrt")
+    assert full >= 3 * T * B * H * 4  # at least every h_t of the three loops
+    assert layers < full / 2.5, (full, layers)
+    full, segments = temp_bytes(uni, None), temp_bytes(uni, "sqrt")
+    assert full >= 2 * T * B * H * 4
+    assert segments < full / 16, (full, segments)
+    assert segments < T * B * H * 4  # not even one layer's [T, B, H] outputs kept
+
+
+def test_stack_remat_errors_name_the_whole_sequence(key):
+    """The segmented stack reports bad input with the shapes the caller gave."""
+    p = [cells.simple.init(key, 3, 4), cells.simple.init(key, 4, 4)]
+    xs = jnp.ones((2, 10, 5), jnp.float32)  # D = 5, the cell expects 3
+    with pytest.raises((ValueError, TypeError), match=r"\(2, 10, 5\)"):
+        stack(cells.simple.cell, p, xs, remat=3)
+    with pytest.raises(ValueError, match=r"lengths must lie in \[0, T=10\]"):
+        stack(cells.simple.cell, p, jnp.ones((2, 10, 3)), lengths=jnp.array([3, 11]), remat=3)
+
+
+@pytest.mark.parametrize("fn", ["recurrent", "bidirectional", "stack"])
+def test_layer_bad_remat_is_a_clear_error(fn, key):
+    p = cells.simple.init(key, 2, 3)
+    xs = jnp.ones((1, 4, 2), jnp.float32)
+    calls = {
+        "recurrent": lambda: recurrent(cells.simple.cell, p, xs, remat="log"),
+        "bidirectional": lambda: bidirectional(cells.simple.cell, BiParams(p, p), xs, remat=0),
+        "stack": lambda: stack(cells.simple.cell, [p], xs, remat=2.5),
+    }
+    with pytest.raises(ValueError, match=f"^{fn}: remat must be None, 'sqrt' or a positive int"):
+        calls[fn]()

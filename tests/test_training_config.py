@@ -66,6 +66,9 @@ GOOD = "task: adding\ntrain:\n  steps: 10\n"
             ["'model.recurrent_dropout' must be in [0, 1)", "1.0", "bad.yaml"],
         ),
         ("task: adding\ntrain: {steps: 10}\nmodel: {dropout: 0.1}\n", [], ["'model.dropout'"]),
+        (GOOD, ["model.remat=log"], ["'model.remat' must be a positive int, 'sqrt' or null"]),
+        (GOOD, ["model.remat=0"], ["'model.remat'", "got 0"]),
+        (GOOD, ["model.remat=2.5"], ["'model.remat' must be int"]),
         (
             "task: adding\ntrain: {steps: 10, batch_size: 0}\n",
             [],

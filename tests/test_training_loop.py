@@ -26,6 +26,7 @@ from jaxrnn.training.loop import Diverged, make_train_step, read_metrics, train
 from jaxrnn.training.tasks import make_task
 
 ROOT = pathlib.Path(__file__).parents[1]
+SLOW = pytest.mark.slow
 
 
 def _config(tmp_path, task, **sections):
@@ -155,6 +156,34 @@ def test_fast_flag_trains_to_the_same_numbers(tmp_path, monkeypatch, task_name, 
     plain, fast = (_losses(runs[f].run_dir) for f in (False, True))
     assert [r[:2] for r in plain] == [r[:2] for r in fast] and len(plain) > 12
     np.testing.assert_allclose([r[2] for r in fast], [r[2] for r in plain], rtol=2e-5)
+
+
+@pytest.mark.parametrize(
+    "task_name,model,data",
+    [
+        ("imdb", {"cell": "lstm", "fast": True}, {"padding": "post"}),  # fast.classifier_logits
+        pytest.param("imdb", {"cell": "gru", "fast": False, "dropout": 0.2}, {}, marks=SLOW),
+        pytest.param("adding", {"cell": "simple", "fast": True}, {}, marks=SLOW),
+        pytest.param("shakespeare", {"cell": "lstm", "fast": False}, {}, marks=SLOW),
+    ],
+)
+def test_remat_trains_to_the_same_numbers(tmp_path, task_name, model, data):
+    """``model.remat`` (checkpointed BPTT segments) gives the losses of the same run without
+    it, step by step, on either path; it may change across ``--resume``."""
+    runs = {}
+    for remat in (None, 5):
+        cfg = _config(
+            tmp_path, task_name, model={**model, "hidden_size": 8, "remat": remat}, data=data,
+            train={"run_dir": str(tmp_path / str(remat))},
+        )  # fmt: skip
+        runs[remat] = _losses(train(cfg).run_dir)
+    assert [r[:2] for r in runs[None]] == [r[:2] for r in runs[5]] and len(runs[5]) > 12
+    np.testing.assert_allclose([r[2] for r in runs[5]], [r[2] for r in runs[None]], rtol=2e-5)
+    more = _config(
+        tmp_path, task_name, model={**model, "hidden_size": 8, "remat": "sqrt"}, data=data,
+        train={"run_dir": str(tmp_path / "5"), "steps": 14},
+    )  # fmt: skip
+    assert train(more, resume=True).step == 14
 
 
 def _losses(run_dir):
@@ -330,6 +359,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow  # two fresh processes (~16 s); runs in .ci/run's slow part
 def test_two_processes_over_jax_distributed_equal_single_device(tmp_path):
     # the multi-host path on one machine: 2 processes x 2 host devices, connected by
     # jax.distributed (JAX_COORDINATOR_ADDRESS & co., read by the loop), Gloo collectives

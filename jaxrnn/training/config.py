@@ -83,6 +83,9 @@ class ImdbModel:
     recurrent_dropout: float = 0.0  # Keras's recurrent_dropout on h_{t-1}, training only
     # jaxrnn.fast where it applies (same numbers; recurrent dropout: plain path)
     fast: bool = False
+    # rematerialise BPTT (jaxrnn.rnn's remat): k steps per checkpointed segment, "sqrt", or
+    # null (off). Same numbers, O(T / k + k) states kept instead of O(T), ~1 more forward pass
+    remat: int | str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +95,9 @@ class ShakespeareModel:
     cell: str = "gru"
     cell_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     fast: bool = False  # jaxrnn.fast.rnn instead of jaxrnn.rnn (same numbers)
+    # rematerialise BPTT (jaxrnn.rnn's remat): k steps per checkpointed segment, "sqrt", or
+    # null (off). Same numbers, O(T / k + k) states kept instead of O(T), ~1 more forward pass
+    remat: int | str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +107,9 @@ class AddingModel:
     cell_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     chrono_t_max: int = 0  # lstm: chrono bias init (Tallec & Ollivier 2018); 0 = off
     fast: bool = False  # jaxrnn.fast.rnn instead of jaxrnn.rnn (same numbers)
+    # rematerialise BPTT (jaxrnn.rnn's remat): k steps per checkpointed segment, "sqrt", or
+    # null (off). Same numbers, O(T / k + k) states kept instead of O(T), ~1 more forward pass
+    remat: int | str | None = None
 
 
 # --- shared sections -------------------------------------------------------------------------
@@ -318,6 +327,9 @@ def _check_semantics(cfg: Config, where: str) -> None:
         rate = getattr(cfg.model, name, 0.0)
         if not 0.0 <= rate < 1.0:
             bad(f"'model.{name}' must be in [0, 1); got {rate!r}")
+    remat = cfg.model.remat
+    if not (remat is None or remat == "sqrt" or (isinstance(remat, int) and remat >= 1)):
+        bad(f"'model.remat' must be a positive int, 'sqrt' or null; got {remat!r}")
 
 
 def parse_overrides(overrides: list[str]) -> tuple[dict[str, Any], dict[str, str]]:

@@ -263,10 +263,11 @@ def _in_main_thread() -> bool:
 
 
 def _comparable(cfg_dict: dict) -> dict:
-    """The parts of a config that must not change across ``--resume``. ``model.fast`` may:
-    it picks the code path, not the model (and checkpoints written before it existed lack it)."""
+    """The parts of a config that must not change across ``--resume``. ``model.fast`` and
+    ``model.remat`` may: they pick the code path, not the model (and checkpoints written
+    before they existed lack them)."""
     out = {k: cfg_dict[k] for k in ("task", "seed", "data", "model")}
-    out["model"] = {k: v for k, v in out["model"].items() if k != "fast"}
+    out["model"] = {k: v for k, v in out["model"].items() if k not in ("fast", "remat")}
     return out
 
 

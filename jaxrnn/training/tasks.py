@@ -16,6 +16,7 @@ means. The model of a task sees only its small model dataclass from :mod:`jaxrnn
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -57,6 +58,7 @@ def imdb_task(cfg: Config) -> Task:
         cell_options=_options(cfg.model.cell_options),
         dropout=cfg.model.dropout,
         recurrent_dropout=cfg.model.recurrent_dropout,
+        remat=cfg.model.remat,
     )
     use_lengths = cfg.data.padding == "post"  # post-padding: mask the tail via lengths
     stochastic = bool(mcfg.dropout or mcfg.recurrent_dropout)
@@ -109,7 +111,7 @@ def shakespeare_task(cfg: Config, vocab_size: int) -> Task:
         cell_options=_options(cfg.model.cell_options),
     )
 
-    rnn_fn = fast.rnn if cfg.model.fast else rnn
+    rnn_fn = functools.partial(fast.rnn if cfg.model.fast else rnn, remat=cfg.model.remat)
 
     def per_char(params, tokens):
         _, z = models.char_lm_logits(mcfg, params, tokens[:, :-1], rnn_fn=rnn_fn)  # [B, L, V]
@@ -142,7 +144,7 @@ def adding_task(cfg: Config) -> Task:
         chrono_t_max=cfg.model.chrono_t_max,
     )
 
-    rnn_fn = fast.rnn if cfg.model.fast else rnn
+    rnn_fn = functools.partial(fast.rnn if cfg.model.fast else rnn, remat=cfg.model.remat)
 
     def loss_fn(params, batch):
         err = models.regressor_predict(mcfg, params, batch["xs"], rnn_fn=rnn_fn) - batch["y"]  # [B]
