@@ -95,9 +95,7 @@ class ShakespeareModel:
     cell: str = "gru"
     cell_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     fast: bool = False  # jaxrnn.fast.rnn instead of jaxrnn.rnn (same numbers)
-    # rematerialise BPTT (jaxrnn.rnn's remat): k steps per checkpointed segment, "sqrt", or
-    # null (off). Same numbers, O(T / k + k) states kept instead of O(T), ~1 more forward pass
-    remat: int | str | None = None
+    remat: int | str | None = None  # rematerialised BPTT (see ImdbModel.remat)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,9 +105,7 @@ class AddingModel:
     cell_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     chrono_t_max: int = 0  # lstm: chrono bias init (Tallec & Ollivier 2018); 0 = off
     fast: bool = False  # jaxrnn.fast.rnn instead of jaxrnn.rnn (same numbers)
-    # rematerialise BPTT (jaxrnn.rnn's remat): k steps per checkpointed segment, "sqrt", or
-    # null (off). Same numbers, O(T / k + k) states kept instead of O(T), ~1 more forward pass
-    remat: int | str | None = None
+    remat: int | str | None = None  # rematerialised BPTT (see ImdbModel.remat)
 
 
 # --- shared sections -------------------------------------------------------------------------
