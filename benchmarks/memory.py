@@ -54,6 +54,7 @@ def measure(
     import optax
 
     from jaxrnn import cells, fast, rnn
+    from jaxrnn.layer import carry_output
     from jaxrnn.stack import stack
 
     run_rnn = fast.rnn if path == "fast" else rnn
@@ -82,7 +83,7 @@ def measure(
             carry, _ = run_rnn(mod.cell, params["rnn"], xs, remat=remat_arg)
         else:  # the last layer's final carry
             carry = stack(mod.cell, params["rnn"], xs, fast=path == "fast", remat=remat_arg)[0][-1]
-        h = carry[0] if isinstance(carry, tuple) else carry  # [B, H]
+        h = carry_output(carry)  # [B, H]: an LSTM's (h, c) keeps h
         logits = (h @ params["W_o"] + params["b_o"])[:, 0]
         return optax.sigmoid_binary_cross_entropy(logits, labels).mean()
 

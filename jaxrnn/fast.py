@@ -68,7 +68,7 @@ import numpy as np
 from jaxrnn import cells, gpu, models, native
 from jaxrnn import dropout as dropout_lib
 from jaxrnn.cells._common import Array
-from jaxrnn.layer import check_lengths, remat_segment, reverse_padded, scan_segments
+from jaxrnn.layer import carry_output, check_lengths, remat_segment, reverse_padded, scan_segments
 from jaxrnn.layer import rnn as plain_rnn
 
 # Steps per iteration of the XLA loops. ``None`` (the default): 1 where JAX's default backend
@@ -1059,7 +1059,7 @@ def classifier_logits(
             cell, p, xs, h0, lengths=lengths, unroll=unroll, time_major=True, remat=cfg.remat,
             kernels=kernels,
         )  # fmt: skip
-        h_T = carry[0] if isinstance(carry, tuple) else carry  # [B, H]
+        h_T = carry_output(carry)  # [B, H]
         return (h_T @ params["W_o"] + params["b_o"])[:, 0]  # [B]
     if dropout or B * T < cfg.vocab_size:  # the rows used only: [T, B, E] @ [E, G H]
         if dropout:
@@ -1075,11 +1075,10 @@ def classifier_logits(
         carry, ys = scan_projected(
             cell, p, table, h0, unroll=unroll, last_only=last_only, idx=tokens.T
         )
-    h0_h = h0[0] if isinstance(h0, tuple) else h0  # LSTM carry (h, c): keep h
     if lengths is None:
-        h_T = carry[0] if isinstance(carry, tuple) else carry
+        h_T = carry_output(carry)  # [B, H]: an LSTM carry (h, c) keeps h
     else:
-        h_T = state_at(ys, h0_h, lengths)
+        h_T = state_at(ys, carry_output(h0), lengths)
     return (h_T @ params["W_o"] + params["b_o"])[:, 0]  # [B]
 
 

@@ -41,6 +41,15 @@ def _initial_carry_fn(cell: Cell) -> Callable[..., Any] | None:
     return None
 
 
+def carry_output(carry: Any) -> Array:
+    """The part of a carry that is the cell's output ``h [B, H]``: ``carry`` itself, or
+    ``carry[0]`` for an LSTM's ``(h, c)``.
+
+    Also Keras's rule for masked steps ("assume the first state is the previous output").
+    """
+    return carry[0] if isinstance(carry, tuple) else carry
+
+
 def check_lengths(lengths: Any, batch_shape: tuple[int, ...], T: int) -> Array:
     """``lengths`` as an array, checked at trace time: an integer dtype, shape ``batch_shape``
     (``(B,)``, or ``()`` for unbatched inputs) and, where the values are known (outside

@@ -33,7 +33,7 @@ import optax
 from jaxrnn import cells
 from jaxrnn import dropout as dropout_lib
 from jaxrnn.cells._common import Array
-from jaxrnn.layer import rnn
+from jaxrnn.layer import carry_output, rnn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +118,7 @@ def classifier_logits(
         )
         cell = dropout_lib.with_masks(cell, masks)
     h_T, _ = rnn(cell, params["rnn"], xs, lengths=lengths, remat=cfg.remat)  # [B, H] | carry
-    h_T = h_T[0] if isinstance(h_T, tuple) else h_T  # LSTM-style carries (h, c): keep h
+    h_T = carry_output(h_T)  # LSTM-style carries (h, c): keep h
     return (h_T @ params["W_o"] + params["b_o"])[:, 0]  # [B, H] @ [H, 1] -> [B]
 
 
@@ -141,11 +141,6 @@ def classifier_loss(
     ``key``: dropout key (training), as in :func:`classifier_logits`.
     """
     return binary_cross_entropy(classifier_logits(cfg, params, tokens, lengths, key=key), labels)
-
-
-def _final_h(carry: Any) -> Array:
-    """The output state ``h`` of a final carry (``h`` itself, or ``carry[0]`` for ``(h, c)``)."""
-    return carry[0] if isinstance(carry, tuple) else carry
 
 
 # --- character language model (tiny-shakespeare) -------------------------------------------
@@ -337,4 +332,4 @@ def regressor_predict(
         (3,)
     """
     carry, _ = rnn_fn(cells.get(cfg.cell).cell, params["rnn"], xs)
-    return (_final_h(carry) @ params["W_o"] + params["b_o"])[:, 0]  # [B, H] @ [H, 1] -> [B]
+    return (carry_output(carry) @ params["W_o"] + params["b_o"])[:, 0]  # [B, H] @ [H, 1] -> [B]

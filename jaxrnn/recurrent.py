@@ -37,15 +37,16 @@ import numpy as np
 from jaxrnn.cells._common import Array, check_float
 from jaxrnn.dropout import rnn_dropout_masks, with_masks
 from jaxrnn.fast import rnn as fast_rnn
-from jaxrnn.layer import Cell, _bcast, _cell_name, _initial_carry_fn, _scan, remat_segment, rnn
-
-
-def carry_output(carry: Any) -> Array:
-    """The part of a carry that is the cell's output: ``carry`` itself, or ``carry[0]`` (``h``).
-
-    Keras's rule for masked steps ("assume the first state is the previous output").
-    """
-    return carry[0] if isinstance(carry, tuple) else carry
+from jaxrnn.layer import (
+    Cell,
+    _bcast,
+    _cell_name,
+    _initial_carry_fn,
+    _scan,
+    carry_output,
+    remat_segment,
+    rnn,
+)
 
 
 def check_mask(mask: Any, B: int, T: int, what: str = "mask") -> Array:
