@@ -5,11 +5,13 @@
         --out benchmarks/results/memory_fast_lstm.json
     PYTHONPATH=. python benchmarks/memory.py --path fast --cell lstm --layers 2 \
         --out benchmarks/results/memory_fast_lstm2.json
+    PYTHONPATH=. python benchmarks/memory.py --path fast --cell lstm --layers 2 --dropout 0.5 \
+        --out benchmarks/results/memory_fast_lstm2_dropout.json
 
 Model: tokens ``[B, T]`` -> Embedding(5000, 32) -> RNN(H) (``jaxrnn.rnn``, or ``fast.rnn``
 with ``--path fast``: the native kernels in each segment where the CPU has them; with
 ``--layers L``, ``jaxrnn.stack`` of L such layers, its remat in time segments through all
-of them) -> Dense(1),
+of them; ``--dropout p``: PyTorch's dropout between the layers, in training) -> Dense(1),
 BCE, Adam (optax), one jitted step; B = 16, H = 256 (the issue's long-sequence goal).
 
 Two measurements, each in its own subprocess:
@@ -47,6 +49,7 @@ def measure(
     run: bool,
     path: str = "plain",
     layers: int = 1,
+    dropout: float = 0.0,
 ) -> dict:
     import jax
     import jax.numpy as jnp
@@ -82,7 +85,10 @@ def measure(
         if layers == 1:
             carry, _ = run_rnn(mod.cell, params["rnn"], xs, remat=remat_arg)
         else:  # the last layer's final carry
-            carry = stack(mod.cell, params["rnn"], xs, fast=path == "fast", remat=remat_arg)[0][-1]
+            drop = dict(dropout=dropout, key=jax.random.key(1), deterministic=not dropout)
+            carry = stack(
+                mod.cell, params["rnn"], xs, fast=path == "fast", remat=remat_arg, **drop
+            )[0][-1]
         h = carry_output(carry)  # [B, H]: an LSTM's (h, c) keeps h
         logits = (h @ params["W_o"] + params["b_o"])[:, 0]
         return optax.sigmoid_binary_cross_entropy(logits, labels).mean()
@@ -98,7 +104,7 @@ def measure(
     ma = compiled.memory_analysis()
     out = {
         "T": T, "remat": remat or "none", "cell": cell, "B": B, "H": H, "path": path,
-        "layers": layers,
+        "layers": layers, "dropout": dropout,
         "compile_s": time.perf_counter() - t0,
         "xla_temp_bytes": ma.temp_size_in_bytes,
         "xla_argument_bytes": ma.argument_size_in_bytes,
@@ -141,6 +147,8 @@ def main() -> None:
     ap.add_argument("--remats", default="none,sqrt", help="the remat settings to measure")
     ap.add_argument("--layers", type=int, default=1,
                     help="> 1: a unidirectional jaxrnn.stack of that many layers")  # fmt: skip
+    ap.add_argument("--dropout", type=float, default=0.0,
+                    help="with --layers > 1: the dropout rate between layers")  # fmt: skip
     ap.add_argument("--B", type=int, default=16)
     ap.add_argument("--H", type=int, default=256)
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one case as JSON
@@ -154,7 +162,7 @@ def main() -> None:
         for remat in args.remats.split(","):
             run = T <= (args.run_max_T if remat != "none" else 10_000)
             c = dict(T=T, remat=remat, cell=args.cell, B=args.B, H=args.H, run=run, path=args.path,
-                     layers=args.layers)  # fmt: skip
+                     layers=args.layers, dropout=args.dropout)  # fmt: skip
             env = dict(os.environ, PYTHONPATH=str(ROOT))
             p = subprocess.run([sys.executable, __file__, "--one", json.dumps(c)],
                                capture_output=True, text=True, env=env, cwd=ROOT)  # fmt: skip

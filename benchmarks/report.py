@@ -160,6 +160,7 @@ def plot_memory(mem: dict, out: Path) -> None:
     path = "fast.rnn" if r0.get("path") == "fast" else "rnn"
     if r0.get("layers", 1) > 1:
         path = f"stack of {r0['layers']}" + (", fast" if r0.get("path") == "fast" else "")
+        path += f", dropout {r0['dropout']}" if r0.get("dropout") else ""
     ax.set_title(f"BPTT memory, {path}, {r0['cell']} B={r0['B']} H={r0['H']}", fontsize=10)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)

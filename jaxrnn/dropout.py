@@ -15,8 +15,10 @@ Keras's gated cells use one mask for all gates when ``recurrent_dropout == 0``
 ``recurrent_dropout > 0`` (it then switches to ``implementation=1``);
 :func:`rnn_dropout_masks` does the same unless told otherwise.
 
-Between stacked layers (PyTorch's ``nn.LSTM(dropout=p)``), :func:`dropout` drops
-each element of the ``[B, T, H]`` outputs independently.
+Between stacked layers (PyTorch's ``nn.LSTM(dropout=p)``), :func:`dropout_steps` drops
+each element of the ``[B, T, H]`` outputs independently, the mask of step ``t`` drawn
+from ``fold_in(key, t)``: the same masks whether the sequence runs whole or in time
+segments (rematerialised BPTT redraws a segment's masks instead of keeping them).
 
 Examples:
     >>> import jax, jax.numpy as jnp
@@ -170,3 +172,37 @@ def dropout(key: Array, x: Array, rate: float) -> Array:
     if rate == 0.0:
         return x
     return x * keep_mask(key, rate, x.shape, x.dtype)
+
+
+def dropout_steps(key: Array, xs: Array, rate: float, steps: Array) -> Array:
+    """Elementwise inverted dropout on ``xs [B, n, ...]``, the mask of step ``steps[i]`` drawn
+    from ``fold_in(key, steps[i])``.
+
+    Every element is dropped independently, as :func:`dropout` does, but each time step's
+    mask depends only on its own index: a segment of steps ``t0 .. t0 + n - 1`` gets the
+    same masks as those steps of the whole sequence, so a time-segmented (rematerialised)
+    loop can redraw them instead of keeping ``[B, T, ...]`` masks.
+
+    Args:
+        key: PRNG key.
+        xs: ``[B, n, ...]``, time on axis 1.
+        rate: drop probability in ``[0, 1)``.
+        steps: ``[n]`` int, the time index of each of the ``n`` steps.
+
+    Returns:
+        ``xs * mask`` with the shape and dtype of ``xs``.
+    """
+    rate = _check_rate("dropout", rate)
+    if xs.ndim < 2 or jnp.shape(steps) != (xs.shape[1],):
+        raise ValueError(
+            f"dropout_steps: xs must be [B, n, ...] with steps [n]; got xs of shape "
+            f"{tuple(xs.shape)} and steps of shape {tuple(jnp.shape(steps))}"
+        )
+    if rate == 0.0:
+        return xs
+    step_shape = (xs.shape[0], *xs.shape[2:])  # [B, ...]
+
+    def mask(t):  # [B, ...] for step t
+        return keep_mask(jax.random.fold_in(key, t), rate, step_shape, xs.dtype)
+
+    return xs * jnp.moveaxis(jax.vmap(mask)(steps), 0, 1)  # [n, B, ...] -> [B, n, ...]

@@ -5,7 +5,8 @@
     h = xs                                          # [B, T, D]
     for k, (cell, p) in enumerate(zip(cells, params)):
         h = layer_k(h)                              # [B, T, H_k], or [B, T, 2 H_k] if bidirectional
-        if k < L - 1: h = dropout(h)                # training only; fresh mask per element
+        if k < L - 1: h = dropout(h)                # training only; fresh mask per element,
+                                                    # step t's from fold_in(fold_in(key, k), t)
     return finals, h
 
 A layer is unidirectional when its params are a cell's params, and
@@ -28,7 +29,7 @@ import jax.numpy as jnp
 
 from jaxrnn.bidirectional import BiParams, bidirectional
 from jaxrnn.cells._common import Array
-from jaxrnn.dropout import dropout as dropout_fn
+from jaxrnn.dropout import dropout_steps
 from jaxrnn.layer import Cell, _initial_carry_fn, remat_segment, scan_segments
 from jaxrnn.recurrent import check_mask, recurrent
 
@@ -59,7 +60,9 @@ def stack(
         mask: ``[B, T]`` bool, or
         lengths: ``[B]`` int. Outputs at masked steps are zeros (PyTorch's padding).
         dropout: rate of the dropout on each layer's output except the last (PyTorch's).
-        key: PRNG key for that dropout (layer ``k`` uses ``fold_in(key, k)``).
+        key: PRNG key for that dropout: layer ``k``'s mask of step ``t`` is drawn from
+            ``fold_in(fold_in(key, k), t)`` (:func:`jaxrnn.dropout.dropout_steps`), so the
+            time segments of ``remat`` redraw the same masks.
         deterministic: ``True``: no dropout.
         unroll: ``lax.scan``'s unroll (``None``: 1); with ``fast``, the fast path's
             (``None``: its default, :data:`jaxrnn.fast.DEFAULT_UNROLL`).
@@ -67,12 +70,12 @@ def stack(
             with ``lengths`` or no mask; an explicit ``mask`` runs the plain loop).
         remat: rematerialised BPTT, as in :func:`jaxrnn.rnn`: the carries kept every ``k``
             steps (``"sqrt"``: ``ceil(sqrt(T))``) and each segment recomputed in the backward
-            pass. Same values and gradients. A unidirectional stack without active dropout
-            runs in time segments through all layers, so BPTT keeps ``O(T / k)`` carries per
-            layer and one segment's activations, and no inner layer's ``[B, T, H]``
-            outputs. A bidirectional layer needs the whole sequence, and dropout masks
-            ``[B, T, H]`` are drawn per layer: there each layer is rematerialised on its own
-            and the outputs between layers ``[B, T, H_k]`` are kept.
+            pass. Same values and gradients. A unidirectional stack runs in time segments
+            through all layers (dropout included: each segment redraws its masks), so BPTT
+            keeps ``O(T / k)`` carries per layer and one segment's activations, and no inner
+            layer's ``[B, T, H]`` outputs or masks. A bidirectional layer needs the whole
+            sequence: a stack with one is rematerialised layer by layer, and the outputs
+            between layers ``[B, T, H_k]`` are kept.
 
     Returns:
         ``(finals, ys)``: per layer its final carry (``(fw, bw)`` when bidirectional),
@@ -99,23 +102,23 @@ def stack(
         raise ValueError(f"stack: got {len(cells)} cells for {L} layers of params")
     if initial_carries is not None and len(initial_carries) != L:
         raise ValueError(f"stack: got {len(initial_carries)} initial carries for {L} layers")
-    drop = None  # drop(k, h): the dropout on layer k's output, in training
+    drop = None  # drop(k, h, steps): the dropout on layer k's output h [B, n, H], in training
     if not deterministic and dropout:
         if key is None:
             raise ValueError("stack: dropout with deterministic=False needs a PRNG key")
 
-        def drop(k, h):
-            return dropout_fn(jax.random.fold_in(key, k), h, dropout)
+        def drop(k, h, steps):
+            return dropout_steps(jax.random.fold_in(key, k), h, dropout, steps)
 
     remat_segment(remat, 1, "stack")  # validates the option
     run = dict(mask=mask, lengths=lengths, unroll=unroll, fast=fast)
-    if remat is None or drop is not None or any(isinstance(p, BiParams) for p in params):
+    if remat is None or any(isinstance(p, BiParams) for p in params):
         return _layers(cells, params, xs, initial_carries, remat=remat, drop=drop, **run)
-    # unidirectional, no dropout: time segments through all layers. Trace the layer-by-layer
-    # stack once for its checks (shapes, dtypes, carries, mask, lengths: errors with the
-    # full [B, T, D]); nothing of it is compiled or run.
+    # unidirectional: time segments through all layers. Trace the layer-by-layer stack once
+    # for its checks (shapes, dtypes, carries, mask, lengths: errors with the full [B, T, D]);
+    # nothing of it is compiled or run.
     jax.eval_shape(lambda p, x: _layers(cells, p, x, initial_carries, **run), params, xs)
-    return _segments(cells, params, jnp.asarray(xs), initial_carries, remat=remat, **run)
+    return _segments(cells, params, jnp.asarray(xs), initial_carries, remat=remat, drop=drop, **run)
 
 
 def _layers(cells, params, xs, initial_carries, *, remat=None, drop=None, **run):
@@ -134,18 +137,20 @@ def _layers(cells, params, xs, initial_carries, *, remat=None, drop=None, **run)
             )  # fmt: skip
         finals.append(final)
         if k < L - 1 and drop is not None:
-            h = drop(k, h)
+            h = drop(k, h, jnp.arange(h.shape[1]))
     return finals, h
 
 
-def _segments(cells, params, xs, initial_carries, *, remat, mask, lengths, **run):
+def _segments(cells, params, xs, initial_carries, *, remat, drop, mask, lengths, **run):
     """A unidirectional stack in checkpointed time segments of ``k`` steps, each running every
     layer over its ``k`` steps (:func:`jaxrnn.layer.scan_segments`): the backward pass keeps
     each layer's carry at every segment start and recomputes one segment of all layers at a
     time, so no ``[B, T, H]`` activation of an inner layer is kept. With ``lengths`` a
     segment starting at step ``t0`` runs with lengths ``clip(lengths - t0, 0, k)``: the
     carries stay frozen past each sequence's end and the outputs there are zeros, as on the
-    whole sequence."""
+    whole sequence. ``drop`` (dropout between layers) draws the masks of the segment's own
+    steps, the same as on the whole sequence, and again when the backward pass recomputes
+    the segment."""
     B, T = xs.shape[:2]
     lengths = None if lengths is None else jnp.asarray(lengths)
     carries0 = [
@@ -160,12 +165,14 @@ def _segments(cells, params, xs, initial_carries, *, remat, mask, lengths, **run
         seg_lengths = None if lengths is None else jnp.clip(lengths - ts[0], 0, ts.shape[0])
         seg_mask = None if m is None else jnp.swapaxes(m, 0, 1)  # [B, n]
         out = []
-        for cell, p, c in zip(cells, params, carries, strict=True):
+        for k, (cell, p, c) in enumerate(zip(cells, params, carries, strict=True)):
             h, c = recurrent(
                 cell, p, h, c, mask=seg_mask, lengths=seg_lengths, return_state=True,
                 zero_output_for_mask=True, **run,
             )  # fmt: skip
             out.append(c)
+            if k < len(cells) - 1 and drop is not None:
+                h = drop(k, h, ts)
         return out, jnp.swapaxes(h, 0, 1)  # [n, B, H_L]
 
     inputs = (jnp.swapaxes(xs, 0, 1), jnp.arange(T), mask_tm)

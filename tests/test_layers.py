@@ -9,7 +9,7 @@ import pytest
 
 from jaxrnn import cells, rnn
 from jaxrnn.bidirectional import BiParams, bidirectional
-from jaxrnn.dropout import dropout, rnn_dropout_masks, with_masks
+from jaxrnn.dropout import dropout, dropout_steps, rnn_dropout_masks, with_masks
 from jaxrnn.recurrent import recurrent
 from jaxrnn.stack import stack, torch_state
 
@@ -196,6 +196,26 @@ def test_dropout_masks_statistics():
         dropout(jax.random.key(1), y, 1.0)
 
 
+def test_dropout_steps_draws_each_step_from_its_index():
+    """Step t's mask comes from fold_in(key, t) alone: a segment of steps gets the masks of
+    those steps of the whole sequence; elements are dropped independently at the rate."""
+    key, rate = jax.random.key(2), 0.4
+    xs = jnp.ones((300, 20, 8), jnp.float32)  # [B, T, H]
+    whole = dropout_steps(key, xs, rate, jnp.arange(20))
+    for t in (0, 7, 19):  # each step on its own: bernoulli(keep) / (1 - rate) from fold_in(key, t)
+        keep = jax.random.bernoulli(jax.random.fold_in(key, t), 1 - rate, (300, 8))
+        np.testing.assert_array_equal(whole[:, t], keep / np.float32(1 - rate))
+    segment = dropout_steps(key, xs[:, :5], rate, jnp.arange(12, 17))
+    np.testing.assert_array_equal(segment, whole[:, 12:17])
+    assert set(np.unique(np.asarray(whole)).tolist()) == {0.0, np.float32(1 / 0.6)}
+    assert abs(float(jnp.mean(whole == 0)) - rate) < 0.01
+    assert float(jnp.mean(whole[:, 0] == whole[:, 1])) < 0.6  # steps differ (0.52 expected)
+    np.testing.assert_array_equal(dropout_steps(key, xs, 0.0, jnp.arange(20)), xs)
+    with pytest.raises(ValueError, match=r"steps \[n\]; got xs of shape \(300, 20, 8\) and "
+                       r"steps of shape \(19,\)"):  # fmt: skip
+        dropout_steps(key, xs, rate, jnp.arange(19))
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_bidirectional_matches_two_rnns(kind):
     """Concat with lengths == [rnn forward, rnn reverse within each length] (PyTorch layout)."""
@@ -231,15 +251,23 @@ def test_stack_mixed_cells_matches_composition_and_dropout():
     xs = jax.random.normal(jax.random.key(9), (B, T, D), jnp.float64)
     key = jax.random.key(3)
 
+    def drop_ref(k, h):  # layer k, step t: kept with p 0.5 by fold_in(fold_in(key, k), t)
+        steps = []
+        for t in range(h.shape[1]):
+            keep = jax.random.bernoulli(jax.random.fold_in(jax.random.fold_in(key, k), t), 0.5,
+                                        (h.shape[0], h.shape[2]))  # fmt: skip
+            steps.append(h[:, t] * keep * 2.0)
+        return jnp.stack(steps, axis=1)
+
     def manual(drop):
         c0, h = rnn(cells.gru.cell, params[0], xs, lengths=LENGTHS)
         if drop:
-            h = dropout(jax.random.fold_in(key, 0), h, 0.5)
+            h = drop_ref(0, h)
         cf, hf = rnn(cells.lstm.cell, params[1].forward, h, lengths=LENGTHS)
         cb, hb = rnn(cells.lstm.cell, params[1].backward, h, lengths=LENGTHS, reverse=True)
         h = jnp.concatenate([hf, hb], -1)
         if drop:
-            h = dropout(jax.random.fold_in(key, 1), h, 0.5)
+            h = drop_ref(1, h)
         c2, h = rnn(cells.simple.cell, params[2], h, lengths=LENGTHS)
         return [c0, (cf, cb), c2], h
 

@@ -246,10 +246,11 @@ def test_stack_remat_equals_full(on_fast, key):
     "option,on_fast",
     [
         ("lengths", True),
+        ("dropout", True),
         *(
             pytest.param(*case, marks=pytest.mark.slow)
             for case in [("lengths", False), ("mask", False), ("mask", True), ("carries", False),
-                         ("carries", True)]
+                         ("carries", True), ("dropout", False)]
         ),
     ],
 )  # fmt: skip
@@ -257,7 +258,8 @@ def test_unidirectional_stack_remat_equals_full(on_fast, option, key):
     """simple -> LSTM -> GRU, run in time segments through all three layers (4 steps each,
     13 = 3 * 4 + 1): the same finals, outputs and gradients as the layer-by-layer run
     without remat (float64); with lengths (segments past a sequence's end), an explicit
-    mask (the masked loop) or given initial carries."""
+    mask (the masked loop), given initial carries, or dropout between the layers with
+    lengths (each segment redraws its steps' masks)."""
     D, H, B, T = 4, 5, 3, 13
     mods = [cells.simple, cells.lstm, cells.gru]
     ks = jax.random.split(key, 3)
@@ -271,6 +273,9 @@ def test_unidirectional_stack_remat_equals_full(on_fast, option, key):
         kw["lengths"] = jnp.array([13, 6, 0])
     elif option == "mask":
         kw["mask"] = jax.random.bernoulli(jax.random.key(3), 0.7, (B, T))
+    elif option == "dropout":
+        kw.update(lengths=jnp.array([13, 6, 0]), dropout=0.4, key=jax.random.key(5),
+                  deterministic=False)  # fmt: skip
     carries = None
     if option == "carries":
         carries = [
@@ -294,16 +299,17 @@ def test_unidirectional_stack_remat_equals_full(on_fast, option, key):
 def test_stack_remat_reduces_bptt_memory(key):
     """Two LSTM layers on the fast path, T = 2048: per-layer remat (a bidirectional layer
     on top: the outputs between layers kept) and time segments through both layers (no
-    [B, T, H] activation of the inner layer kept) shrink the gradient's temporaries."""
+    [B, T, H] activation or dropout mask of the inner layer kept) shrink the gradient's
+    temporaries."""
     B, T, D, H = 4, 2048, 8, 64
     ks = jax.random.split(key, 3)
     uni = [cells.lstm.init(ks[0], D, H), cells.lstm.init(ks[1], H, H)]
     bi = [uni[0], BiParams(uni[1], cells.lstm.init(ks[2], H, H))]
     xs = jnp.ones((B, T, D), jnp.float32)
 
-    def temp_bytes(params, remat):
+    def temp_bytes(params, remat, **kw):
         def loss(p):
-            finals, _ = stack(cells.lstm.cell, p, xs, fast=True, remat=remat)
+            finals, _ = stack(cells.lstm.cell, p, xs, fast=True, remat=remat, **kw)
             return sum(jnp.sum(a) for a in jax.tree.leaves(finals))
 
         return jax.jit(jax.grad(loss)).lower(params).compile().memory_analysis().temp_size_in_bytes
@@ -315,6 +321,9 @@ def test_stack_remat_reduces_bptt_memory(key):
     assert full >= 2 * T * B * H * 4
     assert segments < full / 16, (full, segments)
     assert segments < T * B * H * 4  # not even one layer's [T, B, H] outputs kept
+    drop = dict(dropout=0.5, key=jax.random.key(1), deterministic=False)
+    segments_drop = temp_bytes(uni, "sqrt", **drop)  # the masks redrawn per segment, not kept
+    assert segments_drop < T * B * H * 4 < temp_bytes(uni, None, **drop), segments_drop
 
 
 def test_stack_remat_errors_name_the_whole_sequence(key):
