@@ -152,20 +152,38 @@ class CharLMConfig:
 
     vocab_size: int = 65  # distinct characters of the corpus
     embed_dim: int = 64  # E: width of each character vector
-    hidden_size: int = 512  # H: RNN units
+    hidden_size: int = 512  # H: RNN units (of every layer)
     cell: str = "gru"  # a name registered in jaxrnn.cells
     cell_options: tuple[tuple[str, Any], ...] = ()  # extra kwargs of cells.<cell>.init
+    num_layers: int = 1  # L: stacked layers (jaxrnn.stack)
+    # char-rnn's dropout: on the input of every layer but the first and on the top layer's
+    # outputs (a fresh mask per element), applied only when char_lm_logits gets a key
+    dropout: float = 0.0
 
 
 def init_char_lm(key: Array, cfg: CharLMConfig, dtype: Any = jnp.float32) -> dict[str, Any]:
-    """Parameters ``{"embedding": [V, E], "rnn": cell params, "W_o": [H, V], "b_o": [V]}``."""
+    """Parameters ``{"embedding": [V, E], "rnn": cell params, "W_o": [H, V], "b_o": [V]}``;
+    with ``cfg.num_layers = L > 1``, ``"rnn"`` is a list of ``L`` layers' params (layer 0
+    ``E -> H``, the others ``H -> H``)."""
+    if cfg.num_layers < 1:
+        raise ValueError(f"CharLMConfig.num_layers must be >= 1; got {cfg.num_layers}")
     k_e, k_r, k_o = jax.random.split(key, 3)
     cell_mod = cells.get(cfg.cell)
+
+    def layer(k, d_in):
+        return cell_mod.init(k, d_in, cfg.hidden_size, dtype=dtype, **dict(cfg.cell_options))
+
+    rnn_params = (
+        layer(k_r, cfg.embed_dim)
+        if cfg.num_layers == 1
+        else [
+            layer(jax.random.fold_in(k_r, i), cfg.embed_dim if i == 0 else cfg.hidden_size)
+            for i in range(cfg.num_layers)
+        ]
+    )
     return {
         "embedding": jax.random.normal(k_e, (cfg.vocab_size, cfg.embed_dim), dtype) * 0.1,
-        "rnn": cell_mod.init(
-            k_r, cfg.embed_dim, cfg.hidden_size, dtype=dtype, **dict(cfg.cell_options)
-        ),
+        "rnn": rnn_params,
         "W_o": jax.nn.initializers.glorot_uniform()(
             k_o, (cfg.hidden_size, cfg.vocab_size), dtype
         ),  # [H, V]
@@ -179,7 +197,8 @@ def char_lm_logits(
     tokens: Array,
     h0: Any = None,
     *,
-    rnn_fn: Callable = rnn,
+    rnn_fn: Callable | None = None,
+    key: Array | None = None,
 ) -> tuple[Any, Array]:
     """Next-character logits at every position.
 
@@ -187,13 +206,21 @@ def char_lm_logits(
         cfg: model settings.
         params: from :func:`init_char_lm`.
         tokens: ``[B, T]`` int character ids.
-        h0: optional initial carry (leaves ``[B, H]``); zeros when ``None``.
-        rnn_fn: what runs the recurrence: :func:`jaxrnn.rnn` (default) or
-            :func:`jaxrnn.fast.rnn` (same signature, same numbers).
+        h0: optional initial carry (leaves ``[B, H]``; with ``L > 1`` layers, a list of
+            ``L`` carries); zeros when ``None``.
+        rnn_fn: what runs the recurrence. One layer: :func:`jaxrnn.rnn` (default) or
+            :func:`jaxrnn.fast.rnn` (same signature, same numbers). ``L > 1`` layers:
+            :func:`jaxrnn.stack.stack` (default; e.g. with ``fast=True`` / ``remat=``
+            bound), which also gets ``dropout``, ``key`` and ``deterministic``.
+        key: PRNG key for ``cfg.dropout`` (training); ``None`` (evaluation): no dropout.
+            The masks between layers come from ``fold_in(key, k)`` (``k < L - 1``, see
+            :func:`jaxrnn.stack.stack`), those on the top layer's outputs from
+            ``fold_in(key, L - 1)``, step ``t``'s from a further ``fold_in(., t)``.
 
     Returns:
         ``(final_carry, logits)`` with ``logits: [B, T, V]``; ``logits[:, t]`` predicts
-        ``tokens[:, t + 1]``.
+        ``tokens[:, t + 1]``. With ``L > 1`` layers ``final_carry`` is a list of ``L``
+        carries.
 
     Examples:
         >>> import jax, jax.numpy as jnp
@@ -205,14 +232,31 @@ def char_lm_logits(
         (2, 5, 10)
     """
     check_tokens(tokens, cfg.vocab_size)
+    cell = cells.get(cfg.cell).cell
     xs = jnp.take(params["embedding"], tokens, axis=0)  # [B, T] -> [B, T, E]
-    carry, hs = rnn_fn(cells.get(cfg.cell).cell, params["rnn"], xs, h0)  # hs: [B, T, H]
+    drop = key is not None and cfg.dropout > 0
+    if cfg.num_layers == 1:
+        carry, hs = (rnn_fn or rnn)(cell, params["rnn"], xs, h0)  # hs: [B, T, H]
+    else:
+        from jaxrnn.stack import stack  # stack -> recurrent -> fast -> models: import here
+
+        carry, hs = (rnn_fn or stack)(
+            cell, params["rnn"], xs, h0, dropout=cfg.dropout, key=key, deterministic=not drop
+        )  # hs: [B, T, H], the top layer's outputs
+    if drop:  # the top layer's outputs, as char-rnn drops them before its decoder
+        steps = jnp.arange(hs.shape[1])
+        hs = dropout_lib.dropout_steps(
+            jax.random.fold_in(key, cfg.num_layers - 1), hs, cfg.dropout, steps
+        )
     return carry, hs @ params["W_o"] + params["b_o"]  # [B, T, H] @ [H, V] -> [B, T, V]
 
 
-def char_lm_loss(cfg: CharLMConfig, params: dict[str, Any], tokens: Array) -> Array:
-    """Mean next-character cross-entropy (nats/char) over ``tokens[:, 1:]``; tokens ``[B, T+1]``."""
-    _, logits = char_lm_logits(cfg, params, tokens[:, :-1])  # [B, T, V]
+def char_lm_loss(
+    cfg: CharLMConfig, params: dict[str, Any], tokens: Array, key: Array | None = None
+) -> Array:
+    """Mean next-character cross-entropy (nats/char) over ``tokens[:, 1:]``; tokens ``[B, T+1]``;
+    ``key``: dropout (training), as in :func:`char_lm_logits`."""
+    _, logits = char_lm_logits(cfg, params, tokens[:, :-1], key=key)  # [B, T, V]
     return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
 
 
@@ -247,8 +291,15 @@ def char_lm_sample(
     def step(state, k):
         carry, last_logits = state  # last_logits [1, V]
         tok = jax.random.categorical(k, last_logits / temperature, axis=-1)  # [1]
-        x = jnp.take(params["embedding"], tok, axis=0)  # [1, E]
-        carry, h = cell(params["rnn"], carry, x)  # h [1, H]
+        h = jnp.take(params["embedding"], tok, axis=0)  # [1, E]
+        if cfg.num_layers == 1:
+            carry, h = cell(params["rnn"], carry, h)  # h [1, H]
+        else:  # every layer one step, bottom to top
+            new = []
+            for p, c in zip(params["rnn"], carry, strict=True):
+                c, h = cell(p, c, h)  # h [1, H]
+                new.append(c)
+            carry = new
         return (carry, h @ params["W_o"] + params["b_o"]), tok[0]
 
     keys = jax.random.split(key, num_chars)

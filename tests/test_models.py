@@ -100,3 +100,69 @@ def test_gated_dropout_is_per_sequence_and_differentiable(cell):
 
     fd = (at(eps) - at(-eps)) / (2 * eps)
     np.testing.assert_allclose(grads["embedding"][w, 0], fd, rtol=1e-6, atol=1e-10)
+
+
+def _numpy_char_lm(params, tokens, masks):
+    """Embedding -> L simple (tanh) layers -> dense, in NumPy; ``masks[k]`` ``[B, T, H]``
+    multiplies layer k's outputs (None: no dropout there)."""
+    p = jax.tree.map(np.asarray, params)
+    h_seq = p["embedding"][np.asarray(tokens)]  # [B, T, E]
+    B, T, _ = h_seq.shape
+    for k, layer in enumerate(p["rnn"]):
+        h = np.zeros((B, layer.W_h.shape[0]))
+        outs = []
+        for t in range(T):
+            h = np.tanh(h_seq[:, t] @ layer.W_x + h @ layer.W_h + layer.b)
+            outs.append(h)
+        h_seq = np.stack(outs, 1)  # [B, T, H]
+        if masks[k] is not None:
+            h_seq = h_seq * masks[k]
+    return h_seq @ p["W_o"] + p["b_o"]  # [B, T, V]
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_char_lm_layers_and_dropout_equal_numpy_loop(fast):
+    """Two stacked layers with char-rnn's dropout (between the layers and on the top layer's
+    outputs; step t of layer k kept by fold_in(fold_in(key, k), t)) == a NumPy loop given
+    the same masks; without a key no dropout; the stack in remat segments gives the same."""
+    from functools import partial
+
+    from jaxrnn.stack import stack
+
+    cfg = models.CharLMConfig(vocab_size=11, embed_dim=4, hidden_size=6, cell="simple",
+                              num_layers=2, dropout=0.4)  # fmt: skip
+    params = models.init_char_lm(jax.random.key(0), cfg, dtype=jnp.float64)
+    assert [layer.W_x.shape for layer in params["rnn"]] == [(4, 6), (6, 6)]
+    tokens = jax.random.randint(jax.random.key(1), (3, 9), 0, 11)
+    key = jax.random.key(2)
+
+    def mask(k):  # [B, T, H] from per-step draws
+        per_step = [jax.random.bernoulli(jax.random.fold_in(jax.random.fold_in(key, k), t), 0.6,
+                                         (3, 6)) for t in range(9)]  # fmt: skip
+        return np.stack([np.asarray(m) / 0.6 for m in per_step], 1)
+
+    run = partial(stack, fast=fast)
+    _, z = models.char_lm_logits(cfg, params, tokens, rnn_fn=run, key=key)
+    np.testing.assert_allclose(z, _numpy_char_lm(params, tokens, [mask(0), mask(1)]), atol=1e-12)
+    _, z_seg = models.char_lm_logits(cfg, params, tokens, rnn_fn=partial(run, remat=4), key=key)
+    np.testing.assert_allclose(z_seg, z, atol=1e-12)
+    carry, z_eval = models.char_lm_logits(cfg, params, tokens, rnn_fn=run)
+    np.testing.assert_allclose(z_eval, _numpy_char_lm(params, tokens, [None, None]), atol=1e-12)
+    assert len(carry) == 2 and carry[1].shape == (3, 6)
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_char_lm_sample_continues_the_model(num_layers):
+    """Greedy sampling (temperature -> 0) step by step through every layer picks, at each
+    step, the argmax of the logits of the whole sequence so far."""
+    cfg = models.CharLMConfig(vocab_size=7, embed_dim=3, hidden_size=5, cell="lstm",
+                              num_layers=num_layers)  # fmt: skip
+    params = models.init_char_lm(jax.random.key(3), cfg)
+    params["W_o"] = params["W_o"] * 20.0  # distinct logits
+    prompt = jnp.array([1, 4, 2])
+    ids = models.char_lm_sample(cfg, params, prompt, 6, key=jax.random.key(0), temperature=1e-6)
+    seq = jnp.concatenate([prompt, ids])
+    _, z = models.char_lm_logits(cfg, params, seq[None, :-1])  # [1, 8, V]
+    np.testing.assert_array_equal(ids, jnp.argmax(z[0, 2:], -1))
+    with pytest.raises(ValueError, match="num_layers must be >= 1; got 0"):
+        models.init_char_lm(jax.random.key(0), models.CharLMConfig(num_layers=0))

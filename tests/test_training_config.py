@@ -70,6 +70,17 @@ GOOD = "task: adding\ntrain:\n  steps: 10\n"
         (GOOD, ["model.remat=0"], ["'model.remat'", "got 0"]),
         (GOOD, ["model.remat=2.5"], ["'model.remat' must be int"]),
         (
+            "task: shakespeare\ntrain: {steps: 10}\nmodel: {num_layers: 0}\n",
+            [],
+            ["'model.num_layers' must be >= 1; got 0", "bad.yaml"],
+        ),
+        (
+            "task: shakespeare\ntrain: {steps: 10}\nmodel: {dropout: 1.5}\n",
+            [],
+            ["'model.dropout' must be in [0, 1)"],
+        ),
+        ("task: adding\ntrain: {steps: 10}\nmodel: {num_layers: 2}\n", [], ["'model.num_layers'"]),
+        (
             "task: adding\ntrain: {steps: 10, batch_size: 0}\n",
             [],
             ["'train.batch_size' must be > 0"],

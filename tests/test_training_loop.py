@@ -162,6 +162,8 @@ def test_fast_flag_trains_to_the_same_numbers(tmp_path, monkeypatch, task_name, 
     "task_name,model,data",
     [
         ("imdb", {"cell": "lstm", "fast": True}, {"padding": "post"}),  # fast.classifier_logits
+        # a stack in segments through both layers, its dropout masks redrawn per segment
+        ("shakespeare", {"cell": "lstm", "fast": True, "num_layers": 2, "dropout": 0.3}, {}),
         pytest.param("imdb", {"cell": "gru", "fast": False, "dropout": 0.2}, {}, marks=SLOW),
         pytest.param("adding", {"cell": "simple", "fast": True}, {}, marks=SLOW),
         pytest.param("shakespeare", {"cell": "lstm", "fast": False}, {}, marks=SLOW),
@@ -213,26 +215,39 @@ def test_same_seed_same_numbers_and_resume_equals_uninterrupted(tmp_path):
     assert _losses(d.run_dir) != _losses(a.run_dir)  # another seed -> other numbers
 
 
-def test_dropout_runs_are_reproducible_resumable_and_evaluated_without_dropout(tmp_path):
-    drop = {"cell": "lstm", "dropout": 0.3, "recurrent_dropout": 0.2}
-    a = train(_config(tmp_path, "imdb", model=drop, train={"run_dir": str(tmp_path / "a")}))
-    b = train(_config(tmp_path, "imdb", model=drop, train={"run_dir": str(tmp_path / "b")}))
+@pytest.mark.parametrize(
+    "task_name,drop",
+    [
+        ("imdb", {"cell": "lstm", "dropout": 0.3, "recurrent_dropout": 0.2}),  # Keras's
+        # char-rnn's: between two stacked layers and on the top layer's outputs
+        pytest.param("shakespeare", {"cell": "lstm", "num_layers": 2, "dropout": 0.3}, marks=SLOW),
+    ],
+)
+def test_dropout_runs_are_reproducible_resumable_and_evaluated_without_dropout(
+    tmp_path, task_name, drop
+):
+    cfg_a = _config(tmp_path, task_name, model=drop, train={"run_dir": str(tmp_path / "a")})
+    a = train(cfg_a)
+    b = train(_config(tmp_path, task_name, model=drop, train={"run_dir": str(tmp_path / "b")}))
     assert _losses(a.run_dir) == _losses(b.run_dir)  # the dropout keys come from the seed
-    cfg_c = _config(tmp_path, "imdb", model=drop, train={"run_dir": str(tmp_path / "c")})
+    cfg_c = _config(tmp_path, task_name, model=drop, train={"run_dir": str(tmp_path / "c")})
     assert train(cfg_c, stop_at_step=7).status == "interrupted"
     c = train(cfg_c, resume=True)
     assert _losses(a.run_dir) == _losses(c.run_dir)  # step s's masks do not depend on resuming
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(c.params), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
+    no_drop = {**drop, "dropout": 0.0, "recurrent_dropout": 0.0}
+    if task_name == "shakespeare":
+        no_drop.pop("recurrent_dropout")
     plain = train(
-        _config(tmp_path, "imdb", model={"cell": "lstm"}, train={"run_dir": str(tmp_path / "p")})
+        _config(tmp_path, task_name, model=no_drop, train={"run_dir": str(tmp_path / "p")})
     )
     first = lambda run: [r["loss"] for r in read_metrics(run / "metrics.jsonl")][0]  # noqa: E731
     assert first(a.run_dir) != first(plain.run_dir)  # same init and batch; dropout changed step 1
 
     # evaluation is deterministic: the test loss of a's final params, recomputed without a key
-    cfg = _config(tmp_path, "imdb", model=drop)
+    cfg = cfg_a
     ds = data_lib.make_dataset(cfg.task, cfg.data, cfg.seed, cfg.train.batch_size)
     task = make_task(cfg, ds)
     sums = {}

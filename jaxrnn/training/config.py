@@ -94,8 +94,12 @@ class ShakespeareModel:
     hidden_size: int = 512
     cell: str = "gru"
     cell_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    num_layers: int = 1  # stacked layers of hidden_size units (jaxrnn.stack)
+    # char-rnn's dropout: between layers and on the top layer's outputs, training only
+    dropout: float = 0.0
     fast: bool = False  # jaxrnn.fast.rnn instead of jaxrnn.rnn (same numbers)
-    remat: int | str | None = None  # rematerialised BPTT (see ImdbModel.remat)
+    # rematerialised BPTT (see ImdbModel.remat); a stack runs its segments through all layers
+    remat: int | str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,6 +327,9 @@ def _check_semantics(cfg: Config, where: str) -> None:
         rate = getattr(cfg.model, name, 0.0)
         if not 0.0 <= rate < 1.0:
             bad(f"'model.{name}' must be in [0, 1); got {rate!r}")
+    num_layers = getattr(cfg.model, "num_layers", 1)
+    if num_layers < 1:
+        bad(f"'model.num_layers' must be >= 1; got {num_layers!r}")
     remat = cfg.model.remat
     if not (remat is None or remat == "sqrt" or (isinstance(remat, int) and remat >= 1)):
         bad(f"'model.remat' must be a positive int, 'sqrt' or null; got {remat!r}")

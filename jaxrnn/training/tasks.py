@@ -26,6 +26,7 @@ import optax
 
 from jaxrnn import fast, models
 from jaxrnn.layer import rnn
+from jaxrnn.stack import stack
 from jaxrnn.training.config import Config
 
 
@@ -109,17 +110,23 @@ def shakespeare_task(cfg: Config, vocab_size: int) -> Task:
         hidden_size=cfg.model.hidden_size,
         cell=cfg.model.cell,
         cell_options=_options(cfg.model.cell_options),
+        num_layers=cfg.model.num_layers,
+        dropout=cfg.model.dropout,
     )
+    if mcfg.num_layers == 1:
+        rnn_fn = functools.partial(fast.rnn if cfg.model.fast else rnn, remat=cfg.model.remat)
+    else:  # remat in time segments through all layers, dropout masks redrawn per segment
+        rnn_fn = functools.partial(stack, fast=cfg.model.fast, remat=cfg.model.remat)
 
-    rnn_fn = functools.partial(fast.rnn if cfg.model.fast else rnn, remat=cfg.model.remat)
-
-    def per_char(params, tokens):
-        _, z = models.char_lm_logits(mcfg, params, tokens[:, :-1], rnn_fn=rnn_fn)  # [B, L, V]
+    def per_char(params, tokens, key=None):
+        _, z = models.char_lm_logits(
+            mcfg, params, tokens[:, :-1], rnn_fn=rnn_fn, key=key
+        )  # [B, L, V]
         ce = optax.softmax_cross_entropy_with_integer_labels(z, tokens[:, 1:])  # [B, L]
         return ce, jnp.argmax(z, -1) == tokens[:, 1:]
 
-    def loss_fn(params, batch):
-        ce, hit = per_char(params, batch["tokens"])
+    def loss_fn(params, batch, key=None):
+        ce, hit = per_char(params, batch["tokens"], key)
         loss = ce.mean()
         return loss, {"loss": loss, "accuracy": hit.mean()}
 
@@ -132,7 +139,8 @@ def shakespeare_task(cfg: Config, vocab_size: int) -> Task:
             "count": jnp.sum(m) * ce.shape[1],
         }
 
-    return Task(lambda key: models.init_char_lm(key, mcfg), loss_fn, eval_fn, _mean_metrics, mcfg)
+    init = functools.partial(models.init_char_lm, cfg=mcfg)
+    return Task(init, loss_fn, eval_fn, _mean_metrics, mcfg, stochastic=mcfg.dropout > 0)
 
 
 def adding_task(cfg: Config) -> Task:
