@@ -102,13 +102,16 @@ def stack(
         raise ValueError(f"stack: got {len(cells)} cells for {L} layers of params")
     if initial_carries is not None and len(initial_carries) != L:
         raise ValueError(f"stack: got {len(initial_carries)} initial carries for {L} layers")
-    drop = None  # drop(k, h, steps): the dropout on layer k's output h [B, n, H], in training
-    if not deterministic and dropout:
-        if key is None:
-            raise ValueError("stack: dropout with deterministic=False needs a PRNG key")
+    if not deterministic and dropout and key is None:
+        raise ValueError("stack: dropout with deterministic=False needs a PRNG key")
+    active = not deterministic and bool(dropout)
 
-        def drop(k, h, steps):
-            return dropout_steps(jax.random.fold_in(key, k), h, dropout, steps)
+    def drop(k, h, steps):
+        """Layer ``k``'s output ``h [B, n, H]`` at ``steps [n]`` as the next layer reads it:
+        dropout in training, except after the last layer; else ``h`` itself."""
+        if not active or k == L - 1:
+            return h
+        return dropout_steps(jax.random.fold_in(key, k), h, dropout, steps)
 
     remat_segment(remat, 1, "stack")  # validates the option
     run = dict(mask=mask, lengths=lengths, unroll=unroll, fast=fast)
@@ -117,14 +120,15 @@ def stack(
     # unidirectional: time segments through all layers. Trace the layer-by-layer stack once
     # for its checks (shapes, dtypes, carries, mask, lengths: errors with the full [B, T, D]);
     # nothing of it is compiled or run.
-    jax.eval_shape(lambda p, x: _layers(cells, p, x, initial_carries, **run), params, xs)
+    jax.eval_shape(
+        lambda p, x: _layers(cells, p, x, initial_carries, remat=None, drop=drop, **run), params, xs
+    )
     return _segments(cells, params, jnp.asarray(xs), initial_carries, remat=remat, drop=drop, **run)
 
 
-def _layers(cells, params, xs, initial_carries, *, remat=None, drop=None, **run):
+def _layers(cells, params, xs, initial_carries, *, remat, drop, **run):
     """The stack layer by layer over all of ``xs [B, T, D]``, each layer rematerialised on
     its own with ``remat``."""
-    L = len(params)
     finals, h = [], xs
     for k, (cell, p) in enumerate(zip(cells, params, strict=True)):
         carry0 = None if initial_carries is None else initial_carries[k]
@@ -136,8 +140,7 @@ def _layers(cells, params, xs, initial_carries, *, remat=None, drop=None, **run)
                 **run,
             )  # fmt: skip
         finals.append(final)
-        if k < L - 1 and drop is not None:
-            h = drop(k, h, jnp.arange(h.shape[1]))
+        h = drop(k, h, jnp.arange(h.shape[1]))
     return finals, h
 
 
@@ -171,8 +174,7 @@ def _segments(cells, params, xs, initial_carries, *, remat, drop, mask, lengths,
                 zero_output_for_mask=True, **run,
             )  # fmt: skip
             out.append(c)
-            if k < len(cells) - 1 and drop is not None:
-                h = drop(k, h, ts)
+            h = drop(k, h, ts)
         return out, jnp.swapaxes(h, 0, 1)  # [n, B, H_L]
 
     inputs = (jnp.swapaxes(xs, 0, 1), jnp.arange(T), mask_tm)
