@@ -92,6 +92,8 @@ def _jax_train_step(
         state[0], state[1] = p, s
         run.loss = loss  # the last step's (benchmarks/native_ab.py compares builds by it)
 
+    # the compiled step as it runs (benchmarks/profile_step.py names its operations by it)
+    run.compiled = lambda: step.lower(state[0], state[1], tokens, labels).compile()
     return run
 
 

@@ -755,6 +755,36 @@ def test_native_ab_runs_each_build_under_target_names_of_its_own(tmp_path):
     np.testing.assert_array_equal(first[0], first[1])
 
 
+def test_profile_step_names_each_operation_and_counts_one_call_per_step():
+    """benchmarks/profile_step.py on a small fast-path LSTM training step: every operation of
+    the compiled step ran once per profiled step (the step has no loop left in XLA: the
+    recurrence is the native kernels, named by their FFI targets from the compiled HLO); the
+    executable's time is within the wall time of the profiled steps (a clock of its own), and
+    its operations' (summed over the threads that ran them) within its time on every
+    thread; op_names reads targets and opcodes from HLO text."""
+    from benchmarks import frameworks, profile_step
+
+    hlo = """HloModule jit_step, entry_computation_layout={(f32[2]{0})->f32[2]{0}}
+  %ffi_call.7 = (f32[3,2]{1,0}, f32[2]{0}) custom-call(f32[2]{0} %p), custom_call_target="jaxrnn_lstm_forward"
+  ROOT %multiply_add_fusion.2 = f32[2]{0} fusion(f32[2]{0} %p), kind=kLoop, calls=%fused
+  dot.3 = f32[2,2]{1,0} dot(f32[2,2]{1,0} a, f32[2,2]{1,0} b), lhs_contracting_dims={1}"""
+    assert profile_step.op_names(hlo) == {
+        "ffi_call.7": "jaxrnn_lstm_forward", "multiply_add_fusion.2": "fusion", "dot.3": "dot"
+    }  # fmt: skip
+    spec = dict(mode="train", cell="lstm", B=8, T=12, H=16, V=40, E=8)
+    run = frameworks.build_jaxrnn(spec, "cpu", "fast")
+    run()
+    res = profile_step.profile(run, steps=3, profile_steps=4)
+    assert len(res["wall_ms"]) == 3 and min(res["wall_ms"]) > 0
+    what = [v["what"] for v in res["ops"].values()]
+    for target in ("jaxrnn_lstm_forward", "jaxrnn_lstm_backward", "jaxrnn_table_projection"):
+        assert what.count(target) == 1, (target, what)
+    assert "?" not in what, res["ops"]
+    assert all(v["calls"] == 4 and v["ms_per_step"] > 0 for v in res["ops"].values()), res["ops"]
+    assert 0 < 4 * res["execute_ms_per_step"] <= res["profiled_wall_ms"]
+    assert 0 < res["ops_ms_per_step"] <= (1 + os.cpu_count()) * res["execute_ms_per_step"]
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("shape", [(1, 1, 1), (5, 3, 7), (130, 17, 33), (300, 32, 400)])
 def test_table_projection_and_its_gradient_match_numpy(shape, threads):
