@@ -785,6 +785,32 @@ def test_profile_step_names_each_operation_and_counts_one_call_per_step():
     assert 0 < res["ops_ms_per_step"] <= (1 + os.cpu_count()) * res["execute_ms_per_step"]
 
 
+def test_threads_ab_compares_the_same_calls_at_each_thread_count():
+    """benchmarks/threads_ab.py: its calls at 1 and at 2 threads (16 rows: two chunks of 8)
+    are the same kernels on the same data: bitwise the same states (rows never interact),
+    gradients equal to float32 rounding (dW_h and the table's gradient are summed per chunk);
+    measure() gives a positive median per round for each cell, kernel and side."""
+    from benchmarks import threads_ab
+
+    for cell in ("simple", "lstm", "gru"):
+        one, two = (threads_ab.calls(cell, 16, 5, 20, 30, t) for t in (1, 2))
+        for x, y in zip(*(jax.tree.leaves(f["forward"]()) for f in (one, two)), strict=True):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=cell)
+        a, b = (jax.tree.leaves(f["backward"]()) for f in (one, two))
+        assert len(a) == len(b) >= 3
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_allclose(
+                np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6, err_msg=cell
+            )
+        dW = a[{"simple": 1, "lstm": 1, "gru": 3}[cell]]  # in each backward's outputs
+        assert dW.shape == (20, {"simple": 1, "lstm": 4, "gru": 3}[cell] * 20)
+        assert float(np.abs(np.asarray(dW)).max()) > 0, cell
+    res = threads_ab.measure(["lstm", "gru"], (16, 6, 20, 30), threads=2, rounds=2, reps=1)
+    assert sorted(res) == ["gru backward", "gru forward", "lstm backward", "lstm forward"]
+    for v in res.values():
+        assert len(v["one"]) == len(v["all"]) == 2 and min(v["one"] + v["all"]) > 0
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("shape", [(1, 1, 1), (5, 3, 7), (130, 17, 33), (300, 32, 400)])
 def test_table_projection_and_its_gradient_match_numpy(shape, threads):
