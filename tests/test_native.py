@@ -761,7 +761,9 @@ def test_profile_step_names_each_operation_and_counts_one_call_per_step():
     recurrence is the native kernels, named by their FFI targets from the compiled HLO); the
     executable's time is within the wall time of the profiled steps (a clock of its own), and
     its operations' (summed over the threads that ran them) within its time on every
-    thread; op_names reads targets and opcodes from HLO text."""
+    thread; op_names reads targets and opcodes from HLO text; summarize adds only the
+    outermost operations of a thread (a loop's body ops are inside the loop's time) and
+    leaves out other modules' operations (hand-made events)."""
     from benchmarks import frameworks, profile_step
 
     hlo = """HloModule jit_step, entry_computation_layout={(f32[2]{0})->f32[2]{0}}
@@ -771,6 +773,19 @@ def test_profile_step_names_each_operation_and_counts_one_call_per_step():
     assert profile_step.op_names(hlo) == {
         "ffi_call.7": "jaxrnn_lstm_forward", "multiply_add_fusion.2": "fusion", "dot.3": "dot"
     }  # fmt: skip
+    # a loop of 300 us holding two 100 us body ops, then a 50 us op, on thread 1; a 70 us op
+    # on thread 2 at the same time; another module's op: per step (2 steps) 210 us outermost
+    ev = lambda name, tid, ts, dur, module="jit_step": dict(  # noqa: E731
+        name=name, tid=tid, ts=ts, dur=dur, args=dict(hlo_module=module, hlo_op=name)
+    )
+    events = [ev("while.1", 1, 0, 300), ev("dot.2", 1, 10, 100), ev("fusion.3", 1, 150, 100),
+              ev("fusion.4", 1, 300, 50), ev("fusion.5", 2, 20, 70), ev("dot.9", 1, 400, 999, "other"),
+              dict(name=profile_step.EXECUTE, tid=1, ts=0, dur=360)]  # fmt: skip
+    got = profile_step.summarize(events, "jit_step", steps=2)
+    assert got["ops_ms_per_step"] == pytest.approx((300 + 50 + 70) / 2 / 1e3)
+    assert got["execute_ms_per_step"] == pytest.approx(0.18)
+    assert list(got["ops"]) == ["while.1", "dot.2", "fusion.3", "fusion.5", "fusion.4"]
+    assert got["ops"]["dot.2"] == {"calls": 1, "ms_per_step": pytest.approx(0.05)}
     spec = dict(mode="train", cell="lstm", B=8, T=12, H=16, V=40, E=8)
     run = frameworks.build_jaxrnn(spec, "cpu", "fast")
     run()
