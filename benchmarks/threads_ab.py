@@ -18,11 +18,12 @@ import argparse
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 
-def calls(cell: str, B: int, T: int, H: int, V: int, threads: int) -> dict[str, Callable[[], None]]:
+def calls(cell: str, B: int, T: int, H: int, V: int, threads: int) -> dict[str, Callable[[], Any]]:
     """``{"forward": f, "backward": f}``: the cell's native forward and backward (on a
     projected table, ids uniform in ``[0, V)``, the gradient of ``h_T`` only) for ``B`` rows
     with ``threads`` (0: XLA's pool), on fixed random data (the same for any ``threads``),
