@@ -763,7 +763,8 @@ def test_profile_step_names_each_operation_and_counts_one_call_per_step():
     its operations' (summed over the threads that ran them) within its time on every
     thread; op_names reads targets and opcodes from HLO text; summarize adds only the
     outermost operations of a thread (a loop's body ops are inside the loop's time) and
-    leaves out other modules' operations (hand-made events)."""
+    leaves out other modules' operations, and takes the executable's time from the calling
+    thread's outermost executor spans (hand-made events)."""
     from benchmarks import frameworks, profile_step
 
     hlo = """HloModule jit_step, entry_computation_layout={(f32[2]{0})->f32[2]{0}}
@@ -780,7 +781,9 @@ def test_profile_step_names_each_operation_and_counts_one_call_per_step():
     )
     events = [ev("while.1", 1, 0, 300), ev("dot.2", 1, 10, 100), ev("fusion.3", 1, 150, 100),
               ev("fusion.4", 1, 300, 50), ev("fusion.5", 2, 20, 70), ev("dot.9", 1, 400, 999, "other"),
-              dict(name=profile_step.EXECUTE, tid=1, ts=0, dur=360)]  # fmt: skip
+              dict(name=profile_step.EXECUTE, tid=1, ts=0, dur=360),  # the step's executor,
+              dict(name=profile_step.EXECUTE, tid=1, ts=10, dur=100),  # a loop body's and a
+              dict(name=profile_step.EXECUTE, tid=2, ts=20, dur=70)]  # fmt: skip  # pool's
     got = profile_step.summarize(events, "jit_step", steps=2)
     assert got["ops_ms_per_step"] == pytest.approx((300 + 50 + 70) / 2 / 1e3)
     assert got["execute_ms_per_step"] == pytest.approx(0.18)
