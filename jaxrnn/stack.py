@@ -119,9 +119,10 @@ def stack(
         return _layers(cells, params, xs, initial_carries, remat=remat, drop=drop, **run)
     # unidirectional: time segments through all layers. Trace the layer-by-layer stack once
     # for its checks (shapes, dtypes, carries, mask, lengths: errors with the full [B, T, D]);
-    # nothing of it is compiled or run.
+    # nothing of it is compiled or run, and its dropout is left out (it changes no shape).
+    keep = lambda k, h, steps: h  # noqa: E731
     jax.eval_shape(
-        lambda p, x: _layers(cells, p, x, initial_carries, remat=None, drop=drop, **run), params, xs
+        lambda p, x: _layers(cells, p, x, initial_carries, remat=None, drop=keep, **run), params, xs
     )
     return _segments(cells, params, jnp.asarray(xs), initial_carries, remat=remat, drop=drop, **run)
 
