@@ -137,6 +137,26 @@ def test_tanh_accuracy_over_range_and_nan():
     assert out[np.argmax(a == 30)] == 1.0 and out[np.argmax(a == -30)] == -1.0
 
 
+def test_sigmoid_accuracy_over_range_and_nan():
+    """The kernel's own sigmoid (exp-based; the LSTM's i, f, o and the GRU's z, r gates) against
+    float64 1 / (1 + exp(-x)), relative error, from -110 to 110 (where it underflows to 0 and
+    rounds to 1), +-inf and NaN kept."""
+    a = np.concatenate([np.linspace(-110, 110, 22001), [1e-30, -1e-8, 0.0, np.inf, -np.inf, np.nan]])
+    U = a.reshape(1, 1, -1)
+    H = U.shape[-1]
+    U32, W, h0 = _f32(U, np.zeros((H, H)), np.zeros((1, H)))
+    S = native.simple_forward(U32, None, W, h0, "sigmoid")
+    out = np.asarray(S[1, 0], np.float64)
+    x = a.astype(np.float32).astype(np.float64)
+    with np.errstate(over="ignore"):
+        ref = 1.0 / (1.0 + np.exp(-x))
+    finite = ~np.isnan(a)
+    np.testing.assert_allclose(out[finite], ref[finite], rtol=3e-7, atol=1e-37)
+    assert np.isnan(out[~finite]).all()
+    assert (out[a == np.inf] == 1.0).all() and (out[a == -np.inf] == 0.0).all()
+    assert (out[a == 0.0] == 0.5).all() and (out[a <= -104] == 0.0).all()
+
+
 def test_thread_count_does_not_change_the_states():
     """Rows are computed by one thread each, in the same order: bitwise-equal S and D; dW and
     the table's gradient sum one partial per chunk of rows (only the float32 order changes)."""

@@ -136,12 +136,55 @@ __m512 Tanh(__m512 x) {
   return x;
 }
 
+// sigmoid of N vectors in place: 1 / (1 + e), e = exp(-x) with x clamped to [-104, 88]
+// (sigmoid(88) = 1 in float32; below -88.7 e overflows to inf and the result is 0, as
+// sigmoid(x) < 3e-39 there, a denormal); NaN stays NaN
+// (max and min keep their second operand when one is NaN). -x = n ln2 + r with n =
+// round(-x log2(e)), r' = -r = x + n ln2 (ln2 split in two, as TanhChunk), exp(r) by its
+// Taylor series to r^7 in -r' (Horner with fnmadd: the alternating signs), e = 2^n exp(r).
+// One exp and a division: sigmoid through tanh(x / 2) took 8 more operations per vector (the
+// sign, the expm1 form and the halving). Stage by stage for all N vectors, as TanhChunk.
+template <int N>
+inline void SigmoidChunk(__m512* x) {
+  const __m512 one = Set(1.0f);
+  __m512 n[N], r[N], p[N];
+  JAXRNN_UNROLL for (int i = 0; i < N; ++i) {
+    x[i] = _mm512_min_ps(Set(88.0f), _mm512_max_ps(Set(-104.0f), x[i]));
+    n[i] = _mm512_roundscale_ps(_mm512_mul_ps(x[i], Set(-1.44269504088896341f)),
+                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    r[i] = _mm512_fmadd_ps(n[i], Set(0.693359375f), x[i]);  // x + n * ln2_hi
+  }
+  JAXRNN_UNROLL for (int i = 0; i < N; ++i) r[i] = _mm512_fmadd_ps(n[i], Set(-2.12194440e-4f), r[i]);
+  JAXRNN_UNROLL for (int i = 0; i < N; ++i) p[i] = _mm512_fnmadd_ps(Set(1.0f / 5040.0f), r[i], Set(1.0f / 720.0f));
+  JAXRNN_UNROLL for (int i = 0; i < N; ++i) p[i] = _mm512_fnmadd_ps(p[i], r[i], Set(1.0f / 120.0f));
+  JAXRNN_UNROLL for (int i = 0; i < N; ++i) p[i] = _mm512_fnmadd_ps(p[i], r[i], Set(1.0f / 24.0f));
+  JAXRNN_UNROLL for (int i = 0; i < N; ++i) p[i] = _mm512_fnmadd_ps(p[i], r[i], Set(1.0f / 6.0f));
+  JAXRNN_UNROLL for (int i = 0; i < N; ++i) p[i] = _mm512_fnmadd_ps(p[i], r[i], Set(0.5f));
+  JAXRNN_UNROLL for (int i = 0; i < N; ++i) p[i] = _mm512_fnmadd_ps(p[i], r[i], one);
+  JAXRNN_UNROLL for (int i = 0; i < N; ++i) p[i] = _mm512_fnmadd_ps(p[i], r[i], one);  // exp(-r')
+  JAXRNN_UNROLL for (int i = 0; i < N; ++i) {
+    const __m512 e = _mm512_scalef_ps(p[i], n[i]);
+    x[i] = _mm512_div_ps(one, _mm512_add_ps(one, e));
+  }
+}
+
+// SigmoidChunk over N vectors, 4 at a time (as TanhN).
+template <int N>
+inline void SigmoidN(__m512* x) {
+  constexpr int K = N < 4 ? N : 4;
+  SigmoidChunk<K>(x);
+  if constexpr (N > K) SigmoidN<N - K>(x + K);
+}
+
+__m512 Sigmoid(__m512 x) {
+  SigmoidChunk<1>(&x);
+  return x;
+}
+
 template <int64_t act>
 __m512 Apply(__m512 a) {
   if constexpr (act == kTanh) return Tanh(a);
-  if constexpr (act == kSigmoid) {  // sigmoid(a) = (1 + tanh(a / 2)) / 2
-    return _mm512_fmadd_ps(Tanh(_mm512_mul_ps(a, Set(0.5f))), Set(0.5f), Set(0.5f));
-  }
+  if constexpr (act == kSigmoid) return Sigmoid(a);
   if constexpr (act == kRelu) return _mm512_max_ps(_mm512_setzero_ps(), a);  // NaN stays NaN
   return a;
 }
@@ -881,24 +924,21 @@ void LstmForward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int6
           constexpr int R = std::extent_v<std::remove_reference_t<decltype(acc)>>;
           const int64_t j = j0 / 4;  // 64 interleaved columns = 16 units
           const __mmask16 mask = ColumnMask(j, H);
-          // z * [1/2, 1/2, 1, 1/2]: sigmoid(z) = (1 + tanh(z / 2)) / 2 for i, f, o; tanh for g
-          __m512 a[R][4];
+          // s = the pre-activations of i, f, o (sigmoid), g = g's (tanh), all R rows at once
+          __m512 s[R][3], g[R];
           JAXRNN_UNROLL for (int r = 0; r < R; ++r) {
             const float* u = InputRow(U, idx, V, G4, t, B, b + r);
             JAXRNN_UNROLL for (int q = 0; q < 4; ++q) {
-              a[r][q] = _mm512_add_ps(acc[r][q], _mm512_maskz_loadu_ps(mask, u ? u + q * H + j : nan_row));
-              if (q != 2) a[r][q] = _mm512_mul_ps(a[r][q], Set(0.5f));
+              const __m512 z = _mm512_add_ps(acc[r][q], _mm512_maskz_loadu_ps(mask, u ? u + q * H + j : nan_row));
+              if (q == 2) g[r] = z; else s[r][q < 2 ? q : 2] = z;
             }
           }
-          TanhN<4 * R>(&a[0][0]);
+          SigmoidN<3 * R>(&s[0][0]);
+          TanhN<R>(g);
           __m512 tc[R];
           JAXRNN_UNROLL for (int r = 0; r < R; ++r) {
             const int64_t row = b + r;
-            const __m512 ig = _mm512_fmadd_ps(a[r][0], Set(0.5f), Set(0.5f));
-            const __m512 fg = _mm512_fmadd_ps(a[r][1], Set(0.5f), Set(0.5f));
-            const __m512 gg = a[r][2];
-            const __m512 og = _mm512_fmadd_ps(a[r][3], Set(0.5f), Set(0.5f));
-            a[r][3] = og;
+            const __m512 ig = s[r][0], fg = s[r][1], gg = g[r], og = s[r][2];
             const int64_t o = (t * B + row) * H + j;
             const __m512 cp = _mm512_maskz_loadu_ps(mask, Sc + o);
             tc[r] = _mm512_fmadd_ps(fg, cp, _mm512_mul_ps(ig, gg));
@@ -909,7 +949,7 @@ void LstmForward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int6
           TanhN<R>(tc);
           JAXRNN_UNROLL for (int r = 0; r < R; ++r) {
             const int64_t o = (t * B + b + r) * H + j;
-            _mm512_mask_storeu_ps(Sh + o + B * H, mask, _mm512_mul_ps(a[r][3], tc[r]));
+            _mm512_mask_storeu_ps(Sh + o + B * H, mask, _mm512_mul_ps(s[r][2], tc[r]));
           }
         };
         return PerBlock<decltype(f)>{f};
@@ -923,21 +963,20 @@ void LstmForward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int6
           constexpr int R = std::extent_v<std::remove_reference_t<decltype(acc)>>;
           const int64_t j = H - Wp.tail;
           const __mmask8 m4 = static_cast<__mmask8>((1u << Wp.tail) - 1u);
-          // z * [1/2 (i), 1/2 (f), 1 (g), 1/2 (o)] per quarter
-          const __m512 half = _mm512_mask_blend_ps(0x0F00, Set(0.5f), Set(1.0f));
-          __m512 a[R];
+          // every quarter through both: sigmoid for i, f, o, tanh for g (quarter 2)
+          __m512 a[R], sg[R];
           JAXRNN_UNROLL for (int r = 0; r < R; ++r) {
             const float* u = InputRow(U, idx, V, G4, t, B, b + r);
             const __m512 in = u ? LoadQuarters(u + j, H, 4, m4) : Set(nan);
-            a[r] = _mm512_mul_ps(_mm512_add_ps(acc[r][0], in), half);
+            a[r] = sg[r] = _mm512_add_ps(acc[r][0], in);
           }
+          SigmoidN<R>(sg);
           TanhN<R>(a);
           constexpr int NC = (R + 3) / 4;  // c of 4 rows per vector for their tanh
           __m512 tc[NC];
           __m128 og[R];
           JAXRNN_UNROLL for (int r = 0; r < R; ++r) {
-            const __m512 gates = _mm512_mask_blend_ps(
-                0x0F00, _mm512_fmadd_ps(a[r], Set(0.5f), Set(0.5f)), a[r]);
+            const __m512 gates = _mm512_mask_blend_ps(0x0F00, sg[r], a[r]);
             const __m128 ig = Quarter(gates, 0), fg = Quarter(gates, 1), gg = Quarter(gates, 2);
             og[r] = Quarter(gates, 3);
             const int64_t o = (t * B + b + r) * H + j;
@@ -1061,22 +1100,21 @@ void GruForward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int64
           constexpr int R = std::extent_v<std::remove_reference_t<decltype(acc)>>;
           const int64_t j = j0 / 3;  // 48 interleaved columns = 16 units
           const __mmask16 mask = ColumnMask(j, H);
-          // zr[r] = [z / 2, r / 2] pre-activations (sigmoid(a) = (1 + tanh(a / 2)) / 2),
-          // then n[r] = tanh(a_n + r u_n), each activated for all R rows at once
+          // zr[r] = the z and r pre-activations (sigmoid), then n[r] = tanh(a_n + r u_n),
+          // each activated for all R rows at once
           __m512 zr[R][2], in_n[R], u_n[R], n[R];
           JAXRNN_UNROLL for (int r = 0; r < R; ++r) {
             const float* a = InputRow(U, idx, V, G3, t, B, b + r);
             JAXRNN_UNROLL for (int q = 0; q < 2; ++q) {
               const __m512 in = _mm512_maskz_loadu_ps(mask, a ? a + q * H + j : nan_row);
               const __m512 u = _mm512_add_ps(acc[r][q], _mm512_maskz_loadu_ps(mask, bh + q * H + j));
-              zr[r][q] = _mm512_mul_ps(_mm512_add_ps(in, u), Set(0.5f));
+              zr[r][q] = _mm512_add_ps(in, u);
             }
             in_n[r] = _mm512_maskz_loadu_ps(mask, a ? a + 2 * H + j : nan_row);
             u_n[r] = _mm512_add_ps(acc[r][2], _mm512_maskz_loadu_ps(mask, bh + 2 * H + j));
           }
-          TanhN<2 * R>(&zr[0][0]);
+          SigmoidN<2 * R>(&zr[0][0]);
           JAXRNN_UNROLL for (int r = 0; r < R; ++r) {
-            JAXRNN_UNROLL for (int q = 0; q < 2; ++q) zr[r][q] = _mm512_fmadd_ps(zr[r][q], Set(0.5f), Set(0.5f));
             n[r] = _mm512_fmadd_ps(zr[r][1], u_n[r], in_n[r]);
           }
           TanhN<R>(n);
@@ -1108,16 +1146,15 @@ void GruForward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int64
             const float* a = InputRow(U, idx, V, G3, t, B, b + r);
             in[r] = a ? LoadQuarters(a + j, H, 3, m4) : Set(nan);
             u[r] = _mm512_add_ps(acc[r][0], bhv);
-            zr[r] = _mm512_mul_ps(_mm512_add_ps(in[r], u[r]), Set(0.5f));  // quarter 2 unused
+            zr[r] = _mm512_add_ps(in[r], u[r]);  // quarter 2 unused
           }
-          TanhN<R>(zr);
+          SigmoidN<R>(zr);
           constexpr int NC = (R + 3) / 4;  // n of 4 rows per vector for their tanh
           __m512 n[NC];
           __m128 z[R];
           JAXRNN_UNROLL for (int r = 0; r < R; ++r) {
-            const __m512 s = _mm512_fmadd_ps(zr[r], Set(0.5f), Set(0.5f));
-            z[r] = Quarter(s, 0);
-            const __m128 rg = Quarter(s, 1), u_n = Quarter(u[r], 2);
+            z[r] = Quarter(zr[r], 0);
+            const __m128 rg = Quarter(zr[r], 1), u_n = Quarter(u[r], 2);
             const __m128 pre = _mm_fmadd_ps(rg, u_n, Quarter(in[r], 2));
             float* v = Sv + (t * B + b + r) * 4 * H + 4 * j;  // as G: q at 4 j + q m
             _mm_mask_storeu_ps(v, m4, z[r]);
