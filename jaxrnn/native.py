@@ -24,7 +24,7 @@ Batch rows never interact in a recurrence, so the rows are split over the thread
 CPU thread pool, each running all ``T`` steps on its rows; every step is a register-blocked
 AVX-512 product with the cell update applied in registers before the store (the gated
 cells' ``W_h`` columns are interleaved per 16 units so one block holds all their gates). ``tanh`` is
-computed through ``expm1`` (float32 rounding), sigmoid as ``(1 + tanh(a / 2)) / 2``.
+computed through ``expm1``, sigmoid as ``1 / (1 + exp(-a))`` (both to float32 rounding).
 Numbers match the XLA loops and NumPy to float32 rounding, and states do not depend on the
 thread count (``tests/test_native.py``).
 

@@ -141,7 +141,9 @@ def test_sigmoid_accuracy_over_range_and_nan():
     """The kernel's own sigmoid (exp-based; the LSTM's i, f, o and the GRU's z, r gates) against
     float64 1 / (1 + exp(-x)), relative error, from -110 to 110 (where it underflows to 0 and
     rounds to 1), +-inf and NaN kept."""
-    a = np.concatenate([np.linspace(-110, 110, 22001), [1e-30, -1e-8, 0.0, np.inf, -np.inf, np.nan]])
+    a = np.concatenate(
+        [np.linspace(-110, 110, 22001), [1e-30, -1e-8, 0.0, np.inf, -np.inf, np.nan]]
+    )
     U = a.reshape(1, 1, -1)
     H = U.shape[-1]
     U32, W, h0 = _f32(U, np.zeros((H, H)), np.zeros((1, H)))
