@@ -48,6 +48,23 @@ def matmul_peak(cases: list[dict]) -> float | None:
     return best
 
 
+def percentile_ratios(c: dict, qs: tuple[int, ...] = (0, 10, 25, 50)) -> str | None:
+    """The fastest peer (by median; every framework not named ``jaxrnn*``) against jaxrnn-fast at
+    the same percentiles of each one's step times: does the ratio hold in the quiet steps too?"""
+    res = c["results"]
+    ref = res.get(REF, {}).get("times")
+    peers = {
+        fw: r["times"] for fw, r in res.items() if r.get("times") and not fw.startswith("jaxrnn")
+    }
+    if not ref or not peers:
+        return None
+    best = min(peers, key=lambda fw: np.median(peers[fw]))
+    ratios = np.percentile(peers[best], qs) / np.percentile(ref, qs)
+    names = " / ".join("min" if q == 0 else f"p{q}" for q in qs)
+    return (f"{best} / {REF} at the {names} of each one's step times: "
+            + " / ".join(f"{r:.2f}x" for r in ratios))  # fmt: skip
+
+
 def case_table(c: dict, peak: float | None) -> str:
     res = c["results"]
     ref = res.get(REF, {}).get("times")
@@ -68,6 +85,9 @@ def case_table(c: dict, peak: float | None) -> str:
         lines.append(
             f"| {fw} | {med:.2f} | {q1:.2f}–{q3:.2f} | {len(r['times'])} | {ratio} | {gf:.1f} | {pct} |"
         )
+    pr = percentile_ratios(c)
+    if pr:
+        lines.append(f"\n{pr}")
     return "\n".join(lines) + "\n"
 
 
