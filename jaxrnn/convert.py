@@ -37,7 +37,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrnn.bidirectional import BiParams
+from jaxrnn._bidirectional import BiParams
 from jaxrnn.cells import gru, lstm, simple
 
 _GRU_KERAS_FROM_TORCH = (1, 0, 2)  # Keras block g comes from PyTorch block _[g]: z<-z, r<-r, h<-n

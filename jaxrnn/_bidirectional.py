@@ -25,9 +25,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxrnn import _checks, backends
+from jaxrnn._recurrent import recurrent
+from jaxrnn._rnn import Cell
 from jaxrnn.cells._common import Array
-from jaxrnn.layer import Cell, remat_segment
-from jaxrnn.recurrent import recurrent
 
 MERGE_MODES = ("concat", "sum", "mul", "ave", None)
 
@@ -69,9 +70,9 @@ def bidirectional(
     recurrent_dropout: float = 0.0,
     key: Array | None = None,
     deterministic: bool = True,
-    unroll: int | bool | None = None,
-    fast: bool = False,
+    unroll: int | bool = 1,
     remat: int | str | None = None,
+    backend: str | backends.Backend = "auto",
 ) -> Any:
     """Runs a forward and a backward recurrent layer over ``xs [B, T, D]`` and merges them.
 
@@ -87,11 +88,7 @@ def bidirectional(
         return_state: also return ``(forward_final_carry, backward_final_carry)``.
         dropout, recurrent_dropout, key, deterministic: Keras-style per-sequence dropout
             (each direction draws its own masks from ``fold_in(key, 0 | 1)``).
-        unroll: ``lax.scan``'s unroll (``None``: 1); with ``fast``, the fast path's
-            (``None``: its default, :data:`jaxrnn.fast.DEFAULT_UNROLL`).
-        fast: both directions on :func:`jaxrnn.fast.rnn` (see :func:`jaxrnn.recurrent.recurrent`).
-        remat: both directions rematerialised in segments of ``k`` steps (``"sqrt"``:
-            ``ceil(sqrt(T))``), as in :func:`jaxrnn.rnn`.
+        unroll, remat, backend: for both directions, as in :func:`jaxrnn.rnn`.
 
     Returns:
         ``output`` (``[B, T, 2H]`` for concat with sequences; ``[B, 2H]`` without; a pair for
@@ -109,12 +106,14 @@ def bidirectional(
         ((2, 5, 8), (2, 4), True)
     """
     if merge_mode not in MERGE_MODES:
-        raise ValueError(f"merge_mode must be one of {MERGE_MODES}; got {merge_mode!r}")
+        raise ValueError(
+            f"bidirectional: merge_mode must be one of {MERGE_MODES}; got {merge_mode!r}"
+        )
     if not isinstance(params, BiParams):
         raise TypeError(
             f"bidirectional: params must be BiParams(forward, backward); got {type(params).__name__}"
         )
-    remat_segment(remat, 1, "bidirectional")  # validates the option
+    remat = _checks.remat("bidirectional", remat)
     cell_fw, cell_bw = cell if isinstance(cell, tuple) else (cell, cell)
     carry_fw, carry_bw = (None, None) if initial_carry is None else initial_carry
     k_fw = k_bw = None
@@ -130,8 +129,8 @@ def bidirectional(
         recurrent_dropout=recurrent_dropout,
         deterministic=deterministic,
         unroll=unroll,
-        fast=fast,
         remat=remat,
+        backend=backend,
     )
     y_fw, c_fw = recurrent(cell_fw, params.forward, xs, carry_fw, key=k_fw, **common)
     y_bw, c_bw = recurrent(

@@ -1,96 +1,84 @@
-"""GPU kernels for :mod:`jaxrnn.fast`: each recurrence as ONE persistent Pallas (Triton) kernel.
+"""GPU kernels: each recurrence as ONE persistent Pallas (Triton) kernel, for CUDA GPUs.
 
-On a GPU the XLA loops of :mod:`jaxrnn.fast` launch a few kernels per time step (the
-``[B, H] @ [H, G H]`` product, the cell's element-wise update, the in-place row writes):
-the seed training step measured ~14 us per time step on an H100, launch and loop
-overhead, not arithmetic (benchmarks/RESULTS.md, GPU section). cuDNN instead runs the
-whole sequence inside one kernel. The kernels here do the same, written in Pallas:
+On a GPU the XLA loops launch a few kernels per time step (the ``[B, H] @ [H, G H]`` product,
+the cell's element-wise update, the row writes): launch and loop overhead, not arithmetic,
+bound the step. cuDNN instead runs the whole sequence inside one kernel; these kernels do the
+same, in Pallas:
 
-* the grid runs over batch tiles of :data:`BLOCK_B` rows, one program each (a
-  recurrence has no parallelism along T; tiles are independent);
+* the grid runs over batch tiles of :data:`BLOCK_B` rows, one program each (a recurrence
+  has no parallelism along T; tiles are independent);
 * a program holds its tile's state ``h [BLOCK_B, Hp]`` (and ``c``) in registers and loops
-  over all ``T`` steps inside the kernel (``lax.fori_loop`` -> ``scf.for``): per step it
-  reads ``u_t``, multiplies by ``W_h`` (tensor cores, one ``[Hp, Hp]`` operand per gate
-  block), applies the cell and writes the saved state rows;
+  over all ``T`` steps inside the kernel: per step it reads ``u_t``, multiplies by ``W_h``
+  (tensor cores, one ``[Hp, Hp]`` operand per gate block), applies the cell and writes the
+  saved state rows;
 * the weight blocks are read once, before the loop, and stay on chip where they fit in
-  shared memory (:func:`held`: on an H100 / H200 all of the simple cell's and the GRU's at
-  H <= 128, two of the LSTM's four); the others are re-read from L1 / L2 at every step. On
-  an H100 this took the seed training step from 1.44 to 0.97 ms (GRU 4.22 -> 2.97); on an
-  H200 the LSTM's from 5.13 (all re-read) to 4.35 (two held; the XLA loops: 4.77-4.93);
-* the backward kernels run the reversed loop of :mod:`jaxrnn.fast`'s hand-written BPTT
-  (the same formulas as its XLA loops) and write ``dL/dz`` for every step; ``dW_h`` is
-  then ONE ``[H, T B] @ [T B, G H]`` matmul in XLA, as on the other paths.
+  shared memory (:func:`held`); the others are re-read from L1 / L2 at every step;
+* the backward kernels run the reversed loop of the hand-written BPTT and write ``dL/dz``
+  for every step; ``dW_h`` is then ONE ``[H, T B] @ [T B, G H]`` matmul in XLA.
 
-Layout: ``H`` is padded to ``Hp`` (a power of two, at least 16; Triton's block sizes)
-and each gate gets its own ``[.., Hp]`` block (``[T, G, Bp, Hp]``), the batch to a
-multiple of :data:`BLOCK_B`. Padding is exact: zero weights, inputs and initial states
-keep the padded units and rows at zero through the cell (``sigmoid(0) = 1/2`` gates
-multiply zeros) and their gradients at zero.
+Layout: ``H`` is padded to ``Hp`` (a power of two, at least 16; Triton's block sizes) and
+each gate gets its own ``[.., Hp]`` block (``[T, G, Bp, Hp]``), the batch to a multiple of
+:data:`BLOCK_B`. Padding is exact: zero weights, inputs and initial states keep the padded
+units and rows at zero through the cell and their gradients at zero.
 
-Scope (:func:`supports`): float32, ``H <= MAX_HIDDEN`` (a gate block's ``[Hp, Hp]``
-operand must fit in a multiprocessor's shared memory beside the rest), CUDA (``cuda`` in
-``lax.platform_dependent``). Kernels exist for the simple cell with ``tanh``, the LSTM and
-the GRU (``reset_after``); :mod:`jaxrnn.fast` uses them as :data:`CELLS` says (by default
-the simple cell's and the GRU's always, the LSTM's where at least :data:`LSTM_MIN_HELD` of
-its four weight blocks stay on chip: with fewer, re-read every step, it measured slower than
-the XLA loops). Anything else runs the XLA loops. Matmul precision
-follows JAX's (``jax.default_matmul_precision``: the default is TF32 on NVIDIA GPUs, as
-for XLA's own dots; ``"highest"`` gives IEEE float32).
+Scope (:func:`supports`): float32, ``H <= MAX_HIDDEN`` (a gate block's ``[Hp, Hp]`` operand
+must fit in a multiprocessor's shared memory beside the rest), kernels for the simple cell
+with ``tanh``, the LSTM and the GRU (``reset_after``). Matmul precision follows JAX's
+(``jax.default_matmul_precision``; TF32 by default on NVIDIA GPUs, as for XLA's own dots).
 
-The kernels are plain JAX functions of their inputs; ``interpret=True`` runs them on any
-backend through Pallas's interpreter, which is how the CPU test suite checks them against
-the XLA loops (``tests/test_gpu.py``). ``JAXRNN_GPU_KERNELS=0`` turns them off.
+The kernels are plain JAX functions of their inputs; ``Config(interpret=True)`` runs them on
+any backend through Pallas's interpreter, which is how the CPU test suite checks them.
+``JAXRNN_GPU_KERNELS=0`` turns them off.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from jaxrnn.cells import lstm as _lstm
 from jaxrnn.cells._common import Array
 
 SWITCH = "JAXRNN_GPU_KERNELS"  # "0": off (XLA loops on the GPU too)
 BLOCK_B = 16  # batch rows per program (the smallest M of a tensor-core product)
 MAX_HIDDEN = 128  # H <= this: one [Hp, Hp] float32 gate block is 64 KiB
-# H100, seed training step (B 64, T 250, H 100), medians (benchmarks/RESULTS.md, GPU section):
-# 4 -> 8 warps: simple 1.45 -> 1.35 ms, LSTM 5.91 -> 4.92, GRU 4.92 -> 4.04 (weights re-read
-# every step); hoisted weights, 8 -> 16 warps: simple 0.97 -> 1.16, GRU 2.97 -> 3.12.
-NUM_WARPS = 8
-# The cells whose kernels jaxrnn.fast uses: a set forces those on and the others off
-# (``gpu.CELLS = gpu.ALL_CELLS``: every kernel, as the tests do); ``None`` (default): by
-# measurement, see :func:`supports`. H100 (fourth GPU run): simple 0.97 ms (hoisted weights)
-# vs 2.25 with the XLA loops; GRU 2.97 (hoisted) vs 4.15; LSTM 4.95 vs 4.69: its four
-# [128, 128] blocks (256 KiB) do not all fit (see HOIST_WEIGHTS), and re-read from L2 every
-# step the kernel was slower than the loops. H200 (eighth run, two runs): LSTM with its
-# first two blocks held 4.35 / 4.32 ms vs the loops 4.77-4.93 (all re-read: 5.13).
 ALL_CELLS = frozenset({"simple", "lstm", "gru"})
-CELLS: frozenset[str] | None = None
-# By default the LSTM's kernels run where at least this many of its 4 weight blocks are held
-# (2 on sm_90 at H = 128; with 0 they measured slower than the loops, 1 is unmeasured).
+# The LSTM's kernels run by default where at least this many of its 4 weight blocks are held
+# on chip: re-read from L2 at every step they were slower than the XLA loops.
 LSTM_MIN_HELD = 2
-# Read the recurrent weight blocks once, before the time loop, and keep them on chip (Triton
-# stages a dot's operand through shared memory) instead of re-reading them from L1 / L2 at
-# every step (Triton does not hoist a loop-invariant load by itself). ``None``: as many as
-# fit in the GPU's shared memory beside the kernel's scratch (see :func:`held`); ``True`` /
-# ``False`` force all / none (too large: Triton fails with RESOURCE_EXHAUSTED); an int k
-# holds the first min(k, G) blocks and re-reads the others (benchmark variants, see
-# benchmarks/frameworks.py GPU_VARIANTS).
-HOIST_WEIGHTS: bool | int | None = None
 # Shared memory per block (the opt-in maximum, KiB) by CUDA compute capability, from NVIDIA's
 # CUDA C++ Programming Guide (compute capabilities table); others: the smallest, 64.
 SMEM_KIB = {(7, 0): 96, (7, 5): 64, (8, 0): 163, (8, 6): 99, (8, 7): 163, (8, 9): 99,
             (9, 0): 227, (10, 0): 227, (12, 0): 99}  # fmt: skip
 SCRATCH_KIB = 32  # shared memory left to the kernel's own use (layout conversions)
-# Triton's software-pipelining stages of the time loop (1: none; 2 measured slower than
-# hoisting and, for the gated cells, beyond the shared memory: RESULTS.md, GPU run 4).
-NUM_STAGES = 1
-# Run the kernels through Pallas's interpreter (any backend; what the CPU tests do when they
-# route jaxrnn.fast's GPU branch onto the CPU). The kernels' ``interpret`` argument overrides it.
-INTERPRET = False
+
+
+class Config(NamedTuple):
+    """How the kernels are compiled and run.
+
+    Attributes:
+        cells: the cells whose kernels run (``None``: the simple cell and the GRU, and the
+            LSTM where at least :data:`LSTM_MIN_HELD` of its weight blocks are held).
+        hold: weight blocks held on chip across the time loop: ``None`` as many as fit
+            (:func:`held`), ``True`` / ``False`` all / none, an int ``k`` the first ``k``.
+        interpret: run through Pallas's interpreter (any backend; the CPU tests).
+        warps: Triton warps per program.
+        stages: Triton's software-pipelining stages of the time loop (1: none; hoisting the
+            weights serves better and leaves the shared memory to them).
+    """
+
+    cells: frozenset[str] | None = None
+    hold: bool | int | None = None
+    interpret: bool = False
+    warps: int = 8
+    stages: int = 1
+
+
+DEFAULT = Config()
+
 
 # ------------------------------------------------------------------------------ helpers
 
@@ -115,18 +103,26 @@ def enabled() -> bool:
     return True
 
 
-def supports(dtype, H: int, cell: str = "simple") -> bool:
-    """Whether :mod:`jaxrnn.fast` runs ``cell``'s kernels for this dtype and hidden size:
-    float32, ``H <= MAX_HIDDEN``, switched on, and ``cell`` in :data:`CELLS`; by default
-    (``CELLS`` None) the simple cell and the GRU, and the LSTM where :func:`held` keeps at
-    least :data:`LSTM_MIN_HELD` of its blocks on chip (see the module docstring)."""
-    if not (jnp.dtype(dtype) == jnp.float32 and 0 < H <= MAX_HIDDEN and enabled()):
-        return False
-    if CELLS is not None:
-        return cell in CELLS
-    if cell == "lstm":
-        return held(_lstm.N_GATES, padded(H)) >= LSTM_MIN_HELD
-    return cell in ALL_CELLS
+def unsupported(dtype, H: int, cell: str, config: Config = DEFAULT) -> str | None:
+    """Why the kernels do not run ``cell`` for this dtype and hidden size (``None``: they
+    do): float32, ``H <= MAX_HIDDEN``, switched on, and ``cell`` in ``config.cells`` (by
+    default the simple cell and the GRU, and the LSTM where :func:`held` keeps at least
+    :data:`LSTM_MIN_HELD` of its blocks on chip)."""
+    if jnp.dtype(dtype) != jnp.float32:
+        return f"the GPU kernels are float32; got {jnp.dtype(dtype)}"
+    if not 0 < H <= MAX_HIDDEN:
+        return f"the GPU kernels take hidden sizes up to {MAX_HIDDEN}; got {H}"
+    if not enabled():
+        return f"the GPU kernels are off ({SWITCH}=0) or Pallas's Triton backend is missing"
+    if config.cells is not None:
+        return (
+            None
+            if cell in config.cells
+            else f"config.cells {sorted(config.cells)} leaves out {cell!r}"
+        )
+    if cell == "lstm" and held(4, padded(H), 4, config.hold) < LSTM_MIN_HELD:
+        return "the LSTM's kernels need 2 of its 4 weight blocks on chip; this GPU holds fewer"
+    return None
 
 
 def padded(H: int) -> int:
@@ -181,13 +177,13 @@ def _spec(shape: tuple[int, ...], batch_axis: int | None):
     return pl.BlockSpec(block, index)
 
 
-def _triton_params():
-    """Triton's compiler parameters (:data:`NUM_WARPS`, :data:`NUM_STAGES`), or ``None``
-    (Pallas's defaults) where this JAX names them differently."""
+def _triton_params(config: Config):
+    """Triton's compiler parameters, or ``None`` (Pallas's defaults) where this JAX names them
+    differently."""
     try:
         from jax.experimental.pallas import triton as pltriton
 
-        return pltriton.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+        return pltriton.CompilerParams(num_warps=config.warps, num_stages=config.stages)
     except (ImportError, AttributeError, TypeError):  # pragma: no cover - other JAX versions
         return None
 
@@ -203,49 +199,45 @@ def _smem_kib() -> int:
     return SMEM_KIB.get(cc, 64)
 
 
-def hoisted(G: int, Hp: int, itemsize: int = 4) -> bool:
-    """Whether the kernels hold all ``G`` weight blocks ``[Hp, Hp]`` on chip across the time
-    loop (:func:`held` ``== G``): on an H100 (227 KiB) the simple cell's and the GRU's at
-    H <= 128 (64 / 192 KiB), the LSTM's at H <= 64 (64 KiB; 256 KiB at H = 128)."""
-    return held(G, Hp, itemsize) == G
-
-
-def held(G: int, Hp: int, itemsize: int = 4) -> int:
+def held(G: int, Hp: int, itemsize: int = 4, hold: bool | int | None = None) -> int:
     """How many of the ``G`` weight blocks ``[Hp, Hp]`` the kernels hold on chip (the first
-    ones; the others are re-read at each step). By default (:data:`HOIST_WEIGHTS` None) all
-    ``G`` where they fit in the GPU's shared memory with :data:`SCRATCH_KIB` to spare, else
-    as many as fit beside one staged block of the re-read ones (Triton stages a dot operand
-    through shared memory): on an H100 / H200 (227 KiB) at Hp = 128 (64 KiB blocks) the
-    LSTM's first 2 of 4 (3 held asked for 256 KiB and failed to compile), on an A100 (163 KiB)
-    1 of the GRU's 3 and of the LSTM's 4. ``HOIST_WEIGHTS``: ``True`` / ``False`` all or
-    none, an int ``k`` ``min(k, G)``."""
-    if HOIST_WEIGHTS is not None:
-        if isinstance(HOIST_WEIGHTS, bool):
-            return G if HOIST_WEIGHTS else 0
-        return max(0, min(int(HOIST_WEIGHTS), G))
+    ones; the others are re-read at each step). ``hold`` ``None``: all ``G`` where they fit
+    in the GPU's shared memory with :data:`SCRATCH_KIB` to spare, else as many as fit beside
+    one staged block of the re-read ones (Triton stages a dot operand through shared memory):
+    on an H100 / H200 (227 KiB) at Hp = 128 (64 KiB blocks) the LSTM's first 2 of 4, on an
+    A100 (163 KiB) 1 of the GRU's 3 and of the LSTM's 4. ``True`` / ``False``: all or none;
+    an int ``k``: ``min(k, G)``."""
+    if hold is not None:
+        if isinstance(hold, bool):
+            return G if hold else 0
+        return max(0, min(int(hold), G))
     block, room = Hp * Hp * itemsize, (_smem_kib() - SCRATCH_KIB) * 1024
     return G if G * block <= room else max(0, room // block - 1)
 
 
-def _weights(w_ref, G: int | None = None) -> list:
+def _weights(w_ref, n_held: int, G: int | None = None) -> list:
     """Getters of the recurrent weight operand inside the time loop: ``[w_ref[...]]`` (``G``
-    None) or ``[w_ref[k] for k < G]``, each read once here (the first :func:`held` ones) or at
+    None) or ``[w_ref[k] for k < G]``, the first ``n_held`` read once here, the others at
     each call."""
     index = [...] if G is None else list(range(G))
-    n = held(G or 1, w_ref.shape[-1], jnp.dtype(w_ref.dtype).itemsize)
     return [
-        (lambda w=w_ref[k]: w) if i < n else (lambda k=k: w_ref[k]) for i, k in enumerate(index)
+        (lambda w=w_ref[k]: w) if i < n_held else (lambda k=k: w_ref[k])
+        for i, k in enumerate(index)
     ]
 
 
-def _call(kernel, inputs, outputs, interpret: bool | None):
+def _n_held(config: Config, G: int, Hp: int) -> int:
+    return held(G, Hp, 4, config.hold)
+
+
+def _call(kernel, inputs, outputs, config: Config):
     """``pallas_call`` over batch tiles. ``inputs`` / ``outputs``: ``[(array or shape,
     batch_axis)]``; arrays' batch axes are padded to a multiple of BLOCK_B already."""
     pl = _pallas()
-    interpret = INTERPRET if interpret is None else interpret
+    interpret = config.interpret
     arrays = [a for a, _ in inputs]
     Bp = next(a.shape[ax] for a, ax in inputs if ax is not None)
-    params = None if interpret else _triton_params()
+    params = None if interpret else _triton_params(config)
     return pl.pallas_call(
         kernel,
         out_shape=[jax.ShapeDtypeStruct(s, arrays[0].dtype) for s, _ in outputs],
@@ -260,11 +252,11 @@ def _call(kernel, inputs, outputs, interpret: bool | None):
 # ---------------------------------------------------------------------------- simple cell
 
 
-def _simple_forward_kernel(u_ref, w_ref, h0_ref, s_ref):
+def _simple_forward_kernel(u_ref, w_ref, h0_ref, s_ref, *, n_held: int):
     T = u_ref.shape[0]
     h0 = h0_ref[...]
     s_ref[0] = h0
-    (w,) = _weights(w_ref)
+    (w,) = _weights(w_ref, n_held)
 
     def step(t, h):
         h = jnp.tanh(u_ref[t] + jnp.dot(h, w()))
@@ -274,7 +266,7 @@ def _simple_forward_kernel(u_ref, w_ref, h0_ref, s_ref):
     jax.lax.fori_loop(0, T, step, h0)
 
 
-def simple_forward(U: Array, W_h: Array, h0: Array, *, interpret: bool | None = None) -> Array:
+def simple_forward(U: Array, W_h: Array, h0: Array, *, config: Config = DEFAULT) -> Array:
     """``S = [h_0, .., h_T]: [T + 1, B, H]`` with ``h_t = tanh(U_t + h_{t-1} W_h)``.
 
     Args:
@@ -283,17 +275,17 @@ def simple_forward(U: Array, W_h: Array, h0: Array, *, interpret: bool | None = 
     T, B, H = U.shape
     Hp, Bp = padded(H), _batch_pad(B)
     (S,) = _call(
-        _simple_forward_kernel,
+        functools.partial(_simple_forward_kernel, n_held=_n_held(config, 1, Hp)),
         [(_pad_state(U, Hp, Bp), 1), (_weight_blocks(W_h, 1, Hp)[0], None), (_pad_state(h0, Hp, Bp), 0)],
         [((T + 1, Bp, Hp), 1)],
-        interpret,
+        config,
     )  # fmt: skip
     return S[:, :B, :H]
 
 
-def _simple_backward_kernel(s_ref, g_ref, wt_ref, d_ref, *, last_only: bool):
+def _simple_backward_kernel(s_ref, g_ref, wt_ref, d_ref, *, last_only: bool, n_held: int):
     T = s_ref.shape[0] - 1
-    (wt,) = _weights(wt_ref)
+    (wt,) = _weights(wt_ref, n_held)
 
     def step(j, dh_next):  # dh_next = dL/dh_t through h_{t+1} (last_only: g at t = T - 1)
         t = T - 1 - j
@@ -308,7 +300,7 @@ def _simple_backward_kernel(s_ref, g_ref, wt_ref, d_ref, *, last_only: bool):
 
 
 def simple_backward(
-    S: Array, W_h: Array, g: Array, last_only: bool, *, interpret: bool | None = None
+    S: Array, W_h: Array, g: Array, last_only: bool, *, config: Config = DEFAULT
 ) -> Array:
     """``D: [T, B, H]``, ``D[t] = dL/da_t`` (``a_t`` the pre-activation of step ``t``).
 
@@ -320,11 +312,11 @@ def simple_backward(
     Hp, Bp = padded(H), _batch_pad(B)
     g_ax = 0 if last_only else 1
     (D,) = _call(
-        functools.partial(_simple_backward_kernel, last_only=last_only),
+        functools.partial(_simple_backward_kernel, last_only=last_only, n_held=_n_held(config, 1, Hp)),
         [(_pad_state(S, Hp, Bp), 1), (_pad_state(g, Hp, Bp), g_ax),
          (_weight_blocks(W_h, 1, Hp, transpose=True)[0], None)],
         [((T1 - 1, Bp, Hp), 1)],
-        interpret,
+        config,
     )  # fmt: skip
     return D[:, :B, :H]
 
@@ -332,12 +324,12 @@ def simple_backward(
 # ------------------------------------------------------------------------------ LSTM cell
 
 
-def _lstm_forward_kernel(u_ref, w_ref, h0_ref, c0_ref, sh_ref, sc_ref, g_ref):
+def _lstm_forward_kernel(u_ref, w_ref, h0_ref, c0_ref, sh_ref, sc_ref, g_ref, *, n_held: int):
     T = u_ref.shape[0]
     h0, c0 = h0_ref[...], c0_ref[...]
     sh_ref[0] = h0
     sc_ref[0] = c0
-    w = _weights(w_ref, 4)
+    w = _weights(w_ref, n_held, 4)
 
     def step(t, carry):
         h, c = carry
@@ -359,9 +351,9 @@ def _lstm_forward_kernel(u_ref, w_ref, h0_ref, c0_ref, sh_ref, sc_ref, g_ref):
 
 
 def lstm_forward(
-    U: Array, W_h: Array, h0: Array, c0: Array, *, interpret: bool | None = None
+    U: Array, W_h: Array, h0: Array, c0: Array, *, config: Config = DEFAULT
 ) -> tuple[Array, Array, Array]:
-    """``(S_h, S_c, Gs)`` as :func:`jaxrnn.fast._lstm_forward_xla`: states ``[T + 1, B, H]``
+    """``(S_h, S_c, Gs)`` as the XLA loops: states ``[T + 1, B, H]``
     and gate activations ``Gs: [T, B, 4H]`` (``i, f, g, o``).
 
     Args:
@@ -371,23 +363,23 @@ def lstm_forward(
     H = H4 // 4
     Hp, Bp = padded(H), _batch_pad(B)
     S_h, S_c, Gs = _call(
-        _lstm_forward_kernel,
+        functools.partial(_lstm_forward_kernel, n_held=_n_held(config, 4, Hp)),
         [(_blocks(U, 4, H, Hp, Bp), 2), (_weight_blocks(W_h, 4, Hp), None),
          (_pad_state(h0, Hp, Bp), 0), (_pad_state(c0, Hp, Bp), 0)],
         [((T + 1, Bp, Hp), 1), ((T + 1, Bp, Hp), 1), ((T, 4, Bp, Hp), 2)],
-        interpret,
+        config,
     )  # fmt: skip
     return S_h[:, :B, :H], S_c[:, :B, :H], _unblocks(Gs, B, H)
 
 
-def _lstm_backward_kernel(*refs, has_hs: bool, has_cs: bool):
+def _lstm_backward_kernel(*refs, has_hs: bool, has_cs: bool, n_held: int):
     refs = list(refs)
     sc_ref, gs_ref, wt_ref, ghT_ref, gcT_ref = refs[:5]
     ghs_ref = refs.pop(5) if has_hs else None
     gcs_ref = refs.pop(5) if has_cs else None
     d_ref, dc0_ref = refs[5:]
     T = gs_ref.shape[0]
-    wt = _weights(wt_ref, 4)
+    wt = _weights(wt_ref, n_held, 4)
 
     def step(j, carry):
         dh, dc = carry  # dL/dh_t through h_{t+1}, dL/dc_t through c_{t+1}
@@ -428,10 +420,10 @@ def lstm_backward(
     g_cT: Array,
     g_cs: Array | None = None,
     *,
-    interpret: bool | None = None,
+    config: Config = DEFAULT,
 ) -> tuple[Array, Array]:
     """``(D, dc0)``: ``D = dL/dz: [T, B, 4H]`` (gate pre-activations) and ``dL/dc_0: [B, H]``,
-    as :func:`jaxrnn.fast._lstm_backward_xla`.
+    as the XLA loops.
 
     Args:
         S_c: ``[T + 1, B, H]``. Gs: ``[T, B, 4H]``. W_h: ``[H, 4H]``.
@@ -446,10 +438,15 @@ def lstm_backward(
               (_pad_state(g_hT, Hp, Bp), 0), (_pad_state(g_cT, Hp, Bp), 0)]  # fmt: skip
     inputs += [(_pad_state(g, Hp, Bp), 1) for g in (g_hs, g_cs) if g is not None]
     D, dc0 = _call(
-        functools.partial(_lstm_backward_kernel, has_hs=g_hs is not None, has_cs=g_cs is not None),
+        functools.partial(
+            _lstm_backward_kernel,
+            has_hs=g_hs is not None,
+            has_cs=g_cs is not None,
+            n_held=_n_held(config, 4, Hp),
+        ),
         inputs,
         [((T, 4, Bp, Hp), 2), ((Bp, Hp), 0)],
-        interpret,
+        config,
     )
     return _unblocks(D, B, H), dc0[:B, :H]
 
@@ -457,11 +454,11 @@ def lstm_backward(
 # ------------------------------------------------------------------------------- GRU cell
 
 
-def _gru_forward_kernel(a_ref, w_ref, b_ref, h0_ref, s_ref, sv_ref):
+def _gru_forward_kernel(a_ref, w_ref, b_ref, h0_ref, s_ref, sv_ref, *, n_held: int):
     T = a_ref.shape[0]
     h0 = h0_ref[...]
     s_ref[0] = h0
-    w = _weights(w_ref, 3)
+    w = _weights(w_ref, n_held, 3)
 
     def step(t, h):
         u_z = jnp.dot(h, w[0]()) + b_ref[0]
@@ -482,9 +479,9 @@ def _gru_forward_kernel(a_ref, w_ref, b_ref, h0_ref, s_ref, sv_ref):
 
 
 def gru_forward(
-    A: Array, W_h: Array, b_h: Array, h0: Array, *, interpret: bool | None = None
+    A: Array, W_h: Array, b_h: Array, h0: Array, *, config: Config = DEFAULT
 ) -> tuple[Array, Array]:
-    """``(S, Sv)`` as :func:`jaxrnn.fast._gru_forward_xla`: states ``[T + 1, B, H]`` and
+    """``(S, Sv)`` as the XLA loops: states ``[T + 1, B, H]`` and
     ``Sv = [z, r, n, u_h]: [T, B, 4H]``.
 
     Args:
@@ -495,18 +492,20 @@ def gru_forward(
     Hp, Bp = padded(H), _batch_pad(B)
     b = jnp.pad(b_h.reshape(3, 1, H), ((0, 0), (0, 0), (0, Hp - H)))  # [3, 1, Hp]
     S, Sv = _call(
-        _gru_forward_kernel,
+        functools.partial(_gru_forward_kernel, n_held=_n_held(config, 3, Hp)),
         [(_blocks(A, 3, H, Hp, Bp), 2), (_weight_blocks(W_h, 3, Hp), None), (b, None),
          (_pad_state(h0, Hp, Bp), 0)],
         [((T + 1, Bp, Hp), 1), ((T, 4, Bp, Hp), 2)],
-        interpret,
+        config,
     )  # fmt: skip
     return S[:, :B, :H], _unblocks(Sv, B, H)
 
 
-def _gru_backward_kernel(s_ref, sv_ref, wt_ref, g_ref, d_ref, n_ref, dh0_ref, *, last_only: bool):
+def _gru_backward_kernel(
+    s_ref, sv_ref, wt_ref, g_ref, d_ref, n_ref, dh0_ref, *, last_only: bool, n_held: int
+):
     T = sv_ref.shape[0]
-    wt = _weights(wt_ref, 3)
+    wt = _weights(wt_ref, n_held, 3)
 
     def step(j, dh):  # dL/dh_t through h_{t+1} (last_only: g at t = T - 1)
         t = T - 1 - j
@@ -527,9 +526,9 @@ def _gru_backward_kernel(s_ref, sv_ref, wt_ref, g_ref, d_ref, n_ref, dh0_ref, *,
 
 
 def gru_backward(
-    S: Array, Sv: Array, W_h: Array, g: Array, last_only: bool, *, interpret: bool | None = None
+    S: Array, Sv: Array, W_h: Array, g: Array, last_only: bool, *, config: Config = DEFAULT
 ) -> tuple[Array, Array, Array]:
-    """``(D, N, dh0)`` as :func:`jaxrnn.fast._gru_backward_xla`'s loop: ``D = dL/du: [T, B, 3H]``
+    """``(D, N, dh0)`` as the XLA loops: ``D = dL/du: [T, B, 3H]``
     (``u = h W_h + b_h``), ``N = dL/d(n pre-activation): [T, B, H]``, ``dh0: [B, H]``.
 
     Args:
@@ -540,17 +539,11 @@ def gru_backward(
     H = H4 // 4
     Hp, Bp = padded(H), _batch_pad(B)
     D, N, dh0 = _call(
-        functools.partial(_gru_backward_kernel, last_only=last_only),
+        functools.partial(_gru_backward_kernel, last_only=last_only, n_held=_n_held(config, 3, Hp)),
         [(_pad_state(S, Hp, Bp), 1), (_blocks(Sv, 4, H, Hp, Bp), 2),
          (_weight_blocks(W_h, 3, Hp, transpose=True), None),
          (_pad_state(g, Hp, Bp), 0 if last_only else 1)],
         [((T, 3, Bp, Hp), 2), ((T, Bp, Hp), 1), ((Bp, Hp), 0)],
-        interpret,
+        config,
     )  # fmt: skip
     return _unblocks(D, B, H), N[:, :B, :H], dh0[:B, :H]
-
-
-__all__ = [
-    "BLOCK_B", "MAX_HIDDEN", "enabled", "gru_backward", "gru_forward", "held", "hoisted",
-    "lstm_backward", "lstm_forward", "padded", "simple_backward", "simple_forward", "supports",
-]  # fmt: skip

@@ -8,8 +8,8 @@
     ys = recurrent(cell, params, xs, dropout=0.2, recurrent_dropout=0.1,
                    key=key, deterministic=False)                      # training=True
 
-What it adds on top of :func:`jaxrnn.rnn`, with Keras 3's semantics (read from
-``keras.src.backend.jax.rnn.rnn`` and checked live in ``tests/test_parity.py``):
+What it adds on top of :func:`jaxrnn.rnn`, with Keras 3's semantics (checked live in
+``tests/test_parity.py``):
 
 * **Masks** ``[B, T]`` (``True`` = real step), right-padded or arbitrary. At a
   masked step the carry is left unchanged and the output is the carry's ``h``
@@ -32,67 +32,24 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jaxrnn.cells._common import Array, check_float
+from jaxrnn import _checks, _rnn, backends
+from jaxrnn.cells._common import Array, carry_output
 from jaxrnn.dropout import rnn_dropout_masks, with_masks
-from jaxrnn.fast import rnn as fast_rnn
-from jaxrnn.layer import (
-    Cell,
-    _bcast,
-    _cell_name,
-    _initial_carry_fn,
-    _scan,
-    carry_output,
-    remat_segment,
-    rnn,
-)
 
 
-def check_mask(mask: Any, B: int, T: int, what: str = "mask") -> Array:
-    """Validates a Keras-style mask ``[B, T]`` (bool or 0/1) and returns it as bool."""
-    mask = jnp.asarray(mask)
-    if mask.shape != (B, T):
-        raise ValueError(
-            f"{what} must have shape [B, T] = [{B}, {T}]; got shape {tuple(mask.shape)}"
-        )
-    if mask.dtype != jnp.bool_:
-        if not (
-            jnp.issubdtype(mask.dtype, jnp.integer) or jnp.issubdtype(mask.dtype, jnp.floating)
-        ):
-            raise TypeError(f"{what} must be bool (or 0/1 numbers); got dtype {mask.dtype}")
-        mask = mask != 0
-    return mask
-
-
-def lengths_to_mask(lengths: Array, T: int) -> Array:
-    """``lengths [B]`` -> the right-padded mask ``[B, T]``, ``mask[b, t] = t < lengths[b]``."""
-    lengths = jnp.asarray(lengths)
-    if not jnp.issubdtype(lengths.dtype, jnp.integer) or lengths.ndim != 1:
-        raise ValueError(
-            f"lengths must be an integer array of shape [B]; got {lengths.dtype} {lengths.shape}"
-        )
-    if not isinstance(lengths, jax.core.Tracer):
-        values = np.asarray(lengths)  # numpy's min/max: a closed-over array inside jit too
-        lo, hi = (int(values.min()), int(values.max())) if values.size else (0, 0)
-        if lo < 0 or hi > T:
-            raise ValueError(f"lengths must lie in [0, T={T}]; got values in [{lo}, {hi}]")
-    return jnp.arange(T)[None, :] < lengths[:, None]
+def _bcast(mask: Array, leaf: Array) -> Array:
+    """``mask: [B]`` -> ``[B, 1, ..., 1]`` with the rank of ``leaf``."""
+    return mask.reshape(mask.shape + (1,) * (leaf.ndim - mask.ndim))
 
 
 def masked_scan(
-    cell: Cell,
-    params: Any,
-    xs: Array,
-    carry0: Any,
-    mask: Array,
-    *,
-    reverse: bool = False,
-    zero_output_for_mask: bool = False,
-    unroll: int | bool = 1,
+    cell: _rnn.Cell, params: Any, xs: Array, carry0: Any, mask: Array, *,
+    reverse: bool = False, zero_output_for_mask: bool = False, unroll: int | bool = 1,
     k: int | None = None,
-) -> tuple[Any, Array]:
-    """The masked time loop of Keras's JAX backend, time-major.
+) -> tuple[Any, Array]:  # fmt: skip
+    """The masked time loop of Keras's JAX backend, time-major: the loop an arbitrary mask
+    (steps skipped in the middle) needs, on ``lax.scan``.
 
     Args:
         cell: ``cell(params, carry, x) -> (carry, y)``.
@@ -104,7 +61,7 @@ def masked_scan(
         zero_output_for_mask: masked outputs are zeros instead of the carry's ``h``.
         unroll: ``lax.scan``'s unroll.
         k: rematerialise: checkpointed segments of ``k`` steps
-            (:func:`jaxrnn.layer.scan_segments`); ``None``: one scan.
+            (:func:`jaxrnn._rnn.scan_segments`); ``None``: one scan.
 
     Returns:
         ``(final_carry, ys [T, B, H])`` with ``ys[t]`` the output at time ``t``.
@@ -112,17 +69,23 @@ def masked_scan(
 
     def step(carry, inp):
         x, m = inp  # [B, D], [B]
+        x = jnp.where(m[:, None], x, jnp.zeros_like(x))  # the padding never reaches a gradient
         new_carry, y = cell(params, carry, x)
         y_masked = jnp.zeros_like(y) if zero_output_for_mask else carry_output(carry)
         y = jnp.where(_bcast(m, y), y, y_masked)
         new_carry = jax.tree.map(lambda n, o: jnp.where(_bcast(m, n), n, o), new_carry, carry)
         return new_carry, y
 
-    return _scan(step, carry0, (xs, mask), reverse=reverse, unroll=unroll, k=k)
+    def run(carry, seg):
+        return jax.lax.scan(step, carry, seg, reverse=reverse, unroll=unroll)
+
+    if k is None:
+        return run(carry0, (xs, mask))
+    return _rnn.scan_segments(run, carry0, (xs, mask), k, reverse=reverse)
 
 
 def recurrent(
-    cell: Cell,
+    cell: _rnn.Cell,
     params: Any,
     xs: Array,
     initial_carry: Any = None,
@@ -138,9 +101,9 @@ def recurrent(
     key: Array | None = None,
     deterministic: bool = True,
     per_gate_masks: bool | None = None,
-    unroll: int | bool | None = None,
-    fast: bool = False,
+    unroll: int | bool = 1,
     remat: int | str | None = None,
+    backend: str | backends.Backend = "auto",
 ) -> Any:
     """Runs ``cell`` over ``xs [B, T, D]`` exactly as a Keras 3 RNN layer does.
 
@@ -149,7 +112,9 @@ def recurrent(
         params: its parameters.
         xs: ``[B, T, D]``.
         initial_carry: leaves ``[B, H]`` (Keras's ``initial_state``); ``None``: zeros.
-        mask: ``[B, T]`` bool, ``True`` where a step is real (Keras's ``mask``).
+        mask: ``[B, T]`` bool, ``True`` where a step is real (Keras's ``mask``). An
+            arbitrary mask can skip steps in the middle, which only the ``scan`` backend
+            runs; right-padded sequences run on any backend as ``lengths``.
         lengths: ``[B]`` int, the same as ``mask = arange(T) < lengths[:, None]``.
         go_backwards: process the sequence in reverse; outputs in processing order.
         return_sequences: return all outputs ``[B, T, H]``, else the last one ``[B, H]``.
@@ -160,19 +125,7 @@ def recurrent(
         key: PRNG key for the dropout masks (needed when ``deterministic=False`` and a rate > 0).
         deterministic: ``True`` for inference (Keras's ``training=False``): no dropout.
         per_gate_masks: see :func:`jaxrnn.dropout.rnn_dropout_masks` (``None``: as Keras).
-        unroll: ``lax.scan``'s unroll (``None``: 1); with ``fast``, the fast path's
-            (``None``: its default, :data:`jaxrnn.fast.DEFAULT_UNROLL`).
-        fast: run on :func:`jaxrnn.fast.rnn` (the same numbers up to rounding) unless an
-            explicit ``mask`` is given (an arbitrary mask can skip steps in the middle;
-            right-padded sequences should come as ``lengths``). With ``lengths`` the masked
-            steps' outputs are filled in after the loop: the carry's ``h`` at each
-            sequence's last real step (the initial one with ``go_backwards``, whose masked
-            steps come first), or zeros with ``zero_output_for_mask``. Where no fast kernel
-            applies (other cells, dropout masks bound to the cell) ``fast.rnn`` runs the plain
-            loop with the same semantics.
-        remat: rematerialise for memory, as in :func:`jaxrnn.rnn`: ``k`` checkpoints the
-            carry every ``k`` steps (``"sqrt"``: ``ceil(sqrt(T))``) and recomputes each
-            segment in the backward pass, on either path. Same values and gradients.
+        unroll, remat, backend: as in :func:`jaxrnn.rnn`.
 
     Returns:
         ``output`` — ``[B, T, H]`` or ``[B, H]`` — or ``(output, final_carry)`` with
@@ -190,78 +143,63 @@ def recurrent(
         >>> bool((ys[1, 3] == ys[1, 1]).all() and (h[1] == ys[1, 1]).all())  # masked: repeat
         True
     """
-    check_float("recurrent: xs", xs)
-    xs = jnp.asarray(xs)
+    where = "recurrent"
+    xs = _checks.floating(f"{where}: xs", xs)
     if xs.ndim != 3:
-        raise ValueError(f"recurrent: xs must be [B, T, D]; got shape {tuple(xs.shape)}")
+        raise ValueError(f"{where}: xs must be [B, T, D]; got shape {tuple(xs.shape)}")
     B, T, D = xs.shape
-    k = remat_segment(remat, T, "recurrent")
+    unroll = _checks.unroll(where, unroll)
+    k = _checks.remat_segment(_checks.remat(where, remat), T)
+    b = backends.resolve(backend)
     if mask is not None and lengths is not None:
-        raise ValueError("recurrent: pass mask or lengths, not both")
-    on_fast_path = fast and mask is None
+        raise ValueError(f"{where}: pass mask or lengths, not both")
     if lengths is not None:
-        if jnp.shape(lengths) != (B,):
-            raise ValueError(
-                f"lengths must have shape [B] = [{B}]; got {tuple(jnp.shape(lengths))}"
-            )
-        mask = lengths_to_mask(lengths, T)
+        lengths = _checks.lengths(where, lengths, (B,), T)
     elif mask is not None:
-        mask = check_mask(mask, B, T)
-
-    if initial_carry is None:
-        init_fn = _initial_carry_fn(cell)
-        if init_fn is None:
-            raise ValueError(f"recurrent: {_cell_name(cell)!r} has no initial_carry; pass one")
-        initial_carry = init_fn(params, (B,))
+        mask = _checks.mask(where, mask, B, T)
+    initial_carry = _checks.initial_carry(where, cell, params, initial_carry, (B,))
 
     if not deterministic and (dropout or recurrent_dropout):
         if key is None:
-            raise ValueError("recurrent: dropout with deterministic=False needs a PRNG key")
-        carry_h = carry_output(initial_carry)
+            raise ValueError(f"{where}: dropout with deterministic=False needs a PRNG key")
         masks = rnn_dropout_masks(
-            key,
-            cell,
-            D,
-            int(carry_h.shape[-1]),
-            (B,),
-            dropout=dropout,
-            recurrent_dropout=recurrent_dropout,
-            per_gate=per_gate_masks,
-            dtype=xs.dtype,
-        )
+            key, cell, D, int(carry_output(initial_carry).shape[-1]), (B,), dropout=dropout,
+            recurrent_dropout=recurrent_dropout, per_gate=per_gate_masks, dtype=xs.dtype,
+        )  # fmt: skip
         cell = with_masks(cell, masks)
 
+    context = f"while running recurrent over xs of shape {tuple(xs.shape)}, read as [B, T, D]"
+    _checks.step(
+        where, cell, params, initial_carry, jax.ShapeDtypeStruct((B, D), xs.dtype), context
+    )
     xs_tm = jnp.swapaxes(xs, 0, 1)  # [T, B, D]
-    if mask is None:
-        mask_tm = jnp.ones((T, B), bool)
-    else:
-        mask_tm = jnp.swapaxes(mask, 0, 1)  # [T, B]
-    # rnn() checks the cell against xs and the carry at trace time (shapes, dtypes).
-    jax.eval_shape(lambda p, x, c: rnn(cell, p, x, c), params, xs, initial_carry)
-
-    if on_fast_path:
-        # ys [T, B, H] in time order, zeros at masked steps
-        carry, ys = fast_rnn(
-            cell, params, xs_tm, initial_carry, lengths=lengths, reverse=go_backwards,
-            unroll=unroll, time_major=True, remat=remat,
+    if mask is not None:
+        if b.name not in ("auto", "scan"):
+            raise ValueError(
+                f"{where}: backend {b.name!r} cannot skip masked steps in the middle of a "
+                "sequence; pass right-padded sequences as lengths, or use backend 'scan' / 'auto'"
+            )
+        carry, ys = masked_scan(
+            cell, params, xs_tm, initial_carry, jnp.swapaxes(mask, 0, 1), reverse=go_backwards,
+            zero_output_for_mask=zero_output_for_mask, unroll=unroll, k=k,
         )  # fmt: skip
+    elif T == 0:
+        carry, ys = (
+            initial_carry,
+            jnp.zeros((0, B, carry_output(initial_carry).shape[-1]), xs.dtype),
+        )
+    else:
+        choice = backends.select(cell, params, xs.dtype, b)
+        carry, ys = _rnn.run(
+            choice, cell, params, xs_tm, initial_carry, lengths=lengths, reverse=go_backwards,
+            unroll=unroll, k=k,
+        )  # fmt: skip  # ys [T, B, H] in time order, zeros past each length
         if lengths is not None and not zero_output_for_mask:
             # a masked step outputs the carry's h: the final one past a sequence's end, the
             # initial one when going backwards (the padding is processed first)
             fill = carry_output(initial_carry if go_backwards else carry)  # [B, H]
-            ys = jnp.where(mask_tm[:, :, None], ys, fill[None])
-    else:
-        carry, ys = masked_scan(
-            cell,
-            params,
-            xs_tm,
-            initial_carry,
-            mask_tm,
-            reverse=go_backwards,
-            zero_output_for_mask=zero_output_for_mask,
-            unroll=1 if unroll is None else unroll,
-            k=k,
-        )  # ys [T, B, H] in time order
+            alive = jnp.arange(T)[:, None] < lengths[None, :]  # [T, B]
+            ys = jnp.where(alive[:, :, None], ys, fill[None])
     if go_backwards:
         ys = ys[::-1]  # processing order, as Keras returns it
     output = jnp.swapaxes(ys, 0, 1) if return_sequences else ys[-1]  # [B, T, H] | [B, H]

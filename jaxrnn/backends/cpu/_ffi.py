@@ -1,9 +1,6 @@
-"""Hand-written CPU kernels for the simple-cell, LSTM and GRU recurrences (XLA FFI custom calls).
+"""The native CPU kernels as JAX functions (XLA FFI custom calls on ``rnn_cpu.cc``).
 
-:mod:`jaxrnn.fast` keeps only the sequential part of an RNN inside its loops; on a CPU
-even that is several small XLA operations per time step (a ``[B, H] @ [H, G H]`` dot, a
-fusion, a dynamic-update-slice), run one after another on one core. ``csrc/rnn_cpu.cc``
-runs each whole loop as one call instead, on the buffers of :mod:`jaxrnn.fast`::
+::
 
     simple  forward   S[0] = h_0,  S[t + 1] = f(u_t + S[t] @ W_h)                  S: [T + 1, B, H]
             backward  D[T] = 0,    D[t] = (g_t + D[t + 1] @ W_h^T) * f'(S[t + 1])   D: [T + 1, B, H]
@@ -13,62 +10,32 @@ runs each whole loop as one call instead, on the buffers of :mod:`jaxrnn.fast`::
             backward  dL/du, dL/da: [T + 1, B, 3H] and z_0 dL/dh_0
 
 (``u_t = U[t]`` or ``table[idx[t]]``, ``g_t = dL/dh_{t+1}``). The backward calls also return
-``dW_h = S^T D`` (accumulated per step while ``S[t]`` and ``D[t]`` are in cache) and, for a
-table, its gradient (the rows of ``D`` added by id inside the loop, each thread's rows into a
-table part of its own, the parts added at the end). Two more calls build such a table,
-``E @ W_x + b``, and take its gradient (``dE``, ``dW_x``, ``db`` in one pass over ``dTable``):
-:func:`table_projection`, :func:`table_projection_backward`; one more projects only the rows
-of given ids, ``E[ids] @ W_x + b`` (:func:`rows_projection`: a batch with fewer tokens than
-the vocabulary).
+``dW_h = S^T D`` and, for a table, its gradient. Two more calls build such a table,
+``E @ W_x + b``, and take its gradient; one more projects only the rows of given ids.
 Batch rows never interact in a recurrence, so the rows are split over the threads of XLA's
-CPU thread pool, each running all ``T`` steps on its rows; every step is a register-blocked
-AVX-512 product with the cell update applied in registers before the store (the gated
-cells' ``W_h`` columns are interleaved per 16 units so one block holds all their gates). ``tanh`` is
-computed through ``expm1``, sigmoid as ``1 / (1 + exp(-a))`` (both to float32 rounding).
-Numbers match the XLA loops and NumPy to float32 rounding, and states do not depend on the
-thread count (``tests/test_native.py``).
+CPU thread pool, each running all ``T`` steps on its rows: states do not depend on the thread
+count. float32 only.
 
-The kernels are compiled on first use with the system C++ compiler (``$CXX``, else
-``c++``/``g++``/``clang++``; ~7 s) against the XLA FFI headers that ship with jaxlib, for
-the CPU at hand (``-march=native``), and cached under ``$JAXRNN_CACHE_DIR`` (default
-``~/.cache/jaxrnn``), keyed by source, compiler, flags, jax version and CPU flags. Register
-blocks are chosen per CPU core where measurements found others faster (:func:`tuning_defines`).
-They are used for float32 on CPUs with AVX-512; elsewhere (other CPUs, GPU/TPU via
-``lax.platform_dependent``, float64, no compiler) :mod:`jaxrnn.fast` runs its XLA loops.
-``JAXRNN_NATIVE=0`` turns them off; ``JAXRNN_NATIVE=require`` makes a failed build an
-error instead of a warning and a fallback.
-
-Examples:
-    >>> import functools, jax.numpy as jnp
-    >>> from jaxrnn import native
-    >>> if native.available():  # AVX-512 CPU, compiler present
-    ...     f32 = functools.partial(jnp.zeros, dtype=jnp.float32)
-    ...     U = f32((5, 2, 3)) + 1.0                        # [T, B, H]
-    ...     S = native.simple_forward(U, None, f32((3, 3)), f32((2, 3)), "tanh")  # W_h, h0
-    ...     assert S.shape == (6, 2, 3) and bool(jnp.allclose(S[1:], jnp.tanh(1.0)))
+``JAXRNN_NATIVE=0`` turns the kernels off; ``JAXRNN_NATIVE=require`` makes a failed build an
+error instead of a warning.
 """
 
 from __future__ import annotations
 
-import contextlib
+import ctypes
 import functools
-import hashlib
 import os
-import shutil
 import subprocess
-import tempfile
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrnn.backends.cpu import _build
 from jaxrnn.cells._common import Array
-from jaxrnn.runtime import cpu_has_avx512
 
-SOURCE = Path(__file__).with_name("csrc") / "rnn_cpu.cc"
 SWITCH = "JAXRNN_NATIVE"  # "0": off; unset / "1": where available; "require": build must work
 ACTIVATIONS = {"tanh": 0, "sigmoid": 1, "relu": 2, "identity": 3, "linear": 3}
 _SYMBOLS = {
@@ -83,11 +50,9 @@ _SYMBOLS = {
     "jaxrnn_rows_projection": "JaxrnnRowsProjection",
     "jaxrnn_rows_projection_backward": "JaxrnnRowsProjectionBackward",
 }
-FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
 # dW_h is accumulated inside the backward loop while each thread's [H, G H] partial sum fits
-# in L2 with room to spare; above that (e.g. the GRU at H = 512: 3 MB) the per-step
-# read-modify-write of the partial costs more than XLA's one [H, T B] @ [T B, G H] matmul
-# after the loop, which the caller then computes.
+# in L2 with room to spare; above that the per-step read-modify-write of the partial costs
+# more than one [H, T B] @ [T B, G H] matmul after the loop, which the caller then computes.
 FUSED_DW_BYTES = 256 * 1024
 
 
@@ -96,130 +61,20 @@ def fuse_dw(H: int, G: int) -> bool:
     return H * G * H * 4 <= FUSED_DW_BYTES
 
 
-class NativeUnavailable(RuntimeError):
-    """The native kernels cannot be built or loaded here (the message says why)."""
-
-
-def cache_dir() -> Path:
-    """Where built kernels are kept: ``$JAXRNN_CACHE_DIR``, else ``$XDG_CACHE_HOME/jaxrnn``
-    (``~/.cache/jaxrnn``)."""
-    if os.environ.get("JAXRNN_CACHE_DIR"):
-        return Path(os.environ["JAXRNN_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "jaxrnn"
-
-
-def compiler() -> str:
-    """The C++ compiler to use: ``$CXX``, else the first of ``c++``, ``g++``, ``clang++``."""
-    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-        if name and shutil.which(name):
-            return name
-    raise NativeUnavailable("no C++ compiler found (set CXX, or install g++)")
-
-
-def _cpuinfo(field: str) -> str:
-    """The value of the first ``field`` line of ``/proc/cpuinfo`` ("" where there is none)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                name, _, value = line.partition(":")
-                if name.strip() == field:
-                    return value.strip()
-    except OSError:
-        pass
-    return ""
-
-
-def _cpu_flags() -> str:
-    return _cpuinfo("flags")
-
-
-# Register blocks per CPU core where they differ from the source's defaults (the blocks
-# measured best on an Intel Xeon, Emerald Rapids). AMD Zen 4 (family 0x19 with AVX-512) runs
-# 512-bit operations on 256-bit units: blocks of 4 rows (a panel load and a broadcast per 2
-# FMAs) ran 1.23x slower there than 24-accumulator blocks (benchmarks/kernels.py,
-# product-forward), so the LSTM forward takes 6 rows x 4 vectors and dW_h 8 rows x 3 vectors.
-# Seed training steps with these blocks against the defaults, same process (native_ab.py,
-# 40 rounds): LSTM 0.942x, GRU 0.969x, simple 0.975x. Same operations per element: the
-# results are bitwise those of the defaults.
-_TUNING = {
-    ("AuthenticAMD", "25"): ("JAXRNN_LSTM_ROWS=6", "JAXRNN_OUTER_ROWS=8", "JAXRNN_OUTER_VECS=3"),
-}
-
-
-def tuning_defines(vendor: str | None = None, family: str | None = None) -> tuple[str, ...]:
-    """``-D`` macros (``NAME=value``) that set the kernels' register blocks for this CPU
-    (``vendor``, ``family``: ``/proc/cpuinfo``'s ``vendor_id`` and ``cpu family``, read when
-    not given); ``()`` where the source's defaults apply."""
-    vendor = _cpuinfo("vendor_id") if vendor is None else vendor
-    family = _cpuinfo("cpu family") if family is None else family
-    return _TUNING.get((vendor, family), ())
-
-
-def compile_command(
-    source: Path, out: Path, *, shared: bool = True, defines: tuple[str, ...] = ()
-) -> list[str]:
-    """The compiler command line for ``source`` against the XLA FFI headers of the installed
-    jaxlib, with :data:`FLAGS` (``shared=False``: an executable, e.g. the kernels' benchmark
-    driver ``benchmarks/kernels.cc``) and ``-D`` macros: :func:`tuning_defines` for this CPU,
-    then ``defines`` (``NAME=value``; a name in both takes its value from ``defines``)."""
-    flags = FLAGS if shared else tuple(f for f in FLAGS if f not in ("-shared", "-fPIC"))
-    macros = {d.partition("=")[0]: d for d in (*tuning_defines(), *defines)}
-    return [
-        compiler(), *flags, *(f"-D{d}" for d in macros.values()),
-        "-isystem", jax.ffi.include_dir(), str(source), "-o", str(out),
-    ]  # fmt: skip
-
-
-def build(directory: Path | None = None) -> Path:
-    """Compiles ``csrc/rnn_cpu.cc`` into a shared library (once; cached) and returns its path.
-
-    Raises:
-        NativeUnavailable: no AVX-512, no compiler, or the compiler failed (its output is
-            in the message).
-    """
-    if not cpu_has_avx512():
-        raise NativeUnavailable("the CPU has no AVX-512 (avx512f); the kernels need it")
-    # keyed by the compile command itself (compiler, flags, -D macros, FFI headers), so
-    # whatever compile_command adds is part of the key
-    command = " ".join(compile_command(SOURCE, Path("rnn_cpu.so")))
-    parts = [SOURCE.read_bytes(), command.encode(), jax.__version__.encode(), _cpu_flags().encode()]
-    key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
-    directory = Path(directory) if directory is not None else cache_dir()
-    out = directory / f"rnn_cpu-{key}.so"
-    if out.exists():
-        return out
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
-    os.close(fd)
-    cmd = compile_command(SOURCE, Path(tmp))
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        if proc.returncode != 0:
-            raise NativeUnavailable(
-                f"compiling {SOURCE.name} failed ({' '.join(cmd)}):\n{proc.stderr[-4000:]}"
-            )
-        os.replace(tmp, out)  # atomic: concurrent builders never see half a file
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
-
-
 @functools.cache
 def _load() -> str | None:
     """Builds, loads and registers the kernels once; ``None`` on success, else the reason."""
-    import ctypes
-
     if os.environ.get(SWITCH, "1") == "0":
         return f"turned off ({SWITCH}=0)"
     try:
-        lib = ctypes.cdll.LoadLibrary(str(build()))
-    except (NativeUnavailable, OSError, subprocess.SubprocessError) as e:
+        lib = ctypes.cdll.LoadLibrary(str(_build.build()))
+    except (_build.BuildError, OSError, subprocess.SubprocessError) as e:
         if os.environ.get(SWITCH) == "require":
-            raise NativeUnavailable(str(e)) from e
-        if cpu_has_avx512():  # a CPU the kernels are for, but the build failed: say so
-            warnings.warn(f"jaxrnn.native: kernels unavailable, using XLA loops: {e}", stacklevel=3)
+            raise _build.BuildError(str(e)) from e
+        if _build.cpu_has_avx512():  # a CPU the kernels are for, but the build failed: say so
+            warnings.warn(
+                f"jaxrnn: native CPU kernels unavailable, using XLA loops: {e}", stacklevel=3
+            )
         return str(e)
     for target, symbol in _SYMBOLS.items():
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
@@ -236,82 +91,12 @@ def unavailable_reason() -> str | None:
     return _load()
 
 
-# Other builds of the kernels, for A/B timings in one process (benchmarks/native_ab.py): a
-# build registered with register_variant(library, suffix) is called by what is traced inside
-# `with variant(suffix):`.
-_variant = ""
-
-
-def _target(name: str) -> str:
-    return name + _variant
-
-
-def register_variant(library: Path, suffix: str) -> None:
-    """Registers a shared library built from another version of ``csrc/rnn_cpu.cc`` (with
-    :func:`compile_command`) under FFI target names ending in ``suffix``."""
-    import ctypes
-
-    if not suffix:
-        raise ValueError("register_variant: suffix must be non-empty (the default build has none)")
-    lib = ctypes.cdll.LoadLibrary(str(library))
-    for target, symbol in _SYMBOLS.items():
-        if not hasattr(lib, symbol):  # an older build without this kernel: calling it fails
-            continue
-        capsule = jax.ffi.pycapsule(getattr(lib, symbol))
-        jax.ffi.register_ffi_target(target + suffix, capsule, platform="cpu")
-
-
-@contextlib.contextmanager
-def variant(suffix: str):
-    """Kernel calls traced inside this block use the build registered with ``suffix``. The
-    suffix is not part of ``jax.jit``'s cache key: give each variant a function of its own."""
-    global _variant
-    saved, _variant = _variant, suffix
-    try:
-        yield
-    finally:
-        _variant = saved
-
-
-# The kernels split batch rows over the threads, so every thread streams all of W_h through
-# its caches once per step (a column tile at a time, reused by all its rows): fine while W_h
-# ([H, G H] float32) is about the size of L2, not always beyond. Measured on an Intel Xeon
-# (Emerald Rapids, 2 MiB L2 a core; seed classifier, B = 64, T = 250, training steps, 2-core
-# CPU, interleaved, medians, kernels vs the XLA loops; fifth session): GRU H = 384 (1.7 MiB)
-# 144 vs 170 ms, LSTM H = 320 (1.6 MiB) 138 vs 177, GRU H = 512 (3 MiB) 233 vs 323, LSTM
-# H = 448 (3.1 MiB) 247 vs 324; at 4 MiB mixed: LSTM H = 512 345 vs 320, simple H = 1024 270 vs
-# 322. fast.rnn over [64, 128, 64]: GRU H = 512 122.6 ms vs 164.4 plain (benchmarks/RESULTS.md,
-# fifth session). Until then the limit was 1 MiB (simple H = 1024, T = 100: 170 vs 133 ms with
-# the first kernels). On AMD Zen 4 (1 MiB L2 a core, 32 MiB L3), with the fifteenth session's
-# kernels (same harness, B = 64, kernels / XLA loops, medians): simple H = 1024 (4 MiB) 0.90x,
-# 1448 (8 MiB) 0.69x, 1774 (12 MiB) 0.74x, 2048 (16 MiB) 1.32x; LSTM H = 512 (4 MiB) 0.84x,
-# 724 (8 MiB) 0.79x, 887 (12 MiB) 0.94x; GRU H = 600 (4.1 MiB) 0.73x, 836 (8 MiB) 0.69x: there
-# the limit is 8 MiB. Elsewhere 3 MiB, as measured on the Xeon; re-measured there in the
-# seventeenth session (benchmarks/native_ab.py --xla, B = 64, in-process, kernels / XLA loops,
-# per-round medians) once the panels' row strides were no longer powers of two (rnn_cpu.cc
-# PanelStride): simple H = 1024 (T = 100) 1.00x, LSTM H = 512 0.95x, GRU H = 600 0.83x;
-# before that fix 1.45x / 1.23x (H = 1000 / 500, never aliased: 0.98x / 0.96x). At 8 MiB
-# simple H = 1448 1.07x, LSTM H = 724 0.91x, GRU H = 836 0.85x: a gain for the gated cells
-# only, measured on one Intel model, so the limit stays.
-_MAX_WEIGHT_BYTES = {("AuthenticAMD", "25"): 8 << 20}
-
-
-def max_weight_bytes(vendor: str | None = None, family: str | None = None) -> int:
-    """The largest ``W_h`` (bytes) the kernels take on this CPU (``vendor``, ``family``:
-    ``/proc/cpuinfo``'s ``vendor_id`` and ``cpu family``, read when not given): 8 MiB on
-    AMD Zen 4, 3 MiB elsewhere (where larger weights were measured or may run slower than the
-    XLA loops)."""
-    vendor = _cpuinfo("vendor_id") if vendor is None else vendor
-    family = _cpuinfo("cpu family") if family is None else family
-    return _MAX_WEIGHT_BYTES.get((vendor, family), 3 << 20)
-
-
-MAX_WEIGHT_BYTES = max_weight_bytes()
+MAX_WEIGHT_BYTES = _build.max_weight_bytes()
 
 
 def supports(dtype, activation: str = "tanh", H: int = 0, G: int = 1) -> bool:
     """Whether the kernels run for this dtype, simple-cell activation and ``W_h: [H, G H]``
-    (float32, AVX-512 CPU, built, ``W_h`` within :data:`MAX_WEIGHT_BYTES`)."""
+    (float32, built, ``W_h`` within :data:`MAX_WEIGHT_BYTES`)."""
     return (
         jnp.dtype(dtype) == jnp.float32
         and activation in ACTIVATIONS
@@ -326,12 +111,12 @@ def _table_ids(idx: Array | None) -> Array:
 
 def _require(dtype, activation: str = "tanh") -> None:
     if activation not in ACTIVATIONS:
-        raise ValueError(f"jaxrnn.native: activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")  # fmt: skip
+        raise ValueError(f"native kernels: activation must be one of {sorted(ACTIVATIONS)}; got {activation!r}")  # fmt: skip
     if jnp.dtype(dtype) != jnp.float32:
-        raise TypeError(f"jaxrnn.native: the kernels are float32; got {jnp.dtype(dtype)}")
+        raise TypeError(f"native kernels: the kernels are float32; got {jnp.dtype(dtype)}")
     reason = _load()
     if reason is not None:
-        raise NativeUnavailable(reason)
+        raise _build.BuildError(reason)
 
 
 def simple_forward(
@@ -352,17 +137,17 @@ def simple_forward(
     if idx is None:
         T = U.shape[0]
         if U.shape != (T, B, H):
-            raise ValueError(f"jaxrnn.native.simple_forward: U must be [T, B, H] = [T, {B}, {H}]; got {U.shape}")  # fmt: skip
+            raise ValueError(f"native simple_forward: U must be [T, B, H] = [T, {B}, {H}]; got {U.shape}")  # fmt: skip
         idx = jnp.zeros((0,), jnp.int32)
     else:
         T = idx.shape[0]
         if U.ndim != 2 or U.shape[1] != H or idx.shape != (T, B):
-            raise ValueError(f"jaxrnn.native.simple_forward: with idx, U must be a table [V, {H}] and idx [T, {B}]; got U {U.shape}, idx {idx.shape}")  # fmt: skip
+            raise ValueError(f"native simple_forward: with idx, U must be a table [V, {H}] and idx [T, {B}]; got U {U.shape}, idx {idx.shape}")  # fmt: skip
         idx = idx.astype(jnp.int32)
     if W_h.shape != (H, H):
-        raise ValueError(f"jaxrnn.native.simple_forward: W_h must be [{H}, {H}]; got {W_h.shape}")  # fmt: skip
+        raise ValueError(f"native simple_forward: W_h must be [{H}, {H}]; got {W_h.shape}")  # fmt: skip
     call = jax.ffi.ffi_call(
-        _target("jaxrnn_simple_forward"),
+        ("jaxrnn_simple_forward"),
         jax.ShapeDtypeStruct((T + 1, B, H), jnp.float32),
         vmap_method="sequential",
     )
@@ -377,9 +162,8 @@ ROWS = ("all", "first", "inputs")  # how a backward returns its [T + 1, B, G H] 
 def _gradient_rows(rows: str, T: int, allowed: tuple[str, ...]) -> int:
     """Leading size of a backward's gradient result: ``"all"`` ``T + 1`` (``D[T] = 0``
     included), ``"first"`` 1 (``D[:1]``: the rest stays inside the call), ``"inputs"`` ``T``
-    (``D[:T]``, the cotangent of ``U [T, B, G H]`` without slicing the zero row off in XLA,
-    which cost ~33 ms against ~4 ms for the input projection's gradient of the LSTM classifier
-    with input dropout: benchmarks/RESULTS.md). A layout not in ``allowed`` gives ``T + 1``."""
+    (``D[:T]``, the cotangent of ``U [T, B, G H]``, so XLA need not copy a slice of it). A
+    layout not in ``allowed`` gives ``T + 1``."""
     if rows not in ROWS:
         raise ValueError(f"rows must be one of {ROWS}; got {rows!r}")
     if rows not in allowed:
@@ -424,17 +208,17 @@ def simple_backward(
     _require(S.dtype, activation)
     T, B, H = S.shape[0] - 1, S.shape[1], S.shape[2]
     if T < 1 or W_h.shape != (H, H) or g.shape not in ((T, B, H), (B, H)):
-        raise ValueError(f"jaxrnn.native.simple_backward: expected S [T + 1, B, H] with T >= 1, W_h [H, H], g [T, B, H] or [B, H]; got S {S.shape}, W_h {W_h.shape}, g {g.shape}")  # fmt: skip
+        raise ValueError(f"native simple_backward: expected S [T + 1, B, H] with T >= 1, W_h [H, H], g [T, B, H] or [B, H]; got S {S.shape}, W_h {W_h.shape}, g {g.shape}")  # fmt: skip
     if idx is None:
         V, idx = 0, jnp.zeros((0,), jnp.int32)
     else:
         if idx.shape != (T, B) or vocab < 1:
-            raise ValueError(f"jaxrnn.native.simple_backward: idx must be [T, B] = [{T}, {B}] with vocab >= 1; got idx {idx.shape}, vocab {vocab}")  # fmt: skip
+            raise ValueError(f"native simple_backward: idx must be [T, B] = [{T}, {B}] with vocab >= 1; got idx {idx.shape}, vocab {vocab}")  # fmt: skip
         V, idx = int(vocab), idx.astype(jnp.int32)
     fused = fuse_dw(H, 1)
     n = _gradient_rows(rows, T, ROWS if fused else ("all",))
     call = jax.ffi.ffi_call(
-        _target("jaxrnn_simple_backward"),
+        ("jaxrnn_simple_backward"),
         (
             jax.ShapeDtypeStruct((n, B, H), jnp.float32),  # D (or D[:T] or D[:1])
             jax.ShapeDtypeStruct((H, H), jnp.float32),  # dW_h
@@ -474,10 +258,10 @@ def lstm_forward(
     T = U.shape[0] if idx is None else idx.shape[0]
     want = (U.shape[0], 4 * H) if idx is not None else (T, B, 4 * H)
     if U.shape != want or W_h.shape != (H, 4 * H) or c0.shape != (B, H) or (idx is not None and idx.shape != (T, B)):  # fmt: skip
-        raise ValueError(f"jaxrnn.native.lstm_forward: expected U [T, B, 4H] (or a table [V, 4H] with idx [T, B]), W_h [H, 4H], h0 and c0 [B, H] with B, H = {B}, {H}; got U {U.shape}, idx {None if idx is None else idx.shape}, W_h {W_h.shape}, c0 {c0.shape}")  # fmt: skip
+        raise ValueError(f"native lstm_forward: expected U [T, B, 4H] (or a table [V, 4H] with idx [T, B]), W_h [H, 4H], h0 and c0 [B, H] with B, H = {B}, {H}; got U {U.shape}, idx {None if idx is None else idx.shape}, W_h {W_h.shape}, c0 {c0.shape}")  # fmt: skip
     f32 = jnp.float32
     call = jax.ffi.ffi_call(
-        _target("jaxrnn_lstm_forward"),
+        ("jaxrnn_lstm_forward"),
         (
             jax.ShapeDtypeStruct((T + 1, B, H), f32),
             jax.ShapeDtypeStruct((T + 1, B, H), f32),
@@ -493,7 +277,7 @@ def gate_blocks(G: Array, H: int, gates: int = 4) -> Array:
     :func:`lstm_forward`'s ``G``: per group of 16 units ``j .. j + w - 1`` (``w = min(16,
     H - j)``), ``gates x w`` floats at ``gates j``, gate ``q`` at ``gates j + q w``."""
     if G.shape[-1] != gates * H:
-        raise ValueError(f"jaxrnn.native.gate_blocks: expected [..., {gates} x H = {gates * H}]; got {G.shape}")  # fmt: skip
+        raise ValueError(f"native gate_blocks: expected [..., {gates} x H = {gates * H}]; got {G.shape}")  # fmt: skip
     u = np.arange(H)
     j = u // 16 * 16
     w = np.minimum(16, H - j)
@@ -540,13 +324,13 @@ def lstm_backward(
         and (idx is None or (idx.shape == (T, B) and vocab >= 1))
     )  # fmt: skip
     if not ok:
-        raise ValueError(f"jaxrnn.native.lstm_backward: expected S_h, S_c [T + 1, B, H] (T >= 1), G [T, B, 4H], W_h [H, 4H], g_hs, g_cs [T, B, H] or None, g_hT, g_cT [B, H], idx [T, B] with vocab >= 1; got S_h {S_h.shape}, S_c {S_c.shape}, G {G.shape}, W_h {W_h.shape}, g_hs {None if g_hs is None else g_hs.shape}, g_cs {None if g_cs is None else g_cs.shape}, g_hT {g_hT.shape}, g_cT {g_cT.shape}, idx {None if idx is None else idx.shape}, vocab {vocab}")  # fmt: skip
+        raise ValueError(f"native lstm_backward: expected S_h, S_c [T + 1, B, H] (T >= 1), G [T, B, 4H], W_h [H, 4H], g_hs, g_cs [T, B, H] or None, g_hT, g_cT [B, H], idx [T, B] with vocab >= 1; got S_h {S_h.shape}, S_c {S_c.shape}, G {G.shape}, W_h {W_h.shape}, g_hs {None if g_hs is None else g_hs.shape}, g_cs {None if g_cs is None else g_cs.shape}, g_hT {g_hT.shape}, g_cT {g_cT.shape}, idx {None if idx is None else idx.shape}, vocab {vocab}")  # fmt: skip
     V = 0 if idx is None else int(vocab)
     f32 = jnp.float32
     fused = fuse_dw(H, 4)
     n = _gradient_rows(rows, T, ROWS if fused else ("all",))
     call = jax.ffi.ffi_call(
-        _target("jaxrnn_lstm_backward"),
+        ("jaxrnn_lstm_backward"),
         (
             jax.ShapeDtypeStruct((n, B, 4 * H), f32),  # D (or its first / first T rows)
             jax.ShapeDtypeStruct((H, 4 * H), f32),  # dW_h
@@ -590,10 +374,10 @@ def gru_forward(
     T = U.shape[0] if idx is None else idx.shape[0]
     want = (U.shape[0], 3 * H) if idx is not None else (T, B, 3 * H)
     if U.shape != want or W_h.shape != (H, 3 * H) or b_h.shape != (3 * H,) or (idx is not None and idx.shape != (T, B)):  # fmt: skip
-        raise ValueError(f"jaxrnn.native.gru_forward: expected U [T, B, 3H] (or a table [V, 3H] with idx [T, B]), W_h [H, 3H], b_h [3H], h0 [B, H] with B, H = {B}, {H}; got U {U.shape}, idx {None if idx is None else idx.shape}, W_h {W_h.shape}, b_h {b_h.shape}")  # fmt: skip
+        raise ValueError(f"native gru_forward: expected U [T, B, 3H] (or a table [V, 3H] with idx [T, B]), W_h [H, 3H], b_h [3H], h0 [B, H] with B, H = {B}, {H}; got U {U.shape}, idx {None if idx is None else idx.shape}, W_h {W_h.shape}, b_h {b_h.shape}")  # fmt: skip
     f32 = jnp.float32
     call = jax.ffi.ffi_call(
-        _target("jaxrnn_gru_forward"),
+        ("jaxrnn_gru_forward"),
         (jax.ShapeDtypeStruct((T + 1, B, H), f32), jax.ShapeDtypeStruct((T, B, 4 * H), f32)),
         vmap_method="sequential",
     )
@@ -634,13 +418,13 @@ def gru_backward(
         and (idx is None or (idx.shape == (T, B) and vocab >= 1))
     )  # fmt: skip
     if not ok:
-        raise ValueError(f"jaxrnn.native.gru_backward: expected S [T + 1, B, H] (T >= 1), Sv [T, B, 4H], W_h [H, 3H], g [T, B, H] or [B, H], idx [T, B] with vocab >= 1; got S {S.shape}, Sv {Sv.shape}, W_h {W_h.shape}, g {g.shape}, idx {None if idx is None else idx.shape}, vocab {vocab}")  # fmt: skip
+        raise ValueError(f"native gru_backward: expected S [T + 1, B, H] (T >= 1), Sv [T, B, 4H], W_h [H, 3H], g [T, B, H] or [B, H], idx [T, B] with vocab >= 1; got S {S.shape}, Sv {Sv.shape}, W_h {W_h.shape}, g {g.shape}, idx {None if idx is None else idx.shape}, vocab {vocab}")  # fmt: skip
     V = 0 if idx is None else int(vocab)
     f32 = jnp.float32
     fused = fuse_dw(H, 3)
     n_d = _gradient_rows(d_rows, T, ("all", "first") if fused else ("all",))
     call = jax.ffi.ffi_call(
-        _target("jaxrnn_gru_backward"),
+        ("jaxrnn_gru_backward"),
         (
             jax.ShapeDtypeStruct((n_d, B, 3 * H), f32),  # D (or D[:1])
             jax.ShapeDtypeStruct((_gradient_rows(rows, T, ROWS), B, 3 * H), f32),  # A
@@ -670,13 +454,12 @@ def _projection_ok(E: Array, W: Array, b: Array | None) -> bool:
 
 def table_projection(E: Array, W: Array, b: Array | None = None, threads: int = 0) -> Array:
     """``table = E @ W (+ b): [V, N]`` for ``E: [V, K]``, ``W: [K, N]``, ``b: [N]`` (float32;
-    an embedding folded into an input projection; XLA:CPU's product and bias add took ~1.2 ms
-    for the seed LSTM's ``[5000, 400]``)."""
+    an embedding folded into an input projection)."""
     _require(E.dtype)
     if not _projection_ok(E, W, b):
-        raise ValueError(f"jaxrnn.native.table_projection: expected float32 E [V, K], W [K, N], b [N] or None; got E {E.shape} {E.dtype}, W {W.shape} {W.dtype}, b {None if b is None else (b.shape, b.dtype)}")  # fmt: skip
+        raise ValueError(f"native table_projection: expected float32 E [V, K], W [K, N], b [N] or None; got E {E.shape} {E.dtype}, W {W.shape} {W.dtype}, b {None if b is None else (b.shape, b.dtype)}")  # fmt: skip
     call = jax.ffi.ffi_call(
-        _target("jaxrnn_table_projection"),
+        ("jaxrnn_table_projection"),
         jax.ShapeDtypeStruct((E.shape[0], W.shape[1]), jnp.float32),
         vmap_method="sequential",
     )
@@ -693,9 +476,9 @@ def rows_projection(
     An id outside ``[0, V)`` gives a NaN row, as ``jnp.take(E, ids, axis=0) @ W`` does."""
     _require(E.dtype)
     if not (_projection_ok(E, W, b) and jnp.issubdtype(ids.dtype, jnp.integer)):
-        raise ValueError(f"jaxrnn.native.rows_projection: expected float32 E [V, K], integer ids, W [K, N], b [N] or None; got E {E.shape} {E.dtype}, ids {ids.shape} {ids.dtype}, W {W.shape} {W.dtype}, b {None if b is None else (b.shape, b.dtype)}")  # fmt: skip
+        raise ValueError(f"native rows_projection: expected float32 E [V, K], integer ids, W [K, N], b [N] or None; got E {E.shape} {E.dtype}, ids {ids.shape} {ids.dtype}, W {W.shape} {W.dtype}, b {None if b is None else (b.shape, b.dtype)}")  # fmt: skip
     call = jax.ffi.ffi_call(
-        _target("jaxrnn_rows_projection"),
+        ("jaxrnn_rows_projection"),
         jax.ShapeDtypeStruct((*ids.shape, W.shape[1]), jnp.float32),
         vmap_method="sequential",
     )
@@ -708,7 +491,7 @@ def _projection_gradient(name: str, E: Array, W: Array) -> Callable:
     ``W: [K, N]`` and ``db: [N]``, float32."""
     f32 = jnp.float32
     return jax.ffi.ffi_call(
-        _target(name),
+        name,
         (
             jax.ShapeDtypeStruct(E.shape, f32),  # dE
             jax.ShapeDtypeStruct(W.shape, f32),  # dW
@@ -734,7 +517,7 @@ def rows_projection_backward(
         and dOut.shape == (*ids.shape, W.shape[1])
     )  # fmt: skip
     if not ok:
-        raise ValueError(f"jaxrnn.native.rows_projection_backward: expected float32 dOut [..., N] for integer ids [...], E [V, K], W [K, N]; got dOut {dOut.shape} {dOut.dtype}, ids {ids.shape} {ids.dtype}, E {E.shape} {E.dtype}, W {W.shape} {W.dtype}")  # fmt: skip
+        raise ValueError(f"native rows_projection_backward: expected float32 dOut [..., N] for integer ids [...], E [V, K], W [K, N]; got dOut {dOut.shape} {dOut.dtype}, ids {ids.shape} {ids.dtype}, E {E.shape} {E.dtype}, W {W.shape} {W.dtype}")  # fmt: skip
     call = _projection_gradient("jaxrnn_rows_projection_backward", E, W)
     return call(dOut, E, ids.astype(jnp.int32), W, threads=np.int64(threads))
 
@@ -752,6 +535,6 @@ def table_projection_backward(
         and E.shape[0] == dTable.shape[0] and W.shape == (E.shape[1], dTable.shape[1])
     )  # fmt: skip
     if not ok or E.dtype != jnp.float32 or W.dtype != jnp.float32:
-        raise ValueError(f"jaxrnn.native.table_projection_backward: expected float32 dTable [V, N], E [V, K], W [K, N]; got dTable {dTable.shape} {dTable.dtype}, E {E.shape} {E.dtype}, W {W.shape} {W.dtype}")  # fmt: skip
+        raise ValueError(f"native table_projection_backward: expected float32 dTable [V, N], E [V, K], W [K, N]; got dTable {dTable.shape} {dTable.dtype}, E {E.shape} {E.dtype}, W {W.shape} {W.dtype}")  # fmt: skip
     call = _projection_gradient("jaxrnn_table_projection_backward", E, W)
     return call(dTable, E, W, threads=np.int64(threads))

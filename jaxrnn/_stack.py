@@ -27,11 +27,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxrnn.bidirectional import BiParams, bidirectional
+from jaxrnn import _checks, backends
+from jaxrnn._bidirectional import BiParams, bidirectional
+from jaxrnn._recurrent import recurrent
+from jaxrnn._rnn import Cell, scan_segments
 from jaxrnn.cells._common import Array
 from jaxrnn.dropout import dropout_steps
-from jaxrnn.layer import Cell, _initial_carry_fn, remat_segment, scan_segments
-from jaxrnn.recurrent import check_mask, recurrent
 
 
 def stack(
@@ -45,9 +46,9 @@ def stack(
     dropout: float = 0.0,
     key: Array | None = None,
     deterministic: bool = True,
-    unroll: int | bool | None = None,
-    fast: bool = False,
+    unroll: int | bool = 1,
     remat: int | str | None = None,
+    backend: str | backends.Backend = "auto",
 ) -> tuple[list[Any], Array]:
     """Runs layers one after the other over ``xs [B, T, D]``.
 
@@ -64,10 +65,8 @@ def stack(
             ``fold_in(fold_in(key, k), t)`` (:func:`jaxrnn.dropout.dropout_steps`), so the
             time segments of ``remat`` redraw the same masks.
         deterministic: ``True``: no dropout.
-        unroll: ``lax.scan``'s unroll (``None``: 1); with ``fast``, the fast path's
-            (``None``: its default, :data:`jaxrnn.fast.DEFAULT_UNROLL`).
-        fast: every layer on :func:`jaxrnn.fast.rnn` (see :func:`jaxrnn.recurrent.recurrent`:
-            with ``lengths`` or no mask; an explicit ``mask`` runs the plain loop).
+        unroll, backend: for every layer, as in :func:`jaxrnn.rnn` (an explicit ``mask``
+            runs on ``scan``, see :func:`jaxrnn.recurrent`).
         remat: rematerialised BPTT, as in :func:`jaxrnn.rnn`: the carries kept every ``k``
             steps (``"sqrt"``: ``ceil(sqrt(T))``) and each segment recomputed in the backward
             pass. Same values and gradients. A unidirectional stack runs in time segments
@@ -113,8 +112,8 @@ def stack(
             return h
         return dropout_steps(jax.random.fold_in(key, k), h, dropout, steps)
 
-    remat_segment(remat, 1, "stack")  # validates the option
-    run = dict(mask=mask, lengths=lengths, unroll=unroll, fast=fast)
+    remat = _checks.remat("stack", remat)
+    run = dict(mask=mask, lengths=lengths, unroll=unroll, backend=backend)
     if remat is None or any(isinstance(p, BiParams) for p in params):
         return _layers(cells, params, xs, initial_carries, remat=remat, drop=drop, **run)
     # unidirectional: time segments through all layers. Trace the layer-by-layer stack once
@@ -147,7 +146,7 @@ def _layers(cells, params, xs, initial_carries, *, remat, drop, **run):
 
 def _segments(cells, params, xs, initial_carries, *, remat, drop, mask, lengths, **run):
     """A unidirectional stack in checkpointed time segments of ``k`` steps, each running every
-    layer over its ``k`` steps (:func:`jaxrnn.layer.scan_segments`): the backward pass keeps
+    layer over its ``k`` steps (:func:`jaxrnn._rnn.scan_segments`): the backward pass keeps
     each layer's carry at every segment start and recomputes one segment of all layers at a
     time, so no ``[B, T, H]`` activation of an inner layer is kept. With ``lengths`` a
     segment starting at step ``t0`` runs with lengths ``clip(lengths - t0, 0, k)``: the
@@ -158,10 +157,14 @@ def _segments(cells, params, xs, initial_carries, *, remat, drop, mask, lengths,
     B, T = xs.shape[:2]
     lengths = None if lengths is None else jnp.asarray(lengths)
     carries0 = [
-        _initial_carry_fn(cell)(p, (B,)) if initial_carries is None else initial_carries[i]
+        _checks.initial_carry(
+            "stack", cell, p, None if initial_carries is None else initial_carries[i], (B,)
+        )
         for i, (cell, p) in enumerate(zip(cells, params, strict=True))
     ]
-    mask_tm = None if mask is None else jnp.swapaxes(check_mask(mask, B, T), 0, 1)  # [T, B]
+    mask_tm = (
+        None if mask is None else jnp.swapaxes(_checks.mask("stack", mask, B, T), 0, 1)
+    )  # [T, B]
 
     def segment(carries, seg):
         x, ts, m = seg  # [n, B, D], [n], [n, B] | None
@@ -179,7 +182,7 @@ def _segments(cells, params, xs, initial_carries, *, remat, drop, mask, lengths,
         return out, jnp.swapaxes(h, 0, 1)  # [n, B, H_L]
 
     inputs = (jnp.swapaxes(xs, 0, 1), jnp.arange(T), mask_tm)
-    finals, ys = scan_segments(segment, carries0, inputs, remat_segment(remat, T, "stack"))
+    finals, ys = scan_segments(segment, carries0, inputs, _checks.remat_segment(remat, T))
     return finals, jnp.swapaxes(ys, 0, 1)  # [B, T, H_L]
 
 
