@@ -159,11 +159,20 @@ def _steps(
         if isinstance(x, Embedded):
             x = jnp.take(x.embedding, x.ids, axis=0)  # [n, B, D]
 
+        same = []  # the carry leaf that is y itself (the built-in cells output their h)
+
         def step(c, x_t):
             c, y = cell(params, c, x_t)
-            return c, ((y, c) if states else (y, None))
+            if not states:
+                return c, (y, None)
+            same[:] = [i for i, leaf in enumerate(jax.tree.leaves(c)) if leaf is y]
+            # y once, inside the carry: jit(grad(scan)) in jax 0.10 differentiated a scan
+            # whose outputs held one value twice (y and the carry's h) wrongly
+            return c, ((None, c) if same else (y, c))
 
         final, (ys, all_states) = jax.lax.scan(step, carry, x, unroll=unroll)
+        if states and same:
+            ys = jax.tree.leaves(all_states)[same[0]]
         return all_states, final, ys
     U, ids = _project(choice, params, x)
     all_states, final = _recurrence.recurrence(

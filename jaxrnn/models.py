@@ -51,7 +51,7 @@ class ClassifierConfig:
     recurrent_dropout: float = 0.0
     # rematerialise BPTT (jaxrnn.rnn's remat): k steps per checkpointed segment, "sqrt", None
     remat: int | str | None = None
-    backend: str = "auto"  # what runs the recurrence (jaxrnn.backends): same numbers on each
+    backend: Any = "auto"  # what runs the recurrence (a name or a jaxrnn.backends.Backend)
 
 
 def init_classifier(key: Array, cfg: ClassifierConfig, dtype: Any = jnp.float32) -> dict[str, Any]:
@@ -150,7 +150,7 @@ class CharLMConfig:
     # outputs (a fresh mask per element), applied only when char_lm_logits gets a key
     dropout: float = 0.0
     remat: int | str | None = None  # rematerialised BPTT, as jaxrnn.rnn's remat
-    backend: str = "auto"  # what runs the recurrence (jaxrnn.backends)
+    backend: Any = "auto"  # what runs the recurrence (a name or a jaxrnn.backends.Backend)
 
 
 def init_char_lm(key: Array, cfg: CharLMConfig, dtype: Any = jnp.float32) -> dict[str, Any]:
@@ -307,7 +307,7 @@ class RegressorConfig:
     cell_options: tuple[tuple[str, Any], ...] = ()  # extra kwargs of cells.<cell>.init
     chrono_t_max: int = 0  # LSTM only: > 0 applies chrono_lstm_bias(t_max) at init
     remat: int | str | None = None  # rematerialised BPTT, as jaxrnn.rnn's remat
-    backend: str = "auto"  # what runs the recurrence (jaxrnn.backends)
+    backend: Any = "auto"  # what runs the recurrence (a name or a jaxrnn.backends.Backend)
 
 
 def chrono_lstm_bias(key: Array, b: Array, t_max: int) -> Array:

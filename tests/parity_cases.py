@@ -23,11 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrnn import cells, convert
-from jaxrnn.bidirectional import bidirectional
+from jaxrnn import bidirectional, cells, convert, recurrent, stack, torch_state
 from jaxrnn.dropout import rnn_dropout_masks
-from jaxrnn.recurrent import recurrent
-from jaxrnn.stack import stack, torch_state
 
 B, T, D, H = 3, 6, 4, 5
 

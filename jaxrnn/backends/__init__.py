@@ -212,8 +212,13 @@ def select(cell: Callable, params: Any, xs: Any, backend: str | Backend = "auto"
         return Choice("native", "asked for", hoisted, cpu.impl(kind, act, b.native_threads))
     if b.name == "pallas":
         reason = pallas_reason()
-        if reason is None and not b.gpu.interpret and jax.default_backend() != "gpu":
-            reason = f"the default platform is {jax.default_backend()!r}, not a CUDA GPU (gpu.Config(interpret=True) runs the kernels anywhere)"
+        remote = b.gpu.interpret or b.gpu.cross_platform
+        if reason is None and not remote and jax.default_backend() != "gpu":
+            reason = (
+                f"the default platform is {jax.default_backend()!r}, not a CUDA GPU "
+                "(gpu.Config(interpret=True) runs the kernels anywhere; cross_platform=True "
+                "lowers them for CUDA, e.g. for jax.export)"
+            )
         if reason is not None:
             raise ValueError(f"backend 'pallas' cannot run this call: {reason}")
         return Choice("pallas", "asked for", hoisted, gpu.impl(kind, b.gpu))

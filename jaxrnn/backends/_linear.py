@@ -183,6 +183,7 @@ def differentiable(
     forward: Callable[..., tuple[Any, Any]],
     backward: Callable[[tuple, Any, Any, Any], tuple],
     reference: Callable[..., Any],
+    name: str = "jaxrnn_kernel",
 ) -> Callable[..., tuple[Any, Any]]:
     """A function computed by ``forward`` that every JAX transformation sees as ``reference``.
 
@@ -193,15 +194,18 @@ def differentiable(
             is a pytree like ``outs`` whose leaves are ``None`` where the cotangent is zero;
             it returns ``None`` for integer arguments.
         reference: ``(*args) -> outs``: the same function in differentiable JAX.
+        name: the function's name in jaxprs.
 
     Returns:
         ``f(*args) -> (outs, private)``. Reverse mode runs ``backward``; forward mode, and
         derivatives of ``backward`` itself, differentiate ``reference``.
     """
 
-    @jax.custom_jvp
     def f(*args):
         return forward(*args)
+
+    f.__name__ = f.__qualname__ = name
+    f = jax.custom_jvp(f)
 
     @f.defjvp
     def f_jvp(primals, tangents):

@@ -85,7 +85,7 @@ def recurrence(
     def reference(W_h, b_h, U, ids, carry0):
         return _xla.loop(update, W_h, b_h, U, ids, carry0, unroll)
 
-    f = _linear.differentiable(forward, backward, reference)
+    f = _linear.differentiable(forward, backward, reference, f"jaxrnn_{impl.name}_recurrence")
     (states, final), _ = f(s.W_h, s.b_h, U, ids, carry0)
     return states, final
 

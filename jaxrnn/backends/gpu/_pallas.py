@@ -68,6 +68,8 @@ class Config(NamedTuple):
         warps: Triton warps per program.
         stages: Triton's software-pipelining stages of the time loop (1: none; hoisting the
             weights serves better and leaves the shared memory to them).
+        cross_platform: lower for a CUDA GPU although the default platform is not one
+            (``jax.export(..., platforms=["cuda"])`` on another host).
     """
 
     cells: frozenset[str] | None = None
@@ -75,6 +77,7 @@ class Config(NamedTuple):
     interpret: bool = False
     warps: int = 8
     stages: int = 1
+    cross_platform: bool = False
 
 
 DEFAULT = Config()
@@ -108,7 +111,7 @@ def unsupported(dtype, H: int, cell: str, config: Config = DEFAULT) -> str | Non
     do): float32, ``H <= MAX_HIDDEN``, switched on, and ``cell`` in ``config.cells`` (by
     default the simple cell and the GRU, and the LSTM where :func:`held` keeps at least
     :data:`LSTM_MIN_HELD` of its blocks on chip)."""
-    if jnp.dtype(dtype) != jnp.float32:
+    if jnp.dtype(dtype) != jnp.float32 and not config.interpret:  # interpreted: any float
         return f"the GPU kernels are float32; got {jnp.dtype(dtype)}"
     if not 0 < H <= MAX_HIDDEN:
         return f"the GPU kernels take hidden sizes up to {MAX_HIDDEN}; got {H}"

@@ -15,7 +15,7 @@ from jaxrnn.training import data
 from jaxrnn.training.config import load_config
 from jaxrnn.training.loop import train
 
-ROOT = pathlib.Path(__file__).parents[1]
+ROOT = pathlib.Path(__file__).parents[2]
 SHARED = ROOT.parent / "shared" / "data" / "aclImdb_labeled.tar.gz"
 
 

@@ -25,7 +25,7 @@ from jaxrnn.training.fixtures import write_fake_imdb
 from jaxrnn.training.loop import Diverged, make_train_step, read_metrics, train
 from jaxrnn.training.tasks import make_task
 
-ROOT = pathlib.Path(__file__).parents[1]
+ROOT = pathlib.Path(__file__).parents[2]
 SLOW = pytest.mark.slow
 
 
@@ -75,11 +75,11 @@ def _task_and_batch(cfg):
     return task, batch
 
 
-@pytest.mark.parametrize("fast", [False, True])
-def test_train_step_equals_sgd_on_numpy_reference_gradients(tmp_path, fast):
-    """One SGD step of the IMDB task == params - lr * (hand-derived BPTT gradients), on the
-    plain and on the fast path (``model.fast``)."""
-    cfg = _config(tmp_path, "imdb", model={"embed_dim": 6, "hidden_size": 8, "fast": fast})
+@pytest.mark.parametrize("backend", ["scan", "auto"])
+def test_train_step_equals_sgd_on_numpy_reference_gradients(tmp_path, backend):
+    """One SGD step of the IMDB task == params - lr * (hand-derived BPTT gradients), on scan
+    and on the default backend (``model.backend``)."""
+    cfg = _config(tmp_path, "imdb", model={"embed_dim": 6, "hidden_size": 8, "backend": backend})
     task, batch = _task_and_batch(cfg)
     params = task.init(jax.random.key(1))
     lr = 0.5
@@ -133,40 +133,30 @@ def test_one_step_changes_every_leaf_and_does_not_recompile(tmp_path, task_name)
         ("shakespeare", {"cell": "gru", "cell_options": {"reset_after": True}}),
     ],
 )
-def test_fast_flag_trains_to_the_same_numbers(tmp_path, monkeypatch, task_name, model):
-    """``model.fast: true`` runs jaxrnn.fast (counted) and gives the plain path's losses,
-    step by step."""
-    from jaxrnn import fast as fast_lib
-
-    calls = []
-    for name in ("classifier_logits", "rnn"):
-        original = getattr(fast_lib, name)
-        monkeypatch.setattr(
-            fast_lib, name, lambda *a, _f=original, **k: calls.append(1) or _f(*a, **k)
-        )
+def test_backend_trains_to_the_same_numbers(tmp_path, task_name, model):
+    """``model.backend`` picks what runs the recurrence and nothing else: the default (the
+    fastest that applies) gives scan's losses, step by step."""
     runs = {}
-    for flag in (False, True):
+    for backend in ("scan", "auto"):
         cfg = _config(
-            tmp_path, task_name, model={**model, "hidden_size": 8, "fast": flag},
-            train={"run_dir": str(tmp_path / str(flag))},
+            tmp_path, task_name, model={**model, "hidden_size": 8, "backend": backend},
+            train={"run_dir": str(tmp_path / backend)},
         )  # fmt: skip
-        n_before = len(calls)
-        runs[flag] = train(cfg)
-        assert (len(calls) > n_before) == flag  # the fast path ran exactly when asked for
-    plain, fast = (_losses(runs[f].run_dir) for f in (False, True))
-    assert [r[:2] for r in plain] == [r[:2] for r in fast] and len(plain) > 12
-    np.testing.assert_allclose([r[2] for r in fast], [r[2] for r in plain], rtol=2e-5)
+        runs[backend] = train(cfg)
+    scan, auto = (_losses(runs[b].run_dir) for b in ("scan", "auto"))
+    assert [r[:2] for r in scan] == [r[:2] for r in auto] and len(scan) > 12
+    np.testing.assert_allclose([r[2] for r in auto], [r[2] for r in scan], rtol=2e-5)
 
 
 @pytest.mark.parametrize(
     "task_name,model,data",
     [
-        ("imdb", {"cell": "lstm", "fast": True}, {"padding": "post"}),  # fast.classifier_logits
+        ("imdb", {"cell": "lstm"}, {"padding": "post"}),
         # a stack in segments through both layers, its dropout masks redrawn per segment
-        ("shakespeare", {"cell": "lstm", "fast": True, "num_layers": 2, "dropout": 0.3}, {}),
-        pytest.param("imdb", {"cell": "gru", "fast": False, "dropout": 0.2}, {}, marks=SLOW),
-        pytest.param("adding", {"cell": "simple", "fast": True}, {}, marks=SLOW),
-        pytest.param("shakespeare", {"cell": "lstm", "fast": False}, {}, marks=SLOW),
+        ("shakespeare", {"cell": "lstm", "num_layers": 2, "dropout": 0.3}, {}),
+        pytest.param("imdb", {"cell": "gru", "backend": "scan", "dropout": 0.2}, {}, marks=SLOW),
+        pytest.param("adding", {"cell": "simple"}, {}, marks=SLOW),
+        pytest.param("shakespeare", {"cell": "lstm", "backend": "scan"}, {}, marks=SLOW),
     ],
 )
 def test_remat_trains_to_the_same_numbers(tmp_path, task_name, model, data):
@@ -304,7 +294,7 @@ def test_existing_checkpoints_need_resume_and_same_config(tmp_path):
     assert more.step == 8
     # the code path may change across --resume (same model, same numbers)
     faster = _config(
-        tmp_path, "adding", train={"steps": 10}, model={"hidden_size": 8, "fast": True}
+        tmp_path, "adding", train={"steps": 10}, model={"hidden_size": 8, "backend": "xla"}
     )
     assert train(faster, resume=True).step == 10
 

@@ -1,4 +1,4 @@
-"""jaxrnn.runtime: the malloc tunables are composed correctly and the restart keeps the
+"""jaxrnn.training.host: the malloc tunables are composed correctly and the restart keeps the
 command line, the PID and the environment, once."""
 
 import json
@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from jaxrnn import runtime
+from jaxrnn.training import host
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
-OURS = ":".join(runtime.HOST_TUNABLES)
+OURS = ":".join(host.HOST_TUNABLES)
 
 
 @pytest.mark.parametrize(
@@ -30,18 +30,18 @@ OURS = ":".join(runtime.HOST_TUNABLES)
 )
 def test_host_env(before, glibc, after):
     env = {"HOME": "/x"} if before is None else {"HOME": "/x", "GLIBC_TUNABLES": before}
-    out = runtime.host_env(env, glibc=glibc)
+    out = host.host_env(env, glibc=glibc)
     assert out.get("GLIBC_TUNABLES") == after
     assert out["HOME"] == "/x" and env.get("GLIBC_TUNABLES") == before  # a copy
-    assert runtime.tunables_active(out) == (after is not None and OURS in after)
+    assert host.tunables_active(out) == (after is not None and OURS in after)
 
 
 SCRIPT = textwrap.dedent(
     """
     import json, os, sys
     print("start", os.getpid(), flush=True)
-    from jaxrnn import runtime
-    runtime.restart_with_tunables()
+    from jaxrnn.training import host
+    host.restart_with_tunables()
     print(json.dumps({"pid": os.getpid(), "argv": sys.argv[1:],
                       "tunables": os.environ.get("GLIBC_TUNABLES")}))
     """
@@ -49,7 +49,7 @@ SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.skipif(
-    (runtime.glibc_version() or (0, 0)) < (2, 35), reason="needs glibc >= 2.35 (Linux)"
+    (host.glibc_version() or (0, 0)) < (2, 35), reason="needs glibc >= 2.35 (Linux)"
 )
 @pytest.mark.parametrize("opt_out", [False, True])
 def test_restart_with_tunables(tmp_path, opt_out):
@@ -58,7 +58,7 @@ def test_restart_with_tunables(tmp_path, opt_out):
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     env.update(PYTHONPATH=str(ROOT), GLIBC_TUNABLES="glibc.malloc.arena_max=8")
     if opt_out:
-        env[runtime.OPT_OUT] = "0"
+        env[host.OPT_OUT] = "0"
     out = subprocess.run(
         [sys.executable, str(script), "--flag", "a b"], env=env, capture_output=True, text=True,
         timeout=120, check=True,
@@ -79,8 +79,8 @@ def test_restart_with_tunables(tmp_path, opt_out):
 def test_cpu_has_avx512(tmp_path, flags, expected):
     info = tmp_path / "cpuinfo"
     info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
-    assert runtime.cpu_has_avx512(str(info)) is expected
-    assert runtime.cpu_has_avx512(str(tmp_path / "missing")) is False
+    assert host.cpu_has_avx512(str(info)) is expected
+    assert host.cpu_has_avx512(str(tmp_path / "missing")) is False
 
 
 def test_compiler_options_keep_the_numbers(key):
@@ -92,9 +92,9 @@ def test_compiler_options_keep_the_numbers(key):
 
     from jaxrnn import fast, models
 
-    assert runtime.compiler_options("gpu") == {}
-    opts = runtime.compiler_options("cpu")
-    assert opts == ({"xla_cpu_prefer_vector_width": 512} if runtime.cpu_has_avx512() else {})
+    assert host.compiler_options("gpu") == {}
+    opts = host.compiler_options("cpu")
+    assert opts == ({"xla_cpu_prefer_vector_width": 512} if host.cpu_has_avx512() else {})
     cfg = models.ClassifierConfig(vocab_size=50, embed_dim=4, hidden_size=8, cell="lstm")
     params = models.init_classifier(key, cfg)
     tokens = jax.random.randint(jax.random.key(1), (6, 20), 0, 50)
@@ -108,11 +108,11 @@ def test_compiler_options_keep_the_numbers(key):
 
 INLINE_SCRIPT = """
 import json, jax, jax.numpy as jnp
-from jaxrnn import runtime
-first = runtime.inline_cpu_dispatch()  # before the CPU backend exists: takes effect
+from jaxrnn.training import host
+first = host.inline_cpu_dispatch()  # before the CPU backend exists: takes effect
 async_dispatch = jax.config.values["jax_cpu_enable_async_dispatch"]
 y = float(jax.jit(lambda x: (x * 2).sum())(jnp.arange(4.0)))
-second = runtime.inline_cpu_dispatch()  # the backend exists now: nothing changes
+second = host.inline_cpu_dispatch()  # the backend exists now: nothing changes
 print(json.dumps([first, async_dispatch, y, second]))
 """
 

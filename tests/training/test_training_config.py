@@ -8,7 +8,7 @@ from jaxrnn.training import config
 from jaxrnn.training.cli import main
 from jaxrnn.training.config import ConfigError, load_config
 
-CONFIGS = sorted((pathlib.Path(__file__).parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted((pathlib.Path(__file__).parents[2] / "configs").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -67,6 +67,9 @@ GOOD = "task: adding\ntrain:\n  steps: 10\n"
         ),
         ("task: adding\ntrain: {steps: 10}\nmodel: {dropout: 0.1}\n", [], ["'model.dropout'"]),
         (GOOD, ["model.remat=log"], ["'model.remat' must be a positive int, 'sqrt' or null"]),
+        # a key older configs had names what replaced it
+        (GOOD, ["model.fast=true"], ["'model.fast' was replaced", "'model.backend'", "--set"]),
+        (GOOD, ["model.backend=fast"], ["'model.backend' must be one of", "'fast'"]),
         (GOOD, ["model.remat=0"], ["'model.remat'", "got 0"]),
         (GOOD, ["model.remat=2.5"], ["'model.remat' must be int"]),
         (
