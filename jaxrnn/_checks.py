@@ -166,6 +166,6 @@ def step(where: str, cell: Callable, params: Any, carry: Any, x: Any, context: s
     if c_in != c_out:
         raise TypeError(
             f"{where}: {cell_name(cell)} turns a carry of (shape, dtype) {c_in} into {c_out}; they "
-            "must match. Give xs and h0 the parameters' dtype (e.g. xs.astype(jnp.float32), or "
-            "init the cell with dtype=xs.dtype)"
+            f"must match. xs is {jnp.dtype(x.dtype)}: give xs and h0 the parameters' dtype (e.g. "
+            "xs.astype(jnp.float32), or init the cell with dtype=xs.dtype)"
         )

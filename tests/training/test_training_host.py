@@ -84,13 +84,13 @@ def test_cpu_has_avx512(tmp_path, flags, expected):
 
 
 def test_compiler_options_keep_the_numbers(key):
-    """The options are {} off CPU, and a jitted fast training gradient compiled with them
+    """The options are {} off CPU, and a jitted training gradient compiled with them
     equals the one compiled without (float32 rounding)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxrnn import fast, models
+    from jaxrnn import models
 
     assert host.compiler_options("gpu") == {}
     opts = host.compiler_options("cpu")
@@ -99,7 +99,7 @@ def test_compiler_options_keep_the_numbers(key):
     params = models.init_classifier(key, cfg)
     tokens = jax.random.randint(jax.random.key(1), (6, 20), 0, 50)
     labels = (jnp.arange(6) % 2).astype(jnp.float32)
-    grad = jax.value_and_grad(lambda p: fast.classifier_loss(cfg, p, tokens, labels))
+    grad = jax.value_and_grad(lambda p: models.classifier_loss(cfg, p, tokens, labels))
     with_opts = jax.jit(grad, compiler_options={"xla_cpu_prefer_vector_width": 512})(params)
     without = jax.jit(grad)(params)
     for a, b in zip(jax.tree.leaves(with_opts), jax.tree.leaves(without), strict=True):
