@@ -215,8 +215,12 @@ def run(
         else:  # selected, not multiplied: any value in the padding gives the same gradients
             inputs = jnp.where(alive[:, :, None], inputs, jnp.zeros_like(inputs))
 
+    table = inputs.embedding if isinstance(inputs, Embedded) else None
+
     def segment(carry, seg):
         x, ts = seg  # x: [n, B, D] (or ids [n, B]); ts: [n] the steps' indices
+        if table is not None:  # the table is whole in every segment: only the ids are cut
+            x = Embedded(table, x)
         if lengths is None:
             _, final, ys = _steps(choice, cell, params, x, carry, unroll, states=False)
             return final, ys
@@ -226,7 +230,7 @@ def run(
         return (final, picked), ys
 
     start = carry0 if lengths is None else (carry0, carry0)
-    seq = (inputs, jnp.arange(T))
+    seq = (inputs.ids if table is not None else inputs, jnp.arange(T))
     carry, ys = segment(start, seq) if k is None else scan_segments(segment, start, seq, k)
     if lengths is not None:
         carry = carry[1]

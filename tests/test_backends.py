@@ -151,11 +151,12 @@ def test_options_equal_scan(backend, cell_name, option):
     expect_path(backend, grad, *args)
 
 
+@pytest.mark.parametrize("remat", [None, 2])
 @pytest.mark.parametrize("cell_name", ["simple", "lstm", "gru"])
 @pytest.mark.parametrize("B", [6, 1], ids=["table", "rows"])
-def test_embedded_inputs_equal_gathered_vectors(backend, cell_name, B):
+def test_embedded_inputs_equal_gathered_vectors(backend, cell_name, B, remat):
     """``Embedded(E, ids)`` (the table projected once, or the rows used) equals ``rnn`` on
-    ``E[ids]``; gradients w.r.t. the embedding too, with lengths."""
+    ``E[ids]``; gradients w.r.t. the embedding too, with lengths, whole and in remat segments."""
     dtype = dtype_of(backend)
     mod, kw = CELLS[cell_name]
     p = mod.init(jax.random.key(1), 4, 5, dtype=dtype, **kw)
@@ -166,7 +167,7 @@ def test_embedded_inputs_equal_gathered_vectors(backend, cell_name, B):
 
     def loss(b):
         def f(p, E):
-            carry, ys = rnn(mod.cell, p, Embedded(E, ids), lengths=lengths, backend=b)
+            carry, ys = rnn(mod.cell, p, Embedded(E, ids), lengths=lengths, backend=b, remat=remat)
             return jnp.sum(jnp.sin(ys)) + jnp.sum(jax.tree.leaves(carry)[0] ** 2)
 
         return f

@@ -17,7 +17,7 @@ import pytest
 os.environ.setdefault("KERAS_BACKEND", "jax")  # before anything imports Keras
 
 import parity_cases as pc  # noqa: E402
-from jaxrnn.bidirectional import BiParams  # noqa: E402
+from jaxrnn import BiParams  # noqa: E402
 
 from jaxrnn import cells, convert  # noqa: E402
 

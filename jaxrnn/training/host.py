@@ -1,70 +1,34 @@
-"""Process settings for speed on a CPU host: keep XLA's per-step buffers mapped.
+"""Process settings for speed on a CPU host, which ``train.py`` applies to itself.
 
-XLA:CPU allocates an executable's temporary buffer afresh at every call
-(``posix_memalign``) and frees it when the call ends. glibc then hands the memory back
-to the kernel in two ways: a request above the mmap threshold (adaptive, at most 32 MiB)
-gets a fresh ``mmap`` and is ``munmap``-ed when freed, and the heaps of XLA's worker
-threads are trimmed (``madvise(MADV_DONTNEED)``) when their free top grows. Either way
-the next step faults the buffer in again, 4 KiB page by page, and the kernel zeroes each
-page. Measured on this project's 2-core CPU machine (``strace``, ``getrusage``;
-``benchmarks/RESULTS.md``):
+XLA:CPU allocates an executable's temporaries afresh at every call and frees them when the
+call ends. glibc hands such memory back to the kernel (a request above the mmap threshold gets
+a mapping of its own, unmapped when freed; the heaps of worker threads are trimmed), so the
+next call faults every page in again, and the kernel zeroes each one: for a training step
+with tens of MB of temporaries that is a large share of the step.
 
-* LSTM seed training step (B=64, T=250, H=100): one 84.8 MB buffer mapped and unmapped
-  per step, 20,700 minor page faults (81 MiB) per step, 61 ms a step;
-* simple-cell seed step as the benchmark runs it (parameters donated): 5,350 faults
-  (21 MiB) per step, 12.0 ms a step.
+* :data:`HOST_TUNABLES`, glibc malloc tunables (glibc >= 2.35) read only at process start:
+  ``mmap_max=0`` (no request gets a mapping of its own: all come from heaps, where memory
+  freed after one step is reused by the next), ``top_pad`` 64 MiB (an emptied worker-thread
+  heap stays mapped), ``trim_threshold`` at its maximum (heaps are never trimmed),
+  ``hugetlb=1`` (transparent huge pages for the heaps). Freed memory stays with the process,
+  which suits a training process. :func:`restart_with_tunables` starts the program again
+  with them; or export them yourself::
 
-Four glibc tunables (glibc >= 2.35) remove that cost, :data:`HOST_TUNABLES`:
+      GLIBC_TUNABLES=glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:\\
+      glibc.malloc.top_pad=67108864:glibc.malloc.trim_threshold=2147483647 python my_script.py
 
-* ``glibc.malloc.mmap_max=0``: no request gets a mapping of its own; all come from heaps,
-  where memory freed after one step is reused by the next;
-* ``glibc.malloc.top_pad=67108864`` (64 MiB): glibc unmaps an emptied worker-thread heap
-  (at most 64 MiB each) unless the pad it must keep free exceeds the room left in the
-  heap before it; a 64 MiB pad always does, so the heap that holds a step's buffer stays
-  mapped between steps (the pad is address space, touched only when used);
-* ``glibc.malloc.trim_threshold=2147483647``: heaps are never trimmed;
-* ``glibc.malloc.hugetlb=1``: transparent huge pages for the heaps.
-
-A single request above 64 MiB from a worker thread still gets a fresh mapping (a thread
-heap cannot hold it), so :mod:`jaxrnn.fast` keeps the seed models' buffers below that:
-the gated backward kernels keep their ``[T + 1, B, G H]`` gradient to themselves where
-only its first row is needed (LSTM step 72 -> 47 MB, GRU 77 -> 58 MB). Seed training
-steps then fault nothing: LSTM 23.2 -> 17.7 ms, GRU 19.8 -> 14.2 ms, simple cell
-unchanged (interleaved A/B of benchmark worker processes, 2026-11-26; PyTorch's LSTM step
-32.0 -> 28.2 ms with the same tunables). Freed memory stays with the process (its RSS
-does not shrink back), which suits a training process. Tried and worse:
-``glibc.malloc.arena_max=1`` (one heap that grows without limit, so no request is ever
-mapped; but the simple step is ~8% slower, 4.43 -> 4.84 ms, presumably from all of XLA's
-threads sharing one arena lock); the earlier set, ``mmap_threshold=33554432`` (32 MiB, its maximum) with
-huge pages and no trimming, reused buffers up to 32 MiB only (the LSTM's 72 MB buffer:
-~340 page faults per step, huge pages zeroed by the kernel); the trim or mmap threshold
-alone without huge pages.
-
-glibc reads tunables only when a process starts, so they are applied by starting the
-program again with them (:func:`restart_with_tunables`, what ``train.py`` does), or by
-exporting them yourself::
-
-    GLIBC_TUNABLES=glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:\\
-    glibc.malloc.top_pad=67108864:glibc.malloc.trim_threshold=2147483647 python my_script.py
-
-The second setting is :func:`inline_cpu_dispatch` (JAX starts each CPU computation from the
-calling thread instead of queueing it for a worker thread; ``train.py`` turns it on): the LSTM seed step 19.7 -> 17.2 ms here, and
-steps whose buffers exceed a thread heap (the LSTM at H = 256) stop faulting.
-
-The third setting is per compilation, for jaxrnn's own jitted steps
-(:func:`compiler_options`): on a CPU with AVX-512, XLA:CPU is asked for 512-bit vectors
-(it prefers 256 by default, for Intel parts that slow their clock on wide vectors).
-Element-wise fusions then run ~2x faster (tanh over ``[64, 400]``: 6.6 -> 3.3 us per
-step) and whole training steps ~3-4% faster here (simple / LSTM / GRU seed steps,
-in-process A/B); the matmuls (XNNPACK) are not affected.
+* :func:`inline_cpu_dispatch`: JAX starts each CPU computation from the calling thread, so a
+  step's temporaries come from the main heap, which has no per-heap size cap.
+* :func:`compiler_options`: on a CPU with AVX-512, XLA:CPU is asked for 512-bit vectors (its
+  default is 256) in jaxrnn's jitted steps.
 
 Examples:
-    >>> from jaxrnn import runtime
-    >>> env = runtime.host_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"}, glibc=(2, 36))
+    >>> from jaxrnn.training import host
+    >>> env = host.host_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"}, glibc=(2, 36))
     >>> env["GLIBC_TUNABLES"].split(":")  # doctest: +NORMALIZE_WHITESPACE
     ['glibc.malloc.arena_max=4', 'glibc.malloc.hugetlb=1', 'glibc.malloc.mmap_max=0',
      'glibc.malloc.top_pad=67108864', 'glibc.malloc.trim_threshold=2147483647']
-    >>> runtime.host_env({}, glibc=None)  # not glibc (macOS, musl): nothing to set
+    >>> host.host_env({}, glibc=None)  # not glibc (macOS, musl): nothing to set
     {}
 """
 
@@ -164,18 +128,12 @@ def compiler_options(backend: str | None = None) -> dict[str, Any]:
 def inline_cpu_dispatch() -> bool:
     """Starts jitted CPU computations inline, from the calling thread, instead of queueing
     each one for a worker thread and returning at once (JAX's
-    ``jax_cpu_enable_async_dispatch=False``; what ``train.py`` does; the work itself still
-    runs on XLA's intra-op threads). Takes effect only before JAX creates its CPU backend (the first
-    computation, or ``jax.devices()``): returns ``False`` and changes nothing if it exists.
-
-    A training loop waits for each step's results anyway (it logs the loss), so async
-    dispatch buys little there; inline, the step's temporary buffer comes from the calling
-    thread's heap (glibc's main heap, which has no 64 MiB cap), so the seed steps and the
-    larger ones reuse it without faults. Measured here (interleaved A/B of benchmark worker
-    processes with :data:`HOST_TUNABLES`, medians; ``benchmarks/RESULTS.md``): LSTM seed
-    step 19.7 -> 17.2 ms, Keras's 60.1 -> 53.0, Flax's 53.9 -> 51.8; simple cell and GRU
-    equal within noise (4.90 / 4.75, 13.2 / 13.1 ms); the LSTM at H = 256 100 -> 87 ms
-    (649 -> 0 minor page faults per step).
+    ``jax_cpu_enable_async_dispatch=False``; the work itself still runs on XLA's intra-op
+    threads). A training loop waits for each step's results anyway (it logs the loss), and
+    inline, the step's temporaries come from the calling thread's heap (glibc's main heap,
+    which has no 64 MiB cap), so steps with larger buffers reuse them without page faults too.
+    Takes effect only before JAX creates its CPU backend (the first computation, or
+    ``jax.devices()``): returns ``False`` and changes nothing if it exists.
     """
     import jax
 
