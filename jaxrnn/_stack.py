@@ -10,8 +10,8 @@
     return finals, h
 
 A layer is unidirectional when its params are a cell's params, and
-bidirectional (:mod:`jaxrnn.bidirectional`, concatenated, PyTorch's layout) when
-they are a :class:`~jaxrnn.bidirectional.BiParams`. With one cell for every
+bidirectional (:func:`jaxrnn.bidirectional`, concatenated, PyTorch's layout) when
+they are a :class:`~jaxrnn.BiParams`. With one cell for every
 layer and ``lengths``, this is exactly PyTorch's ``nn.RNN/LSTM/GRU(num_layers=L,
 bidirectional=..., dropout=p)`` on a packed sequence: the outputs padded with
 zeros and each layer's final state taken at each sequence's own last step

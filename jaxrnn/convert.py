@@ -23,7 +23,7 @@ activation options; Flax's GRU is ``reset_after=True`` with the recurrent
 Conversions that cannot be exact raise ``ValueError`` instead.
 
 PyTorch modules (``nn.RNN``, ``nn.LSTM``, ``nn.GRU``) convert to a **list of
-layers** (``BiParams`` for bidirectional layers) for :func:`jaxrnn.stack.stack`;
+layers** (``BiParams`` for bidirectional layers) for :func:`jaxrnn.stack`;
 PyTorch cells (``nn.RNNCell`` ...) to one cell's params. Keras layers convert to
 a cell's params (``BiParams`` for ``Bidirectional``).
 

@@ -201,7 +201,7 @@ def char_lm_logits(
             ``L`` carries); zeros when ``None``.
         key: PRNG key for ``cfg.dropout`` (training); ``None`` (evaluation): no dropout.
             The masks between layers come from ``fold_in(key, k)`` (``k < L - 1``, see
-            :func:`jaxrnn.stack.stack`), those on the top layer's outputs from
+            :func:`jaxrnn.stack`), those on the top layer's outputs from
             ``fold_in(key, L - 1)``, step ``t``'s from a further ``fold_in(., t)``.
 
     Returns:
