@@ -5,7 +5,7 @@
 ``xla``    the hoisted XLA loops: the input projection ``x @ W_x + b`` for all ``T`` steps as
            one product before the loop, the loop keeps only ``h @ W_h`` and the cell's
            element-wise update, and the backward pass takes ``dW_h`` as one product after it.
-           Any cell with a :class:`~jaxrnn.cells.Split` (the simple cell, the LSTM, the GRU
+           Any cell with a :class:`~jaxrnn.cells._common.Split` (the simple cell, the LSTM, the GRU
            with ``reset_after``), any dtype, any platform.
 ``native`` hand-written CPU kernels (XLA FFI) for the simple cell, the LSTM and the GRU: each
            loop one call, batch rows over the CPU's threads. float32, x86-64 with AVX-512.
@@ -118,7 +118,7 @@ def resolve(backend: str | Backend) -> Backend:
 
 
 class Hoisted(NamedTuple):
-    """A cell the hoisted backends can run: its :class:`~jaxrnn.cells.Split` and the
+    """A cell the hoisted backends can run: its :class:`~jaxrnn.cells._common.Split` and the
     dropout mask on its input bound with ``functools.partial`` (or ``None``)."""
 
     split: Callable[[Any], Split]
