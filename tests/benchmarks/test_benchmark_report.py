@@ -1,4 +1,5 @@
-"""benchmarks/report.py: the tables it makes from a run's raw step times, on hand-made runs."""
+"""benchmarks/report.py: the tables it makes from a run's raw step times, on hand-made runs,
+and RESULTS.md's tables against the committed results files."""
 
 import copy
 import json
@@ -129,6 +130,15 @@ def test_update_markdown_rewrites_only_the_marked_blocks(tmp_path):
     assert "stale table" not in got and got.endswith("<!-- /report.py -->\noutro\n")
     assert "| torch | none | 20.00 (2.00x) |" in got
     assert report.update_markdown(got, tmp_path) == got
+
+
+def test_results_md_tables_are_the_committed_runs():
+    """Every results file has its block in RESULTS.md, and each block is what report.py makes
+    of the file (``report.py --update-md benchmarks/RESULTS.md`` rewrites them)."""
+    md = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    names = {m.group("name") for m in report.MARKER.finditer(md)}
+    assert names == {p.stem for p in (ROOT / "benchmarks" / "results").glob("*.json")}
+    assert report.update_markdown(md) == md
 
 
 def test_load_leaves_new_records_alone(tmp_path):
