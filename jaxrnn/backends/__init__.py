@@ -5,7 +5,7 @@
 ``xla``    the hoisted XLA loops: the input projection ``x @ W_x + b`` for all ``T`` steps as
            one product before the loop, the loop keeps only ``h @ W_h`` and the cell's
            element-wise update, and the backward pass takes ``dW_h`` as one product after it.
-           Any cell with a :class:`~jaxrnn.cells._common.Split` (the simple cell, the LSTM, the GRU
+           Any cell with a :class:`~jaxrnn.cells.Split` (the simple cell, the LSTM, the GRU
            with ``reset_after``), any dtype, any platform.
 ``native`` hand-written CPU kernels (XLA FFI) for the simple cell, the LSTM and the GRU: each
            loop one call, batch rows over the CPU's threads. float32, x86-64 with AVX-512.
@@ -118,7 +118,7 @@ def resolve(backend: str | Backend) -> Backend:
 
 
 class Hoisted(NamedTuple):
-    """A cell the hoisted backends can run: its :class:`~jaxrnn.cells._common.Split` and the
+    """A cell the hoisted backends can run: its :class:`~jaxrnn.cells.Split` and the
     dropout mask on its input bound with ``functools.partial`` (or ``None``)."""
 
     split: Callable[[Any], Split]
@@ -211,14 +211,16 @@ def select(cell: Callable, params: Any, xs: Any, backend: str | Backend = "auto"
             raise ValueError(f"backend 'native' cannot run this call: {reason}")
         return Choice("native", "asked for", hoisted, cpu.impl(kind, act, b.native_threads))
     if b.name == "pallas":
-        reason = pallas_reason()
         remote = b.gpu.interpret or b.gpu.cross_platform
-        if reason is None and not remote and jax.default_backend() != "gpu":
-            reason = (
+        reason = (
+            pallas_reason()
+            if remote or jax.default_backend() == "gpu"
+            else (
                 f"the default platform is {jax.default_backend()!r}, not a CUDA GPU "
                 "(gpu.Config(interpret=True) runs the kernels anywhere; cross_platform=True "
                 "lowers them for CUDA, e.g. for jax.export)"
             )
+        )
         if reason is not None:
             raise ValueError(f"backend 'pallas' cannot run this call: {reason}")
         return Choice("pallas", "asked for", hoisted, gpu.impl(kind, b.gpu))

@@ -241,7 +241,7 @@ def update(params: GRUParams, carry: Array, a: Array, u: Array) -> Array:
 
 
 def split(params: GRUParams) -> _common.Split | None:
-    """The reset-after step as :class:`~jaxrnn.cells._common.Split` (``None`` for ``reset_after=False``,
+    """The reset-after step as :class:`~jaxrnn.cells.Split` (``None`` for ``reset_after=False``,
     where the reset gate acts before ``W_h``); the kernels compute the default activations."""
     if not params.reset_after:
         return None

@@ -227,7 +227,7 @@ def update(params: LSTMParams, carry: LSTMCarry, u: Array, r: Array) -> LSTMCarr
 
 
 def split(params: LSTMParams) -> _common.Split:
-    """The step as :class:`~jaxrnn.cells._common.Split`; the kernels compute the default activations."""
+    """The step as :class:`~jaxrnn.cells.Split`; the kernels compute the default activations."""
     default = params.activation == "tanh" and params.recurrent_activation == "sigmoid"
     kernel = (NAME, "") if default else None
     return _common.Split(project, update, params.W_x, params.b, params.W_h, None, kernel)

@@ -125,7 +125,7 @@ def update(params: SimpleParams, carry: Array, u: Array, r: Array) -> Array:
 
 
 def split(params: SimpleParams) -> _common.Split:
-    """The step as :class:`~jaxrnn.cells._common.Split` (for the faster backends of ``rnn``)."""
+    """The step as :class:`~jaxrnn.cells.Split` (for the faster backends of ``rnn``)."""
     act = params.activation if isinstance(params.activation, str) else ""
     return _common.Split(project, update, params.W_x, params.b, params.W_h, None, (NAME, act))
 
