@@ -19,7 +19,7 @@ Kernels: lstm-forward, lstm-backward (dW_h fused, all of D kept), lstm-backward-
 lstm-backward-table (as the seed step: dW_h and the table's gradient in the loop), gru-forward,
 simple-forward, simple-backward (the last state's gradient, dW_h fused), product-forward,
 product-backward (the step products alone, no epilogue: the floor that the kernels' epilogues
-and memory traffic add to). Needs an AVX-512 CPU and a C++ compiler, as the kernels do. A
+and memory traffic add to). Needs an AVX-512 or AVX2 + FMA CPU and a C++ compiler, as the kernels do. A
 benchmark: no test asserts a time (a slow test checks that the driver builds and that the
 results do not depend on the register blocking).
 """
@@ -101,8 +101,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=12, help="calls per run (best and median kept)")
     ap.add_argument("--shape", default="32,250,100,5000", help="B,T,H,V")
     args = ap.parse_args()
-    if not _build.cpu_has_avx512():
-        raise SystemExit("kernels.py: the kernels need an AVX-512 CPU (avx512f); this one has none")
+    if _build.isa() is None:
+        raise SystemExit("kernels.py: the kernels need AVX-512 or AVX2 + FMA; this CPU has neither")
     sources = args.source or [SOURCE]
     builds = [(str(s), s, []) for s in sources]
     builds += [(f"{sources[0]} -D{d}", sources[0], d.split(",")) for d in args.define]

@@ -1,4 +1,4 @@
-"""benchmarks/kernels.py and kernels.cc: the kernels' one-thread A/B driver (AVX-512 only)."""
+"""benchmarks/kernels.py and kernels.cc: the kernels' one-thread A/B driver (AVX-512 or AVX2 + FMA CPUs)."""
 
 import numpy as np
 import pytest
@@ -8,7 +8,7 @@ from jaxrnn.backends.cpu import _build
 
 
 @pytest.mark.slow  # three builds of the driver side by side: ~20 s
-@pytest.mark.skipif(not _build.cpu_has_avx512(), reason="the kernels need AVX-512")
+@pytest.mark.skipif(_build.isa() is None, reason="the kernels need AVX-512 or AVX2 + FMA")
 def test_kernel_benchmark_driver_builds_and_blocking_does_not_change_results():
     """The driver builds against the shipped rnn_cpu.cc and runs every kernel; other register
     blockings (macros) give bitwise the same states and gradients: each output element sums

@@ -4,6 +4,8 @@ The kernels are compiled on first use with the system C++ compiler (``$CXX``, el
 ``g++`` / ``clang++``) against the XLA FFI headers that ship with jaxlib, for the CPU at hand
 (``-march=native``), and cached under ``$JAXRNN_CACHE_DIR`` (default ``~/.cache/jaxrnn``),
 keyed by the source's content, the compile command, the jax version and the CPU's flags.
+They are written with AVX-512 intrinsics; on a CPU with AVX2 and FMA but no AVX-512,
+``avx512_on_avx2.h`` gives the same operations on pairs of 256-bit vectors (:func:`isa`).
 """
 
 from __future__ import annotations
@@ -18,19 +20,26 @@ from pathlib import Path
 import jax
 
 SOURCE = Path(__file__).with_name("rnn_cpu.cc")
+HEADERS = (SOURCE.with_name("avx512_on_avx2.h"),)
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
 
 # Register blocks per CPU core where they differ from the source's defaults (which suit an
-# Intel Xeon with AVX-512). Zen 4 runs 512-bit operations on 256-bit units, where blocks with
-# more accumulators per loaded panel keep the FMA units busier; the results are bitwise the
-# defaults' (same operations per element).
+# Intel Xeon with AVX-512); the results are bitwise the defaults' (same operations per element).
+# Zen 4 runs 512-bit operations on 256-bit units, where blocks with more accumulators per
+# loaded panel keep the FMA units busier.
 _TUNING = {
-    ("AuthenticAMD", "25"): ("JAXRNN_LSTM_ROWS=6", "JAXRNN_OUTER_ROWS=8", "JAXRNN_OUTER_VECS=3"),
-}
+    ("avx512", "AuthenticAMD", "25"): ("JAXRNN_LSTM_ROWS=6", "JAXRNN_OUTER_ROWS=8", "JAXRNN_OUTER_VECS=3"),
+}  # fmt: skip
+# AVX2 has 16 registers of 8 floats (two per 16-float vector): 6 rows x 1 vector keeps 12
+# accumulators, a panel vector and a broadcast in registers.
+_TUNING_AVX2 = (
+    "JAXRNN_BLOCK_ROWS=6", "JAXRNN_BLOCK_VECS=1", "JAXRNN_LSTM_ROWS=6",
+    "JAXRNN_OUTER_ROWS=6", "JAXRNN_OUTER_VECS=1",
+)  # fmt: skip
 # The largest W_h ([H, G H] float32, bytes) the kernels take: every thread streams all of W_h
 # through its caches once per step, which beats the XLA loops while W_h is about the size of
 # L2 (more on Zen 4's large L3).
-_MAX_WEIGHT_BYTES = {("AuthenticAMD", "25"): 8 << 20}
+_MAX_WEIGHT_BYTES = {("avx512", "AuthenticAMD", "25"): 8 << 20}
 DEFAULT_MAX_WEIGHT_BYTES = 3 << 20
 
 
@@ -51,9 +60,18 @@ def cpuinfo(field: str) -> str:
     return ""
 
 
-def cpu_has_avx512() -> bool:
-    """Whether the host CPU reports AVX-512 (``avx512f``); ``False`` where unknown."""
-    return "avx512f" in cpuinfo("flags").split()
+def isa(flags: str | None = None) -> str | None:
+    """The instruction set the kernels are built for on this CPU: ``"avx512"`` (``avx512f``),
+    ``"avx2"`` (``avx2`` and ``fma``, no AVX-512), else ``None`` (no kernels here).
+
+    ``flags``: a ``/proc/cpuinfo`` ``flags`` value (read when not given; ``None`` where it
+    cannot be read)."""
+    have = set((cpuinfo("flags") if flags is None else flags).split())
+    if "avx512f" in have:
+        return "avx512"
+    if {"avx2", "fma"} <= have:
+        return "avx2"
+    return None
 
 
 def cache_dir() -> Path:
@@ -73,21 +91,30 @@ def compiler() -> str:
     raise BuildError("no C++ compiler found (set CXX, or install g++)")
 
 
-def tuning_defines(vendor: str | None = None, family: str | None = None) -> tuple[str, ...]:
+def _cpu(vendor: str | None, family: str | None, isa_: str | None) -> tuple:
+    return (
+        isa() if isa_ is None else isa_,
+        cpuinfo("vendor_id") if vendor is None else vendor,
+        cpuinfo("cpu family") if family is None else family,
+    )
+
+
+def tuning_defines(
+    vendor: str | None = None, family: str | None = None, isa: str | None = None
+) -> tuple[str, ...]:
     """``-D`` macros (``NAME=value``) that set the kernels' register blocks for this CPU
-    (``vendor``, ``family``: ``/proc/cpuinfo``'s ``vendor_id`` and ``cpu family``, read when
-    not given); ``()`` where the source's defaults apply."""
-    vendor = cpuinfo("vendor_id") if vendor is None else vendor
-    family = cpuinfo("cpu family") if family is None else family
-    return _TUNING.get((vendor, family), ())
+    (``vendor``, ``family``: ``/proc/cpuinfo``'s ``vendor_id`` and ``cpu family``; ``isa``: as
+    :func:`isa` gives; each read when not given); ``()`` where the source's defaults apply."""
+    key = _cpu(vendor, family, isa)
+    return _TUNING_AVX2 if key[0] == "avx2" else _TUNING.get(key, ())
 
 
-def max_weight_bytes(vendor: str | None = None, family: str | None = None) -> int:
+def max_weight_bytes(
+    vendor: str | None = None, family: str | None = None, isa: str | None = None
+) -> int:
     """The largest ``W_h`` (bytes) the kernels take on this CPU (arguments as in
     :func:`tuning_defines`)."""
-    vendor = cpuinfo("vendor_id") if vendor is None else vendor
-    family = cpuinfo("cpu family") if family is None else family
-    return _MAX_WEIGHT_BYTES.get((vendor, family), DEFAULT_MAX_WEIGHT_BYTES)
+    return _MAX_WEIGHT_BYTES.get(_cpu(vendor, family, isa), DEFAULT_MAX_WEIGHT_BYTES)
 
 
 def compile_command(
@@ -99,9 +126,11 @@ def compile_command(
     then ``defines`` (``NAME=value``; a name in both takes its value from ``defines``)."""
     flags = FLAGS if shared else tuple(f for f in FLAGS if f not in ("-shared", "-fPIC"))
     macros = {d.partition("=")[0]: d for d in (*tuning_defines(), *defines)}
+    # -iquote: a copy of the source elsewhere (a benchmark's variant) still finds the headers
     return [
         compiler(), *flags, *(f"-D{d}" for d in macros.values()),
-        "-isystem", jax.ffi.include_dir(), str(source), "-o", str(out),
+        "-iquote", str(SOURCE.parent), "-isystem", jax.ffi.include_dir(), str(source),
+        "-o", str(out),
     ]  # fmt: skip
 
 
@@ -109,14 +138,18 @@ def build(directory: Path | None = None, source: Path = SOURCE) -> Path:
     """Compiles ``source`` into a shared library (once; cached) and returns its path.
 
     Raises:
-        BuildError: no AVX-512, no compiler, or the compiler failed (its output is in the
-            message).
+        BuildError: neither AVX-512 nor AVX2 and FMA, no compiler, or the compiler failed (its
+            output is in the message).
     """
-    if not cpu_has_avx512():
-        raise BuildError("the CPU has no AVX-512 (avx512f); the kernels need it")
-    command = " ".join(compile_command(source, Path("rnn_cpu.so"))[:-3])  # keyed without paths
+    if isa() is None:
+        raise BuildError(
+            "the CPU has neither AVX-512 (avx512f) nor AVX2 and FMA; the kernels need one"
+        )
+    command = compile_command(source, Path("rnn_cpu.so"))
+    command = " ".join(c for c in command if c not in (str(source), str(SOURCE.parent)))
     parts = [
         source.read_bytes(),
+        *(h.read_bytes() for h in HEADERS),
         command.encode(),
         jax.__version__.encode(),
         cpuinfo("flags").encode(),

@@ -71,7 +71,7 @@ def _load() -> str | None:
     except (_build.BuildError, OSError, subprocess.SubprocessError) as e:
         if os.environ.get(SWITCH) == "require":
             raise _build.BuildError(str(e)) from e
-        if _build.cpu_has_avx512():  # a CPU the kernels are for, but the build failed: say so
+        if _build.isa() is not None:  # a CPU the kernels are for, but the build failed: say so
             warnings.warn(
                 f"jaxrnn: native CPU kernels unavailable, using XLA loops: {e}", stacklevel=3
             )

@@ -21,8 +21,8 @@
 //  * dW_h is accumulated per step while S[t] and D[t] are in cache (XLA's one big
 //    [H, T B] @ [T B, G H] product after the loop took 1.3-1.8 ms of a 5 ms step here).
 // States do not depend on the number of threads (each row is computed by one thread, in
-// the same order); dW_h sums per-thread partials. Built only where the CPU has AVX-512
-// (native.py checks first).
+// the same order); dW_h sums per-thread partials. Built where the CPU has AVX-512, or AVX2 +
+// FMA through avx512_on_avx2.h (the same results; native.py checks first).
 
 #include <immintrin.h>
 
@@ -40,6 +40,10 @@
 #include <unistd.h>
 
 #include "xla/ffi/api/ffi.h"
+
+#ifndef __AVX512F__
+#include "avx512_on_avx2.h"  // the AVX-512 intrinsics below on AVX2 + FMA (after all headers)
+#endif
 
 namespace ffi = xla::ffi;
 
@@ -75,8 +79,16 @@ constexpr int64_t kOuterWindow = JAXRNN_OUTER_WINDOW;  // rows per dW update (Ou
 #define JAXRNN_LSTM_ROWS 4
 #endif
 constexpr int kLstmRows = JAXRNN_LSTM_ROWS;  // rows per register block of the LSTM forward
-// The defaults are the blocks measured best on an Intel Xeon (Emerald Rapids); jaxrnn/native.py
-// passes others for the cores where other blocks measured faster (native.tuning_defines).
+#ifdef __AVX512F__
+constexpr int kRegisters = 32, kRegsPerVector = 1;  // vector registers; per 16-float vector
+#else
+constexpr int kRegisters = 16, kRegsPerVector = 2;  // ymm: two a vector (avx512_on_avx2.h)
+#endif
+#ifndef JAXRNN_ACT_CHUNK
+#define JAXRNN_ACT_CHUNK (4 / kRegsPerVector)
+#endif
+constexpr int kActChunk = JAXRNN_ACT_CHUNK;  // vectors per TanhChunk / SigmoidChunk
+// The defaults suit an Intel Xeon with AVX-512; _build.tuning_defines passes others per CPU.
 
 int64_t RoundUp(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
@@ -122,11 +134,12 @@ inline void TanhChunk(__m512* x) {
   }
 }
 
-// TanhChunk over N vectors, 4 at a time: 4 chains cover the latency; 16 at once need more
-// than the 32 vector registers and were no faster (LSTM forward 7.64 vs 7.53 ms).
+// TanhChunk over N vectors, kActChunk at a time: 4 chains cover the latency; 16 at once need
+// more than the 32 vector registers and were no faster (LSTM forward 7.64 vs 7.53 ms). On AVX2
+// 2 vectors are the same 4 chains (ymm); 4 there, 8 chains, measured no faster.
 template <int N>
 inline void TanhN(__m512* x) {
-  constexpr int K = N < 4 ? N : 4;
+  constexpr int K = N < kActChunk ? N : kActChunk;
   TanhChunk<K>(x);
   if constexpr (N > K) TanhN<N - K>(x + K);
 }
@@ -168,10 +181,10 @@ inline void SigmoidChunk(__m512* x) {
   }
 }
 
-// SigmoidChunk over N vectors, 4 at a time (as TanhN).
+// SigmoidChunk over N vectors, kActChunk at a time (as TanhN).
 template <int N>
 inline void SigmoidN(__m512* x) {
-  constexpr int K = N < 4 ? N : 4;
+  constexpr int K = N < kActChunk ? N : kActChunk;
   SigmoidChunk<K>(x);
   if constexpr (N > K) SigmoidN<N - K>(x + K);
 }
@@ -267,17 +280,16 @@ struct IsPerBlock : std::false_type {};
 template <class F>
 struct IsPerBlock<PerBlock<F>> : std::true_type {};
 
-// One register block: acc[r][v] = X[r, :] @ M[:, j0 + 16 v : j0 + 16 v + 16] for R rows of X
-// (row stride ldx, P.K columns) and NV column vectors of P; then epi(r, j0 + 16 v, acc[r][v])
-// per vector, or epi.f(j0, acc) for a PerBlock epilogue.
+// One register tile: out[r * LDO + v] = X[r, :] @ M[:, j0 + 16 v : j0 + 16 v + 16] for R rows
+// of X (row stride ldx, P.K columns) and NV column vectors of P.
 // The k loop is a function of its own (not inlined): inlined, GCC hoisted the epilogue's
 // constants (the tanh polynomial, masks) above the loop, and with 16-24 accumulators live
 // ran out of the 32 vector registers: on an Intel Xeon (Emerald Rapids) the LSTM forward's
 // 4 x 4 loop kept 3 accumulators on the stack (a store and a load per FMA). The
 // accumulators leave through memory once per block instead.
-template <int R, int NV>
-__attribute__((noinline)) void Accumulate(const float* x, int64_t ldx, const Panel& P,
-                                          int64_t j0, __m512 (&out)[R][NV]) {
+template <int R, int NV, int LDO>
+__attribute__((noinline)) void AccumulateTile(const float* x, int64_t ldx, const Panel& P,
+                                              int64_t j0, __m512* out) {
   __m512 acc[R][NV];
   JAXRNN_UNROLL for (int r = 0; r < R; ++r)
     JAXRNN_UNROLL for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
@@ -291,9 +303,39 @@ __attribute__((noinline)) void Accumulate(const float* x, int64_t ldx, const Pan
     }
   }
   JAXRNN_UNROLL for (int r = 0; r < R; ++r)
-    JAXRNN_UNROLL for (int v = 0; v < NV; ++v) out[r][v] = acc[r][v];
+    JAXRNN_UNROLL for (int v = 0; v < NV; ++v) out[r * LDO + v] = acc[r][v];
 }
 
+// The most vectors a tile of `rows` rows keeps in registers: rows x v accumulators, v panel
+// vectors (with one row, each is used once: a memory operand) and a broadcast. Every block
+// the defaults and the AVX-512 tunings use is one tile; with AVX2's 16 ymm registers (two a
+// vector) tiles are at most 6 x 1, 2 x 2 or 1 x 7 vectors, and a larger block (the LSTM
+// forward's 4 gate vectors, 2 rows x 8 vectors) runs as several (spilled accumulators cost a
+// store and a load per FMA).
+constexpr int TileVecs(int rows) {
+  const int regs = kRegsPerVector * (rows + (rows > 1 ? 1 : 0));
+  return (kRegisters - 1) / regs > 0 ? (kRegisters - 1) / regs : 1;
+}
+constexpr int kTileRows = (kRegisters - 1) / kRegsPerVector - 1;
+
+// acc[r][v] = X[r, :] @ M[:, j0 + 16 v : j0 + 16 v + 16] for R rows and NV vectors, as tiles
+// from row r0 and vector v0 on (each output element's sum runs over k in the same order
+// whatever the tiles: the results do not depend on them).
+template <int R, int NV, int r0 = 0, int v0 = 0>
+inline void Accumulate(const float* x, int64_t ldx, const Panel& P, int64_t j0,
+                       __m512 (&out)[R][NV]) {
+  constexpr int TR = R - r0 < kTileRows ? R - r0 : kTileRows;
+  constexpr int TV = NV - v0 < TileVecs(TR) ? NV - v0 : TileVecs(TR);
+  AccumulateTile<TR, TV, NV>(x + r0 * ldx, ldx, P, j0 + kLanes * v0, &out[r0][v0]);
+  if constexpr (v0 + TV < NV) {
+    Accumulate<R, NV, r0, v0 + TV>(x, ldx, P, j0, out);
+  } else if constexpr (r0 + TR < R) {
+    Accumulate<R, NV, r0 + TR, 0>(x, ldx, P, j0, out);
+  }
+}
+
+// Accumulate, then epi(r, j0 + 16 v, acc[r][v]) per vector, or epi.f(j0, acc) for a PerBlock
+// epilogue.
 template <int R, int NV, class Epilogue>
 inline void Block(const float* x, int64_t ldx, const Panel& P, int64_t j0, const Epilogue& epi) {
   __m512 acc[R][NV];
