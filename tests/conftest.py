@@ -84,35 +84,29 @@ def assert_path(b: backends.Backend, fn, *args) -> None:
 # seconds each on the 2-core CI machine) run a subset of their grid in the default suite: the
 # fewest parametrizations that show every value of every parameter at least once, topped up to
 # one in ``k``; the others are marked ``slow`` and run after it in .ci/run (``pytest -m slow``),
-# so CI still runs every one. ``pytest -m "slow or not slow"`` runs all at once. (Measured on a
-# machine of the CI kind: the default suite took 1,171 s with all of them.)
+# so CI still runs every one. ``pytest -m "slow or not slow"`` runs all at once.
 THINNED = {
-    "test_fast.py::test_classifier_lengths_and_dropout_equal_plain": 6,
-    "test_fast.py::test_rnn_lengths_and_reverse_equal_plain": 6,
-    "test_fast.py::test_rnn_outputs_and_grads_equal_plain": 2,
-    "test_fast.py::test_short_sequences_equal_plain": 3,
-    "test_fast.py::test_classifier_short_sequences_equal_plain": 3,
-    "test_layers.py::test_recurrent_fast_matches_loop": 6,
+    "test_backends.py::test_every_transformation_equals_scan": 12,
+    "test_backends.py::test_options_equal_scan": 16,
+    "test_backends.py::test_embedded_inputs_equal_gathered_vectors": 12,
+    "test_backends.py::test_input_dropout_mask_is_hoisted_and_equal": 3,
+    "test_models.py::test_classifier_on_every_backend_equals_scan": 16,
+    "test_models.py::test_classifier_short_sequences_equal_scan": 9,
+    "test_layers.py::test_recurrent_on_every_backend_matches_loop": 16,
     "test_layers.py::test_recurrent_mask_matches_loop": 3,
+    "test_gpu_kernels.py::test_kernels_at_padded_sizes_equal_scan": 6,
+    "test_gpu_kernels.py::test_seed_step_lowers_to_triton_kernels_for_cuda": 3,
+    "test_rnn.py::test_rnn_equals_numpy_loop": 4,
+    "test_rnn.py::test_grads_match_finite_differences": 2,
+    "test_remat.py::test_recurrent_remat_equals_full": 2,
+    "test_cells_gated.py::test_matches_numpy_loop": 3,
+    "test_cells_gated.py::test_dropout_masks_match_numpy_loop": 3,
     "test_parity.py::test_keras_layer": 4,
     "test_parity.py::test_keras_layer_options": 2,
     "test_parity.py::test_keras_bidirectional": 2,
     "test_parity.py::test_flax_linen": 2,
     "test_parity.py::test_torch": 2,
-    "test_gpu.py::test_classifier_gpu_branch_equals_plain": 3,
-    "test_gpu.py::test_fast_rnn_gpu_branch_equals_plain": 3,
-    "test_gpu.py::test_vmap_of_gpu_branch_equals_plain": 3,
-    "test_gpu.py::test_simple_kernels_equal_xla_loops": 2,
-    "test_gpu.py::test_lstm_kernels_equal_xla_loops": 3,
-    "test_gpu.py::test_gru_kernels_equal_xla_loops": 2,
-    "test_rnn.py::test_grads_match_finite_differences": 2,
-    "test_remat.py::test_remat_values_and_grads_equal_full": 2,
-    "test_remat.py::test_fast_remat_values_and_grads_equal_plain": 2,
-    "test_native.py::test_seed_classifier_gradients_native_vs_float64_plain": 2,
-    "test_native.py::test_fast_rnn_native_vs_float64_plain": 2,
-    "test_native.py::test_simple_scan_gradients_native_vs_xla_loops": 2,
-    "test_native.py::test_lstm_scan_gradients_native_vs_xla_loops": 2,
-    "test_native.py::test_gru_scan_gradients_native_vs_xla_loops": 2,
+    "test_cpu_kernels.py::test_seed_classifier_gradients_native_vs_float64_scan": 2,
 }
 
 
