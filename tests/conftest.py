@@ -108,11 +108,16 @@ THINNED = {
     "test_rnn.py::test_grads_match_finite_differences": 2,
     "test_remat.py::test_remat_values_and_grads_equal_full": 2,
     "test_remat.py::test_fast_remat_values_and_grads_equal_plain": 2,
-    "test_native.py::test_seed_classifier_gradients_native_vs_float64_plain": 2,
-    "test_native.py::test_fast_rnn_native_vs_float64_plain": 2,
-    "test_native.py::test_simple_scan_gradients_native_vs_xla_loops": 2,
-    "test_native.py::test_lstm_scan_gradients_native_vs_xla_loops": 2,
-    "test_native.py::test_gru_scan_gradients_native_vs_xla_loops": 2,
+    "test_cpu_kernels.py::test_forward_matches_numpy": 4,
+    "test_cpu_kernels.py::test_backward_matches_numpy": 4,
+    "test_cpu_kernels.py::test_lstm_forward_matches_numpy": 2,
+    "test_cpu_kernels.py::test_lstm_backward_matches_numpy": 3,
+    "test_cpu_kernels.py::test_gru_forward_matches_numpy": 2,
+    "test_cpu_kernels.py::test_gru_backward_matches_numpy": 2,
+    "test_cpu_kernels.py::test_backward_gradient_rows": 3,
+    "test_cpu_kernels.py::test_table_projection_and_its_gradient_match_numpy": 2,
+    "test_cpu_kernels.py::test_rows_projection_matches_numpy": 2,
+    "test_cpu_kernels.py::test_rows_projection_gradient_matches_numpy": 2,
 }
 
 
