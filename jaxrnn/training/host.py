@@ -11,8 +11,9 @@ with tens of MB of temporaries that is a large share of the step.
   freed after one step is reused by the next), ``top_pad`` 64 MiB (an emptied worker-thread
   heap stays mapped), ``trim_threshold`` at its maximum (heaps are never trimmed),
   ``hugetlb=1`` (transparent huge pages for the heaps). Freed memory stays with the process,
-  which suits a training process. :func:`restart_with_tunables` starts the program again
-  with them; or export them yourself::
+  which suits a training process. The native CPU backend sets all but ``hugetlb`` itself
+  (``mallopt``) when its kernels are first used, so a user's own script gets them too;
+  :func:`restart_with_tunables` starts the program again with all four; or export them::
 
       GLIBC_TUNABLES=glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:\\
       glibc.malloc.top_pad=67108864:glibc.malloc.trim_threshold=2147483647 python my_script.py
@@ -39,23 +40,16 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from jaxrnn.backends.cpu import _memory
+
 HOST_TUNABLES = (
     "glibc.malloc.hugetlb=1",  # transparent huge pages for the heaps
     "glibc.malloc.mmap_max=0",  # no request mapped on its own: all from heaps, reused
     "glibc.malloc.top_pad=67108864",  # 64 MiB: an emptied thread heap stays mapped
     "glibc.malloc.trim_threshold=2147483647",  # never trim heaps: no re-faulting next step
 )
-OPT_OUT = "JAXRNN_HOST_TUNABLES"  # set to 0 to keep the process as started
-
-
-def glibc_version() -> tuple[int, int] | None:
-    """``(major, minor)`` of the C library this process runs on, or ``None`` if it is not glibc."""
-    try:
-        name, version = os.confstr("CS_GNU_LIBC_VERSION").split()  # e.g. "glibc 2.36"
-        major, minor = version.split(".")[:2]
-        return (int(major), int(minor)) if name == "glibc" else None
-    except (AttributeError, ValueError, OSError):  # no confstr / not glibc
-        return None
+OPT_OUT = _memory.OPT_OUT  # set to 0 to keep the process as started
+glibc_version = _memory.glibc_version
 
 
 def host_env(

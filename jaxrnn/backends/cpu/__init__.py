@@ -4,7 +4,8 @@ Each recurrence's forward and backward loop runs as one XLA FFI call (``rnn_cpu.
 :mod:`._ffi`), the batch rows split over XLA's CPU threads, each step a register-blocked
 product with the cell's update applied in registers. An embedding folded into the input
 projection gets two more calls (:func:`project_table`, :func:`project_rows`). Built on first
-use for the CPU at hand (:mod:`._build`); float32.
+use for the CPU at hand (:mod:`._build`); float32. Where they run, glibc is asked to keep
+the memory a step frees for the next step (:mod:`._memory`; ``JAXRNN_HOST_TUNABLES=0``: not).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import jax.numpy as jnp
 
 from jaxrnn.backends import _linear
 from jaxrnn.backends._recurrence import Impl
-from jaxrnn.backends.cpu import _ffi
+from jaxrnn.backends.cpu import _ffi, _memory
 from jaxrnn.cells._common import Array
 
 KINDS = ("simple", "lstm", "gru")
@@ -129,7 +130,9 @@ def _gru(threads: int) -> Impl:
 def impl(kind: str, activation: str = "", threads: int = 0) -> Impl:
     """The kernels of ``kind`` (``"simple"`` with an ``activation``, ``"lstm"``, ``"gru"``)
     as an :class:`~jaxrnn.backends._recurrence.Impl`; ``threads``: row chunks run in
-    parallel (0: the size of XLA's CPU thread pool)."""
+    parallel (0: the size of XLA's CPU thread pool). The first call keeps freed memory in
+    the process's heaps (:mod:`._memory`)."""
+    _memory.keep_freed_memory()
     if kind == "simple":
         return _simple(activation, threads)
     return _lstm(threads) if kind == "lstm" else _gru(threads)
