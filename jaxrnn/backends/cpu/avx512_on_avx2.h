@@ -170,9 +170,8 @@ JAXRNN_SHIM void _mm512_stream_ps(void* p, m512 a) {
 }
 
 // Masked loads: vmaskmovps reads only the lanes set (a masked-off lane never faults) and
-// zeroes the others; full halves are plain loads, as vmaskmovps of data beyond L1 ran ~1.5x
-// slower than vmovups on AMD Zen 3 (streaming from L3 / memory; the backward kernels' gate
-// reads), equal in L1.
+// zeroes the others; full halves are plain loads, as on some CPUs a vmaskmovps load of data
+// beyond L1 (the backward kernels' gate reads, streamed from memory) is slower than a plain one.
 JAXRNN_SHIM __m256 LoadHalf(const float* p, unsigned bits) {
   return bits == 0xFFu ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, Lanes8(bits));
 }
@@ -187,8 +186,9 @@ JAXRNN_SHIM __m128 _mm_maskz_loadu_ps(mmask8 k, const void* p) {
   return bits == 0x0Fu ? _mm_loadu_ps(f) : _mm_maskload_ps(f, Lanes4(bits));
 }
 
-// Masked stores: a vmaskmovps store is microcoded (Zen 3: ~12x a plain store), so full halves
-// are plain stores and empty halves store nothing; partial ones write only their lanes.
+// Masked stores: a vmaskmovps store is microcoded on some CPUs, far slower than a plain store,
+// so full halves are plain stores and empty halves store nothing; partial ones write only
+// their lanes.
 JAXRNN_SHIM void StoreHalf(float* p, unsigned bits, __m256 a) {
   if (bits == 0xFFu) {
     _mm256_storeu_ps(p, a);

@@ -8,8 +8,8 @@
 // The backward kernels also return dW_h = S^T D and, for a table, the table's gradient;
 // three more build a projected table E W + b, take its gradient, and project only the rows
 // of given ids, E[ids] W + b (last section).
-// jaxrnn/native.py builds this file, registers the handlers and calls them from
-// jaxrnn/fast.py; dh0 = D[0] W^T stays in XLA.
+// jaxrnn/backends/cpu/_build.py builds this file, _ffi.py registers the handlers and wraps the
+// calls, and __init__.py runs them as the "native" backend; dh0 = D[0] W^T stays in XLA.
 //
 // Why by hand: in XLA:CPU every step of the loop is a few small thunks (a [B, H] @ [H, G H]
 // dot, a fusion, a dynamic-update-slice) run one after another on one core. Here
@@ -18,11 +18,11 @@
 //  * each step is one register-blocked AVX-512 loop: a block of rows x columns of
 //    accumulators stays in registers over the whole k loop, and the activation (or the
 //    derivative, or the LSTM / GRU cell update) is applied to the registers before the store;
-//  * dW_h is accumulated per step while S[t] and D[t] are in cache (XLA's one big
-//    [H, T B] @ [T B, G H] product after the loop took 1.3-1.8 ms of a 5 ms step here).
+//  * dW_h is accumulated per step while S[t] and D[t] are still in cache, instead of one large
+//    [H, T B] @ [T B, G H] product after the loop that reads both back from memory.
 // States do not depend on the number of threads (each row is computed by one thread, in
 // the same order); dW_h sums per-thread partials. Built where the CPU has AVX-512, or AVX2 +
-// FMA through avx512_on_avx2.h (the same results; native.py checks first).
+// FMA through avx512_on_avx2.h (the same results; _build.py checks which the CPU has).
 
 #include <immintrin.h>
 
@@ -52,8 +52,8 @@ namespace {
 enum Activation : int64_t { kTanh = 0, kSigmoid = 1, kRelu = 2, kIdentity = 3 };
 
 // Register blocks are arrays of vectors indexed by constant-bound loops; unrolled fully and
-// early, GCC keeps them in registers (without this it stored every accumulator to the stack
-// in every iteration of the k loop, ~2-4x slower).
+// early, GCC keeps them in registers (otherwise it stores every accumulator to the stack in
+// every iteration of the k loop).
 #define JAXRNN_UNROLL _Pragma("GCC unroll 32")
 
 constexpr int64_t kLanes = 16;  // floats per AVX-512 vector
@@ -88,7 +88,8 @@ constexpr int kRegisters = 16, kRegsPerVector = 2;  // ymm: two a vector (avx512
 #define JAXRNN_ACT_CHUNK (4 / kRegsPerVector)
 #endif
 constexpr int kActChunk = JAXRNN_ACT_CHUNK;  // vectors per TanhChunk / SigmoidChunk
-// The defaults suit an Intel Xeon with AVX-512; _build.tuning_defines passes others per CPU.
+// The defaults suit AVX-512 on 512-bit units; _build.tuning_defines passes others per CPU (AVX2,
+// AVX-512 on 256-bit units).
 
 int64_t RoundUp(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
@@ -101,11 +102,9 @@ __m512 Set(float v) { return _mm512_set1_ps(v); }
 // expm1(y) = 2^n expm1(r) + (2^n - 1), exact in the last term, so small |y| keep full
 // relative precision (n = 0 gives expm1(r) itself).
 // Each stage runs for all N vectors before the next: one tanh is a chain of ~20 dependent
-// operations, and N of them side by side keep both FMA ports busy where one at a time left
+// operations, and N of them side by side keep both FMA ports busy where one at a time leaves
 // them waiting on latency (GCC does not interleave the chains of consecutive calls itself).
-// The gated cells' forward epilogues take all gates of a register block at once: seed
-// forward, one thread's 32 rows, best of 12 on an Intel Xeon: LSTM 8.4 -> 7.8 ms, GRU 6.7 ->
-// 6.4 ms (interleaved runs of both builds; the machine's noise is +-20%).
+// The gated cells' forward epilogues therefore activate all gates of a register block at once.
 // The operations per vector are the same for any N: the results do not depend on it.
 template <int N>
 inline void TanhChunk(__m512* x) {
@@ -134,9 +133,9 @@ inline void TanhChunk(__m512* x) {
   }
 }
 
-// TanhChunk over N vectors, kActChunk at a time: 4 chains cover the latency; 16 at once need
-// more than the 32 vector registers and were no faster (LSTM forward 7.64 vs 7.53 ms). On AVX2
-// 2 vectors are the same 4 chains (ymm); 4 there, 8 chains, measured no faster.
+// TanhChunk over N vectors, kActChunk at a time: 4 independent chains cover the FMA latency,
+// more gain nothing, and 16 at once would not fit in the 32 vector registers. On AVX2 2 vectors
+// are the same 4 chains (ymm).
 template <int N>
 inline void TanhN(__m512* x) {
   constexpr int K = N < kActChunk ? N : kActChunk;
@@ -155,8 +154,8 @@ __m512 Tanh(__m512 x) {
 // (max and min keep their second operand when one is NaN). -x = n ln2 + r with n =
 // round(-x log2(e)), r' = -r = x + n ln2 (ln2 split in two, as TanhChunk), exp(r) by its
 // Taylor series to r^7 in -r' (Horner with fnmadd: the alternating signs), e = 2^n exp(r).
-// One exp and a division: sigmoid through tanh(x / 2) took 8 more operations per vector (the
-// sign, the expm1 form and the halving). Stage by stage for all N vectors, as TanhChunk.
+// One exp and a division: sigmoid through tanh(x / 2) would take 8 more operations per vector
+// (the sign, the expm1 form and the halving). Stage by stage for all N vectors, as TanhChunk.
 template <int N>
 inline void SigmoidChunk(__m512* x) {
   const __m512 one = Set(1.0f);
@@ -260,12 +259,8 @@ struct Panel {
 // of 64-byte lines. A column tile of the step products ([K, 16 NV] floats) is read once per row
 // block; with a stride of a power-of-two bytes its K rows fall into a few cache sets (at 4 KiB,
 // one L1 set and every 64th L2 set) and evict each other before the next row block reads them
-// again. Intel Xeon (Emerald Rapids), seed classifier training step, B = 64, T = 100, simple
-// cell: H = 1,024 (stride 4 KiB) 350 ms against 201 ms at H = 1,000 (2.4% less work). An odd
-// stride spreads the rows over all sets; the padding is never read by the tiles (they run over
-// n columns), so the products and their order are unchanged. Same machine, in-process A/B
-// (benchmarks/native_ab.py, B = 64): simple H = 1,024 (T = 100) 1.38x, LSTM H = 512 (T = 250)
-// 1.43x faster, GRU H = 256 1.02x; the seed shapes' strides (7, 25, 19 lines) were odd already.
+// again. An odd stride spreads the rows over all sets; the padding is never read by the tiles
+// (they run over n columns), so the products and their order are unchanged.
 inline int64_t PanelStride(int64_t n) { return (n / kLanes) % 2 ? n : n + kLanes; }
 
 // Marks an epilogue that takes the whole register block at once: epi.f(j0, acc) with acc the
@@ -282,11 +277,10 @@ struct IsPerBlock<PerBlock<F>> : std::true_type {};
 
 // One register tile: out[r * LDO + v] = X[r, :] @ M[:, j0 + 16 v : j0 + 16 v + 16] for R rows
 // of X (row stride ldx, P.K columns) and NV column vectors of P.
-// The k loop is a function of its own (not inlined): inlined, GCC hoisted the epilogue's
-// constants (the tanh polynomial, masks) above the loop, and with 16-24 accumulators live
-// ran out of the 32 vector registers: on an Intel Xeon (Emerald Rapids) the LSTM forward's
-// 4 x 4 loop kept 3 accumulators on the stack (a store and a load per FMA). The
-// accumulators leave through memory once per block instead.
+// The k loop is a function of its own (not inlined): inlined, GCC hoists the epilogue's
+// constants (the tanh polynomial, masks) above the loop, and with 16-24 accumulators live runs
+// out of the 32 vector registers and keeps some accumulators on the stack (a store and a load
+// per FMA). The accumulators leave through memory once per block instead.
 template <int R, int NV, int LDO>
 __attribute__((noinline)) void AccumulateTile(const float* x, int64_t ldx, const Panel& P,
                                               int64_t j0, __m512* out) {
@@ -372,18 +366,16 @@ inline void BlockRowsUpTo(int64_t r, int64_t nv, const float* x, int64_t ldx, co
 // One step for rows [b0, b1): epi(b, j, (X @ M)[b, j:j+16]) (or per group of NV vectors) with
 // X rows at x (row stride ldx), in register blocks of BR rows x NV vectors. 8 x 3 blocks (24
 // accumulators) load half the panel vectors per FMA that 4 x 4 does and keep a narrower tile
-// in L1 (the backward's panels are tall, K = G H): seed steps, simple 4.2 -> 3.4 ms, LSTM
-// 21.7 -> 19.3, GRU 17.8 -> 15.3 (with the prefetches below). The LSTM forward's blocks are
-// 4 vectors wide (its epilogue takes a unit group's four gates at once) and kLstmRows rows.
+// in L1 (the backward's panels are tall, K = G H). The LSTM forward's blocks are 4 vectors
+// wide (its epilogue takes a unit group's four gates at once) and kLstmRows rows.
 // Column tiles of NV vectors outside, row blocks inside: a tile of M ([K, 16 NV]) is read
-// from memory once per step and stays in L1/L2 for all rows (rows outside re-streamed all of
-// M per row block: at H = 512 the GRU's 3 MB W_h, 8 times a step; its fast.rnn step went
-// 287 -> 262 ms, the seed LSTM step 28.2 -> 25.7 ms).
+// from memory once per step and stays in L1/L2 for all rows (with rows outside, all of M
+// would be streamed from memory again for every row block).
 // Columns [j_begin, j_end) of M only (default all: j_end < 0).
 // One or two rows (a chunk of B = 1 inference) take tiles of 8 vectors: a tile is R x NV
-// chains of K dependent FMAs, and with R = 1 three chains waited on the FMA latency (the
-// simple cell at B = 1, H = 100: tiles of 3, 3, 1 vectors, ~400 cycles each). The same
-// products in the same order per element: the results do not depend on the tile.
+// chains of K dependent FMAs, and with R = 1 a tile of 3 vectors is too few chains to cover
+// the FMA latency. The same products in the same order per element: the results do not
+// depend on the tile.
 template <int NV = kBlockVecs, int BR = kBlockRows, class MakeEpilogue>
 void StepRows(const float* x, int64_t ldx, int64_t b0, int64_t b1, const Panel& P,
               const MakeEpilogue& make_epi, int64_t j_begin = 0, int64_t j_end = -1) {
@@ -410,16 +402,15 @@ int64_t L1Bytes() {
 }
 
 // StepRows for step t of a recurrence. One row (B = 1 inference) is a chain of loads: each
-// panel vector feeds one FMA, and the whole panel is read every step. A
-// panel just above L1 (the simple cell at H = 100: [100, 112] floats, 44.8 KB against Zen 4's
-// 32 KB) was read from L2 every step: swept in the same order each time, least-recently-used
+// panel vector feeds one FMA, and the whole panel is read every step. A panel just above L1's
+// size (the simple cell at H = 100: [100, 112] floats, 44.8 KB against a 32 KB L1) would be
+// read from L2 every step: swept in the same order each time, least-recently-used
 // replacement evicts each line just before it is needed again. Such a panel is taken as two
 // column tiles that each fit in 7/8 of L1, in alternating order (odd t: the second tile
 // first), so the tile read last in one step is read first in the next, from L1. The same
 // products in the same order per element (the tiles are the columns' own): the results are
-// those of StepRows. Seed model at B = 1 (Zen 4): the forward kernel 0.926x (one thread,
-// benchmarks/kernels.py; H = 96 / 112: 0.944x / 0.930x), the whole inference call 0.965x
-// (native_ab.py --mode infer). Two rows share each load: there the split was 1.10x slower.
+// those of StepRows. Only for one row: with two or more each panel load feeds several FMAs,
+// and the split costs more than it saves.
 template <class MakeEpilogue>
 void StepRowsAlternating(int64_t t, const float* x, int64_t ldx, int64_t b0, int64_t b1,
                          const Panel& P, const MakeEpilogue& make_epi) {
@@ -510,11 +501,10 @@ inline void PrefetchSpan(const float* p, int64_t n) {
 // The LSTM's gate activations G [T, B, 4H] are stored per 16-unit group, as the forward's
 // register blocks hold them: units j .. j + w - 1 (j a multiple of 16, w = min(16, H - j)) at
 // 4 j .. 4 j + 4 w - 1 of a row, gate q at 4 j + q w (GateStride(j, H) = w); the same 4H
-// floats per row as gate blocks [i | f | g | o], which jaxrnn.native.gate_blocks restores.
+// floats per row as gate blocks [i | f | g | o], which _ffi.gate_blocks restores.
 // The forward writes them with streaming stores where a row's groups are whole cache lines
 // (StoreGates): G is read only by the backward, in reverse order and prefetched, and its
-// lines need not be fetched into the cache to be written (seed LSTM step, native_ab.py, 60
-// rounds: 0.974x).
+// lines need not be fetched into the cache to be written.
 inline int64_t GateStride(int64_t j, int64_t H) { return std::min<int64_t>(kLanes, H - j); }
 
 // Whether a gate buffer's 16-unit groups are whole, aligned cache lines (streaming stores).
@@ -524,7 +514,7 @@ inline bool StreamsGates(const float* G, int64_t H) {
 
 // For backward step t (running down from T - 1): rows [b0, b1) of a gate buffer ([T, B,
 // width]) two steps ahead into L2 (at t = T - 1 the next step's too). Streamed out by the
-// forward, they come from memory, not L3 (seed LSTM step, one step ahead: 1.000x, two: 0.974x).
+// forward, they come from memory, not L3: one step's lead is too short for that latency.
 inline void PrefetchGatesAhead(const float* G, int64_t width, int64_t t, int64_t T, int64_t B,
                                int64_t b0, int64_t b1) {
   if (t == T - 1 && t > 0) PrefetchSpan(G + ((t - 1) * B + b0) * width, (b1 - b0) * width);
@@ -545,7 +535,7 @@ inline void StoreGates(float* p, int64_t w, bool stream, const __m512 (&gates)[4
 // The table rows step t reads for rows [b0, b1) (u = table[idx[t, b]], `width` floats each),
 // fetched into L2 one step ahead. The rows are random rows of a table larger than L2 (the
 // seed LSTM's [5000, 400] is 8 MB), and the step's epilogue needs them only after its
-// products: without this each step waited on them (seed LSTM forward 8.6 -> 6.4 ms).
+// products: fetched a step early, they arrive without the step waiting on memory.
 inline void PrefetchTableRows(const float* table, int64_t width, const int32_t* ids, int64_t V,
                               int64_t b0, int64_t b1) {
   for (int64_t b = b0; b < b1; ++b) {
@@ -652,14 +642,11 @@ int64_t Threads(ffi::ThreadPool& pool, int64_t requested) {
 // the states a step read ([rows, K]) and Y its dL/da ([rows, N]). AccumulateOuter reads and
 // writes the whole [K, ldw] partial once per call, which a chunk of many rows amortises over
 // its rows' products; with few rows it dominates (B = 1: a rank-1 update of the whole
-// partial per step). Chunks of fewer than
-// kOuterWindow rows therefore gather their steps' rows side by side until there are at least
-// kOuterWindow of them (16 steps at B = 1), and add them in one call; larger chunks add each
-// step directly, as before (the same sums, bit for bit). Without memory for the window, each
-// step is added directly too. dW = nullptr: nothing is accumulated (the loop does not fuse
-// dW_h); Flush() must follow the last Add(). One thread, the seed sizes at B = 1
-// (benchmarks/kernels.py): the simple cell's backward 0.313 -> 0.184 ms, the LSTM's 1.04 ->
-// 0.68 ms; at B = 4 0.73x / 0.93x; 16 rows a window measured better than 8, 32 or 64.
+// partial per step). Chunks of fewer than kOuterWindow rows therefore gather their steps'
+// rows side by side until there are at least kOuterWindow of them (16 steps at B = 1), and
+// add them in one call; larger chunks add each step directly. Without memory for the window,
+// each step is added directly too. dW = nullptr: nothing is accumulated (the loop does not
+// fuse dW_h); Flush() must follow the last Add().
 class OuterWindow {
  public:
   OuterWindow(int64_t K, int64_t N, int64_t rows, float* dW, int64_t ldw)
@@ -714,8 +701,8 @@ void ReducePartials(const float* partial, int64_t chunks, int64_t H, int64_t N, 
 
 // dTable[v] = the sum of D[t][b] over (t, b) with idx[t][b] = v, for a table [V, width],
 // accumulated inside a backward loop while D[t] is in cache (Add after each step) rather
-// than by a pass over all of D afterwards: that pass re-read D from memory (the seed LSTM's
-// 26 MB per step), and D itself no longer has to be kept beyond the step that reads it.
+// than by a pass over all of D afterwards: that pass would re-read D from memory (the seed
+// LSTM's 26 MB per step), and D itself need not be kept beyond the step that reads it.
 // Each chunk of batch rows adds into rows of its own, so the threads never write one row:
 // chunk 0 into dTable itself, chunk c > 0 into a compact buffer (a slot per id, taken on the
 // id's first update, at most min(V, T x its rows) rows: never more than its share of D).
@@ -889,9 +876,9 @@ void Backward(ffi::ThreadPool& pool, const float* S, const Panel& P, int64_t Hp,
 // W_h [H, G H] -> [H, G Hp]: column block v (G x 16 wide) = the G gate columns of units
 // 16 v + 0..15, side by side. With `pack` and G <= 4, a last group of m = H % 16 <= 4
 // units (H = 100: units 96..99) is packed into one vector instead of G: gate q at lanes
-// 4 q .. 4 q + m - 1 (the seed LSTM's 7th group held 16 units' columns for 4: its 4 vectors
-// of products became 1, 28 -> 25 per row and step; the GRU's 21 -> 19). `full` = the columns of whole groups;
-// the packed vector, if any, follows them.
+// 4 q .. 4 q + m - 1 (unpacked, such a group computes G vectors of products, 16 units'
+// columns, for m units; packed, one). `full` = the columns of whole groups; the packed
+// vector, if any, follows them.
 struct InterleavedPanel {
   int64_t H, gates, tail, full, width, ld;  // width: full + the packed vector; ld: its stride
   Aligned buf;
@@ -938,10 +925,10 @@ struct TransposedPanel {
 // The forward product runs over W_h with its columns interleaved per 16 units ([i f g o] of
 // units 16 v .. 16 v + 15 side by side), so one register block holds all four gates of its
 // units and the cell update happens in registers, for kLstmRows rows at once (their gate
-// vectors go through one TanhN). Rows per block: 4 on an Intel Xeon; 6 on AMD Zen 4, whose
-// AVX-512 runs on 256-bit units: there 4 x 4 blocks (16 accumulators, a panel load and a
-// broadcast per 2 FMAs) ran the product 1.23x slower than 8 x 3 or 6 x 4 (kernels.py
-// product-forward, one thread), and the LSTM forward took 10.84 vs 11.94 ms best.
+// vectors go through one TanhN). Rows per block: kLstmRows, 4 by default; 6 where AVX-512
+// runs on 256-bit units (_build.tuning_defines): there 4 x 4 blocks (16 accumulators, a panel
+// load and a broadcast per 2 FMAs) leave the FMA units waiting, and more accumulators per
+// loaded vector keep them busy.
 
 void LstmForward(ffi::ThreadPool& pool, const float* U, const int32_t* idx, int64_t V,
                  const InterleavedPanel& Wp, const float* h0, const float* c0, float* Sh,
@@ -1297,14 +1284,14 @@ std::string Shape(ffi::Span<const int64_t> dims) {
 //  * all rows, [T + 1, B, G H];
 //  * the first row only, [1, B, G H]: the caller needs just that row (the table's gradient
 //    is accumulated inside the call), so the kernel keeps only the two rows a step writes
-//    and reads, row t at t % 2 of a scratch buffer (a ring). For the seed LSTM that takes
-//    26 MB out of XLA's temporary buffer for the step (72 -> 47 MB), below the 64 MB of a
-//    glibc thread heap, so the buffer is reused from step to step instead of being mapped
-//    and faulted in afresh (jaxrnn/runtime.py), and the rows stay in cache;
+//    and reads, row t at t % 2 of a scratch buffer (a ring). That keeps D out of XLA's
+//    temporary buffer for the step (26 MB for the seed LSTM), which can then stay below the
+//    64 MB of a glibc thread heap and be reused from step to step instead of being mapped
+//    and faulted in afresh (jaxrnn/training/host.py), and the rows stay in cache;
 //  * the input rows only, [T, B, G H] (the cotangent of U [T, B, G H] as it is): the zero
 //    row lives in a buffer of its own. XLA then gets the cotangent without slicing
-//    [T + 1, B, G H]: a slice feeding the input projection's gradient matmuls cost ~33 ms in
-//    XLA:CPU against ~4 ms without it (the LSTM classifier's [250, 64, 400] buffer).
+//    [T + 1, B, G H]: XLA:CPU runs the input projection's gradient matmuls far slower on such
+//    a slice than on a buffer of its own.
 enum class Rows { kAll, kFirst, kInputs, kInvalid };
 
 // One row is read as kFirst: at T = 1 the input rows are that same row (the ring then holds
@@ -1675,21 +1662,19 @@ void TransposeInto(const float* W, int64_t K, int64_t N, int64_t Kp, float* WT) 
 }
 
 // table = E W (+ b) ([V, K] @ [K, N] (+ [N])): the rows split over the threads, register
-// blocks over W padded to [K, Np], b added in the epilogue. XLA:CPU took 1.1-1.4 ms for the
-// seed LSTM's [5000, 32] @ [32, 400] and its bias add (an 8 MB table written, then read and
-// written again).
+// blocks over W padded to [K, Np], b added in the epilogue: the table is written once, where
+// XLA:CPU's product and separate bias add write it, then read and write it again.
 // The same with ids ([R] int32): out = E[ids] W (+ b), [R, N], the step inputs of a batch
 // with fewer tokens than the vocabulary (one review at B = 1 inference), gathered 64 rows at a
 // time into a buffer of the thread's; an id outside [0, V) gives a NaN row (as jnp.take then
-// the product). XLA ran the gather, the product and the bias add as three operations, the
-// gather split over two threads: ~45 us of a 165 us seed inference call at B = 1 (Zen 4).
+// the product). One call in place of XLA's three operations (the gather, the product and the
+// bias add).
 void ProjectRows(ffi::ThreadPool& pool, const float* E, const int32_t* ids, int64_t V,
                  int64_t R, int64_t K, const float* Wp, int64_t Np, const float* bias, int64_t N,
                  float* out, int64_t threads) {
   constexpr int64_t kRows = 64;
-  // by default a thread of its own per 4M multiply-adds (~50 us on one core here) at most: a
-  // B = 1 review's 250 rows ([32] @ [32, 100] or [32, 400]) ran 1.1-1.25x slower on two threads
-  // than on one (waking the second costs more than it saves)
+  // by default at most one thread per 4M multiply-adds: for less work, waking another thread
+  // costs more than it saves (a B = 1 review's 250 rows run on one)
   const int64_t by_work = std::max<int64_t>(1, R * K * N >> 22);
   const RowSplit split(R, threads > 0 ? threads : std::min(Threads(pool, 0), by_work));
   ParallelFor(pool, split.chunks, [&](int64_t c) {
@@ -1761,11 +1746,11 @@ ffi::Error RowsProjectionImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> E,
 
 // The gradient of a projected table, table = E W + b ([V, K] @ [K, N] + [N]), from dTable
 // [V, N], in one pass over dTable: dE = dTable W^T [V, K], dW = E^T dTable [K, N] and
-// db = the column sums of dTable [N]. XLA ran them as two products and a reduction, each
-// reading all of dTable (the seed LSTM's 8 MB: 3.5 ms median, 72 GFLOP/s, on 2 cores). The
-// rows are split over the threads; each takes its rows in blocks of 64 (100 KB of dTable,
-// in L2 for all three) and, per block, the dE rows (register blocks over W^T padded), its
-// partial dW ([K, N]: L1/L2) and its partial db. The partials are added in chunk order.
+// db = the column sums of dTable [N]. XLA runs them as two products and a reduction, each
+// reading all of dTable from memory (the seed LSTM's 8 MB). The rows are split over the
+// threads; each takes its rows in blocks of 64 (100 KB of dTable, in L2 for all three) and,
+// per block, the dE rows (register blocks over W^T padded), its partial dW ([K, N]: L1/L2)
+// and its partial db. The partials are added in chunk order.
 void TableProjectionBackward(ffi::ThreadPool& pool, const float* dT, const float* E,
                              const float* WT, int64_t Kp, int64_t V, int64_t K, int64_t N,
                              float* dE, float* partial, float* db_partial, int64_t ldw,
@@ -1831,9 +1816,8 @@ ffi::Error TableProjectionBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F3
 // from dOut [R, N]: dE = the rows dOut W^T [R, K] added into the rows ids name (zeros
 // elsewhere; an id outside [0, V) adds nothing, as XLA's scatter drops it), dW = E[ids]^T dOut
 // (an id outside [0, V) gathers a NaN row, as jnp.take does: dW is then NaN, as XLA's) and
-// db = the column sums of dOut. XLA ran a gather, two products, a reduction, a zero fill of
-// dE and a scatter: the seed simple cell's B = 1 training step took 1.00 ms with those, 0.86
-// with this call (Zen 4, benchmarks/rows_ab.py --mode train). Two passes: the rows in blocks
+// db = the column sums of dOut, in one call where XLA runs six operations (a gather, two
+// products, a reduction, a zero fill of dE and a scatter). Two passes: the rows in blocks
 // of 64, split over the threads (their dE rows into `dX` [R, K], partial dW and db per
 // chunk), then dE by ranges of ids (each thread zeroes its range and adds the rows whose ids
 // fall in it, in row order: the same sums whatever the number of threads).
