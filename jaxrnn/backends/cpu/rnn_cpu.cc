@@ -1287,7 +1287,7 @@ std::string Shape(ffi::Span<const int64_t> dims) {
 //    and reads, row t at t % 2 of a scratch buffer (a ring). That keeps D out of XLA's
 //    temporary buffer for the step (26 MB for the seed LSTM), which can then stay below the
 //    64 MB of a glibc thread heap and be reused from step to step instead of being mapped
-//    and faulted in afresh (jaxrnn/training/host.py), and the rows stay in cache;
+//    and faulted in afresh (_memory.py), and the rows stay in cache;
 //  * the input rows only, [T, B, G H] (the cotangent of U [T, B, G H] as it is): the zero
 //    row lives in a buffer of its own. XLA then gets the cotangent without slicing
 //    [T + 1, B, G H]: XLA:CPU runs the input projection's gradient matmuls far slower on such
