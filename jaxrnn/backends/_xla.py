@@ -7,8 +7,8 @@
     carry_t = update(params, carry_{t-1}, u_t, r_t)
 
 Forward mode and second derivatives differentiate :func:`loop` itself. Reverse mode runs
-:func:`loop_saving` and :func:`backward`: a reversed loop that linearises each step's
-``update`` again from its saved inputs (``jax.vjp``), with
+:func:`loop_saving`, which keeps each step's pullback of ``update`` (``jax.vjp``'s
+residuals), and :func:`backward`: a reversed loop that applies them, with
 ``dW_h = [h_0 .. h_{T-1}]^T [dr_1 .. dr_T]`` as one product after the loop instead of a small
 one accumulated in every step.
 """
@@ -67,48 +67,80 @@ def _set_row(buf: Array, value: Array, t: Array) -> Array:
     return jax.lax.dynamic_update_index_in_dim(buf, value, t, 0)
 
 
+def _step_pullback(update: Update, carry: Any, u: Array, r: Array) -> tuple[Any, list, Any]:
+    """One step's new carry and its pullback (``jax.vjp``) as leaves and their tree."""
+    new, pullback = jax.vjp(update, carry, u, r)
+    leaves, tree = jax.tree.flatten(pullback)
+    return new, leaves, tree
+
+
+def _pullback_layout(update: Update, carry0: Any, u_shape: tuple, dtype: Any) -> tuple:
+    """``(leaf shapes, tree, du_is_dr)`` of a step's pullback, traced abstractly: the same
+    for every step, so each step's leaves fit ``[T, ...]`` buffers and rebuild its pullback.
+    ``du_is_dr``: the update sees ``u`` and ``r`` only through ``u + r`` (one cotangent)."""
+    found = []
+
+    def probe(carry, u, r):
+        _, leaves, tree = _step_pullback(update, carry, u, r)
+        _, du, dr = jax.tree.unflatten(tree, leaves)(carry)
+        found.append((tree, du is dr))
+        return leaves
+
+    like = jax.ShapeDtypeStruct(u_shape, dtype)
+    shapes = jax.eval_shape(probe, carry0, like, like)
+    return shapes, *found[0]
+
+
 def loop_saving(
     update: Update, W_h: Array, b_h: Array | None, U: Array, ids: Array | None, carry0: Any,
     unroll: int | bool = 1,
-) -> tuple[Any, Any, tuple[Any, Array]]:  # fmt: skip
+) -> tuple[Any, Any, tuple[Any, list]]:  # fmt: skip
     """:func:`loop` that also returns what :func:`backward` reads: ``S`` (each carry leaf's
-    ``[T + 1, B, ...]`` buffer, row 0 the initial carry) and ``R = [r_1 .. r_T]: [T, B, G H]``.
+    ``[T + 1, B, ...]`` buffer, row 0 the initial carry) and ``P``, every step's pullback of
+    ``update`` (its residuals, each leaf a ``[T, ...]`` buffer), so the backward pass
+    computes none of the forward's element-wise functions again.
 
     The buffers are written in place, one row a step; the carry is carried as well, since
     reading a row back from the buffer it was written to makes XLA copy the buffer.
     """
     T = ids.shape[0] if ids is not None else U.shape[0]
-    S = jax.tree.map(lambda c: jnp.zeros((T + 1, *c.shape), c.dtype).at[0].set(c), carry0)
     B = carry_output(carry0).shape[0]
-    R = jnp.zeros((T, B, W_h.shape[1]), W_h.dtype)
+    shapes, _, _ = _pullback_layout(update, carry0, (B, W_h.shape[1]), W_h.dtype)
+    S = jax.tree.map(lambda c: jnp.zeros((T + 1, *c.shape), c.dtype).at[0].set(c), carry0)
+    P = [jnp.zeros((T, *a.shape), a.dtype) for a in shapes]
 
     def body(t, state):
-        carry, S, R = state
+        carry, S, P = state
         u = _row(U, t) if ids is None else jnp.take(U, _row(ids, t), axis=0)
-        r = recurrent(carry, W_h, b_h)
-        carry = update(carry, u, r)
+        carry, leaves, _ = _step_pullback(update, carry, u, recurrent(carry, W_h, b_h))
         S = jax.tree.map(lambda buf, c: _set_row(buf, c, t + 1), S, carry)
-        return carry, S, _set_row(R, r, t)
+        return carry, S, [_set_row(buf, x, t) for buf, x in zip(P, leaves, strict=True)]
 
-    final, S, R = jax.lax.fori_loop(0, T, body, (carry0, S, R), unroll=unroll)
-    return jax.tree.map(lambda buf: buf[1:], S), final, (S, R)
+    final, S, P = jax.lax.fori_loop(0, T, body, (carry0, S, P), unroll=unroll)
+    return jax.tree.map(lambda buf: buf[1:], S), final, (S, P)
 
 
 def backward(
     W_h: Array, b_h: Array | None, U: Array, ids: Array | None, carry0: Any, states: Any,
-    saved: tuple[Any, Array], g_states: Any, g_final: Any, update: Update,
+    saved: tuple[Any, list], g_states: Any, g_final: Any, update: Update,
     unroll: int | bool = 1,
 ) -> tuple[Array, Array | None, Array, Any]:  # fmt: skip
     """``(dW_h, db_h, dU, dcarry0)`` from the cotangents of :func:`loop_saving`'s outputs.
 
     ``g_states`` (like ``states``) and ``g_final`` (like ``carry0``) may be ``None`` (zero).
-    Each step's ``update`` is linearised again from its saved inputs (``jax.vjp``), so the
-    cell's maths is written once, in the cell.
+    Each step applies the pullback of ``update`` saved by the forward loop, so the cell's
+    maths is written once, in the cell.
     """
-    S, R = saved
-    T, B, GH = R.shape
+    S, P = saved
+    T = P[0].shape[0] if P else (ids.shape[0] if ids is not None else U.shape[0])
+    B = carry_output(carry0).shape[0]
+    GH = W_h.shape[1]
+    _, tree, du_is_dr = _pullback_layout(update, carry0, (B, GH), W_h.dtype)
     W_hT = W_h.T  # [G H, H]
-    D = jnp.zeros((T + 1, B, GH), R.dtype)  # D[t] = dL/dr_t; row T stays 0
+    D = jnp.zeros((T + 1, B, GH), W_h.dtype)  # D[t] = dL/dr_t; row T stays 0
+    # an update that sees u and r only through u + r has du = dr: one buffer serves both
+    DU = None if du_is_dr else jnp.zeros((T + 1, B, GH), W_h.dtype)
+    carry_tree = jax.tree.structure(carry0)
 
     def body(j, state):
         t = T - 1 - j
@@ -119,9 +151,7 @@ def backward(
                 d if g is None else d + _row(g, t)
                 for d, g in zip(jax.tree.leaves(dcarry), g_leaves, strict=True)
             ])  # fmt: skip
-        c_prev = jax.tree.map(lambda buf: _row(buf, t), S)
-        u = _row(U, t) if ids is None else jnp.take(U, _row(ids, t), axis=0)
-        _, pullback = jax.vjp(update, c_prev, u, _row(R, t))
+        pullback = jax.tree.unflatten(tree, [_row(buf, t) for buf in P])
         dc_prev, du, dr = pullback(dcarry)
         dc_prev = with_output(dc_prev, carry_output(dc_prev) + dr @ W_hT)
         D = _set_row(D, dr, t)
@@ -129,12 +159,6 @@ def backward(
             DU = _set_row(DU, du, t)
         return dc_prev, D, DU
 
-    # an update that sees u and r only through u + r has du = dr: one buffer serves both
-    c0 = jax.tree.map(lambda buf: buf[0], S)
-    probe = jax.vjp(update, c0, U[0] if ids is None else jnp.take(U, ids[0], axis=0), R[0])[1]
-    _, du0, dr0 = probe(jax.tree.map(jnp.zeros_like, c0))  # dead code to XLA
-    DU = None if du0 is dr0 else jnp.zeros((T + 1, B, GH), R.dtype)
-    carry_tree = jax.tree.structure(carry0)
     g_final = (
         [None] * carry_tree.num_leaves if g_final is None else carry_tree.flatten_up_to(g_final)
     )
