@@ -546,12 +546,15 @@ class _Problem(NamedTuple):
     def next_states(self, params, prev, xs, alive):
         return self.f(params, prev, xs, alive)[0]
 
-    def jacobians(self, params, prev, xs, alive):  # [T, B, N, N]
+    def _jacobians(self, params, prev, xs):  # ∂s_t/∂s_{t-1}: [T, B, N, N], N jvps a step
         jac = jax.jacfwd(lambda s, x: self.step(params, s, x)[0])
-        J = jax.vmap(jax.vmap(jac))(prev, xs)
+        return jax.vmap(jax.vmap(jac))(prev, xs)
+
+    def jacobians(self, params, prev, xs, alive):  # [T, B, N, N], the identity where not alive
+        J = self._jacobians(params, prev, xs)
         return jnp.where(alive[..., None, None], J, jnp.eye(J.shape[-1], dtype=J.dtype))
 
-    def diagonals(self, params, prev, xs, alive):  # [T, B, N]
+    def diagonals(self, params, prev, xs, alive):  # [T, B, N], one where not alive
         hook = _cell_attr(self.cell, "jacobian_diagonal")
         if hook is not None:  # the cell knows its diagonal: no N x N Jacobian is formed
 
@@ -560,8 +563,7 @@ class _Problem(NamedTuple):
 
             d = jax.vmap(jax.vmap(diag))(prev, xs)
         else:
-            J = jax.vmap(jax.vmap(jax.jacfwd(lambda s, x: self.step(params, s, x)[0])))(prev, xs)
-            d = jnp.diagonal(J, axis1=-2, axis2=-1)
+            d = jnp.diagonal(self._jacobians(params, prev, xs), axis1=-2, axis2=-1)
         return jnp.where(alive[..., None], d, 1)
 
     def sequential(self, params, xs, h0, alive):  # the plain scan: the fallback
@@ -718,7 +720,8 @@ def rnn(
 
     The result is :func:`jaxrnn.rnn`'s up to ``tol`` (amplified by how far errors travel along
     the recurrence). Derivatives are those of the solution, by implicit differentiation (see
-    the module docstring), never through the iterations.
+    the module docstring), never through the iterations; they need the full Jacobians at the
+    solution whatever the method, ``T B N^2`` numbers and a dense scan.
 
     Args:
         cell: ``cell(params, carry, x) -> (carry, y)`` (see :mod:`jaxrnn.cells`).

@@ -94,9 +94,9 @@ def _lru_loop(p, xs, h):
     C = np.asarray(p.C_re) + 1j * np.asarray(p.C_im)  # [N, H]
     Dm = np.asarray(p.D)
     ys = []
-    if p.W_e is not None:  # the optional encoder, gelu's tanh form (jax.nn.gelu's default)
-        v = xs @ np.asarray(p.W_e) + np.asarray(p.b_e)
-        xs = 0.5 * v * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v**3)))
+    if p.W_e is not None:  # the optional bilinear encoder
+        P = {k: np.asarray(getattr(p, k)) for k in ("W_e", "b_e", "W_g", "b_g")}
+        xs = (xs @ P["W_e"] + P["b_e"]) * (xs @ P["W_g"] + P["b_g"])
     for x in xs:
         h = Lambda * h + x @ B_norm
         ys.append((h @ C).real + (Dm * x if Dm.ndim == 1 else x @ Dm))

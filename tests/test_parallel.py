@@ -229,7 +229,6 @@ def _case(name):
     """``(cell, params)`` in float64 for a cell name (with options after a colon)."""
     key = jax.random.key(0)
     if name == "user":
-        k1, k2 = jax.random.split(key)
         return _user_cell, (_rand((D, H), 3) * 0.6, _rand((H, H), 4) * 0.4)
     base, _, option = name.partition(":")
     kw = {}
@@ -282,16 +281,13 @@ def _inputs(cell, params, batched, use_lengths, with_h0):
     xs = _rand((B, T, D) if batched else (T, D), 1)
     lengths = (np.array([T, 5]) if batched else np.array(7)) if use_lengths else None
     h0 = None
-    if with_h0:
+    if with_h0:  # random leaves in the structure and dtypes of the cell's zero carry
         zero = cell.initial_carry(params, (B,) if batched else ())
-        keys = jax.random.split(jax.random.key(9), len(jax.tree.leaves(zero)))
-        h0 = jax.tree.unflatten(
-            jax.tree.structure(zero),
-            [
-                (0.5 * _rand(z.shape, int(k[0]) % 1000, z.dtype)).astype(z.dtype)
-                for z, k in zip(jax.tree.leaves(zero), jax.random.key_data(keys), strict=True)
-            ],
-        )
+        leaves = [
+            (0.5 * _rand(z.shape, 10 + i, z.dtype)).astype(z.dtype)
+            for i, z in enumerate(jax.tree.leaves(zero))
+        ]
+        h0 = jax.tree.unflatten(jax.tree.structure(zero), leaves)
     return xs, lengths, h0
 
 

@@ -20,11 +20,13 @@ Layout: ``B = B_re + i B_im: [D, N]`` (``N`` = ``state_size``), ``C = C_re + i C
 an LRU can read inputs of another width (e.g. the adding problem's two features).
 
 The LRU is linear in its inputs, so one layer alone cannot form products of them (the adding
-problem's value × marker); in the paper the nonlinearity sits in the MLP between stacked
-layers. ``init(..., encoder_size=E)`` adds a position-wise nonlinear encoder in front of a
-single layer: ``x_t`` is replaced by ``u_t = gelu(x_t W_e + b_e)`` (``W_e: [D, E]``,
-``b_e: [E]``) everywhere above, and ``B``, ``D`` read ``E`` features. Without it (the
-default) the cell is the paper's LRU.
+problem's value × marker); in the paper the nonlinearity sits in the GLU/MLP between stacked
+layers. ``init(..., encoder_size=E)`` adds a position-wise encoder in front of a single
+layer: ``x_t`` is replaced by the bilinear GLU (Shazeer 2020, "GLU variants improve
+transformer") ``u_t = (x_t W_e + b_e) ⊙ (x_t W_g + b_g)`` (``W_e, W_g: [D, E]``,
+``b_e, b_g: [E]``) everywhere above, and ``B``, ``D`` read ``E`` features. A product of two
+inputs is one of its features at moderate weights, where a gelu encoder needs large ones.
+Without it (the default) the cell is the paper's LRU.
 
 The carry is ``LRUCarry(y, h)``: ``h [*batch, N]`` the complex state (complex64 for float32
 parameters, complex128 for float64) and ``y [*batch, H]`` the last output. The recurrence
@@ -83,7 +85,8 @@ class LRUParams:
         B_re, B_im: ``[D, N]`` input matrix.
         C_re, C_im: ``[N, H]`` output matrix.
         D: ``[H]`` elementwise skip (when ``B`` reads ``H`` features) or ``[D, H]`` dense skip.
-        W_e, b_e: ``[D, E]``, ``[E]``: the optional encoder ``gelu(x W_e + b_e)``, or ``None``.
+        W_e, b_e, W_g, b_g: ``[D, E]``, ``[E]``, ``[D, E]``, ``[E]``: the optional encoder
+            ``(x W_e + b_e) ⊙ (x W_g + b_g)``, or ``None``.
     """
 
     nu_log: Array
@@ -96,6 +99,8 @@ class LRUParams:
     D: Array
     W_e: Array | None = None
     b_e: Array | None = None
+    W_g: Array | None = None
+    b_g: Array | None = None
 
     @property
     def input_size(self) -> int:
@@ -131,7 +136,8 @@ def init(
 
     ``|λ|^2 ~ U(r_min^2, r_max^2)`` (uniform on the ring), ``arg λ ~ U(0, max_phase)``,
     ``γ = sqrt(1 - |λ|^2)``, ``B_re, B_im ~ N(0, 1 / (2 D))``, ``C_re, C_im ~ N(0, 1 / N)``,
-    ``D ~ N(0, 1)`` (dense skip: ``N(0, 1 / D)``); the encoder: glorot-uniform ``W_e``, zero ``b_e``.
+    ``D ~ N(0, 1)`` (dense skip: ``N(0, 1 / D)``); the encoder: glorot-uniform ``W_e, W_g``,
+    ``b_e = 0``, ``b_g = 1`` (so that it starts near the linear map ``x W_e``).
 
     Args:
         key: PRNG key.
@@ -141,7 +147,7 @@ def init(
         r_min, r_max: the ring of initial ``|λ|``, ``0 <= r_min < r_max <= 1`` (long-range
             tasks: e.g. ``0.9, 0.999``).
         max_phase: initial phases lie in ``[0, max_phase]``.
-        encoder_size: ``E``, the width of the optional nonlinear encoder; ``None``: none.
+        encoder_size: ``E``, the width of the optional bilinear encoder; ``None``: none.
         dtype: real parameter dtype (the state is the matching complex dtype).
 
     Returns:
@@ -165,11 +171,16 @@ def init(
         raise ValueError(
             f"lru.init: encoder_size must be a positive int or None; got {encoder_size!r}"
         )
-    k_u1, k_u2, k_bre, k_bim, k_cre, k_cim, k_d, k_e = jax.random.split(key, 8)
-    W_e = b_e = None
+    k_u1, k_u2, k_bre, k_bim, k_cre, k_cim, k_d, k_e, k_g = jax.random.split(key, 9)
+    encoder = {}
     if encoder_size is not None:
-        W_e = jax.nn.initializers.glorot_uniform()(k_e, (input_size, encoder_size), dtype)
-        b_e = jnp.zeros((encoder_size,), dtype)
+        glorot, shape = jax.nn.initializers.glorot_uniform(), (input_size, encoder_size)
+        encoder = dict(
+            W_e=glorot(k_e, shape, dtype),
+            b_e=jnp.zeros((encoder_size,), dtype),
+            W_g=glorot(k_g, shape, dtype),
+            b_g=jnp.ones((encoder_size,), dtype),
+        )
     D = input_size if encoder_size is None else encoder_size  # what B and the skip read
     H = hidden_size
     u1 = jax.random.uniform(k_u1, (N,), dtype)
@@ -191,8 +202,7 @@ def init(
         C_re=jax.random.normal(k_cre, (N, H), dtype) / math.sqrt(N),
         C_im=jax.random.normal(k_cim, (N, H), dtype) / math.sqrt(N),
         D=jax.random.normal(k_d, skip_shape, dtype) * skip_scale,
-        W_e=W_e,
-        b_e=b_e,
+        **encoder,
     )
 
 
@@ -215,10 +225,10 @@ def eigenvalues(params: LRUParams) -> Array:
 
 
 def _features(params: LRUParams, x: Array) -> Array:
-    """What the recurrence reads: ``x``, or ``gelu(x W_e + b_e)`` with the encoder."""
+    """What the recurrence reads: ``x``, or ``(x W_e + b_e) ⊙ (x W_g + b_g)`` with the encoder."""
     if params.W_e is None:
         return x
-    return jax.nn.gelu(x @ params.W_e + params.b_e)  # [..., E]
+    return (x @ params.W_e + params.b_e) * (x @ params.W_g + params.b_g)  # [..., E]
 
 
 def _drive(params: LRUParams, u: Array) -> Array:
