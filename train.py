@@ -2,8 +2,7 @@
 
 Thin entry point; the logic lives in :mod:`jaxrnn.training` (also installed as ``jaxrnn-train``).
 On Linux the process first restarts itself with glibc malloc tunables that keep XLA's per-step
-host buffers mapped (:mod:`jaxrnn.runtime`; LSTM/GRU steps ~1.4x faster on a CPU);
-``JAXRNN_HOST_TUNABLES=0`` skips it.
+host buffers mapped (:mod:`jaxrnn.training.host`); ``JAXRNN_HOST_TUNABLES=0`` skips it.
 """
 
 if __name__ == "__main__":

@@ -14,6 +14,13 @@ The model is the seed model of the issue for any cell::
 Data are random token ids and labels drawn once (seed 0); every framework sees
 the same arrays. Nothing here is a test: no timing is asserted anywhere.
 
+jaxrnn's rows differ only in ``backend=`` (and in the process settings ``run.py`` gives the
+worker): ``jaxrnn`` is ``backend="auto"``, what a user gets; ``jaxrnn-host`` the same step in
+a worker with jaxrnn's host settings (``jaxrnn.training.host``, what ``train.py`` runs with);
+``jaxrnn-xla`` the hoisted XLA loops; ``jaxrnn-scan`` the plain ``lax.scan`` reference with
+autodiff; ``jaxrnn-native`` the CPU kernels by name; ``jaxrnn-pallas*`` the GPU kernels with
+the settings of :data:`PALLAS_VARIANTS`.
+
 The stack workload (``spec["layers"]``, the ``stack`` workload of run.py) is PyTorch's
 ``nn.LSTM(num_layers=2, bidirectional=True)`` on packed sequences: post-padded reviews with
 lengths in ``[T / 4, T]`` (:func:`make_lengths`), ``spec["layers"]`` layers, each bidirectional
@@ -22,7 +29,6 @@ within each length, and the last layer's final ``h`` of both directions ``[B, 2H
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -33,15 +39,9 @@ LR = 1e-3  # Adam learning rate, the same everywhere
 
 
 def make_data(spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids ``[B, T]`` int32 in ``[1, V)`` and labels ``[B]`` float32 in {0, 1}. The ids
-    are uniform, or with ``spec["ids"] == "zipf"`` Zipf-distributed (exponent 1.2, as words
-    in text: a few ids make most of the tokens; benchmarks/native_ab.py)."""
+    """Token ids ``[B, T]`` int32 uniform in ``[1, V)`` and labels ``[B]`` float32 in {0, 1}."""
     rng = np.random.default_rng(0)
-    if spec.get("ids", "uniform") == "zipf":
-        ranks = rng.zipf(1.2, size=(spec["B"], spec["T"]))
-        tokens = np.minimum(ranks, spec["V"] - 1).astype(np.int32)
-    else:
-        tokens = rng.integers(1, spec["V"], size=(spec["B"], spec["T"]), dtype=np.int32)
+    tokens = rng.integers(1, spec["V"], size=(spec["B"], spec["T"]), dtype=np.int32)
     labels = rng.integers(0, 2, size=(spec["B"],)).astype(np.float32)
     return tokens, labels
 
@@ -77,22 +77,21 @@ def _jax_train_step(
     opt_state = opt.init(params)
     tokens, labels = jax.device_put((tokens, labels), device)
 
-    @jax.jit
     def step(params, opt_state, tokens, labels):
         loss, grads = jax.value_and_grad(loss_fn)(params, tokens, labels)
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    step = jax.jit(step.__wrapped__, donate_argnums=(0, 1), compiler_options=compiler_options)
+    step = jax.jit(step, donate_argnums=(0, 1), compiler_options=compiler_options)
     state = [params, opt_state]
 
     def run() -> None:
         p, s, loss = step(state[0], state[1], tokens, labels)
         loss.block_until_ready()
         state[0], state[1] = p, s
-        run.loss = loss  # the last step's (benchmarks/native_ab.py compares builds by it)
+        run.loss = loss  # the last step's loss, to compare steps across backends
 
-    # the compiled step as it runs (benchmarks/profile_step.py names its operations by it)
+    # the compiled step as it runs (profile_step.py names its operations by it)
     run.compiled = lambda: step.lower(state[0], state[1], tokens, labels).compile()
     return run
 
@@ -106,91 +105,78 @@ def _jax_infer_step(
     f = jax.jit(logits_fn, compiler_options=compiler_options)
 
     def run() -> None:
-        run.loss = f(params, tokens).block_until_ready()  # the logits, for native_ab.py
+        run.loss = f(params, tokens).block_until_ready()  # the logits
 
     return run
 
 
-# Settings of jaxrnn.gpu (module constants) for the "jaxrnn-<variant>" frameworks: the GPU
-# kernels measured against their defaults in the same run ("all": gpu.ALL_CELLS, the gated
-# cells' kernels too). On a CPU they change nothing (the kernels are CUDA-only).
-GPU_VARIANTS: dict[str, dict[str, Any]] = {
-    "fast-w8": dict(NUM_WARPS=8),  # the second GPU run (8 warps, the default since)
-    # the fourth GPU run: every cell's kernels, weights re-read ("kern") or held ("hoist",
-    # forced: the LSTM's do not fit), 16 warps, 2 pipeline stages; then the fifth run's A/B
-    "fast-kern": dict(CELLS="all", HOIST_WEIGHTS=False),
-    "fast-hoist": dict(CELLS="all", HOIST_WEIGHTS=True),
-    "fast-hoist-w16": dict(CELLS="all", HOIST_WEIGHTS=True, NUM_WARPS=16),
-    "fast-s2": dict(CELLS="all", HOIST_WEIGHTS=False, NUM_STAGES=2),
-    # the default cells with their weights re-read every step (the LSTM: its XLA loops then)
-    "fast-reread": dict(HOIST_WEIGHTS=False),
-    # the eighth (H200): the LSTM's kernels holding 2 / 3 of its 4 blocks, re-reading the rest
-    # (2: what the defaults do on an sm_90 GPU since)
-    "fast-hold2": dict(CELLS="all", HOIST_WEIGHTS=2),
-    "fast-hold3": dict(CELLS="all", HOIST_WEIGHTS=3),
+# Settings of the Pallas GPU kernels for the "jaxrnn-pallas*" rows (backend "pallas" with this
+# gpu.Config): every cell's kernels, so the LSTM's too, against what "auto" picks in the same run.
+# On a CPU these rows are skipped (the kernels are CUDA-only).
+ALL_CELLS = frozenset({"simple", "lstm", "gru"})
+PALLAS_VARIANTS: dict[str, dict[str, Any]] = {
+    "pallas": dict(cells=ALL_CELLS),  # as many weight blocks held on chip as fit
+    "pallas-reread": dict(cells=ALL_CELLS, hold=False),  # the weights read at every step
+    "pallas-hold2": dict(cells=ALL_CELLS, hold=2),  # two blocks held, the others re-read
+    "pallas-w16": dict(cells=ALL_CELLS, warps=16),
+    "pallas-s2": dict(cells=ALL_CELLS, hold=False, stages=2),  # Triton pipelining instead
 }
 
 
+def jaxrnn_backend(name: str) -> Any:
+    """The ``backend=`` of a jaxrnn row: ``"jaxrnn"`` / ``"jaxrnn-host"`` auto,
+    ``"jaxrnn-xla"`` / ``"jaxrnn-scan"`` / ``"jaxrnn-native"`` by name, ``"jaxrnn-pallas*"``
+    a :class:`jaxrnn.backends.Backend` with a :data:`PALLAS_VARIANTS` config."""
+    from jaxrnn import backends
+
+    variant = name.removeprefix("jaxrnn").removeprefix("-")
+    if variant in ("", "host"):
+        return "auto"
+    if variant in PALLAS_VARIANTS:
+        return backends.Backend("pallas", gpu=backends.gpu.Config(**PALLAS_VARIANTS[variant]))
+    if variant in ("xla", "scan", "native"):
+        return variant
+    raise ValueError(f"unknown jaxrnn row {name!r}")
+
+
 def build_jaxrnn(
-    spec: dict[str, Any], device: str, variant: str = "plain", unroll: int | None = None
+    spec: dict[str, Any], device: str, backend: Any = "auto", compiler_options=None
 ) -> Callable[[], None]:
-    """jaxrnn's seed model: ``variant="plain"`` is ``models.classifier_loss`` (``rnn``,
-    ``lax.scan`` with autodiff); ``"fast"`` is :mod:`jaxrnn.fast` (with the native CPU kernels
-    of :mod:`jaxrnn.native` or the GPU kernels of :mod:`jaxrnn.gpu` where they apply);
-    ``"fast-xla"`` the same with both off (its XLA loops).
-    ``unroll``: steps per iteration of the fast path's XLA loops (``None``: its default, 1 on
-    a CPU, 10 on a GPU; the kernels have none)."""
+    """jaxrnn's seed model as a user writes it: ``models.classifier_loss`` with
+    ``ClassifierConfig(backend=backend)`` (the embedding folded into the recurrence's input
+    projection by ``rnn``), value_and_grad + optax Adam in a ``jax.jit`` step of its own.
+    ``compiler_options``: XLA options for that step (``jaxrnn.training.host``'s, for the
+    rows run with jaxrnn's host settings; ``None``: XLA's defaults)."""
     import jax
 
-    from jaxrnn import models, runtime
+    from jaxrnn import models
 
     dev = _jax_device(device)
-    if variant in GPU_VARIANTS:  # the fast path with other settings of its GPU kernels
-        from jaxrnn import gpu
-
-        for name, value in GPU_VARIANTS[variant].items():
-            setattr(gpu, name, gpu.ALL_CELLS if value == "all" else value)
-        variant = "fast"
     if spec.get("layers"):
-        return _build_jaxrnn_stack(spec, dev, variant)
+        return _build_jaxrnn_stack(spec, dev, backend, compiler_options)
     cfg = models.ClassifierConfig(
-        vocab_size=spec["V"], embed_dim=spec["E"], hidden_size=spec["H"], cell=spec["cell"]
-    )
+        vocab_size=spec["V"], embed_dim=spec["E"], hidden_size=spec["H"], cell=spec["cell"],
+        backend=backend,
+    )  # fmt: skip
     params = models.init_classifier(jax.random.key(0), cfg)
     tokens, labels = make_data(spec)
-    if variant == "plain":
-        loss_fn = lambda p, x, y: models.classifier_loss(cfg, p, x, y)  # noqa: E731
-        logits_fn = lambda p, x: models.classifier_logits(cfg, p, x)  # noqa: E731
-    elif variant in ("fast", "fast-xla"):
-        if variant == "fast-xla":  # the fast path with its XLA loops: no CPU / GPU kernels
-            os.environ["JAXRNN_NATIVE"] = "0"
-            os.environ["JAXRNN_GPU_KERNELS"] = "0"
-        from jaxrnn import fast
-
-        loss_fn = lambda p, x, y: fast.classifier_loss(cfg, p, x, y, unroll=unroll)  # noqa: E731
-        logits_fn = lambda p, x: fast.classifier_logits(cfg, p, x, unroll=unroll)  # noqa: E731
-    else:
-        raise ValueError(f"unknown jaxrnn variant {variant!r}")
-    # jaxrnn's own compile settings (jaxrnn/runtime.py: 512-bit vectors on an AVX-512 CPU),
-    # as train.py uses them; the plain variant is compiled like the peers
-    xla = runtime.compiler_options(dev.platform) if variant != "plain" else None
     if spec["mode"] == "train":
-        return _jax_train_step(loss_fn, params, tokens, labels, dev, xla)
-    return _jax_infer_step(logits_fn, params, tokens, dev, xla)
+        loss_fn = lambda p, x, y: models.classifier_loss(cfg, p, x, y)  # noqa: E731
+        return _jax_train_step(loss_fn, params, tokens, labels, dev, compiler_options)
+    logits_fn = lambda p, x: models.classifier_logits(cfg, p, x)  # noqa: E731
+    return _jax_infer_step(logits_fn, params, tokens, dev, compiler_options)
 
 
-def _build_jaxrnn_stack(spec: dict[str, Any], dev: Any, variant: str) -> Callable[[], None]:
-    """The stack workload: :func:`jaxrnn.stack.stack` (``fast=True`` for ``"fast"``)."""
+def _build_jaxrnn_stack(
+    spec: dict[str, Any], dev: Any, backend: Any, compiler_options=None
+) -> Callable[[], None]:
+    """The stack workload: :func:`jaxrnn.stack` of bidirectional layers with ``lengths``."""
     import jax
     import jax.numpy as jnp
     import optax
 
-    from jaxrnn import cells, runtime
-    from jaxrnn.bidirectional import BiParams
-    from jaxrnn.stack import stack
+    from jaxrnn import BiParams, cells, stack
 
-    if variant not in ("fast", "plain"):
-        raise ValueError(f"the stack workload has jaxrnn variants fast and plain; got {variant!r}")
     mod, H = cells.get(spec["cell"]), spec["H"]
     ks = iter(jax.random.split(jax.random.key(0), 4 * spec["layers"] + 2))
     layers, d = [], spec["E"]
@@ -207,14 +193,13 @@ def _build_jaxrnn_stack(spec: dict[str, Any], dev: Any, variant: str) -> Callabl
 
     def loss_fn(p, tokens, labels):
         xs = jnp.take(p["embedding"], tokens, axis=0)  # [B, T, E]
-        finals, _ = stack(mod.cell, p["layers"], xs, lengths=lengths, fast=variant == "fast")
+        finals, _ = stack(mod.cell, p["layers"], xs, lengths=lengths, backend=backend)
         fw, bw = finals[-1]
         h = jnp.concatenate([jax.tree.leaves(fw)[0], jax.tree.leaves(bw)[0]], -1)  # [B, 2H]
         return optax.sigmoid_binary_cross_entropy((h @ p["W_o"] + p["b_o"])[:, 0], labels).mean()
 
     tokens, labels = make_data(spec)
-    xla = runtime.compiler_options(dev.platform) if variant != "plain" else None
-    return _jax_train_step(loss_fn, params, tokens, labels, dev, xla)
+    return _jax_train_step(loss_fn, params, tokens, labels, dev, compiler_options)
 
 
 def build_flax(spec: dict[str, Any], device: str) -> Callable[[], None]:
@@ -469,12 +454,18 @@ def build_matmul(spec: dict[str, Any], device: str) -> Callable[[], None]:
     return lambda: f(a, b).block_until_ready()
 
 
-FRAMEWORKS: dict[str, Callable[[dict[str, Any], str], Callable[[], None]]] = {
-    "jaxrnn-fast": lambda s, d: build_jaxrnn(s, d, "fast"),
-    "jaxrnn-fast-xla": lambda s, d: build_jaxrnn(s, d, "fast-xla"),
-    "jaxrnn-fast-u10": lambda s, d: build_jaxrnn(s, d, "fast", unroll=10),  # first GPU run
-    **{f"jaxrnn-{v}": functools.partial(build_jaxrnn, variant=v) for v in GPU_VARIANTS},
-    "jaxrnn": lambda s, d: build_jaxrnn(s, d, "plain"),
+JAXRNN_ROWS = (
+    "jaxrnn", "jaxrnn-host", "jaxrnn-xla", "jaxrnn-scan", "jaxrnn-native",
+    *(f"jaxrnn-{v}" for v in PALLAS_VARIANTS),
+)  # fmt: skip
+
+
+def _jaxrnn_row(name: str) -> Callable[..., Callable[[], None]]:
+    return lambda spec, device, **kw: build_jaxrnn(spec, device, jaxrnn_backend(name), **kw)
+
+
+FRAMEWORKS: dict[str, Callable[..., Callable[[], None]]] = {
+    **{name: _jaxrnn_row(name) for name in JAXRNN_ROWS},
     "flax": build_flax,
     "keras-jax": lambda s, d: build_keras(s, d, "jit"),
     "keras-fit": lambda s, d: build_keras(s, d, "fit"),
@@ -484,3 +475,15 @@ FRAMEWORKS: dict[str, Callable[[dict[str, Any], str], Callable[[], None]]] = {
     "numpy": build_numpy,
     "matmul": build_matmul,
 }
+
+
+def build(
+    name: str, spec: dict[str, Any], device: str, compiler_options=None
+) -> Callable[[], None]:
+    """The step of framework ``name`` (a key of :data:`FRAMEWORKS`) for workload ``spec``;
+    ``compiler_options`` reach the jaxrnn rows' jitted steps only (they are jaxrnn's setting)."""
+    if name not in FRAMEWORKS:
+        raise ValueError(f"unknown framework {name!r}; expected one of {sorted(FRAMEWORKS)}")
+    if name.startswith("jaxrnn"):
+        return FRAMEWORKS[name](spec, device, compiler_options=compiler_options)
+    return FRAMEWORKS[name](spec, device)

@@ -2,23 +2,24 @@
 # The GPU suite in one command, sized for a short lease on a GPU machine:
 #
 #     bash benchmarks/gpu.sh OUTDIR          # -> OUTDIR/{env.txt,check.txt,gpu_main.json,gpu_scaling.json}
-#     PYTHONPATH=. python benchmarks/report.py   # renders them into benchmarks/RESULTS.md
+#     PYTHONPATH=. python benchmarks/report.py --full OUTDIR/gpu_main.json
 #
 # 1. the machine and the versions (nvidia-smi, jax / torch / flax / keras, cuDNN, TF32 flags);
-# 2. correctness there: benchmarks/gpu_check.py (jaxrnn's plain and fast paths on the GPU
-#    against float64 on the CPU);
+# 2. correctness there: benchmarks/gpu_check.py (jaxrnn's backends on the GPU against float64
+#    on the CPU);
 # 3. benchmarks/run.py on the GPU: matmul peak, the seed training step for the three cells,
 #    the stacked bidirectional LSTM with lengths, inference (B 64 and 1), then the scaling
 #    grid (T, H, B, LSTM / GRU at H 256). Workers are started in parallel (16 cores), timed
 #    one at a time; short budgets (a GPU step is milliseconds; the machine is not shared).
 #
+# The run to keep goes to benchmarks/results/gpu-<kind>-<date>.json (gpu_main.json renamed).
 # CHECK_CELLS: the cells gpu_check.py checks (default all). MAIN_ARGS / SCALING_ARGS: more
-# run.py options for a phase (e.g. "--extra jaxrnn-fast-reread", "--cases B128,B512").
-# Keras is not in the GPU image: wheels carried in .whl (keras, namex, optree; see
-# benchmarks/RESULTS.md) are installed to /tmp/site when present. JAXRNN_NATIVE=0: the
-# native kernels are CPU-only (lax.platform_dependent lowers only the GPU branch there), so
-# skipping their 15-s build changes nothing on the GPU. Each phase has a time limit, and
-# run.py rewrites its JSON after every case, so a cut-off run keeps what it measured.
+# run.py options for a phase (e.g. "--extra jaxrnn-pallas-reread,jaxrnn-pallas-hold2",
+# "--cases B128,B512"). Keras may be missing from a GPU image: wheels carried in .whl (keras,
+# namex, optree) are installed to /tmp/site when present. JAXRNN_NATIVE=0: the native
+# kernels are CPU-only, so skipping their build changes nothing on the GPU. Each phase has a
+# time limit, and run.py rewrites its JSON after every case, so a cut-off run keeps what it
+# measured.
 set -u
 OUTDIR=${1:-benchmarks/results/gpu}
 mkdir -p "$OUTDIR"

@@ -1,6 +1,6 @@
 // One thread's share of the seed step, run through the native CPU kernels directly (no XLA, no
-// Python), for A/B tests of jaxrnn/csrc/rnn_cpu.cc: benchmarks/kernels.py builds this file
-// with the kernel source (or a variant of it) included, runs it and prints the timings.
+// Python), for A/B tests of jaxrnn/backends/cpu/rnn_cpu.cc: benchmarks/kernels.py builds this
+// file with the kernel source (or a variant of it) included, runs it and prints the timings.
 //
 //   kernels KERNEL REPS [B T H V]   ->  one line per repetition: "KERNEL <ms> <checksum>"
 //

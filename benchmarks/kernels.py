@@ -1,28 +1,27 @@
 """A/B timings of the native CPU kernels themselves: one thread, no XLA, no Python per step.
 
-The seed step's time on a 2-core CPU is mostly the kernels of ``jaxrnn/csrc/rnn_cpu.cc``
-(the LSTM: ~90%), and a change to them moves the whole step by a few percent, less than this
-shared machine's noise between runs (+-20% within minutes: memory shared with other tenants).
-This builds ``benchmarks/kernels.cc`` against each given kernel source (the shipped one, or
-variants of it) and runs the builds in turn, round after round, on one thread's share of the
-seed batch (B = 32 rows; single-threaded runs vary far less than two threads do here). Report:
-the best and the median repetition of each build, and the ratio of bests against the first.
+A change to the kernels of ``jaxrnn/backends/cpu/rnn_cpu.cc`` moves a whole training step by a
+few percent, less than a shared machine's noise between runs. This builds
+``benchmarks/kernels.cc`` against each given kernel source (the shipped one, or variants of it)
+and runs the builds in turn, round after round, on one thread's share of the seed batch
+(B = 32 rows; single-threaded runs vary far less than two threads do). Report: the best and the
+median repetition of each build, and the ratio of bests against the first.
 
     PYTHONPATH=. python benchmarks/kernels.py                       # the shipped kernels
-    PYTHONPATH=. python benchmarks/kernels.py --source jaxrnn/csrc/rnn_cpu.cc --source /tmp/v.cc \\
-        --kernels lstm-forward,lstm-backward --rounds 6
+    PYTHONPATH=. python benchmarks/kernels.py --source jaxrnn/backends/cpu/rnn_cpu.cc \
+        --source /tmp/v.cc --kernels lstm-forward,lstm-backward --rounds 6
     PYTHONPATH=. python benchmarks/kernels.py --define JAXRNN_OUTER_ROWS=4,JAXRNN_OUTER_VECS=5
 
 ``--define`` adds a build of the first source with those macros (comma-separated; repeatable),
-on top of this CPU's register blocks (``native.tuning_defines``; a macro named in both takes
-the ``--define`` value). Every build, the first included, gets those blocks.
+on top of this CPU's register blocks (the kernels' build's ``tuning_defines``; a macro named in
+both takes the ``--define`` value). Every build, the first included, gets those blocks.
 Kernels: lstm-forward, lstm-backward (dW_h fused, all of D kept), lstm-backward-nodw,
 lstm-backward-table (as the seed step: dW_h and the table's gradient in the loop), gru-forward,
 simple-forward, simple-backward (the last state's gradient, dW_h fused), product-forward,
 product-backward (the step products alone, no epilogue: the floor that the kernels' epilogues
-and memory traffic add to). Needs an AVX-512
-CPU and a C++ compiler, as the kernels do. A benchmark: no test asserts a time (a slow test
-checks that the driver builds and that the results do not depend on the register blocking).
+and memory traffic add to). Needs an AVX-512 or AVX2 + FMA CPU and a C++ compiler, as the kernels do. A
+benchmark: no test asserts a time (a slow test checks that the driver builds and that the
+results do not depend on the register blocking).
 """
 
 from __future__ import annotations
@@ -34,8 +33,11 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from jaxrnn.backends.cpu import _build
+
 HERE = Path(__file__).resolve().parent
 DRIVER = HERE / "kernels.cc"
+SOURCE = _build.SOURCE  # the shipped kernels
 KERNELS = (
     "lstm-forward", "lstm-backward", "lstm-backward-nodw", "lstm-backward-table", "gru-forward",
     "simple-forward", "simple-backward", "product-forward", "product-backward",
@@ -43,11 +45,9 @@ KERNELS = (
 
 
 def build(source: Path, defines: list[str], out: Path) -> Path:
-    """Compiles the driver with ``source`` included (native.py's compiler and flags)."""
-    from jaxrnn import native
-
+    """Compiles the driver with ``source`` included (the kernels' own compiler and flags)."""
     macros = (f'JAXRNN_SOURCE="{source.resolve()}"', *defines)
-    cmd = native.compile_command(DRIVER, out, shared=False, defines=macros)
+    cmd = _build.compile_command(DRIVER, out, shared=False, defines=macros)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"compiling {DRIVER.name} with {source} failed:\n{proc.stderr[-4000:]}")
@@ -101,7 +101,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=12, help="calls per run (best and median kept)")
     ap.add_argument("--shape", default="32,250,100,5000", help="B,T,H,V")
     args = ap.parse_args()
-    sources = args.source or [HERE.parent / "jaxrnn" / "csrc" / "rnn_cpu.cc"]
+    if _build.isa() is None:
+        raise SystemExit("kernels.py: the kernels need AVX-512 or AVX2 + FMA; this CPU has neither")
+    sources = args.source or [SOURCE]
     builds = [(str(s), s, []) for s in sources]
     builds += [(f"{sources[0]} -D{d}", sources[0], d.split(",")) for d in args.define]
     kernels = args.kernels.split(",")

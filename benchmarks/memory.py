@@ -1,18 +1,16 @@
 """Peak memory of one training step against T, with and without ``rnn(..., remat=...)``.
 
-    PYTHONPATH=. python benchmarks/memory.py --out benchmarks/results/memory.json
-    PYTHONPATH=. python benchmarks/memory.py --path fast --cell lstm \
-        --out benchmarks/results/memory_fast_lstm.json
-    PYTHONPATH=. python benchmarks/memory.py --path fast --cell lstm --layers 2 \
-        --out benchmarks/results/memory_fast_lstm2.json
-    PYTHONPATH=. python benchmarks/memory.py --path fast --cell lstm --layers 2 --dropout 0.5 \
-        --out benchmarks/results/memory_fast_lstm2_dropout.json
+    PYTHONPATH=. python benchmarks/memory.py --out /tmp/memory.json
+    PYTHONPATH=. python benchmarks/memory.py --cell lstm --backend scan --out /tmp/memory_scan.json
+    PYTHONPATH=. python benchmarks/memory.py --cell lstm --layers 2 --dropout 0.5 \
+        --Ts 1000,10000,100000 --out /tmp/memory_lstm2.json
+    PYTHONPATH=. python benchmarks/report.py /tmp/memory.json       # table and plot
 
-Model: tokens ``[B, T]`` -> Embedding(5000, 32) -> RNN(H) (``jaxrnn.rnn``, or ``fast.rnn``
-with ``--path fast``: the native kernels in each segment where the CPU has them; with
-``--layers L``, ``jaxrnn.stack`` of L such layers, its remat in time segments through all
-of them; ``--dropout p``: PyTorch's dropout between the layers, in training) -> Dense(1),
-BCE, Adam (optax), one jitted step; B = 16, H = 256 (the issue's long-sequence goal).
+Model: tokens ``[B, T]`` -> Embedding(5000, 32) -> RNN(H) (``jaxrnn.rnn`` with ``--backend``,
+default ``auto``; with ``--layers L``, ``jaxrnn.stack`` of L such layers, its remat in time
+segments through all of them; ``--dropout p``: PyTorch's dropout between the layers, in
+training) -> Dense(1), BCE, Adam (optax), one jitted step; B = 16, H = 256 (the issue's
+long-sequence goal: T = 100,000 within 2 GiB).
 
 Two measurements, each in its own subprocess:
 
@@ -47,7 +45,7 @@ def measure(
     B: int,
     H: int,
     run: bool,
-    path: str = "plain",
+    backend: str = "auto",
     layers: int = 1,
     dropout: float = 0.0,
 ) -> dict:
@@ -56,11 +54,7 @@ def measure(
     import numpy as np
     import optax
 
-    from jaxrnn import cells, fast, rnn
-    from jaxrnn.layer import carry_output
-    from jaxrnn.stack import stack
-
-    run_rnn = fast.rnn if path == "fast" else rnn
+    from jaxrnn import cells, rnn, stack
 
     V, E = 5000, 32
     mod = cells.get(cell)
@@ -82,14 +76,13 @@ def measure(
 
     def loss_fn(params, tokens, labels):
         xs = jnp.take(params["embedding"], tokens, axis=0)  # [B, T, E]
+        run = dict(remat=remat_arg, backend=backend)
         if layers == 1:
-            carry, _ = run_rnn(mod.cell, params["rnn"], xs, remat=remat_arg)
+            carry, _ = rnn(mod.cell, params["rnn"], xs, **run)
         else:  # the last layer's final carry
             drop = dict(dropout=dropout, key=jax.random.key(1), deterministic=not dropout)
-            carry = stack(
-                mod.cell, params["rnn"], xs, fast=path == "fast", remat=remat_arg, **drop
-            )[0][-1]
-        h = carry_output(carry)  # [B, H]: an LSTM's (h, c) keeps h
+            carry = stack(mod.cell, params["rnn"], xs, **run, **drop)[0][-1]
+        h = carry[0] if isinstance(carry, tuple) else carry  # [B, H]: an LSTM's (h, c) keeps h
         logits = (h @ params["W_o"] + params["b_o"])[:, 0]
         return optax.sigmoid_binary_cross_entropy(logits, labels).mean()
 
@@ -103,7 +96,7 @@ def measure(
     compiled = jitted.lower(params, opt_state, tokens, labels).compile()
     ma = compiled.memory_analysis()
     out = {
-        "T": T, "remat": remat or "none", "cell": cell, "B": B, "H": H, "path": path,
+        "T": T, "remat": remat or "none", "cell": cell, "B": B, "H": H, "backend": backend,
         "layers": layers, "dropout": dropout,
         "compile_s": time.perf_counter() - t0,
         "xla_temp_bytes": ma.temp_size_in_bytes,
@@ -133,7 +126,7 @@ def measure(
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "memory.json"))
+    ap.add_argument("--out", default=None, help="JSON file of the results (default: none)")
     ap.add_argument("--Ts", default="1000,3000,10000,30000,100000")
     ap.add_argument(
         "--run-max-T",
@@ -142,8 +135,10 @@ def main() -> None:
         help="actually run (RSS) remat cases up to this T; full-memory ones up to 10k",
     )
     ap.add_argument("--cell", default="simple")
-    ap.add_argument("--path", default="plain", choices=["plain", "fast"],
-                    help="jaxrnn.rnn, or fast.rnn (the same remat option)")  # fmt: skip
+    ap.add_argument(
+        "--backend", default="auto", choices=["auto", "scan", "xla", "native", "pallas"],
+        help="what runs the recurrence (jaxrnn.rnn's backend=)",
+    )  # fmt: skip
     ap.add_argument("--remats", default="none,sqrt", help="the remat settings to measure")
     ap.add_argument("--layers", type=int, default=1,
                     help="> 1: a unidirectional jaxrnn.stack of that many layers")  # fmt: skip
@@ -161,7 +156,7 @@ def main() -> None:
     for T in [int(t) for t in args.Ts.split(",")]:
         for remat in args.remats.split(","):
             run = T <= (args.run_max_T if remat != "none" else 10_000)
-            c = dict(T=T, remat=remat, cell=args.cell, B=args.B, H=args.H, run=run, path=args.path,
+            c = dict(T=T, remat=remat, cell=args.cell, B=args.B, H=args.H, run=run, backend=args.backend,
                      layers=args.layers, dropout=args.dropout)  # fmt: skip
             env = dict(os.environ, PYTHONPATH=str(ROOT))
             p = subprocess.run([sys.executable, __file__, "--one", json.dumps(c)],
@@ -177,9 +172,10 @@ def main() -> None:
                 msg += f"  rss +{r['rss_step_bytes'] / 2**20:8.1f} MiB (peak {r['rss_peak_bytes'] / 2**20:.0f}), "
                 msg += f"step {r['step_s']:.2f} s"
             print(msg, flush=True)
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps({"command": " ".join(["python"] + sys.argv),
-                                                  "results": results}, indent=1))  # fmt: skip
+            if args.out:  # rewritten after every case: a cut-off run keeps what it measured
+                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+                record = {"command": " ".join(["python"] + sys.argv), "results": results}
+                Path(args.out).write_text(json.dumps(record, indent=1))
 
 
 if __name__ == "__main__":

@@ -8,15 +8,16 @@
 with the transposed coefficients) against autodiff through a plain
 ``jax.lax.associative_scan`` of the same recurrence, for diagonal and dense coefficients.
 
-``rnn``: :func:`jaxrnn.rnn` (``lax.scan``, one step after another) against
-:func:`jaxrnn.parallel.rnn` with each method, for ``xs [B, T, D]`` (B = 16, D = H), a GRU or a
-tanh RNN; forward alone and forward + ``jax.grad`` of ``sum(ys ** 2)`` w.r.t. the parameters,
+``rnn``: :func:`jaxrnn.rnn` (one step after another, on the backend ``"auto"`` picks, named
+in the table) against :func:`jaxrnn.parallel.rnn` with each method, for ``xs [B, T, D]``
+(B = 16, D = H), a GRU or a tanh RNN; forward alone and forward + ``jax.grad`` of ``sum(ys ** 2)`` w.r.t. the parameters,
 each jitted. Reported: median wall time, Newton iterations, the largest deviation of ``ys``
 from the sequential result, and XLA's buffer sizes of the compiled forward + gradient
 (``memory_analysis``: temporaries + arguments + outputs; a bound on the peak).
 
 ``cells``: the linear cells' ``scan`` (:func:`jaxrnn.parallel.linear_scan`) against
-``rnn(cells.X.cell, ...)``, forward and one training step's gradient.
+``rnn(cells.X.cell, ...)`` (the ``scan`` backend: these cells have no split), forward and one
+training step's gradient.
 
 Every variant is compiled first, then timed ``--reps`` times; medians are printed as Markdown
 tables (``--out FILE`` also writes them as JSON). All in float32 unless ``--float64``.
@@ -39,7 +40,7 @@ if str(ROOT) not in sys.path:
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from jaxrnn import cells, parallel, rnn  # noqa: E402
+from jaxrnn import backends, cells, parallel, rnn  # noqa: E402
 
 
 def _ints(text: str) -> list[int]:
@@ -164,7 +165,7 @@ def bench_rnn(args) -> list[dict]:
                         "cell": name,
                         "H": H,
                         "T": T,
-                        "method": "sequential",
+                        "method": f"sequential ({backends.select(mod.cell, params, xs).name})",
                         "fwd ms": f"{1e3 * t_f:.1f}",
                         "fwd+grad ms": f"{1e3 * t_g:.1f}",
                         "buffers MiB": f"{buffer_mib(g, params, xs):.1f}",

@@ -1,25 +1,27 @@
 """Where one jaxrnn training step's time goes: the seed model's step run under the JAX profiler.
 
-    PYTHONPATH=. python benchmarks/profile_step.py --cell lstm            # fast path, seed sizes
-    PYTHONPATH=. python benchmarks/profile_step.py --cell gru --variant plain --steps 10
+    PYTHONPATH=. python benchmarks/profile_step.py --cell lstm            # backend auto, seed sizes
+    PYTHONPATH=. python benchmarks/profile_step.py --cell gru --backend scan --steps 10
+    PYTHONPATH=. python benchmarks/profile_step.py --cell lstm --host-env tuned   # as train.py runs
 
-The step is the one :mod:`benchmarks.run` times (:func:`benchmarks.frameworks.build_jaxrnn`:
-``value_and_grad`` + Adam, jitted, donated), in this process with jaxrnn's host settings
-(:mod:`jaxrnn.runtime`: the malloc tunables, inline CPU dispatch), as the benchmark workers
-run it. Printed:
+The step is the one :mod:`benchmarks.run` times for a jaxrnn row
+(:func:`benchmarks.frameworks.build_jaxrnn`: ``value_and_grad`` + Adam, jitted, donated), in
+this process: by default as a user's own script runs it, with ``--host-env tuned`` with
+jaxrnn's host settings (:mod:`jaxrnn.training.host`: the malloc tunables through a restart,
+inline CPU dispatch, its XLA compiler options). Printed:
 
 * the wall time of ``--steps`` back-to-back steps (percentiles; outside the profiler);
 * for ``--profile-steps`` more steps under :func:`jax.profiler.trace`, every operation of the
   compiled step (an XLA fusion, dot, custom call, ...) with its time per step, summed over
   the threads that ran it, largest first; custom calls are named by their target (e.g.
-  ``jaxrnn_lstm_backward``: the native kernels of :mod:`jaxrnn.native`), read from the
-  compiled HLO; and the executable's own time per step, against which the operations' sum
-  shows what is outside them (thunk dispatch, waiting). A ``while`` loop (the plain path, the
-  fast path's XLA loops) is listed with its body's operations, whose times it includes.
+  ``jaxrnn_lstm_backward``: the native CPU kernels), read from the compiled HLO; and the
+  executable's own time per step, against which the operations' sum shows what is outside
+  them (thunk dispatch, waiting). A ``while`` loop (``scan``, the XLA loops) is listed with its
+  body's operations, whose times it includes.
 
 A benchmark, not a test: nothing asserts a time. Profiling adds a little per operation, which
-adds up where a loop runs many small ones (the plain path's step takes several times longer
-under the profiler): compare such steps by their wall times, measured outside it.
+adds up where a loop runs many small ones: compare such steps by their wall times, measured
+outside the profiler.
 """
 
 from __future__ import annotations
@@ -129,13 +131,16 @@ def profile(run, steps: int, profile_steps: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    from jaxrnn import runtime
-
-    runtime.restart_with_tunables()  # as train.py and the benchmark workers run
-    runtime.inline_cpu_dispatch()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cell", default="lstm", choices=["simple", "lstm", "gru"])
-    ap.add_argument("--variant", default="fast", choices=["fast", "fast-xla", "plain"])
+    ap.add_argument(
+        "--backend", default="auto", choices=["auto", "xla", "scan", "native", "pallas"],
+        help="jaxrnn.rnn's backend= for the step",
+    )  # fmt: skip
+    ap.add_argument(
+        "--host-env", default="default", choices=["default", "tuned"],
+        help="tuned: with jaxrnn's host settings, as train.py runs (benchmarks/run.py's option)",
+    )  # fmt: skip
     ap.add_argument(
         "--shape", default="64,250,100,5000,32", help="B,T,H,V,E (seed: 64,250,100,5000,32)"
     )
@@ -144,18 +149,26 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=15, help="operations listed")
     ap.add_argument("--out", default=None, help="also write the summary as JSON here")
     args = ap.parse_args()
+    options = None
+    if args.host_env == "tuned":
+        from jaxrnn.training import host
+
+        host.restart_with_tunables()  # replaces this process unless they are set already
+        host.inline_cpu_dispatch()
+        options = host.compiler_options() or None
     from benchmarks import frameworks
 
     B, T, H, V, E = (int(v) for v in args.shape.split(","))
     spec = dict(mode="train", cell=args.cell, B=B, T=T, H=H, V=V, E=E)
-    run = frameworks.build_jaxrnn(spec, "cpu", args.variant)
+    run = frameworks.build_jaxrnn(spec, "auto", args.backend, compiler_options=options)
     for _ in range(5):
         run()
     res = profile(run, args.steps, args.profile_steps)
     q = np.percentile(res["wall_ms"], [0, 25, 50, 75, 100])
     print(
-        f"{args.cell} {args.variant} B, T, H, V, E = {args.shape}: {args.steps} steps, ms "
-        f"min {q[0]:.2f} / q1 {q[1]:.2f} / median {q[2]:.2f} / q3 {q[3]:.2f} / max {q[4]:.2f}"
+        f"{args.cell} backend={args.backend} host-env={args.host_env} B, T, H, V, E = "
+        f"{args.shape}: {args.steps} steps, ms min {q[0]:.2f} / q1 {q[1]:.2f} / median "
+        f"{q[2]:.2f} / q3 {q[3]:.2f} / max {q[4]:.2f}"
     )
     n = args.profile_steps
     print(

@@ -1,39 +1,103 @@
 """Turns the JSON files of :mod:`benchmarks.run` and :mod:`benchmarks.memory` into tables and plots.
 
-    PYTHONPATH=. python benchmarks/report.py            # prints the tables, writes benchmarks/*.png
-    PYTHONPATH=. python benchmarks/report.py --md tables.md
-    PYTHONPATH=. python benchmarks/report.py --results benchmarks/results/gpu   # the GPU runs
+    PYTHONPATH=. python benchmarks/report.py                    # every file in benchmarks/results
+    PYTHONPATH=. python benchmarks/report.py --full /tmp/run.json   # one run, every case in detail
+    PYTHONPATH=. python benchmarks/report.py --update-md benchmarks/RESULTS.md
 
-The prose of ``benchmarks/RESULTS.md`` is written by hand around these tables.
+For each run: a summary table (frameworks x cases: median ms per step, and the ratio to the
+``jaxrnn`` row of the same run), with ``--full`` a table per case (IQR, GFLOP/s, share of the
+run's matmul peak, the fastest peer's ratio at several percentiles), and a plot written next to
+the JSON file (``<name>.png``). ``--update-md`` rewrites the summary tables of a Markdown file
+between the markers ``<!-- report.py: NAME -->`` and ``<!-- /report.py -->`` from
+``benchmarks/results/NAME.json``, so RESULTS.md's tables are always the committed runs'.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+REF = "jaxrnn"  # ratios are "row time / jaxrnn time" (> 1: jaxrnn is faster)
 COLORS = {
-    "jaxrnn-fast": "tab:red", "jaxrnn-fast-xla": "tab:pink", "jaxrnn": "tab:orange",
-    "keras-jax": "tab:blue",
-    "keras-fit": "tab:cyan", "flax": "tab:green", "torch": "tab:brown",
-    "torch-1thread": "tab:purple", "numpy": "tab:gray", "jaxrnn-fast-u10": "tab:olive",
-    "jaxrnn-fast-w8": "darkred", "torch-unpacked": "tan", "jaxrnn-fast-kern": "salmon",
-    "jaxrnn-fast-hoist": "crimson", "jaxrnn-fast-hoist-w16": "maroon", "jaxrnn-fast-s2": "coral",
+    "jaxrnn": "tab:red", "jaxrnn-host": "darkred", "jaxrnn-xla": "tab:pink",
+    "jaxrnn-scan": "tab:orange", "keras-jax": "tab:blue", "keras-fit": "tab:cyan",
+    "flax": "tab:green", "torch": "tab:brown", "torch-1thread": "tab:purple",
+    "torch-unpacked": "tan", "numpy": "tab:gray",
 }  # fmt: skip
-HOST_ENV = {  # run.py --host-env
-    "tuned": "`--host-env tuned`: every worker with GLIBC_TUNABLES={}{}",
-    "jaxrnn": "`--host-env jaxrnn`: the jaxrnn workers with GLIBC_TUNABLES={}{}, the peers without",
-    "default": "`--host-env default`: no worker with jaxrnn's tunables (GLIBC_TUNABLES={}){}",
-    None: "workers in the default environment (a run from before `--host-env`)",
-}
-REF = "jaxrnn-fast"  # ratios are "peer time / jaxrnn-fast time" (> 1: jaxrnn-fast is faster)
+# Rows of results files written before jaxrnn.rnn took backend=: the "fast" path there is
+# today's backend "auto", the plain path today's "scan".
+LEGACY_NAMES = {"jaxrnn-fast": "jaxrnn", "jaxrnn-fast-xla": "jaxrnn-xla", "jaxrnn": "jaxrnn-scan"}
+MARKER = re.compile(r"(<!-- report\.py: (?P<name>[\w.\-]+) -->\n).*?(<!-- /report\.py -->)", re.S)
+
+
+def legacy_name(fw: str) -> str:
+    """Today's name of a row of an old results file (``jaxrnn-fast-reread`` -> ``jaxrnn-reread``)."""
+    if fw in LEGACY_NAMES:
+        return LEGACY_NAMES[fw]
+    return "jaxrnn-" + fw.removeprefix("jaxrnn-fast-") if fw.startswith("jaxrnn-fast-") else fw
+
+
+def legacy_settings(rec: dict[str, Any], fw: str) -> dict[str, Any]:
+    """The settings of worker ``fw`` (its old name) as an old record states them: run-wide
+    ``host_env`` fields, and the old harness's rule that its ``jaxrnn-fast*`` rows got
+    jaxrnn's compiler options (512-bit vectors: every CPU it ran on had AVX-512)."""
+    env = rec.get("host_env")
+    host = env == "tuned" or (env == "jaxrnn" and fw.startswith("jaxrnn"))
+    torch = fw.startswith("torch")
+    on_cpu = not rec["machine"].get("gpu") or rec.get("device") == "cpu"
+    fast = fw.startswith("jaxrnn-fast") and on_cpu
+    return {
+        "glibc_tunables": rec.get("glibc_tunables") if host else None,
+        "inline_dispatch": bool(host and rec.get("inline_dispatch") and not torch),
+        "compiler_options": {"xla_cpu_prefer_vector_width": 512} if fast else {},
+        "flush_denormal": bool(torch and rec.get("torch_flush_denormal")),
+    }
+
+
+def load(path: Path) -> dict[str, Any]:
+    """A results file; an old run (no per-worker settings) gets today's row names, its
+    workers' settings from :func:`legacy_settings`, and ``"legacy": True``."""
+    rec = json.loads(Path(path).read_text())
+    if "cases" not in rec or "workers" in rec:
+        return rec
+    rec["legacy"] = True
+    rec["workers"] = {}
+    for c in rec["cases"]:
+        renamed = {}
+        for fw, r in c["results"].items():
+            r.setdefault("settings", legacy_settings(rec, fw))
+            renamed[legacy_name(fw)] = r
+            rec["workers"].setdefault(legacy_name(fw), r["settings"])
+        c["results"] = renamed
+    return rec
+
+
+def settings_label(s: dict[str, Any] | None) -> str:
+    """A worker's process settings in a few words (``"none"``: as a user's own script)."""
+    if not s:
+        return "?"
+    parts = []
+    tunables = (s.get("glibc_tunables") or "").split(":")
+    if "glibc.malloc.mmap_max=0" in tunables:  # jaxrnn's set (jaxrnn.training.host)
+        parts.append("malloc tunables")
+    if s.get("inline_dispatch"):
+        parts.append("inline dispatch")
+    if s.get("compiler_options"):
+        parts.append("XLA options")
+    if s.get("flush_denormal"):
+        parts.append("denormals flushed")
+    return ", ".join(parts) or "none"
 
 
 def stats(times: list[float]) -> tuple[float, float, float]:
+    """Median, lower and upper quartile in ms."""
     q1, med, q3 = np.percentile(np.asarray(times) * 1e3, [25, 50, 75])
     return med, q1, q3
 
@@ -48,21 +112,95 @@ def matmul_peak(cases: list[dict]) -> float | None:
     return best
 
 
-def percentile_ratios(c: dict, qs: tuple[int, ...] = (0, 10, 25, 50)) -> str | None:
-    """The fastest peer (by median; every framework not named ``jaxrnn*``) against jaxrnn-fast at
-    the same percentiles of each one's step times: does the ratio hold in the quiet steps too?"""
-    res = c["results"]
-    ref = res.get(REF, {}).get("times")
+# Rows that are not a peer's answer to the same model: PyTorch on the padded batch runs the
+# backward direction from the padding (a lower bound on its time, not the model).
+NOT_PEERS = {"torch-unpacked", "matmul"}
+
+
+def fastest_peer(c: dict) -> str | None:
+    """The peer (not ``jaxrnn*``, not in :data:`NOT_PEERS`) with the smallest median, or ``None``."""
     peers = {
-        fw: r["times"] for fw, r in res.items() if r.get("times") and not fw.startswith("jaxrnn")
+        fw: r["times"]
+        for fw, r in c["results"].items()
+        if r.get("times") and not fw.startswith("jaxrnn") and fw not in NOT_PEERS
     }
-    if not ref or not peers:
+    return min(peers, key=lambda fw: np.median(peers[fw])) if peers else None
+
+
+def percentile_ratios(c: dict, qs: tuple[int, ...] = (0, 10, 25, 50)) -> str | None:
+    """The fastest peer (by median) against jaxrnn at the same percentiles of each one's step
+    times: does the ratio hold in the quiet steps too?"""
+    ref = c["results"].get(REF, {}).get("times")
+    best = fastest_peer(c)
+    if not ref or best is None:
         return None
-    best = min(peers, key=lambda fw: np.median(peers[fw]))
-    ratios = np.percentile(peers[best], qs) / np.percentile(ref, qs)
+    ratios = np.percentile(c["results"][best]["times"], qs) / np.percentile(ref, qs)
     names = " / ".join("min" if q == 0 else f"p{q}" for q in qs)
     return (f"{best} / {REF} at the {names} of each one's step times: "
             + " / ".join(f"{r:.2f}x" for r in ratios))  # fmt: skip
+
+
+def case_label(spec: dict[str, Any]) -> str:
+    """A short column title: ``train LSTM``, ``infer simple B=1``, ``train LSTM 2x bi``."""
+    cell = {"simple": "simple", "lstm": "LSTM", "gru": "GRU"}[spec["cell"]]
+    parts = [spec["mode"], cell]
+    if spec.get("layers"):
+        parts.append(f"{spec['layers']}x bi")
+    parts += [
+        f"{k}={spec[k]}" for k, seed in (("B", 64), ("T", 250), ("H", 100)) if spec[k] != seed
+    ]
+    return " ".join(parts)
+
+
+def run_header(rec: dict[str, Any], name: str = "") -> str:
+    m = rec["machine"]
+    peak = matmul_peak(rec["cases"])
+    device = m["gpu"].split(" (UUID")[0].removeprefix("GPU 0: ") if m.get("gpu") else m["cpu"]
+    versions = ", ".join(
+        f"{k} {v}" for k, v in m["versions"].items() if v and k in ("jax", "torch", "flax", "keras")
+    )
+    lines = [
+        f"{name + ': ' if name else ''}{m['date']}; {device}, {m['cores']} CPU cores; {versions}"
+        + (f"; matmul peak {peak:.0f} GFLOP/s" if peak else "")
+        + f"; `--host-env {rec.get('host_env') or 'default'}`"
+        + (" (old harness; rows under their names of today)" if rec.get("legacy") else ""),
+        "",
+        f"`{rec['command']}`",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def summary_table(rec: dict[str, Any]) -> str:
+    """Frameworks x cases of one run: median ms (ratio to the ``jaxrnn`` row), each row's
+    process settings, and the fastest peer's ratio per case."""
+    cases = [c for c in rec["cases"] if c["spec"]["mode"] != "matmul"]
+    fws: list[str] = []
+    for c in cases:
+        fws += [fw for fw in c["results"] if fw not in fws]
+    head = ["framework", "settings", *(case_label(c["spec"]) for c in cases)]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * len(cases)]
+    for fw in fws:
+        row = [fw, settings_label(rec.get("workers", {}).get(fw))]
+        for c in cases:
+            r, ref = c["results"].get(fw), c["results"].get(REF, {}).get("times")
+            if r is None:
+                row.append("")
+            elif not r.get("times"):
+                row.append("failed" if r.get("error") else "–")
+            else:
+                med = stats(r["times"])[0]
+                ratio = f" ({med / stats(ref)[0]:.2f}x)" if ref and fw != REF else ""
+                row.append(f"{med:.2f}{ratio}")
+        lines.append("| " + " | ".join(row) + " |")
+    best = []
+    for c in cases:
+        fw, ref = fastest_peer(c), c["results"].get(REF, {}).get("times")
+        ok = fw and ref
+        best.append(
+            f"{stats(c['results'][fw]['times'])[0] / stats(ref)[0]:.2f}x {fw}" if ok else "–"
+        )
+    lines.append("| **fastest peer / jaxrnn** | | " + " | ".join(best) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def case_table(c: dict, peak: float | None) -> str:
@@ -71,12 +209,12 @@ def case_table(c: dict, peak: float | None) -> str:
     ref_med = stats(ref)[0] if ref else None
     lines = [
         f"**{c['name']}** ({c['flop'] / 1e9:.2f} GFLOP/step in the plain formulation)\n",
-        "| framework | median ms | IQR ms | n | peer / jaxrnn-fast | GFLOP/s | % of matmul peak |",
+        "| framework | median ms | IQR ms | n | row / jaxrnn | GFLOP/s | % of matmul peak |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for fw, r in res.items():
         if not r.get("times"):
-            lines.append(f"| {fw} | – | – | – | – | – | {r.get('error', 'skipped')[:60]} |")
+            lines.append(f"| {fw} | – | – | – | – | – | {(r.get('error') or 'skipped')[:60]} |")
             continue
         med, q1, q3 = stats(r["times"])
         ratio = f"{med / ref_med:.2f}x" if ref_med else "–"
@@ -89,6 +227,18 @@ def case_table(c: dict, peak: float | None) -> str:
     if pr:
         lines.append(f"\n{pr}")
     return "\n".join(lines) + "\n"
+
+
+def full_report(rec: dict[str, Any], name: str = "") -> str:
+    peak = matmul_peak(rec["cases"])
+    out = [run_header(rec, name), summary_table(rec)]
+    for c in rec["cases"]:
+        if c["spec"]["mode"] != "matmul":
+            out.append(case_table(c, peak))
+        elif c["results"].get("matmul", {}).get("times"):
+            med = stats(c["results"]["matmul"]["times"])[0]
+            out.append(f"{c['name']}: {med:.2f} ms, {c['flop'] / med / 1e6:.0f} GFLOP/s\n")
+    return "\n".join(out)
 
 
 def plot_bars(cases: list[dict], out: Path, title: str) -> None:
@@ -109,7 +259,7 @@ def plot_bars(cases: list[dict], out: Path, title: str) -> None:
         ax.set_xticks(range(len(fws)), fws, rotation=45, ha="right", fontsize=8)
         ax.set_yscale("log")
         ax.set_ylabel("ms / step (median, IQR)")
-        ax.set_title(c["name"], fontsize=9)
+        ax.set_title(case_label(c["spec"]), fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
@@ -156,6 +306,16 @@ def plot_scaling(cases: list[dict], out: Path, device: str = "CPU") -> None:
     plt.close(fig)
 
 
+def plot_run(rec: dict[str, Any], out: Path) -> None:
+    """The run's plot: the scaling grid where it has one, else a bar chart per case."""
+    m = rec["machine"]
+    if any(c.get("workload") == "scaling" for c in rec["cases"]):
+        device = m["gpu"].split(" (UUID")[0] if m.get("gpu") else "CPU"
+        plot_scaling(rec["cases"], out, device)
+    else:
+        plot_bars(rec["cases"], out, f"{out.stem}: median ms/step (log scale)")
+
+
 def plot_memory(mem: dict, out: Path) -> None:
     import matplotlib
 
@@ -167,21 +327,21 @@ def plot_memory(mem: dict, out: Path) -> None:
         rs = sorted((r for r in mem["results"] if r["remat"] == remat), key=lambda r: r["T"])
         ax.plot([r["T"] for r in rs], [r["xla_peak_bytes"] / 2**20 for r in rs], style,
                 label=f"remat={remat}: XLA buffers")  # fmt: skip
-        run = [r for r in rs if "rss_step_bytes" in r]
-        if run:
-            ax.plot([r["T"] for r in run], [r["rss_step_bytes"] / 2**20 for r in run], style[0] + "--",
-                    label=f"remat={remat}: process RSS growth (ran)")  # fmt: skip
+        ran = [r for r in rs if "rss_step_bytes" in r]
+        if ran:
+            ax.plot([r["T"] for r in ran], [r["rss_step_bytes"] / 2**20 for r in ran],
+                    style[0] + "--", label=f"remat={remat}: process RSS growth (ran)")  # fmt: skip
     ax.axhline(2048, color="k", lw=0.8, ls=":", label="2 GiB")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("T (sequence length)")
     ax.set_ylabel("peak MiB (one training step)")
     r0 = mem["results"][0]
-    path = "fast.rnn" if r0.get("path") == "fast" else "rnn"
+    what = f"backend {r0.get('backend', r0.get('path'))}"
     if r0.get("layers", 1) > 1:
-        path = f"stack of {r0['layers']}" + (", fast" if r0.get("path") == "fast" else "")
-        path += f", dropout {r0['dropout']}" if r0.get("dropout") else ""
-    ax.set_title(f"BPTT memory, {path}, {r0['cell']} B={r0['B']} H={r0['H']}", fontsize=10)
+        what = f"stack of {r0['layers']}, {what}"
+        what += f", dropout {r0['dropout']}" if r0.get("dropout") else ""
+    ax.set_title(f"BPTT memory, {what}, {r0['cell']} B={r0['B']} H={r0['H']}", fontsize=10)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -205,71 +365,52 @@ def memory_table(mem: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def options_table(rec: dict) -> str:
-    """benchmarks/options.py: fast.rnn / stack(fast=True) against the plain path (medians, ms)."""
-    lines = [
-        f"{rec['machine']['date']}; {rec['machine']['cpu']}, {rec['machine']['cores']} cores; "
-        f"jax {rec['machine']['versions']['jax']}; B = {rec['B']}, T = {rec['T']}, "
-        f"D = {rec['D']}, H = {rec['H']}; medians of {rec['rounds'] * rec['steps']} steps\n",
-        "| cell | variant | plain, ms | fast, ms | plain / fast |",
-        "|---|---|---:|---:|---:|",
-    ]
-    for r in rec["rows"]:
-        lines.append(
-            f"| {r['cell']} | {r['variant']} | {r['plain_ms']:.2f} | {r['fast_ms']:.2f} | "
-            f"{r['plain_ms'] / r['fast_ms']:.2f}x |"
-        )
-    return "\n".join(lines) + "\n"
+def update_markdown(text: str, results: Path = RESULTS) -> str:
+    """``text`` with each ``<!-- report.py: NAME -->`` block replaced by the header and
+    summary table of ``results/NAME.json``."""
+
+    def block(m: re.Match) -> str:
+        name = m.group("name")
+        rec = load(results / f"{name}.json")
+        return f"{m.group(1)}{run_header(rec)}\n{summary_table(rec)}{m.group(3)}"
+
+    return MARKER.sub(block, text)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--results", default=str(HERE / "results"))
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("paths", nargs="*", help="JSON files or folders (default benchmarks/results)")
+    ap.add_argument("--full", action="store_true", help="also a table per case")
+    ap.add_argument("--no-plots", action="store_true", help="write no PNG files")
     ap.add_argument("--md", default=None, help="also write the tables to this file")
+    ap.add_argument("--update-md", default=None, help="rewrite the marked tables of this file")
     args = ap.parse_args()
+    if args.update_md:
+        path = Path(args.update_md)
+        path.write_text(update_markdown(path.read_text()))
+        print(f"updated {path}")
+        return
+    files = []
+    for p in map(Path, args.paths or [RESULTS]):
+        files += sorted(p.glob("*.json")) if p.is_dir() else [p]
     out = []
-    for f in sorted(Path(args.results).glob("*.json")):
-        rec = json.loads(f.read_text())
-        if f.stem.startswith("memory"):
+    for f in files:
+        rec = load(f)
+        if "cases" not in rec:  # benchmarks/memory.py
             out.append(f"### {f.name}\n\n`{rec['command']}`\n\n{memory_table(rec)}")
-            plot_memory(rec, HERE / f"{f.stem}.png")
+            if not args.no_plots:
+                plot_memory(rec, f.with_suffix(".png"))
             continue
-        if f.stem == "options":
-            out.append(f"### {f.name}\n\n`{rec['command']}`\n\n{options_table(rec)}")
-            continue
-        m = rec["machine"]
-        peak = matmul_peak(rec["cases"])
-        out.append(
-            f"### {f.name}\n\n`{rec['command']}`\n\n{m['date']}; {m['cpu']}, {m['cores']} cores, "
-            f"GPU: {m['gpu'] or 'none'}; load average {m['loadavg'][0]:.1f} at start, "
-            f"{m.get('loadavg_end', [float('nan')])[0]:.1f} at end; versions "
-            + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
-            + (f"; large-matmul peak in this run: **{peak:.0f} GFLOP/s**" if peak else "")
-            + "; "
-            + HOST_ENV.get(rec.get("host_env"), HOST_ENV[None]).format(
-                rec.get("glibc_tunables") or "unset",
-                " and inline CPU dispatch (JAX)" if rec.get("inline_dispatch") else "",
-            )
-            + (
-                "; PyTorch with denormals flushed to zero"
-                if rec.get("torch_flush_denormal")
-                else ""
-            )
-            + "\n"
+        text = (
+            full_report(rec, f.stem)
+            if args.full
+            else run_header(rec, f.stem) + "\n" + summary_table(rec)
         )
-        for c in rec["cases"]:
-            if c["spec"]["mode"] != "matmul":
-                out.append(case_table(c, peak))
-            else:
-                r = c["results"].get("matmul", {})
-                if r.get("times"):
-                    med = stats(r["times"])[0]
-                    out.append(f"{c['name']}: {med:.2f} ms, {c['flop'] / med / 1e6:.0f} GFLOP/s\n")
-        if any(c["workload"] == "scaling" and c["spec"]["cell"] == "simple" for c in rec["cases"]):
-            device = m["gpu"].split(" (UUID")[0] if m["gpu"] else "CPU"
-            plot_scaling(rec["cases"], HERE / f"{f.stem}.png", device)
-        else:
-            plot_bars(rec["cases"], HERE / f"{f.stem}.png", f"{f.stem}: median ms/step (log scale)")
+        out.append(f"### {f.stem}\n\n{text}")
+        if not args.no_plots:
+            plot_run(rec, f.with_suffix(".png"))
     text = "\n".join(out)
     print(text)
     if args.md:

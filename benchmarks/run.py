@@ -1,9 +1,13 @@
 """Runs the benchmark workloads on every framework in one go and saves the raw times.
 
-    PYTHONPATH=. python benchmarks/run.py --workload train --reps 10 --out benchmarks/results/train.json
-    PYTHONPATH=. python benchmarks/run.py --workload all --device auto      # unchanged on a GPU machine
+    PYTHONPATH=. python benchmarks/run.py --workload matmul,train,train-gated,infer
+    PYTHONPATH=. python benchmarks/run.py --workload scaling --out /tmp/scaling.json
+    PYTHONPATH=. python benchmarks/run.py --host-env tuned ...   # everyone on jaxrnn's host settings
     bash benchmarks/gpu.sh OUTDIR        # the GPU suite sized for a short lease (+ gpu_check.py)
-    PYTHONPATH=. python benchmarks/report.py                                # -> benchmarks/RESULTS.md
+    PYTHONPATH=. python benchmarks/report.py                      # tables and plots
+
+The results go to ``benchmarks/results/<machine kind>-<date>.json`` unless ``--out`` says
+otherwise (e.g. ``cpu-amd-zen4-2026-12-05.json``; :func:`machine_kind`).
 
 How it measures (a benchmark, not a test: nothing asserts a time):
 
@@ -16,25 +20,21 @@ How it measures (a benchmark, not a test: nothing asserts a time):
 * the order of the workers is shuffled every round, and before each worker's
   turn the runner waits ``--settle`` seconds: a worker whose thread pool
   spin-waits after its turn (OpenMP in PyTorch, OpenBLAS in NumPy) would
-  otherwise hold a core while the next one is timed. With a fixed cyclic
-  order the same framework always came right after NumPy and was timed on one
-  core for its first ~100 ms (seen as bimodal step times);
-* each turn starts with ``--round-warmup`` untimed steps (default 1): after the
-  0.5 s of quiet the first step of a turn was often slow (e.g. the LSTM: 47-100 ms against
-  a steady 39-41 ms, for jaxrnn and for the plain path alike), a wake-up cost of the
-  interleaving that back-to-back training steps do not pay;
+  otherwise hold a core while the next one is timed;
+* each turn starts with ``--round-warmup`` untimed steps (default 1): the first step after
+  the quiet pays a wake-up cost that back-to-back training steps do not;
 * each step is timed alone (wall clock, after ``block_until_ready`` /
-  ``cuda.synchronize``); the table gives the median and the interquartile range;
+  ``cuda.synchronize``); the report gives the median and the interquartile range;
 * ``--device auto`` uses the GPU when JAX/PyTorch see one (``cpu`` / ``gpu`` to force);
-* ``--host-env tuned`` (default) starts EVERY worker, peers included, with jaxrnn's host
-  settings (:mod:`jaxrnn.runtime`: the glibc malloc tunables, so XLA's per-step host
-  buffers stay mapped instead of being faulted in again every step, and JAX's inline CPU
-  dispatch; what ``train.py`` sets for itself) and the PyTorch workers with denormals
-  flushed to zero (``torch.set_flush_denormal``: XLA's CPU runtime always flushes them;
-  PyTorch, unflushed, took ~9x longer for the seed LSTM step on an Intel Xeon), so all
-  frameworks run in the same environment; ``--host-env jaxrnn`` gives them to the jaxrnn
-  workers only (each library as it ships: ``train.py`` sets them, the peers do not);
-  ``--host-env default`` leaves them out.
+* process settings (:func:`worker_env`): by default (``--host-env default``) every worker
+  runs as a user's own script would, in the environment it was started in without jaxrnn's
+  malloc tunables, JAX dispatching asynchronously, XLA's default compiler options; so the
+  ``jaxrnn`` row is the plain script. The ``jaxrnn-host`` row always runs with jaxrnn's host
+  settings (:mod:`jaxrnn.training.host`: the glibc malloc tunables, inline CPU dispatch, its
+  XLA compiler options; what ``train.py`` runs with). ``--host-env tuned`` gives those
+  settings to every worker (the compiler options to jaxrnn's rows only), for a comparison on
+  equal terms. PyTorch always runs with denormals flushed to zero, as XLA does on the CPU.
+  Each worker reports the settings it ran with; the JSON keeps them per case and framework.
 """
 
 from __future__ import annotations
@@ -44,46 +44,31 @@ import json
 import os
 import platform
 import random
+import re
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from jaxrnn import runtime  # noqa: E402  (host_env: no JAX computation at import)
+from jaxrnn.training import host  # noqa: E402  (host_env: no JAX computation at import)
 
 SETTLE_S = 0.5  # seconds of quiet before each worker's turn (see the module docstring)
 ROUND_WARMUP = 1  # untimed steps at the start of each turn (see the module docstring)
 SEED = dict(V=5000, E=32, B=64, T=250, H=100, cell="simple")  # the seed model of the issue
+HOST_ENVS = ("default", "tuned")
 
 PEERS = [
-    "jaxrnn-fast",
-    "jaxrnn-fast-xla",
-    "jaxrnn",
-    "keras-jax",
-    "keras-fit",
-    "flax",
-    "torch",
-    "torch-1thread",
-    "numpy",
-]
-GATED_PEERS = [
-    "jaxrnn-fast",
-    "jaxrnn-fast-xla",
-    "jaxrnn",
-    "keras-jax",
-    "flax",
-    "torch",
-    "torch-1thread",
-]  # NumPy ref: simple cell only
-# On a GPU: no CPU-only variants (one CPU thread, the NumPy reference); jaxrnn-fast runs the
-# Pallas kernels of jaxrnn.gpu there, jaxrnn-fast-xla its XLA loops; PyTorch is cuDNN.
-# (The first GPU run had "jaxrnn-fast-u10", the XLA loops at unroll 10, now their GPU default,
-# and "keras-fit", Keras's train_on_batch: 1.2x keras-jax's time there; left out since.)
-GPU_PEERS = ["jaxrnn-fast", "jaxrnn-fast-xla", "jaxrnn", "keras-jax", "flax", "torch"]
-# (The second GPU run had "jaxrnn-fast-w8": the GPU kernels at 8 warps, now their default.)
+    "jaxrnn", "jaxrnn-host", "jaxrnn-xla", "jaxrnn-scan", "keras-jax", "keras-fit", "flax",
+    "torch", "torch-1thread", "numpy",
+]  # fmt: skip
+GATED_PEERS = [p for p in PEERS if p not in ("keras-fit", "numpy")]  # NumPy: simple cell only
+# On a GPU: no CPU-only rows (host settings, one CPU thread, the NumPy reference); "jaxrnn"
+# runs the Pallas kernels where they apply, "jaxrnn-xla" the XLA loops; PyTorch is cuDNN.
+GPU_PEERS = ["jaxrnn", "jaxrnn-xla", "jaxrnn-scan", "keras-jax", "flax", "torch"]
 
 
 def case(mode: str = "train", **kw: Any) -> dict[str, Any]:
@@ -127,7 +112,7 @@ def workloads(name: str, device: str) -> list[tuple[dict[str, Any], list[str]]]:
     if name == "train-gated":
         return [(case("train", cell=c), gated) for c in ("lstm", "gru")]
     if name == "stack":  # nn.LSTM(num_layers=2, bidirectional=True) on packed sequences
-        fws = ["jaxrnn-fast", "jaxrnn", "flax", "torch"] + (["torch-1thread"] if cpu else [])
+        fws = ["jaxrnn", "jaxrnn-scan", "flax", "torch"] + (["torch-1thread"] if cpu else [])
         fws.append("torch-unpacked")
         return [(case("train", cell="lstm", layers=2), fws)]  # every layer bidirectional
     if name == "infer":
@@ -137,7 +122,7 @@ def workloads(name: str, device: str) -> list[tuple[dict[str, Any], list[str]]]:
         out = []
         # CPU: PyTorch with its default threads stalls on a shared machine (see RESULTS.md);
         # the grid uses one intra-op thread there
-        quick = ["jaxrnn-fast", "jaxrnn", "keras-jax", "flax", "torch-1thread" if cpu else "torch"]
+        quick = ["jaxrnn", "jaxrnn-scan", "keras-jax", "flax", "torch-1thread" if cpu else "torch"]
         for T in (100, 1000, 10000):
             out.append((case("train", T=T), quick + (["numpy"] if cpu and T <= 1000 else [])))
         for H in (64, 256, 1024):
@@ -159,6 +144,38 @@ def _has_gpu() -> bool:
         return False
 
 
+def has_host_settings(fw: str, host_env: str) -> bool:
+    """Whether worker ``fw`` runs with jaxrnn's host settings under ``--host-env host_env``."""
+    if host_env not in HOST_ENVS:
+        raise ValueError(f"host_env must be one of {HOST_ENVS}; got {host_env!r}")
+    return fw == "jaxrnn-host" or host_env == "tuned"
+
+
+def worker_env(
+    fw: str, host_env: str, base: Mapping[str, str] | None = None
+) -> tuple[dict[str, str], list[str]]:
+    """The environment and the extra command-line flags of worker ``fw``.
+
+    Without host settings the environment is ``base`` (default ``os.environ``) less
+    jaxrnn's malloc tunables (a user's own tunables stay): a user's own script. With them,
+    the tunables are added (where glibc takes them) and the worker applies inline dispatch
+    and jaxrnn's compiler options itself (``--host-settings``). PyTorch workers flush
+    denormals either way."""
+    base = dict(os.environ if base is None else base)
+    path = os.pathsep.join(p for p in (str(ROOT), base.get("PYTHONPATH")) if p)
+    env = dict(base, PYTHONPATH=path, KERAS_BACKEND="jax")
+    # several JAX workers share one GPU: each takes memory as it needs it, not 75% up front
+    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    flags = ["--flush-denormal"] if fw.startswith("torch") else []
+    if has_host_settings(fw, host_env):
+        return host.host_env(env), flags + ["--host-settings"]
+    ours = set(host.HOST_TUNABLES)
+    kept = [t for t in env.pop("GLIBC_TUNABLES", "").split(":") if t and t not in ours]
+    if kept:
+        env["GLIBC_TUNABLES"] = ":".join(kept)
+    return env, flags
+
+
 class Worker:
     """A framework in its own process (see :mod:`benchmarks.worker`)."""
 
@@ -168,23 +185,14 @@ class Worker:
         spec: dict[str, Any],
         device: str,
         warmup: int,
-        host_env: str = "tuned",
+        host_env: str = "default",
         wait: bool = True,
     ):
-        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-        env = dict(os.environ, PYTHONPATH=path, KERAS_BACKEND="jax")
-        # several JAX workers share one GPU: each takes memory as it needs it, not 75% up front
-        env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-        host = host_env == "tuned" or (host_env == "jaxrnn" and fw.startswith("jaxrnn"))
-        torch = fw.startswith("torch")  # host settings: PyTorch flushes denormals (as XLA
-        # computes), the JAX workers dispatch inline
-        if host:
-            env = runtime.host_env(env)
+        env, flags = worker_env(fw, host_env)
         self.fw = fw
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.worker", "--framework", fw, "--spec",
-             json.dumps(spec), "--device", device, "--warmup", str(warmup)]
-            + ((["--flush-denormal"] if torch else ["--inline-dispatch"]) if host else []),
+             json.dumps(spec), "--device", device, "--warmup", str(warmup), *flags],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             text=True, cwd=ROOT, env=env,
         )  # fmt: skip
@@ -214,6 +222,7 @@ class Worker:
         except (BrokenPipeError, ValueError):
             pass
         self.proc.wait(timeout=60)
+        self.proc.stdout.close()
 
 
 def run_case(
@@ -224,7 +233,7 @@ def run_case(
     budget_s: float,
     warmup: int,
     settle_s: float = SETTLE_S,
-    host_env: str = "tuned",
+    host_env: str = "default",
     round_warmup: int = ROUND_WARMUP,
     parallel_start: bool = False,
 ) -> dict[str, Any]:
@@ -244,14 +253,15 @@ def run_case(
         w.ready()
         if not w.info.get("ready"):
             print(f"   {fw:12s} skipped: {w.info.get('error')}", flush=True)
-            results[fw] = {"error": w.info.get("error")}
+            results[fw] = {"error": w.info.get("error"), "settings": w.info.get("settings")}
             w.close()
             continue
         est = min(w.info["warmup_s"] or [w.info["first_s"]])
         # steps per round so one framework spends about budget_s on the whole case
         w.per_round = max(1, min(20, int(budget_s / max(est, 1e-6) / reps)))
         w.rounds = reps if est * reps <= 4 * budget_s else max(1, int(4 * budget_s / est))
-        results[fw] = {"times": [], "first_s": w.info["first_s"], "rss_mb": w.info["rss_mb"]}
+        results[fw] = {"times": [], "first_s": w.info["first_s"], "rss_mb": w.info["rss_mb"],
+                       "settings": w.info.get("settings")}  # fmt: skip
         workers.append(w)
     rng = random.Random(0)
     for r in range(reps):
@@ -284,17 +294,48 @@ def run_case(
     }
 
 
-def machine_info() -> dict[str, Any]:
-    import importlib.metadata as md
-
-    cpu = platform.processor()
+def cpuinfo() -> dict[str, str]:
+    """The first processor's fields of ``/proc/cpuinfo`` ({} where there is none)."""
+    out: dict[str, str] = {}
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break
+                name, _, value = line.partition(":")
+                out.setdefault(name.strip(), value.strip())
     except OSError:
         pass
+    return out
+
+
+# AMD families and models (/proc/cpuinfo's "cpu family", "model"): 0x19 is Zen 3 and Zen 4
+_AMD_ZEN4_MODELS = (range(0x10, 0x20), range(0x60, 0x80), range(0xA0, 0xB0))
+
+
+def machine_kind(gpu: str | None, cpu: Mapping[str, str]) -> str:
+    """A short name of the machine kind, for results files: ``gpu-h100`` (from ``nvidia-smi
+    -L``'s line, for a run on the GPU), ``cpu-amd-zen4``, ``cpu-intel-xeon``, ... (from
+    ``/proc/cpuinfo``'s fields)."""
+    if gpu:
+        m = re.search(r"NVIDIA\s+(?:GeForce\s+)?([A-Za-z]*\d+\w*)", gpu)
+        return f"gpu-{m.group(1).lower()}" if m else "gpu"
+    vendor, name = cpu.get("vendor_id", ""), cpu.get("model name", "")
+    if vendor == "AuthenticAMD":
+        family, model = int(cpu.get("cpu family", "0")), int(cpu.get("model", "0"))
+        zen = {0x17: "zen2", 0x1A: "zen5"}.get(family)
+        if family == 0x19:
+            zen = "zen4" if any(model in r for r in _AMD_ZEN4_MODELS) else "zen3"
+        return f"cpu-amd-{zen}" if zen else "cpu-amd"
+    if vendor == "GenuineIntel":
+        return "cpu-intel-xeon" if "Xeon" in name else "cpu-intel"
+    return f"cpu-{platform.machine().lower() or 'unknown'}"
+
+
+def machine_info(on_gpu: bool) -> dict[str, Any]:
+    import importlib.metadata as md
+
+    info = cpuinfo()
     versions = {}
     for pkg in ("jax", "jaxlib", "flax", "optax", "keras", "torch", "numpy"):
         try:
@@ -304,10 +345,16 @@ def machine_info() -> dict[str, Any]:
     gpu = None
     if _has_gpu():
         gpu = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.strip()
+    flags = info.get("flags", "").split()
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "python": platform.python_version(),
-        "platform": platform.platform(), "versions": versions,
-        "loadavg": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "kind": machine_kind(gpu if on_gpu else None, info),
+        "cpu": info.get("model name") or platform.processor(), "vendor": info.get("vendor_id"),
+        "cpu_family": info.get("cpu family"), "cpu_model": info.get("model"),
+        "isa": [f for f in ("avx2", "avx512f", "amx_tile") if f in flags],
+        "cores": os.cpu_count(), "gpu": gpu, "python": platform.python_version(),
+        "glibc": platform.libc_ver()[1] or None, "platform": platform.platform(),
+        "versions": versions, "loadavg": os.getloadavg(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }  # fmt: skip
 
 
@@ -343,25 +390,32 @@ def main() -> None:
     ap.add_argument("--device", default="auto", help="auto | cpu | gpu")
     ap.add_argument(
         "--host-env",
-        default="tuned",
-        choices=["tuned", "jaxrnn", "default"],
-        help="environment of every worker (see the module docstring)",
+        default="default",
+        choices=HOST_ENVS,
+        help="default: every worker as a user's own script (jaxrnn-host aside); tuned: every "
+        "worker with jaxrnn's host settings (see the module docstring)",
     )
     ap.add_argument(
-        "--parallel-start", default="auto", choices=["auto", "on", "off"],
+        "--parallel-start",
+        default="auto",
+        choices=["auto", "on", "off"],
         help="start and compile a case's workers all at once (auto: on a GPU machine)",
-    )  # fmt: skip
+    )
     ap.add_argument("--frameworks", default=None, help="comma-separated subset (default: all)")
     ap.add_argument(
-        "--extra", default=None,
-        help="comma-separated frameworks added to every case (e.g. jaxrnn-fast-hoist: variants)",
-    )  # fmt: skip
+        "--extra",
+        default=None,
+        help="comma-separated frameworks added to every case (e.g. jaxrnn-pallas-reread)",
+    )
     ap.add_argument(
-        "--cases", default=None,
+        "--cases",
+        default=None,
         help="keep only the cases whose name contains one of these comma-separated strings",
-    )  # fmt: skip
+    )
     ap.add_argument(
-        "--out", default=None, help="JSON file (default benchmarks/results/<workload>.json)"
+        "--out",
+        default=None,
+        help="JSON file (default benchmarks/results/<machine kind>-<date>.json)",
     )
     args = ap.parse_args()  # fmt: skip
 
@@ -373,19 +427,17 @@ def main() -> None:
     only = set(args.frameworks.split(",")) if args.frameworks else None
     gpu = args.device == "gpu" or (args.device == "auto" and _has_gpu())
     parallel = args.parallel_start == "on" or (args.parallel_start == "auto" and gpu)
+    machine = machine_info(on_gpu=gpu)
     out = (
         Path(args.out)
         if args.out
-        else ROOT / "benchmarks" / "results" / f"{args.workload.replace(',', '+')}.json"
+        else ROOT / "benchmarks" / "results" / f"{machine['kind']}-{time.strftime('%Y-%m-%d')}.json"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"command": " ".join(["python"] + sys.argv), "machine": machine_info(), "device": args.device,
+    record = {"command": " ".join(["python"] + sys.argv), "machine": machine, "device": args.device,
               "reps": args.reps, "settle_s": args.settle, "round_warmup": args.round_warmup,
               "host_env": args.host_env, "parallel_start": parallel,
-              "glibc_tunables": runtime.host_env(os.environ).get("GLIBC_TUNABLES")
-              if args.host_env != "default" else os.environ.get("GLIBC_TUNABLES"),
-              "inline_dispatch": args.host_env != "default",  # for the same workers, JAX ones
-              "torch_flush_denormal": args.host_env == "tuned",  # the PyTorch workers
+              "workers": {},  # framework -> the process settings it reported
               "cases": []}  # fmt: skip
     for name in names:
         for spec, fws in workloads(name, args.device):
@@ -400,6 +452,9 @@ def main() -> None:
             )  # fmt: skip
             res["workload"] = name
             record["cases"].append(res)
+            for fw, r in res["results"].items():
+                if r.get("settings") is not None:
+                    record["workers"].setdefault(fw, r["settings"])
             out.write_text(json.dumps(record, indent=1))  # partial results survive an interrupt
     record["machine"]["loadavg_end"] = os.getloadavg()
     out.write_text(json.dumps(record, indent=1))

@@ -4,11 +4,15 @@ Started by :mod:`benchmarks.run`; speaks a line protocol on stdin/stdout so the
 runner can interleave frameworks round by round (while one worker times, the
 others wait on ``stdin`` and use no CPU)::
 
-    -> (start)                 <- @@{"ready": true, "first_s": ..., "warmup_s": [...], "rss_mb": ...}
+    -> (start)                 <- @@{"ready": true, "first_s": ..., "warmup_s": [...], "rss_mb": ...,
+                                     "settings": {...}}
     -> run 5 1                 <- @@{"times": [5 wall times in seconds]}  (after 1 untimed step)
     -> quit
 
-Lines the frameworks print themselves are passed through; protocol lines start with ``@@``.
+``settings`` are the process settings the worker ran with, as it saw them: ``GLIBC_TUNABLES``
+of its environment, whether JAX dispatches CPU work inline, the XLA compiler options of its
+jitted step, whether PyTorch flushes denormals. Lines the frameworks print themselves are
+passed through; protocol lines start with ``@@``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,38 @@ def send(obj: dict) -> None:
     sys.stdout.flush()
 
 
+def apply_settings(framework: str, device: str, host: bool, flush_denormal: bool) -> dict:
+    """Applies the process settings that must precede the framework's first computation and
+    returns them (with the compiler options for :func:`benchmarks.frameworks.build`).
+
+    ``host``: jaxrnn's host settings (:mod:`jaxrnn.training.host`, as ``train.py`` runs):
+    inline CPU dispatch for the JAX frameworks and, for jaxrnn's rows, its XLA compiler
+    options; the malloc tunables come with the environment the runner starts the worker in.
+    ``flush_denormal``: PyTorch computes with denormals flushed to zero, as XLA's CPU runtime
+    always does (unflushed, a saturated LSTM's tiny gradients take microcode assists on Intel
+    CPUs); set before PyTorch sets its thread count, so its intra-op threads inherit the mode.
+    """
+    jax_framework = not framework.startswith("torch")
+    settings = {
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
+        "inline_dispatch": False,
+        "compiler_options": {},
+        "flush_denormal": False,
+    }
+    if host and jax_framework:
+        from jaxrnn.training import host as host_settings
+
+        settings["inline_dispatch"] = host_settings.inline_cpu_dispatch()
+        if framework.startswith("jaxrnn"):  # {} off an AVX-512 CPU
+            platform = None if device == "auto" else device
+            settings["compiler_options"] = host_settings.compiler_options(platform)
+    if flush_denormal and framework.startswith("torch"):
+        import torch
+
+        settings["flush_denormal"] = bool(torch.set_flush_denormal(True))
+    return settings
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--framework", required=True)
@@ -38,32 +74,25 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument(
-        "--inline-dispatch", action="store_true", help="jaxrnn.runtime.inline_cpu_dispatch()"
-    )
+        "--host-settings", action="store_true",
+        help="jaxrnn's host settings: inline CPU dispatch, jaxrnn's XLA compiler options",
+    )  # fmt: skip
     ap.add_argument(
-        "--flush-denormal",
-        action="store_true",
+        "--flush-denormal", action="store_true",
         help="PyTorch: torch.set_flush_denormal(True), as XLA runs on the CPU",
-    )
+    )  # fmt: skip
     args = ap.parse_args()
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    if args.inline_dispatch:  # before any framework creates JAX's CPU backend
-        from jaxrnn import runtime
-
-        runtime.inline_cpu_dispatch()
-    if args.flush_denormal:
-        # XLA's CPU runtime computes with denormals flushed to zero (FTZ/DAZ); PyTorch does
-        # not by default, and on Intel CPUs the tiny gradients of a saturated LSTM/GRU then
-        # take microcode assists (seen: seed LSTM step ~800 ms -> ~90 ms). Set here, before
-        # the framework sets its thread count, so that its intra-op threads inherit the mode.
-        import torch
-
-        torch.set_flush_denormal(True)
-    from benchmarks.frameworks import FRAMEWORKS
+    from benchmarks import frameworks
 
     spec = json.loads(args.spec)
+    settings = None
     try:
-        step = FRAMEWORKS[args.framework](spec, args.device)
+        settings = apply_settings(
+            args.framework, args.device, args.host_settings, args.flush_denormal
+        )
+        options = settings["compiler_options"] or None
+        step = frameworks.build(args.framework, spec, args.device, compiler_options=options)
         t0 = time.perf_counter()
         step()  # first call: tracing + compilation (+ the step)
         first = time.perf_counter() - t0
@@ -73,9 +102,10 @@ def main() -> None:
             step()
             warm.append(time.perf_counter() - t0)
     except Exception as e:  # reported, not fatal for the whole run
-        send({"ready": False, "error": f"{type(e).__name__}: {e}"})
+        send({"ready": False, "error": f"{type(e).__name__}: {e}", "settings": settings})
         return
-    send({"ready": True, "first_s": first, "warmup_s": warm, "rss_mb": rss_mb()})
+    send({"ready": True, "first_s": first, "warmup_s": warm, "rss_mb": rss_mb(),
+          "settings": settings})  # fmt: skip
     for line in sys.stdin:
         cmd = line.split()
         if not cmd or cmd[0] == "quit":

@@ -23,7 +23,7 @@ activation options; Flax's GRU is ``reset_after=True`` with the recurrent
 Conversions that cannot be exact raise ``ValueError`` instead.
 
 PyTorch modules (``nn.RNN``, ``nn.LSTM``, ``nn.GRU``) convert to a **list of
-layers** (``BiParams`` for bidirectional layers) for :func:`jaxrnn.stack.stack`;
+layers** (``BiParams`` for bidirectional layers) for :func:`jaxrnn.stack`;
 PyTorch cells (``nn.RNNCell`` ...) to one cell's params. Keras layers convert to
 a cell's params (``BiParams`` for ``Bidirectional``).
 
@@ -37,7 +37,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrnn.bidirectional import BiParams
+from jaxrnn._bidirectional import BiParams
 from jaxrnn.cells import gru, lstm, simple
 
 _GRU_KERAS_FROM_TORCH = (1, 0, 2)  # Keras block g comes from PyTorch block _[g]: z<-z, r<-r, h<-n

@@ -35,13 +35,14 @@ Examples:
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from jaxrnn.cells._common import Array
-from jaxrnn.layer import Cell, _cell_name
+from jaxrnn import _checks
+from jaxrnn.cells._common import Array, Cell
 
 
 class DropoutMasks(NamedTuple):
@@ -107,7 +108,9 @@ def rnn_dropout_masks(
     if per_gate is None:
         per_gate = G is not None and recurrent_dropout > 0
     if per_gate and G is None:
-        raise ValueError(f"per-gate dropout masks need a gated cell; {_cell_name(cell)!r} has none")
+        raise ValueError(
+            f"per-gate dropout masks need a gated cell; {_checks.cell_name(cell)!r} has none"
+        )
     lead = (G,) if per_gate else ()
     k_x, k_h = jax.random.split(key)
     x = keep_mask(k_x, dropout, (*lead, *batch_shape, input_size), dtype) if dropout else None
@@ -119,40 +122,46 @@ def rnn_dropout_masks(
     return DropoutMasks(x, h)
 
 
-def _masked_simple(cell: Cell, masks: DropoutMasks, params: Any, carry: Array, x: Array):
-    # The Elman cell uses h_prev only in h_prev @ W_h, so masking the carry going in is exact.
-    if masks.x is not None:
-        x = x * masks.x
-    if masks.h is not None:
-        carry = carry * masks.h
-    return cell(params, carry, x)
+def _takes_masks(cell: Cell) -> bool:
+    """Whether ``cell`` takes ``x_mask`` / ``h_mask`` keywords (the built-in cells do)."""
+    inner = cell
+    while isinstance(inner, functools.partial):
+        inner = inner.func
+    try:
+        names = inspect.signature(inner).parameters
+    except (TypeError, ValueError):
+        return False
+    return "x_mask" in names and "h_mask" in names
+
+
+def _masked_input(cell: Cell, x_mask: Array, params: Any, carry: Any, x: Array):
+    return cell(params, carry, x * x_mask)
 
 
 def with_masks(cell: Cell, masks: DropoutMasks) -> Cell:
     """Returns ``cell`` with the dropout masks applied at every step (same masks each step).
 
-    Gated cells (``cell.num_gates``) take the masks as ``x_mask``/``h_mask``. Other
-    cells get ``x * masks.x``; recurrent masks are supported for the simple cell only
-    (where multiplying the incoming carry is exact).
+    Cells that take ``x_mask`` / ``h_mask`` (the built-in ones) get them bound with
+    ``functools.partial``, which :func:`jaxrnn.rnn`'s faster backends understand (an input
+    mask is folded into the hoisted projection). Other cells get ``x * masks.x``; they cannot
+    take recurrent masks.
     """
     if masks.x is None and masks.h is None:
         return cell
-    if num_gates(cell) is not None:
+    if _takes_masks(cell):
         kwargs = {k: v for k, v in (("x_mask", masks.x), ("h_mask", masks.h)) if v is not None}
-        wrapped = functools.partial(cell, **kwargs)
-    else:
-        if masks.h is not None and _cell_name(cell) != "simple":
-            raise ValueError(
-                f"recurrent dropout is supported for gated cells (with x_mask/h_mask) and the "
-                f"simple cell; {_cell_name(cell)!r} is neither"
-            )
-        if (masks.x is not None and masks.x.ndim > 2) or (masks.h is not None and masks.h.ndim > 2):
-            raise ValueError(f"per-gate masks need a gated cell; got {_cell_name(cell)!r}")
-        wrapped = functools.partial(_masked_simple, cell, masks)
-        wrapped.cell_name = _cell_name(cell)  # type: ignore[attr-defined]
+        return functools.partial(cell, **kwargs)
+    if masks.h is not None:
+        raise ValueError(
+            f"recurrent dropout needs a cell that takes h_mask (the built-in cells do); "
+            f"{_checks.cell_name(cell)!r} does not"
+        )
+    if masks.x.ndim > 2:
+        raise ValueError(f"per-gate masks need a gated cell; got {_checks.cell_name(cell)!r}")
+    wrapped = functools.partial(_masked_input, cell, masks.x)
     for attr in ("initial_carry", "cell_name"):
         inner = getattr(cell, "func", cell)
-        if hasattr(inner, attr) and not hasattr(wrapped, attr):
+        if hasattr(inner, attr):
             setattr(wrapped, attr, getattr(inner, attr))
     return wrapped
 

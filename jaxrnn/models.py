@@ -23,17 +23,17 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from jaxrnn import cells
+from jaxrnn import _checks, cells
 from jaxrnn import dropout as dropout_lib
-from jaxrnn.cells._common import Array
-from jaxrnn.layer import carry_output, rnn
+from jaxrnn._rnn import Embedded, rnn
+from jaxrnn._stack import stack
+from jaxrnn.cells._common import Array, carry_output
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +51,7 @@ class ClassifierConfig:
     recurrent_dropout: float = 0.0
     # rematerialise BPTT (jaxrnn.rnn's remat): k steps per checkpointed segment, "sqrt", None
     remat: int | str | None = None
+    backend: Any = "auto"  # what runs the recurrence (a name or a jaxrnn.backends.Backend)
 
 
 def init_classifier(key: Array, cfg: ClassifierConfig, dtype: Any = jnp.float32) -> dict[str, Any]:
@@ -72,15 +73,6 @@ def init_classifier(key: Array, cfg: ClassifierConfig, dtype: Any = jnp.float32)
     }
 
 
-def check_tokens(tokens: Any, vocab_size: int) -> None:
-    """Raises ``TypeError``/``ValueError`` for non-integer or non-``[B, T]`` token arrays."""
-    dtype = jnp.result_type(tokens)
-    if not jnp.issubdtype(dtype, jnp.integer):
-        raise TypeError(f"tokens must be integer word ids in [0, {vocab_size}); got dtype {dtype}")
-    if jnp.ndim(tokens) != 2:
-        raise ValueError(f"tokens must have shape [B, T]; got shape {tuple(jnp.shape(tokens))}")
-
-
 def classifier_logits(
     cfg: ClassifierConfig,
     params: dict[str, Any],
@@ -99,26 +91,24 @@ def classifier_logits(
         key: PRNG key for ``cfg.dropout`` / ``cfg.recurrent_dropout`` (training); ``None``
             (evaluation): no dropout.
 
+    The embedding is folded into the recurrence's input projection where the backend hoists
+    it (:class:`jaxrnn.Embedded`): the ``[V, E]`` table is projected once, not ``[B, T, E]``
+    word vectors.
+
     Returns:
         ``[B]`` logits; ``jax.nn.sigmoid`` of them is the probability of "positive".
     """
-    check_tokens(tokens, cfg.vocab_size)
-    xs = jnp.take(params["embedding"], tokens, axis=0)  # [B, T] -> [B, T, E]
+    tokens = _checks.tokens(tokens, cfg.vocab_size)
     cell = cells.get(cfg.cell).cell
     if key is not None and (cfg.dropout or cfg.recurrent_dropout):
         masks = dropout_lib.rnn_dropout_masks(  # x [(G,) B, E], h [(G,) B, H]: one per sequence
-            key,
-            cell,
-            cfg.embed_dim,
-            cfg.hidden_size,
-            tokens.shape[:1],
-            dropout=cfg.dropout,
-            recurrent_dropout=cfg.recurrent_dropout,
-            dtype=xs.dtype,
-        )
+            key, cell, cfg.embed_dim, cfg.hidden_size, tokens.shape[:1], dropout=cfg.dropout,
+            recurrent_dropout=cfg.recurrent_dropout, dtype=params["embedding"].dtype,
+        )  # fmt: skip
         cell = dropout_lib.with_masks(cell, masks)
-    h_T, _ = rnn(cell, params["rnn"], xs, lengths=lengths, remat=cfg.remat)  # [B, H] | carry
-    h_T = carry_output(h_T)  # LSTM-style carries (h, c): keep h
+    xs = Embedded(params["embedding"], tokens)  # [V, E], [B, T]
+    carry, _ = rnn(cell, params["rnn"], xs, lengths=lengths, remat=cfg.remat, backend=cfg.backend)
+    h_T = carry_output(carry)  # [B, H]; an LSTM's carry (h, c) keeps h
     return (h_T @ params["W_o"] + params["b_o"])[:, 0]  # [B, H] @ [H, 1] -> [B]
 
 
@@ -159,6 +149,8 @@ class CharLMConfig:
     # char-rnn's dropout: on the input of every layer but the first and on the top layer's
     # outputs (a fresh mask per element), applied only when char_lm_logits gets a key
     dropout: float = 0.0
+    remat: int | str | None = None  # rematerialised BPTT, as jaxrnn.rnn's remat
+    backend: Any = "auto"  # what runs the recurrence (a name or a jaxrnn.backends.Backend)
 
 
 def init_char_lm(key: Array, cfg: CharLMConfig, dtype: Any = jnp.float32) -> dict[str, Any]:
@@ -197,7 +189,6 @@ def char_lm_logits(
     tokens: Array,
     h0: Any = None,
     *,
-    rnn_fn: Callable | None = None,
     key: Array | None = None,
 ) -> tuple[Any, Array]:
     """Next-character logits at every position.
@@ -208,13 +199,9 @@ def char_lm_logits(
         tokens: ``[B, T]`` int character ids.
         h0: optional initial carry (leaves ``[B, H]``; with ``L > 1`` layers, a list of
             ``L`` carries); zeros when ``None``.
-        rnn_fn: what runs the recurrence. One layer: :func:`jaxrnn.rnn` (default) or
-            :func:`jaxrnn.fast.rnn` (same signature, same numbers). ``L > 1`` layers:
-            :func:`jaxrnn.stack.stack` (default; e.g. with ``fast=True`` / ``remat=``
-            bound), which also gets ``dropout``, ``key`` and ``deterministic``.
         key: PRNG key for ``cfg.dropout`` (training); ``None`` (evaluation): no dropout.
             The masks between layers come from ``fold_in(key, k)`` (``k < L - 1``, see
-            :func:`jaxrnn.stack.stack`), those on the top layer's outputs from
+            :func:`jaxrnn.stack`), those on the top layer's outputs from
             ``fold_in(key, L - 1)``, step ``t``'s from a further ``fold_in(., t)``.
 
     Returns:
@@ -231,17 +218,17 @@ def char_lm_logits(
         >>> logits.shape
         (2, 5, 10)
     """
-    check_tokens(tokens, cfg.vocab_size)
+    tokens = _checks.tokens(tokens, cfg.vocab_size)
     cell = cells.get(cfg.cell).cell
-    xs = jnp.take(params["embedding"], tokens, axis=0)  # [B, T] -> [B, T, E]
     drop = key is not None and cfg.dropout > 0
+    run = dict(remat=cfg.remat, backend=cfg.backend)
     if cfg.num_layers == 1:
-        carry, hs = (rnn_fn or rnn)(cell, params["rnn"], xs, h0)  # hs: [B, T, H]
+        xs = Embedded(params["embedding"], tokens)  # [V, E], [B, T]
+        carry, hs = rnn(cell, params["rnn"], xs, h0, **run)  # hs: [B, T, H]
     else:
-        from jaxrnn.stack import stack  # stack -> recurrent -> fast -> models: import here
-
-        carry, hs = (rnn_fn or stack)(
-            cell, params["rnn"], xs, h0, dropout=cfg.dropout, key=key, deterministic=not drop
+        xs = jnp.take(params["embedding"], tokens, axis=0)  # [B, T] -> [B, T, E]
+        carry, hs = stack(
+            cell, params["rnn"], xs, h0, dropout=cfg.dropout, key=key, deterministic=not drop, **run
         )  # hs: [B, T, H], the top layer's outputs
     if drop:  # the top layer's outputs, as char-rnn drops them before its decoder
         steps = jnp.arange(hs.shape[1])
@@ -319,6 +306,8 @@ class RegressorConfig:
     cell: str = "simple"  # a name registered in jaxrnn.cells
     cell_options: tuple[tuple[str, Any], ...] = ()  # extra kwargs of cells.<cell>.init
     chrono_t_max: int = 0  # LSTM only: > 0 applies chrono_lstm_bias(t_max) at init
+    remat: int | str | None = None  # rematerialised BPTT, as jaxrnn.rnn's remat
+    backend: Any = "auto"  # what runs the recurrence (a name or a jaxrnn.backends.Backend)
 
 
 def chrono_lstm_bias(key: Array, b: Array, t_max: int) -> Array:
@@ -359,17 +348,13 @@ def init_regressor(key: Array, cfg: RegressorConfig, dtype: Any = jnp.float32) -
     }
 
 
-def regressor_predict(
-    cfg: RegressorConfig, params: dict[str, Any], xs: Array, *, rnn_fn: Callable = rnn
-) -> Array:
+def regressor_predict(cfg: RegressorConfig, params: dict[str, Any], xs: Array) -> Array:
     """Prediction ``h_T @ W_o + b_o`` for each sequence.
 
     Args:
         cfg: model settings.
         params: from :func:`init_regressor`.
         xs: ``[B, T, D]`` float inputs.
-        rnn_fn: what runs the recurrence: :func:`jaxrnn.rnn` (default) or
-            :func:`jaxrnn.fast.rnn` (same signature, same numbers).
 
     Returns:
         ``[B]`` predictions.
@@ -382,5 +367,6 @@ def regressor_predict(
         >>> models.regressor_predict(cfg, params, jnp.zeros((3, 20, 2), jnp.float32)).shape
         (3,)
     """
-    carry, _ = rnn_fn(cells.get(cfg.cell).cell, params["rnn"], xs)
+    cell = cells.get(cfg.cell).cell
+    carry, _ = rnn(cell, params["rnn"], xs, remat=cfg.remat, backend=cfg.backend)
     return (carry_output(carry) @ params["W_o"] + params["b_o"])[:, 0]  # [B, H] @ [H, 1] -> [B]

@@ -29,8 +29,8 @@ import jax
 from flax import nnx
 
 from jaxrnn import cells
+from jaxrnn._rnn import rnn
 from jaxrnn.cells._common import Array
-from jaxrnn.layer import rnn
 
 
 def _split_fields(params: Any) -> tuple[dict[str, Any], dict[str, Any]]:

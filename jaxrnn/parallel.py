@@ -4,7 +4,7 @@ A recurrence ``h_t = f(h_{t-1}, x_t)`` looks sequential, but its whole trajector
 root of ``T`` equations ``h_t - f(h_{t-1}, x_t) = 0`` that can be solved all at once:
 
 * :func:`linear_scan` solves the *linear* recurrence ``h_t = a_t h_{t-1} + b_t`` in
-  ``O(log T)`` parallel depth with :func:`jax.lax.associative_scan` (Blelloch 1990), for
+  ``O(log T)`` parallel depth with ``jax.lax.associative_scan`` (Blelloch 1990), for
   diagonal (``a_t: [..., H]``) or dense (``a_t: [..., H, H]``) coefficients, real or
   complex. The linear cells (:mod:`jaxrnn.cells.lru`, :mod:`~jaxrnn.cells.mingru`,
   :mod:`~jaxrnn.cells.minlstm`) run on it.
@@ -196,7 +196,7 @@ def linear_scan(
 ) -> Array:
     """Solves the linear recurrence ``h_t = a_t h_{t-1} + b_t`` for all ``t`` at once.
 
-    With :func:`jax.lax.associative_scan` over the affine maps ``h -> a_t h + b_t``, whose
+    With ``jax.lax.associative_scan`` over the affine maps ``h -> a_t h + b_t``, whose
     composition is associative, ``(a_j, b_j) ∘ (a_i, b_i) = (a_j a_i, a_j b_i + b_j)``: ``O(T)``
     work in ``O(log T)`` parallel depth (Blelloch 1990; the scan of Martin & Cundy 2018 and of
     the LRU, Orvieto et al. 2023). Its gradient is one more scan, the adjoint recurrence run

@@ -5,14 +5,79 @@ want float32 ask for it explicitly.
 """
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
+from jaxrnn import backends
+from jaxrnn.backends import cpu, gpu
+
 jax.config.update("jax_enable_x64", True)
+
+# the Pallas kernels run on the CPU through Pallas's interpreter, every cell's kernels on
+ALL_GPU = gpu.Config(interpret=True, cells=frozenset({"simple", "lstm", "gru"}))
+BACKENDS = ["scan", "xla", "native", "pallas"]
 
 
 @pytest.fixture
 def key():
     return jax.random.key(0)
+
+
+def make_backend(name: str) -> backends.Backend:
+    """A backend by name for the tests (skips ``native`` where the kernels cannot run)."""
+    if name == "native" and not cpu.available():
+        reason = cpu.unsupported("lstm", "", jnp.float32, 4, 4)
+        pytest.skip(f"native kernels unavailable here: {reason}")
+    return backends.Backend(name, gpu=ALL_GPU)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> backends.Backend:
+    """Every backend of ``rnn`` in turn (see test_backends.py)."""
+    return make_backend(request.param)
+
+
+def backend_dtype(b: backends.Backend):
+    """float32 for the native kernels (their only dtype), float64 elsewhere."""
+    return jnp.float32 if b.name == "native" else jnp.float64
+
+
+def backend_tol(b: backends.Backend) -> dict:
+    """Agreement with the float64 reference: float32 rounding for the native kernels."""
+    return dict(rtol=2e-5, atol=2e-6) if b.name == "native" else dict(rtol=1e-8, atol=1e-10)
+
+
+def assert_trees_close(a, b, **kw):
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(la) == len(lb), (len(la), len(lb))
+    for x, y in zip(la, lb, strict=True):
+        np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64), **kw)
+
+
+def paths_taken(fn, *args) -> set[str]:
+    """The backends whose code is in ``fn``'s program: ``native`` (an FFI call of the CPU
+    kernels), ``pallas`` (a Pallas call), ``hoisted`` (a hoisted recurrence)."""
+    text = str(jax.make_jaxpr(fn)(*args))
+    found = set()
+    if any(f"jaxrnn_{c}_" in text for c in ("simple", "lstm", "gru")):
+        found.add("native")
+    if "pallas_call" in text:
+        found.add("pallas")
+    if "jaxrnn_linear" in text or "_recurrence" in text:
+        found.add("hoisted")
+    return found
+
+
+def assert_path(b: backends.Backend, fn, *args) -> None:
+    """``fn``'s program runs backend ``b`` (and no kernel it did not name)."""
+    found = paths_taken(fn, *args)
+    if b.name == "scan":
+        assert not found, found
+    elif b.name == "xla":
+        assert found == {"hoisted"}, found
+    else:
+        assert b.name in found and found <= {b.name, "hoisted"}, found
 
 
 # The combinatorial equivalence tests below (each parametrization compiles its own programs,

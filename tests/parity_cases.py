@@ -23,11 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrnn import cells, convert
-from jaxrnn.bidirectional import bidirectional
+from jaxrnn import bidirectional, cells, convert, recurrent, stack, torch_state
 from jaxrnn.dropout import rnn_dropout_masks
-from jaxrnn.recurrent import recurrent
-from jaxrnn.stack import stack, torch_state
 
 B, T, D, H = 3, 6, 4, 5
 
@@ -140,7 +137,7 @@ def _patch_keras_dropout(cell, masks):
 def keras_case(
     kind, opts=(), *, mask=None, go_backwards=False, dropout=0.0, recurrent_dropout=0.0, seed=0
 ):
-    """A Keras RNN layer vs :func:`jaxrnn.recurrent.recurrent`; ``opts``: tuple of (k, v)."""
+    """A Keras RNN layer vs :func:`jaxrnn.recurrent`; ``opts``: tuple of (k, v)."""
     layer = _keras_layer(kind, tuple(opts), go_backwards, dropout, recurrent_dropout, seed)
     params = convert.from_keras(layer)
     cell = cells.get(kind).cell
@@ -216,7 +213,7 @@ def _keras_bidirectional(kind, opts, merge_mode, return_sequences, seed):
 def keras_bidirectional_case(
     kind, opts=(), *, merge_mode="concat", return_sequences=True, mask=None, seed=0
 ):
-    """keras.layers.Bidirectional vs :func:`jaxrnn.bidirectional.bidirectional`."""
+    """keras.layers.Bidirectional vs :func:`jaxrnn.bidirectional`."""
     layer = _keras_bidirectional(kind, tuple(opts), merge_mode, return_sequences, seed)
     params = convert.from_keras(layer)
     xs, m = _xs(seed), (None if mask is None else MASKS[mask])
@@ -275,7 +272,7 @@ def torch_case(
     lengths=False,
     seed=0,
 ):
-    """nn.RNN/LSTM/GRU (packed when ``lengths``) vs :func:`jaxrnn.stack.stack`."""
+    """nn.RNN/LSTM/GRU (packed when ``lengths``) vs :func:`jaxrnn.stack`."""
     import torch
     from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 

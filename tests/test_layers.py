@@ -6,12 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import assert_path, assert_trees_close, backend_tol, paths_taken
 
-from jaxrnn import cells, rnn
-from jaxrnn.bidirectional import BiParams, bidirectional
+from jaxrnn import BiParams, bidirectional, cells, recurrent, rnn, stack, torch_state
 from jaxrnn.dropout import dropout, dropout_steps, rnn_dropout_masks, with_masks
-from jaxrnn.recurrent import recurrent
-from jaxrnn.stack import stack, torch_state
 
 B, T, D, H = 3, 6, 4, 5
 KINDS = ["simple", "lstm", "gru"]
@@ -80,55 +78,57 @@ def test_recurrent_mask_matches_loop(kind, go_backwards, zero_output):
 @pytest.mark.parametrize("go_backwards", [False, True])
 @pytest.mark.parametrize("use_lengths", [True, False], ids=["lengths", "no-mask"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_recurrent_fast_matches_loop(kind, use_lengths, go_backwards, zero_output):
-    """recurrent(fast=True) (jaxrnn.fast.rnn, masked outputs filled in after the loop) against
-    Keras's masked loop written out; gradients against the plain path (fast=False)."""
+def test_recurrent_on_every_backend_matches_loop(
+    backend, kind, use_lengths, go_backwards, zero_output
+):
+    """recurrent on each backend (masked outputs filled in after the loop) against Keras's
+    masked loop written out; gradients against scan."""
+    dtype = jnp.float32 if backend.name == "native" else jnp.float64
     cell, p, xs = _setup(kind)
+    p, xs = jax.tree.map(lambda a: a.astype(dtype), (p, xs))
     lengths = jnp.asarray(LENGTHS) if use_lengths else None
     mask = (np.arange(T)[None, :] < LENGTHS[:, None]) if use_lengths else np.ones((B, T), bool)
     opts = dict(lengths=lengths, go_backwards=go_backwards, zero_output_for_mask=zero_output)
-    jaxpr = str(jax.make_jaxpr(lambda p, x: recurrent(cell, p, x, fast=True, **opts))(p, xs))
-    assert "custom_vjp_call" in jaxpr  # on the fast loops
-    ys, carry = recurrent(cell, p, xs, return_state=True, fast=True, **opts)
-    ref_ys, ref_carry = _loop(cell, p, xs, mask, go_backwards, zero_output)
-    np.testing.assert_allclose(ys, ref_ys, rtol=1e-12, atol=1e-12)
-    for a, b in zip(jax.tree.leaves(carry), jax.tree.leaves(ref_carry), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    assert_path(backend, lambda p, x: recurrent(cell, p, x, backend=backend, **opts), p, xs)
+    ys, carry = recurrent(cell, p, xs, return_state=True, backend=backend, **opts)
+    p64, xs64 = jax.tree.map(lambda a: a.astype(jnp.float64), (p, xs))
+    ref_ys, ref_carry = _loop(cell, p64, xs64, mask, go_backwards, zero_output)
+    assert_trees_close((ys, carry), (ref_ys, ref_carry), **backend_tol(backend))
 
-    def loss(p, xs, fast):
-        ys, carry = recurrent(cell, p, xs, return_state=True, fast=fast, **opts)
+    def loss(p, xs, b):
+        ys, carry = recurrent(cell, p, xs, return_state=True, backend=b, **opts)
         w = jnp.cos(jnp.arange(ys.size, dtype=ys.dtype)).reshape(ys.shape)
         return jnp.sum(ys * w) + sum(jnp.sum(jnp.sin(c)) for c in jax.tree.leaves(carry))
 
-    g_fast = jax.grad(loss, argnums=(0, 1))(p, xs, True)
-    g_plain = jax.grad(loss, argnums=(0, 1))(p, xs, False)
-    for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_plain), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    g = jax.grad(loss, argnums=(0, 1))(p, xs, backend)
+    assert_trees_close(g, jax.grad(loss, argnums=(0, 1))(p64, xs64, "scan"), **backend_tol(backend))
 
 
 @pytest.mark.parametrize("go_backwards", [False, True])
-def test_recurrent_fast_with_dropout_equals_plain(go_backwards):
-    """Dropout masks bound to the cell: fast.rnn runs its plain loop, with the same semantics."""
+def test_recurrent_with_dropout_equals_scan(go_backwards):
+    """Input and recurrent dropout masks bound to the cell (the recurrent mask keeps auto on
+    scan; input dropout alone is hoisted): the same semantics and numbers."""
     cell, p, xs = _setup("lstm")
-    opts = dict(
-        lengths=jnp.asarray(LENGTHS), go_backwards=go_backwards, dropout=0.3,
-        recurrent_dropout=0.2, key=jax.random.key(5), deterministic=False, return_state=True,
-    )  # fmt: skip
-    got = recurrent(cell, p, xs, fast=True, **opts)
-    want = recurrent(cell, p, xs, fast=False, **opts)
-    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    for rec in (0.2, 0.0):
+        opts = dict(
+            lengths=jnp.asarray(LENGTHS), go_backwards=go_backwards, dropout=0.3,
+            recurrent_dropout=rec, key=jax.random.key(5), deterministic=False, return_state=True,
+        )  # fmt: skip
+        got = recurrent(cell, p, xs, **opts)
+        assert_trees_close(
+            got, recurrent(cell, p, xs, backend="scan", **opts), rtol=1e-12, atol=1e-12
+        )
 
 
-def test_recurrent_fast_with_an_explicit_mask_runs_the_masked_loop():
+def test_recurrent_with_an_explicit_mask_runs_the_masked_loop():
     cell, p, xs = _setup("lstm")
-    jaxpr = str(jax.make_jaxpr(lambda p, x: recurrent(cell, p, x, mask=MASK, fast=True))(p, xs))
-    assert "custom_vjp_call" not in jaxpr
+    assert not paths_taken(lambda p, x: recurrent(cell, p, x, mask=MASK), p, xs)
     np.testing.assert_allclose(
-        recurrent(cell, p, xs, mask=MASK, fast=True),
-        _loop(cell, p, xs, MASK, False, False)[0],
+        recurrent(cell, p, xs, mask=MASK), _loop(cell, p, xs, MASK, False, False)[0],
         rtol=1e-12, atol=1e-12,
     )  # fmt: skip
+    with pytest.raises(ValueError, match=r"backend 'xla' cannot skip masked steps .* lengths"):
+        recurrent(cell, p, xs, mask=MASK, backend="xla")
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -272,11 +272,11 @@ def test_stack_mixed_cells_matches_composition_and_dropout():
         return [c0, (cf, cb), c2], h
 
     for drop in (False, True):
-        for fast in (False, True):
+        for b in ("scan", "xla"):
             finals, ys = jax.jit(
-                lambda p, xs, drop=drop, fast=fast: stack(
+                lambda p, xs, drop=drop, b=b: stack(
                     cell_list, p, xs, lengths=LENGTHS, dropout=0.5, key=key,
-                    deterministic=not drop, fast=fast,
+                    deterministic=not drop, backend=b,
                 )
             )(params, xs)  # fmt: skip
             ref_finals, ref_ys = manual(drop)
@@ -284,14 +284,14 @@ def test_stack_mixed_cells_matches_composition_and_dropout():
             for a, b in zip(jax.tree.leaves(finals), jax.tree.leaves(ref_finals), strict=True):
                 np.testing.assert_allclose(a, b, atol=1e-12)
 
-    def loss(params, fast):
+    def loss(params, b):
         finals, ys = stack(
             cell_list, params, xs, lengths=LENGTHS, dropout=0.5, key=key, deterministic=False,
-            fast=fast,
+            backend=b,
         )  # fmt: skip
         return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(c**2) for c in jax.tree.leaves(finals))
 
-    g_fast, g_plain = jax.grad(loss)(params, True), jax.grad(loss)(params, False)
+    g_fast, g_plain = jax.grad(loss)(params, "xla"), jax.grad(loss)(params, "scan")
     for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_plain), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
@@ -324,7 +324,7 @@ def test_bad_input_is_reported():
         recurrent(cell, p, xs[..., :3])
     with pytest.raises(ValueError, match="got 2 cells for 3 layers"):
         stack([cell, cell], [p, p, p], xs)
-    with pytest.raises(ValueError, match="recurrent dropout is supported"):
+    with pytest.raises(ValueError, match="recurrent dropout needs a cell that takes h_mask"):
         with_masks(
             lambda p, c, x: (c, c),
             rnn_dropout_masks(

@@ -14,9 +14,7 @@ import optax
 import pytest
 from jax.test_util import check_grads
 
-from jaxrnn import cells, rnn
-from jaxrnn.bidirectional import BiParams, bidirectional
-from jaxrnn.stack import stack
+from jaxrnn import BiParams, bidirectional, cells, rnn, stack
 
 B, T, D, H, N = 3, 9, 4, 5, 6
 LINEAR = ["lru", "mingru", "minlstm"]

@@ -1,25 +1,14 @@
-"""rnn / fast.rnn / recurrent / bidirectional / stack (..., remat=k | "sqrt"): the same
-values and gradients as without remat (float64), and less memory for BPTT (XLA's compiled
-buffer sizes)."""
-
-import functools
+"""recurrent / bidirectional / stack (..., remat=k | "sqrt"): the same values and gradients
+as without remat (float64); less memory for BPTT (XLA's compiled buffer sizes) on rnn's
+backends and the layers. (rnn's remat against no remat, on every backend: test_backends.py.)"""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrnn import cells, fast, rnn
-from jaxrnn.bidirectional import BiParams, bidirectional
-from jaxrnn.layer import remat_segment
-from jaxrnn.recurrent import recurrent
-from jaxrnn.stack import stack
-
-
-def _loss(cell, p, xs, h0, run=rnn, **kw):
-    carry, ys = run(cell, p, xs, h0, **kw)
-    w = jnp.cos(jnp.arange(ys.size, dtype=ys.dtype)).reshape(ys.shape)  # weights every output
-    return jnp.sum(ys * w) + sum(jnp.sum(jnp.sin(c)) for c in jax.tree.leaves(carry))
+from jaxrnn import BiParams, bidirectional, cells, recurrent, rnn, stack
+from jaxrnn._checks import remat_segment
 
 
 def _case(cell_name, key):
@@ -35,84 +24,23 @@ def _case(cell_name, key):
     return mod, p, xs, h0
 
 
-@pytest.mark.parametrize(
-    "cell_name,remat,reverse,with_lengths",
-    [
-        ("simple", 1, False, False),
-        ("simple", 4, False, False),  # 13 = 3 * 4 + 1: a remainder segment
-        ("simple", 4, True, False),
-        ("simple", "sqrt", False, True),
-        ("simple", 13, True, True),  # one segment
-        ("lstm", 5, False, False),
-        ("gru", "sqrt", True, False),
-    ],
-)
-def test_remat_values_and_grads_equal_full(cell_name, remat, reverse, with_lengths, key):
-    mod, p, xs, h0 = _case(cell_name, key)
-    kw = dict(reverse=reverse, lengths=jnp.array([13, 6, 0]) if with_lengths else None)
-    full = rnn(mod.cell, p, xs, h0, **kw)
-    rem = rnn(mod.cell, p, xs, h0, remat=remat, **kw)
-    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(rem), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-13, atol=1e-14)
-    g_full = jax.grad(lambda *a: _loss(mod.cell, *a, **kw), argnums=(0, 1, 2))(p, xs, h0)
-    g_rem = jax.grad(lambda *a: _loss(mod.cell, *a, remat=remat, **kw), argnums=(0, 1, 2))(
-        p, xs, h0
-    )
-    for a, b in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_rem), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-11, atol=1e-13)
-
-
-def test_remat_reduces_bptt_memory(key):
-    """XLA's buffer assignment: temporaries of the gradient shrink with sqrt(T) segments."""
-    B, T, D, H = 4, 2048, 8, 64
-    p = cells.simple.init(key, D, H)
-    xs = jnp.ones((B, T, D), jnp.float32)
-
-    def temp_bytes(remat):
-        f = jax.jit(jax.grad(lambda p: jnp.sum(rnn(cells.simple.cell, p, xs, remat=remat)[0])))
-        return f.lower(p).compile().memory_analysis().temp_size_in_bytes
-
-    full, sqrt = temp_bytes(None), temp_bytes("sqrt")
-    per_step = B * H * 4  # one float32 carry
-    assert full >= T * per_step  # at least every h_t is kept
-    assert sqrt < full / 4, (full, sqrt)
-
-
-@pytest.mark.parametrize("cell_name", ["simple", "lstm", "gru"])
-@pytest.mark.parametrize(
-    "remat,reverse,with_lengths",
-    [(4, False, False), ("sqrt", True, False), (4, False, True), (13, True, True)],
-)
-def test_fast_remat_values_and_grads_equal_plain(cell_name, remat, reverse, with_lengths, key):
-    """fast.rnn(..., remat=...) (segments projected and run on the fast path) against the
-    plain path without remat, float64 (the XLA loops; the kernels in float32:
-    tests/test_native.py)."""
-    mod, p, xs, h0 = _case(cell_name, key)
-    kw = dict(reverse=reverse, lengths=jnp.array([13, 6, 0]) if with_lengths else None)
-    run = functools.partial(fast.rnn, kernels=fast.ALL_KERNELS, remat=remat)
-    for a, b in zip(
-        jax.tree.leaves(rnn(mod.cell, p, xs, h0, **kw)),
-        jax.tree.leaves(run(mod.cell, p, xs, h0, **kw)),
-        strict=True,
-    ):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-13)
-    g_plain = jax.grad(lambda *a: _loss(mod.cell, *a, **kw), argnums=(0, 1, 2))(p, xs, h0)
-    g_fast = jax.grad(lambda *a: _loss(mod.cell, *a, run=run, **kw), argnums=(0, 1, 2))(p, xs, h0)
-    for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g_fast), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-12)
-
-
+@pytest.mark.parametrize("backend", ["scan", "auto"])
 @pytest.mark.parametrize("cell_name", ["simple", "lstm"])
-def test_fast_remat_reduces_bptt_memory(cell_name, key):
-    """The fast path (float32: the native kernels where the CPU has them) in sqrt(T)
-    segments: neither the projections [T, B, G H] nor the loops' buffers kept for all T."""
+def test_remat_reduces_bptt_memory(cell_name, backend, key):
+    """XLA's buffer assignment: the gradient's temporaries shrink with sqrt(T) segments, on
+    the scan and on the fastest backend (neither the projections [T, B, G H] nor the loops'
+    buffers kept for all T)."""
     mod = cells.get(cell_name)
     B, T, D, H = 4, 2048, 8, 64
     p = mod.init(key, D, H)
     xs = jnp.ones((B, T, D), jnp.float32)
 
     def temp_bytes(remat):
-        loss = lambda p: jnp.sum(jax.tree.leaves(fast.rnn(mod.cell, p, xs, remat=remat)[0])[0])  # noqa: E731
+        def loss(p):
+            return jnp.sum(
+                jax.tree.leaves(rnn(mod.cell, p, xs, remat=remat, backend=backend)[0])[0]
+            )
+
         return jax.jit(jax.grad(loss)).lower(p).compile().memory_analysis().temp_size_in_bytes
 
     full, sqrt = temp_bytes(None), temp_bytes("sqrt")
@@ -120,36 +48,18 @@ def test_fast_remat_reduces_bptt_memory(cell_name, key):
     assert sqrt < full / 4, (full, sqrt)
 
 
-def test_fast_rnn_bad_remat_is_a_clear_error(key):
-    p = cells.simple.init(key, 2, 3)
-    with pytest.raises(ValueError, match="remat must be None, 'sqrt' or a positive int"):
-        fast.rnn(cells.simple.cell, p, jnp.ones((1, 4, 2), jnp.float32), remat="log")
-
-
 @pytest.mark.parametrize("bad", [0, -2, 1.5, "log", True])
 def test_bad_remat_is_a_clear_error(bad, key):
     p = cells.simple.init(key, 2, 3)
-    with pytest.raises(ValueError, match="remat must be None, 'sqrt' or a positive int"):
+    with pytest.raises(
+        ValueError, match=f"rnn: remat must be None, 'sqrt' or a positive int; got {bad!r}"
+    ):
         rnn(cells.simple.cell, p, jnp.ones((1, 4, 2), jnp.float32), remat=bad)
 
 
 def test_remat_segment():
     assert remat_segment("sqrt", 100) == 10
     assert remat_segment(500, 100) == 100
-
-
-def test_memory_benchmark_measures_both_paths():
-    """benchmarks/memory.py's step (compiled and run) on the plain and the fast path: the same
-    loss, finite gradients, XLA's buffer sizes reported."""
-    from benchmarks import memory
-
-    got = {
-        path: memory.measure(T=50, remat="sqrt", cell="lstm", B=2, H=8, run=True, path=path)
-        for path in ("plain", "fast")
-    }
-    assert got["fast"]["loss"] == pytest.approx(got["plain"]["loss"], rel=1e-5)
-    for r in got.values():
-        assert r["grad_finite"] and r["xla_peak_bytes"] > 0 and r["rss_peak_bytes"] > 0
 
 
 # ---------------------------------------------------------------- recurrent, bidirectional, stack
@@ -169,34 +79,34 @@ def _weighted(tree):
 
 
 @pytest.mark.parametrize(
-    "cell_name,remat,option,on_fast",
+    "cell_name,remat,option,backend",
     [
-        ("simple", 4, "mask", False),  # an arbitrary mask: the masked loop, in segments
-        ("lstm", "sqrt", "lengths", True),
+        ("simple", 4, "mask", "scan"),  # an arbitrary mask: the masked loop, in segments
+        ("lstm", "sqrt", "lengths", "auto"),
         *(
             pytest.param(*case, marks=pytest.mark.slow)
             for case in [
-                ("simple", 4, "mask", True),  # fast=True with a mask: the masked loop too
-                ("lstm", "sqrt", "lengths", False),
-                ("gru", 5, "lengths_backwards", False),
-                ("gru", 5, "lengths_backwards", True),
-                ("lstm", 3, "backwards", False),
-                ("lstm", 3, "backwards", True),
+                ("simple", 4, "mask", "auto"),  # auto with a mask: the masked loop too
+                ("lstm", "sqrt", "lengths", "scan"),
+                ("gru", 5, "lengths_backwards", "scan"),
+                ("gru", 5, "lengths_backwards", "auto"),
+                ("lstm", 3, "backwards", "scan"),
+                ("lstm", 3, "backwards", "auto"),
             ]
         ),
     ],
 )
-def test_recurrent_remat_equals_full(cell_name, remat, option, on_fast, key):
+def test_recurrent_remat_equals_full(cell_name, remat, option, backend, key):
     """recurrent(..., remat=) (Keras semantics: masks, go_backwards, the masked steps' outputs)
     against the same call without remat, float64, values and gradients."""
     mod, p, xs, h0 = _case(cell_name, key)
     B, T = xs.shape[:2]
-    kw = dict(go_backwards="backwards" in option, fast=on_fast, return_state=True)
+    kw = dict(go_backwards="backwards" in option, backend=backend, return_state=True)
     if option == "mask":
         kw["mask"] = jax.random.bernoulli(jax.random.key(3), 0.7, (B, T))
     elif "lengths" in option:
         kw["lengths"] = jnp.array([13, 6, 0])
-    if on_fast:
+    if backend == "auto":
         kw["unroll"] = 2
 
     def loss(p, xs, h0, remat):
@@ -213,8 +123,8 @@ def test_recurrent_remat_equals_full(cell_name, remat, option, on_fast, key):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("on_fast", [False, True])
-def test_stack_remat_equals_full(on_fast, key):
+@pytest.mark.parametrize("backend", ["scan", "auto"])
+def test_stack_remat_equals_full(backend, key):
     """A GRU layer under a bidirectional LSTM with lengths and dropout between the layers
     (PyTorch's packed multi-layer model), every layer in sqrt(T) segments: the same final
     states, outputs and gradients as without remat (float64)."""
@@ -230,7 +140,7 @@ def test_stack_remat_equals_full(on_fast, key):
     xs = jax.random.normal(jax.random.key(1), (B, T, D), jnp.float64)
     kw = dict(
         lengths=jnp.array([13, 7, 1]), dropout=0.3, key=jax.random.key(4), deterministic=False,
-        fast=on_fast,
+        backend=backend,
     )  # fmt: skip
     cell = [cells.gru.cell, cells.lstm.cell]
 
@@ -243,18 +153,18 @@ def test_stack_remat_equals_full(on_fast, key):
 
 
 @pytest.mark.parametrize(
-    "option,on_fast",
+    "option,backend",
     [
-        ("lengths", True),
-        ("dropout", True),
+        ("lengths", "auto"),
+        ("dropout", "auto"),
         *(
             pytest.param(*case, marks=pytest.mark.slow)
-            for case in [("lengths", False), ("mask", False), ("mask", True), ("carries", False),
-                         ("carries", True), ("dropout", False)]
+            for case in [("lengths", "scan"), ("mask", "scan"), ("mask", "auto"),
+                         ("carries", "scan"), ("carries", "auto"), ("dropout", "scan")]
         ),
     ],
 )  # fmt: skip
-def test_unidirectional_stack_remat_equals_full(on_fast, option, key):
+def test_unidirectional_stack_remat_equals_full(backend, option, key):
     """simple -> LSTM -> GRU, run in time segments through all three layers (4 steps each,
     13 = 3 * 4 + 1): the same finals, outputs and gradients as the layer-by-layer run
     without remat (float64); with lengths (segments past a sequence's end), an explicit
@@ -268,7 +178,7 @@ def test_unidirectional_stack_remat_equals_full(on_fast, option, key):
     ]
     cell = [m.cell for m in mods]
     xs = jax.random.normal(jax.random.key(1), (B, T, D), jnp.float64)
-    kw = dict(fast=on_fast)
+    kw = dict(backend=backend)
     if option == "lengths":
         kw["lengths"] = jnp.array([13, 6, 0])
     elif option == "mask":
@@ -297,7 +207,7 @@ def test_unidirectional_stack_remat_equals_full(on_fast, option, key):
 
 
 def test_stack_remat_reduces_bptt_memory(key):
-    """Two LSTM layers on the fast path, T = 2048: per-layer remat (a bidirectional layer
+    """Two LSTM layers on the fastest backend, T = 2048: per-layer remat (a bidirectional layer
     on top: the outputs between layers kept) and time segments through both layers (no
     [B, T, H] activation or dropout mask of the inner layer kept) shrink the gradient's
     temporaries."""
@@ -309,7 +219,7 @@ def test_stack_remat_reduces_bptt_memory(key):
 
     def temp_bytes(params, remat, **kw):
         def loss(p):
-            finals, _ = stack(cells.lstm.cell, p, xs, fast=True, remat=remat, **kw)
+            finals, _ = stack(cells.lstm.cell, p, xs, remat=remat, **kw)
             return sum(jnp.sum(a) for a in jax.tree.leaves(finals))
 
         return jax.jit(jax.grad(loss)).lower(params).compile().memory_analysis().temp_size_in_bytes
@@ -320,10 +230,11 @@ def test_stack_remat_reduces_bptt_memory(key):
     full, segments = temp_bytes(uni, None), temp_bytes(uni, "sqrt")
     assert full >= 2 * T * B * H * 4
     assert segments < full / 16, (full, segments)
-    assert segments < T * B * H * 4  # not even one layer's [T, B, H] outputs kept
     drop = dict(dropout=0.5, key=jax.random.key(1), deterministic=False)
     segments_drop = temp_bytes(uni, "sqrt", **drop)  # the masks redrawn per segment, not kept
-    assert segments_drop < T * B * H * 4 < temp_bytes(uni, None, **drop), segments_drop
+    one_layer = T * B * H * 4  # [T, B, H] float32: what keeping the masks would add
+    assert segments_drop < segments + one_layer / 4, (segments, segments_drop)
+    assert temp_bytes(uni, None, **drop) > full + one_layer / 2  # kept without remat
 
 
 def test_stack_remat_errors_name_the_whole_sequence(key):

@@ -12,6 +12,17 @@ example). It knows nothing about time, scan, padding or lengths: that is
 :func:`jaxrnn.rnn`'s job. ``cell.initial_carry`` is set on each cell function so
 that ``rnn`` can build a zero state when no ``h0`` is given.
 
+Optionally, a cell states how its step splits (:class:`Split`), which lets ``rnn``'s faster
+backends (:mod:`jaxrnn.backends`) compute the input projection for all steps at once and
+keep only ``h @ W_h`` and an element-wise ``update`` in the loop::
+
+    split = cell.split(params)                  # Split, or None where the step does not split
+    u = split.project(params, x)                # x @ W_x + b_x: reads x alone
+    carry = split.update(params, carry, u, h @ split.W_h + split.b_h)
+
+The built-in cells set ``cell.split``; a cell of your own that has one (or that is a
+``functools.partial`` of a built-in cell) runs on the faster backends too.
+
 Modules:
     simple: the Elman cell, ``h = act(x @ W_x + h @ W_h + b)`` (Keras ``SimpleRNNCell``).
     lstm: the LSTM cell, carry ``LSTMCarry(h, c)`` (Keras ``LSTMCell``).
@@ -23,6 +34,7 @@ Modules:
 from types import ModuleType
 
 from jaxrnn.cells import gru, lru, lstm, mingru, minlstm, simple
+from jaxrnn.cells._common import Split, carry_output
 
 _REGISTRY: dict[str, ModuleType] = {
     "simple": simple,
@@ -50,4 +62,15 @@ def register(name: str, module: ModuleType) -> None:
     _REGISTRY[name] = module
 
 
-__all__ = ["get", "gru", "lru", "lstm", "mingru", "minlstm", "register", "simple"]
+__all__ = [
+    "Split",
+    "carry_output",
+    "get",
+    "gru",
+    "lru",
+    "lstm",
+    "mingru",
+    "minlstm",
+    "register",
+    "simple",
+]

@@ -9,13 +9,60 @@ at run time.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 Array = jax.Array
 Activation = str | Callable[[Array], Array]
+Cell = Callable[[Any, Any, Array], tuple[Any, Any]]  # cell(params, carry, x) -> (carry, y)
+
+
+def carry_output(carry: Any) -> Array:
+    """The part of a carry that is the cell's output ``h``: the carry itself, or ``carry[0]``
+    for a tuple carry such as the LSTM's ``(h, c)`` (also Keras's rule for masked steps:
+    "the first state is the previous output")."""
+    return carry[0] if isinstance(carry, tuple) else carry
+
+
+def with_output(carry: Any, h: Array) -> Any:
+    """``carry`` with its output part (:func:`carry_output`) replaced by ``h``."""
+    if not isinstance(carry, tuple):
+        return h
+    rest = tuple(carry[1:])
+    return carry._make((h, *rest)) if hasattr(carry, "_make") else (h, *rest)
+
+
+class Split(NamedTuple):
+    """A cell step written as ``update(params, carry, project(params, x), h @ W_h + b_h)``.
+
+    ``project`` reads ``x`` alone, so a backend of :func:`jaxrnn.rnn` computes it for all
+    ``T`` steps as one matrix product before the loop; ``update`` is element-wise, so the
+    loop keeps only the ``[B, H] @ [H, G H]`` product and its backward pass can take
+    ``dW_h`` as one product after the loop.
+
+    Attributes:
+        project: ``(params, x, x_mask=None) -> u``: ``[*batch, D] -> [*batch, G H]``, which
+            is ``x @ W_x + b_x`` without a mask.
+        update: ``(params, carry, u, r) -> carry`` with ``r = h @ W_h + b_h``; the step's
+            output is the new carry's ``h`` (:func:`carry_output`). It reads only the
+            options of ``params`` (static fields), not its arrays.
+        W_x: ``[D, G H]``.
+        b_x: ``[G H]`` bias of the input projection, or ``None``.
+        W_h: ``[H, G H]``.
+        b_h: ``[G H]`` bias added to ``h @ W_h`` (the GRU's reset-after bias), or ``None``.
+        kernel: ``(cell, activation)`` when jaxrnn's kernels compute this ``update``
+            (``("simple", "tanh")``, ``("lstm", "")``, ``("gru", "")``), else ``None``.
+    """
+
+    project: Callable[..., Array]
+    update: Callable[..., Any]
+    W_x: Array
+    b_x: Array | None
+    W_h: Array
+    b_h: Array | None
+    kernel: tuple[str, str] | None
 
 
 def _hard_sigmoid(x: Array) -> Array:

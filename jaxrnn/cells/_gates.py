@@ -20,13 +20,26 @@ from jaxrnn.cells._common import Array
 
 
 def check_mask(
-    cell_name: str, what: str, mask: Any, batch_shape: tuple[int, ...], width: int, n_gates: int
+    cell_name: str,
+    what: str,
+    mask: Any,
+    batch_shape: tuple[int, ...],
+    width: int,
+    n_gates: int | None,
 ) -> None:
-    """Checks a dropout mask: ``[*batch, width]`` (shared) or ``[G, *batch, width]`` (per gate)."""
+    """Checks a dropout mask: ``[*batch, width]`` (shared) or ``[G, *batch, width]`` (per
+    gate; ``n_gates`` ``None`` for a cell without gates)."""
     if mask is None:
         return
     shape = tuple(jnp.shape(mask))
-    shared, per_gate = (*batch_shape, width), (n_gates, *batch_shape, width)
+    shared = (*batch_shape, width)
+    if n_gates is None:
+        if shape != shared:
+            raise ValueError(
+                f"{cell_name}: {what} must have shape {list(shared)}; got shape {shape}"
+            )
+        return
+    per_gate = (n_gates, *batch_shape, width)
     if shape not in (shared, per_gate):
         raise ValueError(
             f"{cell_name}: {what} must have shape {list(shared)} (one mask for all gates) or "

@@ -196,34 +196,62 @@ def cell(
     sigma = _common.resolve_activation(params.recurrent_activation)
     act = _common.resolve_activation(params.activation)
 
-    a = _gates.project(x, params.W_x, x_mask, N_GATES)  # [*batch, 3H]
     if params.reset_after:
-        u = _gates.project(carry, params.W_h, h_mask, N_GATES)  # [*batch, 3H]
+        r = _gates.project(carry, params.W_h, h_mask, N_GATES)  # [*batch, 3H]
         if params.b is not None:
-            a, u = a + params.b[0], u + params.b[1]
-        a_z, a_r, a_h = jnp.split(a, N_GATES, axis=-1)
-        u_z, u_r, u_h = jnp.split(u, N_GATES, axis=-1)
-        z = sigma(a_z + u_z)
-        r = sigma(a_r + u_r)
-        h_hat = act(a_h + r * u_h)
-    else:
-        if params.b is not None:
-            a = a + params.b
-        a_z, a_r, a_h = jnp.split(a, N_GATES, axis=-1)
-        W_zr, W_hh = params.W_h[:, : 2 * H], params.W_h[:, 2 * H :]  # [H, 2H], [H, H]
-        m_zr = h_mask if not _gates.per_gate(h_mask, nb) else h_mask[:2]
-        u_z, u_r = jnp.split(_gates.project(carry, W_zr, m_zr, 2), 2, axis=-1)
-        z = sigma(a_z + u_z)
-        r = sigma(a_r + u_r)
-        h_h = carry
-        m_h = _gates.gate_slice(h_mask, 2, nb)
-        if m_h is not None:
-            h_h = carry * m_h
-        h_hat = act(a_h + (r * h_h) @ W_hh)
+            r = r + params.b[1]
+        h = update(params, carry, project(params, x, x_mask), r)
+        return h, h
+    a = _gates.project(x, params.W_x, x_mask, N_GATES)  # [*batch, 3H]
+    if params.b is not None:
+        a = a + params.b
+    a_z, a_r, a_h = jnp.split(a, N_GATES, axis=-1)
+    W_zr, W_hh = params.W_h[:, : 2 * H], params.W_h[:, 2 * H :]  # [H, 2H], [H, H]
+    m_zr = h_mask if not _gates.per_gate(h_mask, nb) else h_mask[:2]
+    u_z, u_r = jnp.split(_gates.project(carry, W_zr, m_zr, 2), 2, axis=-1)
+    z = sigma(a_z + u_z)
+    r = sigma(a_r + u_r)
+    h_h = carry
+    m_h = _gates.gate_slice(h_mask, 2, nb)
+    if m_h is not None:
+        h_h = carry * m_h
+    h_hat = act(a_h + (r * h_h) @ W_hh)
     h = z * carry + (1.0 - z) * h_hat  # [*batch, H]
     return h, h
+
+
+def project(params: GRUParams, x: Array, x_mask: Array | None = None) -> Array:
+    """The part of a reset-after step that reads ``x`` alone: ``a = x @ W_x + b_x`` (``x_mask``
+    as in :func:`cell`), ``[*batch, D] -> [*batch, 3H]``."""
+    a = _gates.project(x, params.W_x, x_mask, N_GATES)
+    return a if params.b is None else a + params.b[0]
+
+
+def update(params: GRUParams, carry: Array, a: Array, u: Array) -> Array:
+    """The rest of a reset-after step, element-wise: the new carry from ``a``
+    (:func:`project`) and ``u = h_prev @ W_h + b_h`` (both ``[*batch, 3H]``)."""
+    sigma = _common.resolve_activation(params.recurrent_activation)
+    act = _common.resolve_activation(params.activation)
+    a_z, a_r, a_h = jnp.split(a, N_GATES, axis=-1)
+    u_z, u_r, u_h = jnp.split(u, N_GATES, axis=-1)
+    z = sigma(a_z + u_z)
+    r = sigma(a_r + u_r)
+    h_hat = act(a_h + r * u_h)
+    return z * carry + (1.0 - z) * h_hat  # [*batch, H]
+
+
+def split(params: GRUParams) -> _common.Split | None:
+    """The reset-after step as :class:`~jaxrnn.cells.Split` (``None`` for ``reset_after=False``,
+    where the reset gate acts before ``W_h``); the kernels compute the default activations."""
+    if not params.reset_after:
+        return None
+    default = params.activation == "tanh" and params.recurrent_activation == "sigmoid"
+    b_x, b_h = (None, None) if params.b is None else (params.b[0], params.b[1])
+    kernel = (NAME, "") if default else None
+    return _common.Split(project, update, params.W_x, b_x, params.W_h, b_h, kernel)
 
 
 cell.initial_carry = initial_carry  # type: ignore[attr-defined]  # lets rnn() build h0
 cell.cell_name = NAME  # type: ignore[attr-defined]
 cell.num_gates = N_GATES  # type: ignore[attr-defined]  # dropout: how many per-gate masks
+cell.split = split  # type: ignore[attr-defined]

@@ -203,19 +203,37 @@ def cell(
     _gates.check_mask(name, "x_mask", x_mask, batch_shape, params.input_size, N_GATES)
     _gates.check_mask(name, "h_mask", h_mask, batch_shape, H, N_GATES)
 
-    z = _gates.project(x, params.W_x, x_mask, N_GATES) + _gates.project(
-        h_prev, params.W_h, h_mask, N_GATES
-    )  # [*batch, 4H]
-    if params.b is not None:
-        z = z + params.b
-    z_i, z_f, z_g, z_o = jnp.split(z, N_GATES, axis=-1)  # 4 x [*batch, H]
+    r = _gates.project(h_prev, params.W_h, h_mask, N_GATES)  # [*batch, 4H]
+    new = update(params, carry, project(params, x, x_mask), r)
+    return new, new.h
+
+
+def project(params: LSTMParams, x: Array, x_mask: Array | None = None) -> Array:
+    """The part of a step that reads ``x`` alone: ``u = x @ W_x + b`` (``x_mask`` as in
+    :func:`cell`), ``[*batch, D] -> [*batch, 4H]``."""
+    u = _gates.project(x, params.W_x, x_mask, N_GATES)
+    return u if params.b is None else u + params.b
+
+
+def update(params: LSTMParams, carry: LSTMCarry, u: Array, r: Array) -> LSTMCarry:
+    """The rest of a step, element-wise: the new carry from ``u`` (:func:`project`) and
+    ``r = h_prev @ W_h`` (both ``[*batch, 4H]``)."""
+    _, c_prev = carry
+    z_i, z_f, z_g, z_o = jnp.split(u + r, N_GATES, axis=-1)  # 4 x [*batch, H]
     sigma = _common.resolve_activation(params.recurrent_activation)
     act = _common.resolve_activation(params.activation)
     c = sigma(z_f) * c_prev + sigma(z_i) * act(z_g)
-    h = sigma(z_o) * act(c)
-    return LSTMCarry(h=h, c=c), h
+    return LSTMCarry(h=sigma(z_o) * act(c), c=c)
+
+
+def split(params: LSTMParams) -> _common.Split:
+    """The step as :class:`~jaxrnn.cells.Split`; the kernels compute the default activations."""
+    default = params.activation == "tanh" and params.recurrent_activation == "sigmoid"
+    kernel = (NAME, "") if default else None
+    return _common.Split(project, update, params.W_x, params.b, params.W_h, None, kernel)
 
 
 cell.initial_carry = initial_carry  # type: ignore[attr-defined]  # lets rnn() build h0
 cell.cell_name = NAME  # type: ignore[attr-defined]
 cell.num_gates = N_GATES  # type: ignore[attr-defined]  # dropout: how many per-gate masks
+cell.split = split  # type: ignore[attr-defined]

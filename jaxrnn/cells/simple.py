@@ -25,7 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxrnn.cells import _common
+from jaxrnn.cells import _common, _gates
 from jaxrnn.cells._common import Activation, Array
 
 NAME = "simple"
@@ -111,25 +111,57 @@ def initial_carry(params: SimpleParams, batch_shape: tuple[int, ...] = ()) -> Ar
     return jnp.zeros((*tuple(batch_shape), params.hidden_size), params.W_h.dtype)
 
 
-def cell(params: SimpleParams, carry: Array, x: Array) -> tuple[Array, Array]:
+def project(params: SimpleParams, x: Array, x_mask: Array | None = None) -> Array:
+    """The part of a step that reads ``x`` alone: ``u = (x * x_mask) @ W_x + b``,
+    ``[*batch, D] -> [*batch, H]``."""
+    u = _gates.project(x, params.W_x, x_mask, 1)
+    return u if params.b is None else u + params.b
+
+
+def update(params: SimpleParams, carry: Array, u: Array, r: Array) -> Array:
+    """The rest of a step, element-wise: the new carry ``h = act(u + r)`` with
+    ``r = h_prev @ W_h``."""
+    return _common.resolve_activation(params.activation)(u + r)  # [*batch, H]
+
+
+def split(params: SimpleParams) -> _common.Split:
+    """The step as :class:`~jaxrnn.cells.Split` (for the faster backends of ``rnn``)."""
+    act = params.activation if isinstance(params.activation, str) else ""
+    return _common.Split(project, update, params.W_x, params.b, params.W_h, None, (NAME, act))
+
+
+def cell(
+    params: SimpleParams,
+    carry: Array,
+    x: Array,
+    *,
+    x_mask: Array | None = None,
+    h_mask: Array | None = None,
+) -> tuple[Array, Array]:
     """One step: ``h = act(x @ W_x + h_prev @ W_h + b)``; returns ``(h, h)``.
 
     Args:
         params: ``SimpleParams``.
         carry: ``h_prev: [*batch, H]``.
         x: ``[*batch, D]``.
+        x_mask: optional dropout mask on ``x`` (already scaled by ``1 / (1 - rate)``),
+            ``[*batch, D]``.
+        h_mask: optional recurrent dropout mask on ``h_prev`` where it enters ``W_h``,
+            ``[*batch, H]``.
 
     Returns:
         ``(h, y)`` with ``h == y: [*batch, H]``.
     """
-    batch_shape = _common.check_step_input("simple.cell", x, params.input_size)
-    _common.check_state("simple.cell", "carry h", carry, batch_shape, params.hidden_size)
-    z = x @ params.W_x + carry @ params.W_h  # [*batch, H]
-    if params.b is not None:
-        z = z + params.b
-    h = _common.resolve_activation(params.activation)(z)  # [*batch, H]
+    name = "simple.cell"
+    batch_shape = _common.check_step_input(name, x, params.input_size)
+    _common.check_state(name, "carry h", carry, batch_shape, params.hidden_size)
+    _gates.check_mask(name, "x_mask", x_mask, batch_shape, params.input_size, None)
+    _gates.check_mask(name, "h_mask", h_mask, batch_shape, params.hidden_size, None)
+    r = _gates.project(carry, params.W_h, h_mask, 1)  # [*batch, H]
+    h = update(params, carry, project(params, x, x_mask), r)
     return h, h
 
 
 cell.initial_carry = initial_carry  # type: ignore[attr-defined]  # lets rnn() build h0
 cell.cell_name = NAME  # type: ignore[attr-defined]
+cell.split = split  # type: ignore[attr-defined]

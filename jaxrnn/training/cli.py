@@ -67,9 +67,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run() -> None:
     """``train.py`` and ``jaxrnn-train``: restart once with the malloc tunables
-    (:func:`jaxrnn.runtime.restart_with_tunables`), run CPU steps inline
-    (:func:`jaxrnn.runtime.inline_cpu_dispatch`), then :func:`main`."""
-    from jaxrnn.runtime import inline_cpu_dispatch, restart_with_tunables
+    (:func:`jaxrnn.training.host.restart_with_tunables`), run CPU steps inline
+    (:func:`jaxrnn.training.host.inline_cpu_dispatch`), then :func:`main`."""
+    from jaxrnn.training.host import inline_cpu_dispatch, restart_with_tunables
 
     restart_with_tunables()
     inline_cpu_dispatch()

@@ -81,8 +81,9 @@ class ImdbModel:
     chrono_t_max: int = 0  # lstm: chrono bias init (Tallec & Ollivier 2018); 0 = off
     dropout: float = 0.0  # Keras's dropout on x_t (one mask per sequence), training only
     recurrent_dropout: float = 0.0  # Keras's recurrent_dropout on h_{t-1}, training only
-    # jaxrnn.fast where it applies (same numbers; recurrent dropout: plain path)
-    fast: bool = False
+    # what runs the recurrence: auto (the fastest that applies) | scan | xla | native | pallas;
+    # the same numbers on each (jaxrnn.backends)
+    backend: str = "auto"
     # rematerialise BPTT (jaxrnn.rnn's remat): k steps per checkpointed segment, "sqrt", or
     # null (off). Same numbers, O(T / k + k) states kept instead of O(T), ~1 more forward pass
     remat: int | str | None = None
@@ -97,7 +98,7 @@ class ShakespeareModel:
     num_layers: int = 1  # stacked layers of hidden_size units (jaxrnn.stack)
     # char-rnn's dropout: between layers and on the top layer's outputs, training only
     dropout: float = 0.0
-    fast: bool = False  # jaxrnn.fast.rnn instead of jaxrnn.rnn (same numbers)
+    backend: str = "auto"  # what runs the recurrence (see ImdbModel.backend)
     # rematerialised BPTT (see ImdbModel.remat); a stack runs its segments through all layers
     remat: int | str | None = None
 
@@ -108,7 +109,7 @@ class AddingModel:
     cell: str = "simple"
     cell_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     chrono_t_max: int = 0  # lstm: chrono bias init (Tallec & Ollivier 2018); 0 = off
-    fast: bool = False  # jaxrnn.fast.rnn instead of jaxrnn.rnn (same numbers)
+    backend: str = "auto"  # what runs the recurrence (see ImdbModel.backend)
     remat: int | str | None = None  # rematerialised BPTT (see ImdbModel.remat)
 
 
@@ -231,6 +232,13 @@ def _check_value(value: Any, tp: Any, key: str, where: str) -> Any:
     return value
 
 
+# Keys that older configs had, with what replaced them.
+REPLACED_KEYS = {
+    "model.fast": "'model.backend' (default auto: the fastest path is chosen by itself, with the "
+    "same numbers); delete the line, or set model.backend to scan | xla | native | pallas",
+}
+
+
 def _build(cls: type, raw: Any, prefix: str, where: str, origins: dict[str, str]) -> Any:
     if raw is None:
         raw = {}
@@ -242,6 +250,8 @@ def _build(cls: type, raw: Any, prefix: str, where: str, origins: dict[str, str]
     for k, v in raw.items():
         key = f"{prefix}.{k}"
         w = origins.get(key, where)
+        if key in REPLACED_KEYS:
+            raise ConfigError(f"{w}: {key!r} was replaced: {REPLACED_KEYS[key]}")
         if k not in names:
             raise ConfigError(f"{w}: unknown key {key!r}; expected one of {sorted(names)}")
         kwargs[k] = _check_value(v, hints[k], key, w)
@@ -330,6 +340,9 @@ def _check_semantics(cfg: Config, where: str) -> None:
     num_layers = getattr(cfg.model, "num_layers", 1)
     if num_layers < 1:
         bad(f"'model.num_layers' must be >= 1; got {num_layers!r}")
+    backends = ("auto", "scan", "xla", "native", "pallas")
+    if cfg.model.backend not in backends:
+        bad(f"'model.backend' must be one of {list(backends)}; got {cfg.model.backend!r}")
     remat = cfg.model.remat
     if not (remat is None or remat == "sqrt" or (isinstance(remat, int) and remat >= 1)):
         bad(f"'model.remat' must be a positive int, 'sqrt' or null; got {remat!r}")

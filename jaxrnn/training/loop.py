@@ -43,8 +43,8 @@ import yaml
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from jaxrnn import runtime
 from jaxrnn.training import data as data_lib
+from jaxrnn.training import host
 from jaxrnn.training.checkpoint import Checkpointer, CheckpointError
 from jaxrnn.training.config import Config
 from jaxrnn.training.optim import make_optimizer, make_schedule
@@ -263,11 +263,11 @@ def _in_main_thread() -> bool:
 
 
 def _comparable(cfg_dict: dict) -> dict:
-    """The parts of a config that must not change across ``--resume``. ``model.fast`` and
-    ``model.remat`` may: they pick the code path, not the model (and checkpoints written
-    before they existed lack them)."""
+    """The parts of a config that must not change across ``--resume``. ``model.backend`` and
+    ``model.remat`` may: they pick the code path, not the model (runs written before they
+    existed lack them, or have the ``model.fast`` they replaced)."""
     out = {k: cfg_dict[k] for k in ("task", "seed", "data", "model")}
-    out["model"] = {k: v for k, v in out["model"].items() if k not in ("fast", "remat")}
+    out["model"] = {k: v for k, v in out["model"].items() if k not in ("backend", "fast", "remat")}
     return out
 
 
@@ -320,7 +320,7 @@ def train(
     key = jax.random.key(cfg.seed)
     params = dp.put_replicated(task.init(jax.random.fold_in(key, 0)))
     opt_state = dp.put_replicated(tx.init(params))
-    xla = runtime.compiler_options()  # 512-bit vectors on an AVX-512 CPU (jaxrnn/runtime.py)
+    xla = host.compiler_options()  # 512-bit vectors on an AVX-512 CPU
     train_step = jax.jit(
         make_train_step(task.loss_fn, tx),
         in_shardings=(dp.replicated, dp.replicated, dp.batch)

@@ -24,9 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxrnn import fast, models
-from jaxrnn.layer import rnn
-from jaxrnn.stack import stack
+from jaxrnn import models
 from jaxrnn.training.config import Config
 
 
@@ -60,16 +58,14 @@ def imdb_task(cfg: Config) -> Task:
         dropout=cfg.model.dropout,
         recurrent_dropout=cfg.model.recurrent_dropout,
         remat=cfg.model.remat,
+        backend=cfg.model.backend,
     )
     use_lengths = cfg.data.padding == "post"  # post-padding: mask the tail via lengths
     stochastic = bool(mcfg.dropout or mcfg.recurrent_dropout)
 
-    # jaxrnn.fast falls back to the plain model itself (recurrent dropout, other cells)
-    classifier_logits = fast.classifier_logits if cfg.model.fast else models.classifier_logits
-
     def logits(params, batch, key=None):
         lengths = batch["lengths"] if use_lengths else None
-        return classifier_logits(mcfg, params, batch["tokens"], lengths, key=key)  # [B]
+        return models.classifier_logits(mcfg, params, batch["tokens"], lengths, key=key)  # [B]
 
     def loss_fn(params, batch, key=None):
         z = logits(params, batch, key)
@@ -112,16 +108,12 @@ def shakespeare_task(cfg: Config, vocab_size: int) -> Task:
         cell_options=_options(cfg.model.cell_options),
         num_layers=cfg.model.num_layers,
         dropout=cfg.model.dropout,
+        remat=cfg.model.remat,
+        backend=cfg.model.backend,
     )
-    if mcfg.num_layers == 1:
-        rnn_fn = functools.partial(fast.rnn if cfg.model.fast else rnn, remat=cfg.model.remat)
-    else:  # remat in time segments through all layers, dropout masks redrawn per segment
-        rnn_fn = functools.partial(stack, fast=cfg.model.fast, remat=cfg.model.remat)
 
     def per_char(params, tokens, key=None):
-        _, z = models.char_lm_logits(
-            mcfg, params, tokens[:, :-1], rnn_fn=rnn_fn, key=key
-        )  # [B, L, V]
+        _, z = models.char_lm_logits(mcfg, params, tokens[:, :-1], key=key)  # [B, L, V]
         ce = optax.softmax_cross_entropy_with_integer_labels(z, tokens[:, 1:])  # [B, L]
         return ce, jnp.argmax(z, -1) == tokens[:, 1:]
 
@@ -150,17 +142,17 @@ def adding_task(cfg: Config) -> Task:
         cell=cfg.model.cell,
         cell_options=_options(cfg.model.cell_options),
         chrono_t_max=cfg.model.chrono_t_max,
+        remat=cfg.model.remat,
+        backend=cfg.model.backend,
     )
 
-    rnn_fn = functools.partial(fast.rnn if cfg.model.fast else rnn, remat=cfg.model.remat)
-
     def loss_fn(params, batch):
-        err = models.regressor_predict(mcfg, params, batch["xs"], rnn_fn=rnn_fn) - batch["y"]  # [B]
+        err = models.regressor_predict(mcfg, params, batch["xs"]) - batch["y"]  # [B]
         loss = jnp.mean(err**2)
         return loss, {"loss": loss}
 
     def eval_fn(params, batch):
-        err = models.regressor_predict(mcfg, params, batch["xs"], rnn_fn=rnn_fn) - batch["y"]
+        err = models.regressor_predict(mcfg, params, batch["xs"]) - batch["y"]
         return {"loss_sum": jnp.sum(err**2 * batch["mask"]), "count": jnp.sum(batch["mask"])}
 
     def summarize(totals):

@@ -1,0 +1,138 @@
+"""Config loading: every shipped config validates; bad configs name the key and the file."""
+
+import pathlib
+
+import pytest
+
+from jaxrnn.training import config
+from jaxrnn.training.cli import main
+from jaxrnn.training.config import ConfigError, load_config
+
+CONFIGS = sorted((pathlib.Path(__file__).parents[2] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_shipped_configs_load(path):
+    cfg = load_config(path)
+    assert cfg.name == path.stem
+    assert cfg.task in config.TASK_SECTIONS
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    return p
+
+
+GOOD = "task: adding\ntrain:\n  steps: 10\n"
+
+
+@pytest.mark.parametrize(
+    "text, overrides, must_contain",
+    [
+        # unknown keys, at every level
+        ("task: adding\ntrain: {steps: 10}\nfoo: 1\n", [], ["unknown key 'foo'", "bad.yaml"]),
+        ("task: adding\ntrain: {steps: 10, stepz: 3}\n", [], ["'train.stepz'", "bad.yaml"]),
+        ("task: adding\ntrain: {steps: 10}\ndata: {maxlen: 3}\n", [], ["'data.maxlen'"]),
+        (GOOD, ["optim.lr=0.1"], ["'optim.lr'", "--set optim.lr=0.1"]),
+        # wrong types
+        ("task: adding\ntrain: {steps: ten}\n", [], ["'train.steps' must be int", "'ten'"]),
+        ("task: adding\ntrain: {steps: 10.5}\n", [], ["'train.steps' must be int"]),
+        ("task: adding\ntrain: {steps: true}\n", [], ["'train.steps' must be int"]),
+        ("task: adding\ntrain: {steps: 10, progress: 1}\n", [], ["'train.progress' must be bool"]),
+        (
+            "task: adding\ntrain: {steps: 10}\nmodel: {cell_options: 3}\n",
+            [],
+            ["'model.cell_options'"],
+        ),
+        (GOOD, ["optim.learning_rate=fast"], ["'optim.learning_rate' must be float", "--set"]),
+        ("task: adding\ntrain: {steps: 10}\noptim: [1, 2]\n", [], ["section 'optim'"]),
+        # missing values
+        ("task: adding\ntrain:\n  steps:\n", [], ["give exactly one of 'train.steps'"]),
+        (
+            "task: adding\ntrain: {steps: 10}\noptim:\n  learning_rate:\n",
+            [],
+            ["missing value for 'optim.learning_rate'", "bad.yaml"],
+        ),
+        ("train: {steps: 10}\n", [], ["missing value for 'task'", "bad.yaml"]),
+        ("task:\n", [], ["missing value for 'task'"]),
+        # values outside their choices
+        ("task: cifar\n", [], ["'task' must be one of"]),
+        ("task: adding\ntrain: {steps: 10}\noptim: {name: lion}\n", [], ["'optim.name'", "lion"]),
+        ("task: imdb\ntrain: {steps: 10}\ndata: {padding: middle}\n", [], ["'data.padding'"]),
+        (
+            "task: imdb\ntrain: {steps: 10}\nmodel: {recurrent_dropout: 1.0}\n",
+            [],
+            ["'model.recurrent_dropout' must be in [0, 1)", "1.0", "bad.yaml"],
+        ),
+        ("task: adding\ntrain: {steps: 10}\nmodel: {dropout: 0.1}\n", [], ["'model.dropout'"]),
+        (GOOD, ["model.remat=log"], ["'model.remat' must be a positive int, 'sqrt' or null"]),
+        # a key older configs had names what replaced it
+        (GOOD, ["model.fast=true"], ["'model.fast' was replaced", "'model.backend'", "--set"]),
+        (GOOD, ["model.backend=fast"], ["'model.backend' must be one of", "'fast'"]),
+        (GOOD, ["model.remat=0"], ["'model.remat'", "got 0"]),
+        (GOOD, ["model.remat=2.5"], ["'model.remat' must be int"]),
+        (
+            "task: shakespeare\ntrain: {steps: 10}\nmodel: {num_layers: 0}\n",
+            [],
+            ["'model.num_layers' must be >= 1; got 0", "bad.yaml"],
+        ),
+        (
+            "task: shakespeare\ntrain: {steps: 10}\nmodel: {dropout: 1.5}\n",
+            [],
+            ["'model.dropout' must be in [0, 1)"],
+        ),
+        ("task: adding\ntrain: {steps: 10}\nmodel: {num_layers: 2}\n", [], ["'model.num_layers'"]),
+        (
+            "task: adding\ntrain: {steps: 10, batch_size: 0}\n",
+            [],
+            ["'train.batch_size' must be > 0"],
+        ),
+        ("- just\n- a list\n", [], ["bad.yaml", "mapping"]),
+        ("task: [unclosed\n", [], ["bad.yaml", "not valid YAML"]),
+        (GOOD, ["novalue"], ["--set novalue", "key=value"]),
+    ],
+)
+def test_bad_config_names_key_and_source(tmp_path, text, overrides, must_contain):
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    for piece in must_contain:
+        assert piece in str(info.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config file .*nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_overrides_apply_and_convert(tmp_path):
+    path = _write(tmp_path, GOOD + "optim: {learning_rate: 1.0e-3}\n")
+    cfg = load_config(
+        path,
+        [
+            "optim.learning_rate=3e-4",
+            "train.steps=7",
+            "optim.clip_norm=null",
+            "model.cell_options={activation: relu}",
+            "data.T=12",
+        ],
+    )
+    assert cfg.optim.learning_rate == pytest.approx(3e-4) and isinstance(
+        cfg.optim.learning_rate, float
+    )
+    assert cfg.train.steps == 7 and cfg.optim.clip_norm is None and cfg.data.T == 12
+    assert cfg.model.cell_options == {"activation": "relu"}
+    # an int where a float is expected is accepted and converted
+    assert load_config(path, ["optim.learning_rate=1"]).optim.learning_rate == 1.0
+    # nested overrides merge into a mapping from the file
+    path2 = _write(tmp_path, GOOD + "model: {cell_options: {activation: relu}}\n")
+    merged = load_config(path2, ["model.cell_options.recurrent_initializer=identity"])
+    assert merged.model.cell_options == {"activation": "relu", "recurrent_initializer": "identity"}
+
+
+def test_cli_reports_config_error(tmp_path, capsys):
+    path = _write(tmp_path, "task: adding\ntrain: {steps: 10, stepz: 3}\n")
+    assert main(["--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "train.stepz" in err and str(path) in err
