@@ -28,7 +28,7 @@ Examples:
     >>> import jax, jax.numpy as jnp
     >>> from jaxrnn import cells, parallel, rnn
     >>> params = cells.gru.init(jax.random.key(0), input_size=3, hidden_size=4)
-    >>> xs = jax.random.normal(jax.random.key(1), (2, 50, 3))        # [B, T, D]
+    >>> xs = jax.random.normal(jax.random.key(1), (2, 50, 3), jnp.float32)  # [B, T, D]
     >>> h_T, ys, info = parallel.rnn(cells.gru.cell, params, xs, return_info=True)
     >>> bool(info.converged), ys.shape
     (True, (2, 50, 4))
@@ -178,8 +178,11 @@ def _solve_linear(a: Array, b: Array, diagonal: bool, reverse: bool) -> Array:
     return jax.lax.custom_linear_solve(matvec, b, solve, transpose_solve)
 
 
+@functools.partial(jax.jit, static_argnames=("diagonal", "reverse"))
 def _linear_scan_tm(a: Array, b: Array, h0: Array | None, diagonal: bool, reverse: bool) -> Array:
-    """The recurrence on time-major arrays (time on axis 0), ``h0`` folded into the first step."""
+    """The recurrence on time-major arrays (time on axis 0), ``h0`` folded into the first step;
+    compiled as one program, so that a call outside ``jit`` does not dispatch the scan's
+    ``O(log T)`` levels op by op."""
     if h0 is not None:  # b_1 + A_1 h0 (b_T + A_T h0 in reverse)
         i = -1 if reverse else 0
         b = b.at[i].add(_apply(a[i], h0, diagonal))
@@ -355,13 +358,19 @@ def log_linear_scan(
         log_a = jnp.where(alive, log_a, 0)  # a = 1
         # b = 0 as a finite logarithm: an infinite one would give 0 * inf gradients
         log_b = jnp.where(alive, log_b, jnp.finfo(dtype).min / 4)
+    return _log_linear_scan(log_a, log_b, h0, reverse)
+
+
+@functools.partial(jax.jit, static_argnames=("reverse",))
+def _log_linear_scan(log_a: Array, log_b: Array, h0: Array | None, reverse: bool) -> Array:
+    """The log-space scan on ``[*batch, T, H]``, compiled as one program (see ``_linear_scan_tm``)."""
     axis = log_b.ndim - 2
     log_A, log_h = jax.lax.associative_scan(
         _combine_log, (log_a, log_b), reverse=reverse, axis=axis
     )
     hs = jnp.exp(log_h)  # [*batch, T, H], from h0 = 0
     if h0 is not None:
-        hs = hs + jnp.exp(log_A) * h0[..., None, :].astype(dtype)
+        hs = hs + jnp.exp(log_A) * h0[..., None, :].astype(log_b.dtype)
     return hs
 
 
@@ -760,7 +769,7 @@ def rnn(
         >>> import jax, jax.numpy as jnp
         >>> from jaxrnn import cells, parallel
         >>> params = cells.lstm.init(jax.random.key(0), 3, 4)
-        >>> xs = jax.random.normal(jax.random.key(1), (100, 3))           # [T, D]
+        >>> xs = jax.random.normal(jax.random.key(1), (100, 3), jnp.float32)  # [T, D]
         >>> (h, c), ys, info = parallel.rnn(cells.lstm.cell, params, xs, method="quasi",
         ...                                 return_info=True)
         >>> h.shape, ys.shape, bool(info.converged), int(info.iterations) < 100

@@ -14,7 +14,7 @@ import optax
 import pytest
 from jax.test_util import check_grads
 
-from jaxrnn import BiParams, bidirectional, cells, rnn, stack
+from jaxrnn import BiParams, backends, bidirectional, cells, rnn, stack
 
 B, T, D, H, N = 3, 9, 4, 5, 6
 LINEAR = ["lru", "mingru", "minlstm"]
@@ -118,7 +118,7 @@ def test_cell_equals_the_papers_equations(name):
         np.testing.assert_allclose(np.asarray(carry.y), ys_ref[-1], atol=1e-12)
 
 
-@pytest.mark.parametrize("encoder_size", [None, 7])
+@pytest.mark.parametrize("encoder_size", [7, pytest.param(None, marks=pytest.mark.slow)])
 def test_lru_dense_skip_and_encoder(encoder_size):
     """Two input features (the adding problem's): a dense skip; with an encoder, 7 features."""
     p = cells.lru.init(
@@ -126,8 +126,13 @@ def test_lru_dense_skip_and_encoder(encoder_size):
     )
     assert p.D.shape == (encoder_size or 2, H) and p.input_size == 2
     xs = _xs((B, T, 2))
-    out = cells.lru.scan(p, xs, lengths=LENGTHS)
-    _close(out, rnn(cells.lru.cell, p, xs, lengths=LENGTHS))
+    out, ref = jax.jit(  # one program: compiling it beats dispatching the scan op by op
+        lambda p, xs: (
+            cells.lru.scan(p, xs, lengths=LENGTHS),
+            rnn(cells.lru.cell, p, xs, lengths=LENGTHS),
+        )
+    )(p, xs)
+    _close(out, ref)
     _, ys_ref = _lru_loop(p, np.asarray(xs[0]), np.zeros(N, complex))
     np.testing.assert_allclose(np.asarray(out[1][0]), ys_ref, atol=1e-12)
 
@@ -173,15 +178,15 @@ def _scan_cases():
 
 def _scan_grid():
     """Every cell and option; the default suite runs the corner with every option on (reverse,
-    lengths, batched), the rest is slow."""
+    lengths, batched) for each cell and the other corner for one scan, the rest is slow."""
     for name, log_space in _scan_cases():
         for reverse in (False, True):
             for use_lengths in (False, True):
                 for batched in (True, False):
-                    corner = (reverse, use_lengths, batched) in {
-                        (True, True, True),
-                        (False, False, False),
-                    }
+                    corner = (reverse, use_lengths, batched) == (True, True, True) or (
+                        (name, log_space, reverse, use_lengths, batched)
+                        == ("mingru", True, False, False, False)
+                    )
                     marks = () if corner else (pytest.mark.slow,)
                     yield pytest.param(name, log_space, reverse, use_lengths, batched, marks=marks)
 
@@ -195,15 +200,28 @@ def test_scan_equals_rnn(name, log_space, reverse, use_lengths, batched):
     xs = _xs((B, T, D)) if batched else _xs((T, D))
     h0 = _h0(name, p, (B,) if batched else ())
     lengths = (LENGTHS if batched else np.array(5)) if use_lengths else None
-    kw = {"log_space": True} if log_space else {}
-    out = mod.scan(p, xs, h0, lengths=lengths, reverse=reverse, **kw)
-    ref = rnn(mod.cell, p, xs, h0, lengths=lengths, reverse=reverse)
+    scan = functools.partial(
+        mod.scan, reverse=reverse, **({"log_space": True} if log_space else {})
+    )
+    run = functools.partial(rnn, mod.cell, reverse=reverse)
+
+    @jax.jit  # one program: compiling it beats dispatching the scans op by op
+    def both(p, xs, h0, lengths):
+        zero = scan(p, xs, lengths=lengths), run(p, xs, lengths=lengths)  # h0=None: zeros
+        return (scan(p, xs, h0, lengths=lengths), run(p, xs, h0, lengths=lengths)), zero
+
+    (out, ref), (zero, zero_ref) = both(p, xs, h0, lengths)
     _close(out, ref)
-    zero = mod.scan(p, xs, lengths=lengths, reverse=reverse, **kw)  # h0=None: zeros
-    _close(zero, rnn(mod.cell, p, xs, lengths=lengths, reverse=reverse))
+    _close(zero, zero_ref)
 
 
-@pytest.mark.parametrize(("name", "log_space"), list(_scan_cases()))
+@pytest.mark.parametrize(
+    ("name", "log_space"),
+    [
+        case if case == ("lru", False) else pytest.param(*case, marks=pytest.mark.slow)
+        for case in _scan_cases()
+    ],
+)
 def test_scan_gradients_equal_rnn(name, log_space):
     """Gradients w.r.t. params, xs and h0 through scan equal BPTT through rnn (float64)."""
     p = _params(name)
@@ -221,28 +239,26 @@ def test_scan_gradients_equal_rnn(name, log_space):
 
         return f
 
-    for reverse in (False, True):
-        lengths = LENGTHS if reverse else None
-        g = jax.grad(
-            loss(functools.partial(mod.scan, lengths=lengths, reverse=reverse, **kw)), (0, 1, 2)
-        )(p, xs, h0)
-        g_ref = jax.grad(
-            loss(functools.partial(rnn, mod.cell, lengths=lengths, reverse=reverse)),
-            (0, 1, 2),
-        )(p, xs, h0)
-        _close(g, g_ref, tol=1e-10)
+    @jax.jit  # one program for both directions and both sides
+    def grads(p, xs, h0):
+        out = []
+        for reverse in (False, True):
+            lengths = LENGTHS if reverse else None
+            for run in (
+                functools.partial(mod.scan, lengths=lengths, reverse=reverse, **kw),
+                functools.partial(rnn, mod.cell, lengths=lengths, reverse=reverse),
+            ):
+                out.append(jax.grad(loss(run), (0, 1, 2))(p, xs, h0))
+        return out
+
+    g_fw, g_fw_ref, g_bw, g_bw_ref = grads(p, xs, h0)
+    _close(g_fw, g_fw_ref, tol=1e-10)
+    _close(g_bw, g_bw_ref, tol=1e-10)
 
 
-@pytest.mark.parametrize(
-    ("name", "order"),
-    [("mingru", 1)]
-    + [
-        pytest.param(n, o, marks=pytest.mark.slow)
-        for n in LINEAR
-        for o in (1, 2)
-        if (n, o) != ("mingru", 1)
-    ],
-)
+@pytest.mark.slow
+@pytest.mark.parametrize("name", LINEAR)
+@pytest.mark.parametrize("order", [1, 2])
 def test_scan_check_grads_forward_and_reverse(name, order):
     """Finite differences against forward- and reverse-mode derivatives of scan (float64)."""
     p = _params(name)
@@ -337,9 +353,16 @@ def test_one_training_step_changes_every_leaf(name):
 
 
 @pytest.mark.parametrize("name", LINEAR)
-def test_registered(name):
-    assert cells.get(name) is getattr(cells, name)
-    assert cells.get(name).cell.cell_name == name
+def test_registered_and_run_by_rnn_auto_on_scan(name):
+    """No split (no ``h @ W_h`` to hoist): ``auto`` picks ``scan``, ``xla`` says why not."""
+    mod = cells.get(name)
+    assert mod is getattr(cells, name) and mod.cell.cell_name == name
+    p, xs = _params(name), _xs((B, T, D))
+    assert backends.select(mod.cell, p, xs).name == "scan"
+    assert "no split" in backends.explain(mod.cell, p, xs)
+    _close(rnn(mod.cell, p, xs, backend="auto"), rnn(mod.cell, p, xs, backend="scan"))
+    with pytest.raises(ValueError, match="backend 'xla' cannot run this call"):
+        rnn(mod.cell, p, xs, backend="xla")
 
 
 @pytest.mark.parametrize("name", ["mingru", "minlstm"])

@@ -48,10 +48,23 @@ def _loop(a, b, h0, reverse, lengths):
     return out
 
 
-@pytest.mark.parametrize("dense", [False, True], ids=["diagonal", "dense"])
-@pytest.mark.parametrize("dtype", [jnp.float64, jnp.complex128], ids=["real", "complex"])
-@pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("batched", [True, False])
+def _loop_grid():
+    """Every layout x dtype x direction x batching; the default suite runs two opposite corners
+    (each value once), the rest is slow."""
+    for dense in (False, True):
+        for dtype in (jnp.float64, jnp.complex128):
+            for reverse in (False, True):
+                for batched in (True, False):
+                    corner = (dense, dtype == jnp.complex128, reverse, batched) in {
+                        (True, True, True, True),
+                        (False, False, False, False),
+                    }
+                    yield pytest.param(
+                        dense, dtype, reverse, batched, marks=() if corner else pytest.mark.slow
+                    )
+
+
+@pytest.mark.parametrize(("dense", "dtype", "reverse", "batched"), list(_loop_grid()))
 def test_linear_scan_equals_loop(dense, dtype, reverse, batched):
     shape_b = (3, 7, 4)
     a = _rand((*shape_b, 4) if dense else shape_b, 0, dtype) * (0.4 if dense else 0.9)
@@ -76,8 +89,9 @@ def test_linear_scan_equals_loop(dense, dtype, reverse, batched):
 @pytest.mark.parametrize(
     ("dense", "reverse", "order"),
     [
-        (False, False, 2),
-        (True, True, 1),
+        (False, True, 1),
+        pytest.param(True, True, 1, marks=pytest.mark.slow),
+        pytest.param(False, False, 2, marks=pytest.mark.slow),
         pytest.param(False, True, 2, marks=pytest.mark.slow),
         pytest.param(True, False, 2, marks=pytest.mark.slow),
         pytest.param(True, True, 2, marks=pytest.mark.slow),
@@ -124,7 +138,7 @@ def test_linear_scan_complex_gradients_equal_the_loop():
         np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("reverse", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_log_linear_scan_equals_loop_and_differentiates(reverse):
     a = jax.nn.sigmoid(_rand((3, 7, 4), 0))
     b = jnp.exp(_rand((3, 7, 4), 1))
@@ -265,13 +279,17 @@ OPTIONS = [  # (batched, use_lengths, reverse, with_h0)
 ]
 
 
+# The default suite: a tuple carry with every option on under Newton, and a user's dict carry,
+# unbatched, under quasi-Newton; every other cell x method x option set is slow.
+DEFAULT = {("lstm", "newton", 0), ("user", "quasi", 2)}
+
+
 def _grid():
-    """Every cell x method x option set; the default suite runs one per cell, rotating the
-    methods and options so that each appears, and the rest are slow."""
-    for i, name in enumerate(CELLS):
-        for j, method in enumerate(parallel.METHODS):
+    """Every cell x method x option set, slow unless in ``DEFAULT``."""
+    for name in CELLS:
+        for method in parallel.METHODS:
             for k, opts in enumerate(OPTIONS):
-                default = j == i % 4 and k == i % len(OPTIONS)
+                default = (name, method, k) in DEFAULT
                 yield pytest.param(
                     name, method, *opts, marks=() if default else (pytest.mark.slow,)
                 )
@@ -334,7 +352,8 @@ def test_parallel_rnn_equals_rnn(name, method, batched, use_lengths, reverse, wi
         np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6 * float(np.max(np.abs(y)) + 1e-30))
 
 
-@pytest.mark.parametrize("order", [1, pytest.param(2, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("order", [1, 2])
 def test_parallel_rnn_check_grads_both_modes(order):
     """Finite differences against the implicit derivatives, reverse and forward mode."""
     cell, params = _case("gru:reset_after")
@@ -349,6 +368,7 @@ def test_parallel_rnn_check_grads_both_modes(order):
     check_grads(f, (params, xs), order=order, modes=["rev", "fwd"], atol=tol, rtol=tol)
 
 
+@pytest.mark.slow
 def test_hessian_and_jacfwd_equal_the_sequential_scan():
     cell, params = _case("simple:tanh")
     xs = _rand((5, D), 1)
@@ -378,7 +398,7 @@ def test_backward_is_one_reversed_linear_scan():
 
 
 def test_jit_vmap_and_no_recompile():
-    cell, params = _case("lstm")
+    cell, params = _case("simple:tanh")
     xs = _rand((B, T, D), 1)
     traces = []
 
@@ -395,6 +415,7 @@ def test_jit_vmap_and_no_recompile():
     assert _max_dev((cv, yv), rnn(cell, params, xs)) < 1e-8
 
 
+@pytest.mark.slow
 def test_time_major_layout():
     cell, params = _case("gru:reset_after")
     xs = _rand((B, T, D), 1)

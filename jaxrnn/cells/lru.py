@@ -44,7 +44,7 @@ Examples:
     >>> carry = cells.lru.initial_carry(params, batch_shape=(2,))
     >>> carry.y.shape, carry.h.shape, carry.h.dtype
     ((2, 4), (2, 8), dtype('complex64'))
-    >>> xs = jax.random.normal(jax.random.key(1), (2, 9, 4))           # [B, T, D]
+    >>> xs = jax.random.normal(jax.random.key(1), (2, 9, 4), jnp.float32)  # [B, T, D]
     >>> (y_T, h_T), ys = cells.lru.scan(params, xs)
     >>> _, ys_ref = rnn(cells.lru.cell, params, xs)
     >>> ys.shape, bool(jnp.allclose(ys, ys_ref, atol=1e-5))

@@ -21,7 +21,7 @@ Examples:
     >>> import jax, jax.numpy as jnp
     >>> from jaxrnn import cells, rnn
     >>> params = cells.minlstm.init(jax.random.key(0), input_size=3, hidden_size=5)
-    >>> xs = jax.random.normal(jax.random.key(1), (7, 3))               # [T, D]
+    >>> xs = jax.random.normal(jax.random.key(1), (7, 3), jnp.float32)  # [T, D]
     >>> h_T, ys = cells.minlstm.scan(params, xs, reverse=True)
     >>> h_ref, ys_ref = rnn(cells.minlstm.cell, params, xs, reverse=True)
     >>> h_T.shape, bool(jnp.allclose(ys, ys_ref, atol=1e-6))
