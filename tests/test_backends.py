@@ -195,21 +195,21 @@ def test_input_dropout_mask_is_hoisted_and_equal(backend, cell_name):
     G = 1 if cell_name == "simple" else p.W_x.shape[1] // p.W_h.shape[0]
     rng = np.random.default_rng(3)
     for shape in [(B, D)] + ([(G, B, D)] if G > 1 else []):
-        masked = functools.partial(
-            cell, x_mask=jnp.asarray(rng.integers(0, 2, size=shape) * 2.0, dtype)
-        )
+        mask = jnp.asarray(rng.integers(0, 2, size=shape) * 2.0, dtype)
 
-        def loss(p, xs, b, masked=masked):
+        def loss(p, xs, h0, mask, b):
+            masked = functools.partial(cell, x_mask=mask)
             return jnp.sum(jnp.sin(rnn(masked, p, xs, h0, backend=b)[1]))
 
-        args64 = jax.tree.map(lambda a: a.astype(jnp.float64), (p, xs))
-        close(loss(p, xs, backend), loss(*args64, "scan"), **tol(backend))
+        args = (p, xs, h0, mask)
+        args64 = jax.tree.map(lambda a: a.astype(jnp.float64), args)
+        close(loss(*args, backend), loss(*args64, "scan"), **tol(backend))
         close(
-            jax.grad(loss, (0, 1))(p, xs, backend),
+            jax.grad(loss, (0, 1))(*args, backend),
             jax.grad(loss, (0, 1))(*args64, "scan"),
             **tol(backend),
         )
-        expect_path(backend, functools.partial(loss, b=backend), p, xs)
+        expect_path(backend, functools.partial(loss, b=backend), *args)
 
 
 # --- dispatch --------------------------------------------------------------------------------

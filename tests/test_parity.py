@@ -17,9 +17,8 @@ import pytest
 os.environ.setdefault("KERAS_BACKEND", "jax")  # before anything imports Keras
 
 import parity_cases as pc  # noqa: E402
-from jaxrnn import BiParams  # noqa: E402
 
-from jaxrnn import cells, convert  # noqa: E402
+from jaxrnn import BiParams, cells, convert  # noqa: E402
 
 OUT_TOL, GRAD_TOL = 1e-5, 1e-4
 

@@ -8,7 +8,7 @@
            Any cell with a :class:`~jaxrnn.cells.Split` (the simple cell, the LSTM, the GRU
            with ``reset_after``), any dtype, any platform.
 ``native`` hand-written CPU kernels (XLA FFI) for the simple cell, the LSTM and the GRU: each
-           loop one call, batch rows over the CPU's threads. float32, x86-64 with AVX-512.
+           loop one call, batch rows over the CPU's threads. float32, x86-64 with AVX-512 or AVX2 + FMA.
 ``pallas`` Pallas (Triton) kernels, each loop one persistent GPU kernel. float32,
            ``H <= 128``, CUDA.
 ``auto``   the fastest of these that can run the call on the default platform (``native``

@@ -33,7 +33,8 @@ def _backend(hold, **kw):
 
 @pytest.mark.parametrize("hold", list(HOLD))
 @pytest.mark.parametrize("name", ["simple", "lstm", "gru"])
-@pytest.mark.parametrize("T,B,H", [(7, 5, 12), (4, 37, 100)])  # H 12 -> 16, 100 -> 128; B 37 -> 3 tiles
+# H 12 -> 16, 100 -> 128; B 37 -> 3 tiles
+@pytest.mark.parametrize("T,B,H", [(7, 5, 12), (4, 37, 100)])
 def test_kernels_at_padded_sizes_equal_scan(name, T, B, H, hold):
     """Outputs, carry and gradients (lengths included) with every way of reading the weights."""
     mod = cells.get(name)

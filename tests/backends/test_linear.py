@@ -82,8 +82,8 @@ TRANSFORMS = {
     "grad-of-grad": lambda f: jax.grad(
         lambda *a: jnp.sum(jax.grad(loss(f), argnums=1)(*a) ** 2), argnums=(0, 1, 2)
     ),
-    "jvp-of-grad": lambda f: lambda *a: jax.jvp(
-        jax.grad(loss(f), argnums=1), a, tuple(jnp.ones_like(x) for x in a)
+    "jvp-of-grad": lambda f: (
+        lambda *a: jax.jvp(jax.grad(loss(f), argnums=1), a, tuple(jnp.ones_like(x) for x in a))
     ),
     "linearize": lambda f: lambda *a: jax.linearize(f, *a)[1](*(jnp.ones_like(x) for x in a)),
     "vmap": lambda f: jax.vmap(f, in_axes=(1, None, 0)),
