@@ -347,7 +347,8 @@ def test_parallel_rnn_equals_rnn(name, method, batched, use_lengths, reverse, wi
     assert jax.tree.structure((carry, ys)) == jax.tree.structure(ref)
     assert _max_dev((carry, ys), ref) < 1e-8
     assert bool(info.converged) and bool(info.finite) and not bool(info.fell_back)
-    assert 1 <= int(info.iterations) <= T
+    # Newton and quasi-Newton are exact after T iterations; damped (ELK) steps have no such bound
+    assert 1 <= int(info.iterations) <= (T if method in ("newton", "quasi") else max(T, 100))
     for x, y in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6 * float(np.max(np.abs(y)) + 1e-30))
 
