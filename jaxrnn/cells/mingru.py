@@ -73,7 +73,7 @@ class MinGRUParams:
 def g(v: Array) -> Array:
     """The paper's candidate activation: ``v + 1/2`` for ``v >= 0``, ``sigmoid(v)`` below.
 
-    >>> [round(v, 6) for v in g(jnp.array([-100.0, 0.0, 2.0])).tolist()]
+    >>> g(jnp.array([-100.0, 0.0, 2.0])).round(6).tolist()
     [0.0, 0.5, 2.5]
     """
     return jnp.where(v >= 0, v + 0.5, jax.nn.sigmoid(v))
