@@ -7,6 +7,7 @@
     h_T, hs = rnn(cells.simple.cell, params, xs)   # xs [B, T, D] -> h_T [B, H], hs [B, T, H]
 
 Public modules: :mod:`jaxrnn.cells` (the cells), :mod:`jaxrnn.backends` (what runs ``rnn``),
+:mod:`jaxrnn.parallel` (parallel-in-time evaluation: linear scans, DEER / ELK for any cell),
 :mod:`jaxrnn.dropout`, :mod:`jaxrnn.models`, :mod:`jaxrnn.nn` (Flax modules),
 :mod:`jaxrnn.convert` (Keras / PyTorch / Flax weights), :mod:`jaxrnn.reference` (NumPy),
 :mod:`jaxrnn.training`.
@@ -15,7 +16,7 @@ Public modules: :mod:`jaxrnn.cells` (the cells), :mod:`jaxrnn.backends` (what ru
 import importlib.abc
 import sys
 
-from jaxrnn import backends, cells, dropout, models
+from jaxrnn import backends, cells, dropout, models, parallel
 from jaxrnn._bidirectional import BiParams, bidirectional
 from jaxrnn._recurrent import recurrent
 from jaxrnn._rnn import Embedded, reverse_padded, rnn
@@ -54,5 +55,5 @@ if not any(isinstance(f, _ReplacedModules) for f in sys.meta_path):
 
 __all__ = [
     "BiParams", "Embedded", "backends", "bidirectional", "cells", "dropout", "models",
-    "recurrent", "reverse_padded", "rnn", "stack", "torch_state", "__version__",
+    "parallel", "recurrent", "reverse_padded", "rnn", "stack", "torch_state", "__version__",
 ]  # fmt: skip

@@ -27,14 +27,23 @@ Modules:
     simple: the Elman cell, ``h = act(x @ W_x + h @ W_h + b)`` (Keras ``SimpleRNNCell``).
     lstm: the LSTM cell, carry ``LSTMCarry(h, c)`` (Keras ``LSTMCell``).
     gru: the GRU cell, ``reset_after=True`` (Keras 3 / PyTorch) or ``False`` (Keras ``GRUCell``).
+    lru: the Linear Recurrent Unit (Orvieto et al. 2023), complex diagonal state, ``scan`` in parallel.
+    mingru, minlstm: minGRU and minLSTM (Feng et al. 2024), gates from ``x`` only, ``scan`` in parallel.
 """
 
 from types import ModuleType
 
-from jaxrnn.cells import gru, lstm, simple
+from jaxrnn.cells import gru, lru, lstm, mingru, minlstm, simple
 from jaxrnn.cells._common import Split, carry_output
 
-_REGISTRY: dict[str, ModuleType] = {"simple": simple, "lstm": lstm, "gru": gru}
+_REGISTRY: dict[str, ModuleType] = {
+    "simple": simple,
+    "lstm": lstm,
+    "gru": gru,
+    "lru": lru,
+    "mingru": mingru,
+    "minlstm": minlstm,
+}
 
 
 def get(name: str) -> ModuleType:
@@ -53,4 +62,15 @@ def register(name: str, module: ModuleType) -> None:
     _REGISTRY[name] = module
 
 
-__all__ = ["Split", "carry_output", "get", "gru", "lstm", "register", "simple"]
+__all__ = [
+    "Split",
+    "carry_output",
+    "get",
+    "gru",
+    "lru",
+    "lstm",
+    "mingru",
+    "minlstm",
+    "register",
+    "simple",
+]
