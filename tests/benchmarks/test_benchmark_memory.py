@@ -6,6 +6,7 @@ import pytest
 from benchmarks import memory
 
 
+@pytest.mark.slow  # compiles and measures real steps
 def test_memory_benchmark_measures_scan_and_auto_alike():
     """The same loss on both backends (remat in segments, a remainder segment: T = 50 in
     segments of 8), finite gradients, XLA's buffer sizes and the process's memory reported."""

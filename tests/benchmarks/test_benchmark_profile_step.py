@@ -35,6 +35,7 @@ def test_summarize_adds_the_outermost_operations_of_each_thread():
     assert got["ops"]["dot.2"] == {"calls": 1, "ms_per_step": pytest.approx(0.05)}
 
 
+@pytest.mark.slow  # profiles a compiled step
 def test_profile_names_every_operation_of_a_small_step():
     """A small LSTM training step (backend auto) under the profiler: every operation of the
     compiled step is named from its HLO; where the native kernels run, each of their calls

@@ -41,6 +41,7 @@ def test_unknown_host_env_is_an_error():
         run.worker_env("jaxrnn", "jaxrnn", {})
 
 
+@pytest.mark.slow  # starts workers that compile real steps
 def test_workers_report_the_settings_they_ran_with():
     """Real worker processes on a tiny model: the plain jaxrnn row reports no host settings
     at all, jaxrnn-host inline dispatch and (with glibc >= 2.35) jaxrnn's tunables."""
@@ -86,6 +87,7 @@ def test_jaxrnn_rows_name_their_backends():
         frameworks.build("jaxrnn-fast", TINY, "cpu")
 
 
+@pytest.mark.slow  # starts workers that compile real steps
 def test_jaxrnn_rows_train_the_same_model():
     """Two training steps of the seed model on each CPU backend: the second step's loss (after
     one Adam update of every parameter) is the same on all of them (float32)."""

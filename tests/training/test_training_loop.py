@@ -345,6 +345,7 @@ SHARDED = """
 """
 
 
+@pytest.mark.slow  # two fresh processes (one device, four host devices)
 def test_data_parallel_over_4_devices_equals_single_device(tmp_path):
     one = _run_script(SHARDED % (tmp_path / "one"), {"XLA_FLAGS": ""})
     four = _run_script(
