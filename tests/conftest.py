@@ -102,7 +102,7 @@ THINNED = {
     "test_remat.py::test_unidirectional_stack_remat_equals_full": 2,
     "test_models.py::test_gated_dropout_is_per_sequence_and_differentiable": 2,
     "test_training_loop.py::test_remat_trains_to_the_same_numbers": 3,
-    "test_training_loop.py::test_backend_trains_to_the_same_numbers": 2,
+    "test_training_loop.py::test_backend_trains_to_the_same_numbers": 5,
     "test_cells_gated.py::test_matches_numpy_loop": 3,
     "test_cells_gated.py::test_dropout_masks_match_numpy_loop": 3,
     "test_parity.py::test_keras_layer": 8,

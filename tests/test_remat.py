@@ -156,10 +156,9 @@ def test_stack_remat_equals_full(backend, key):
     "option,backend",
     [
         ("lengths", "auto"),
-        ("dropout", "auto"),
         *(
             pytest.param(*case, marks=pytest.mark.slow)
-            for case in [("lengths", "scan"), ("mask", "scan"), ("mask", "auto"),
+            for case in [("dropout", "auto"), ("lengths", "scan"), ("mask", "scan"), ("mask", "auto"),
                          ("carries", "scan"), ("carries", "auto"), ("dropout", "scan")]
         ),
     ],

@@ -153,7 +153,9 @@ def test_backend_trains_to_the_same_numbers(tmp_path, task_name, model):
     [
         ("imdb", {"cell": "lstm"}, {"padding": "post"}),
         # a stack in segments through both layers, its dropout masks redrawn per segment
-        ("shakespeare", {"cell": "lstm", "num_layers": 2, "dropout": 0.3}, {}),
+        pytest.param(
+            "shakespeare", {"cell": "lstm", "num_layers": 2, "dropout": 0.3}, {}, marks=SLOW
+        ),
         pytest.param("imdb", {"cell": "gru", "backend": "scan", "dropout": 0.2}, {}, marks=SLOW),
         pytest.param("adding", {"cell": "simple"}, {}, marks=SLOW),
         pytest.param("shakespeare", {"cell": "lstm", "backend": "scan"}, {}, marks=SLOW),
@@ -208,7 +210,9 @@ def test_same_seed_same_numbers_and_resume_equals_uninterrupted(tmp_path):
 @pytest.mark.parametrize(
     "task_name,drop",
     [
-        ("imdb", {"cell": "lstm", "dropout": 0.3, "recurrent_dropout": 0.2}),  # Keras's
+        pytest.param(  # Keras's
+            "imdb", {"cell": "lstm", "dropout": 0.3, "recurrent_dropout": 0.2}, marks=SLOW
+        ),
         # char-rnn's: between two stacked layers and on the top layer's outputs
         pytest.param("shakespeare", {"cell": "lstm", "num_layers": 2, "dropout": 0.3}, marks=SLOW),
     ],
