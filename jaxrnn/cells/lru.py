@@ -61,6 +61,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrnn import parallel
+from jaxrnn.cells import _linear_checks
 
 Array = jax.Array
 NAME = "lru"
@@ -284,7 +285,7 @@ def scan(
         ``(LRUCarry(y, h) after the last processed step, ys [B, T, H])``.
     """
     where = "lru.scan"
-    _check_float(where, "xs", xs)
+    _linear_checks.check_float(where, "xs", xs)
     shape, D = tuple(jnp.shape(xs)), params.input_size
     if len(shape) not in (2, 3) or shape[-1] != D:
         raise ValueError(
@@ -311,15 +312,9 @@ def scan(
     return LRUCarry(y_final, h_final), jnp.where(alive[..., None], ys, 0)
 
 
-def _check_float(where: str, what: str, x: Any) -> None:
-    dtype = jnp.result_type(x)
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"{where}: {what} must have a floating dtype (e.g. float32); got {dtype}")
-
-
 def _check_step(where: str, params: LRUParams, x: Any) -> tuple[int, ...]:
     """Checks ``x: [*batch, D]`` and the skip's shape; returns the batch shape."""
-    _check_float(where, "x", x)
+    _linear_checks.check_float(where, "x", x)
     shape, D, H = tuple(jnp.shape(x)), params.input_size, params.hidden_size
     if len(shape) < 1 or shape[-1] != D:
         raise ValueError(f"{where}: x must have shape [..., {D}] (input_size); got shape {shape}")
@@ -348,7 +343,7 @@ def _check_carry(where: str, params: LRUParams, carry: Any, batch_shape: tuple[i
         raise TypeError(
             f"{where}: carry h must be complex ({_complex_dtype(params)}); got {jnp.result_type(h)}"
         )
-    _check_float(where, "carry y", y)
+    _linear_checks.check_float(where, "carry y", y)
 
 
 cell.initial_carry = initial_carry  # type: ignore[attr-defined]  # lets rnn() build h0

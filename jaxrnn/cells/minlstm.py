@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrnn import parallel
+from jaxrnn.cells import _linear_checks
 from jaxrnn.cells.mingru import g, log_g
 
 Array = jax.Array
@@ -142,8 +143,8 @@ def cell(params: MinLSTMParams, carry: Array, x: Array) -> tuple[Array, Array]:
     Returns:
         ``(h, y)`` with ``h == y: [*batch, H]``.
     """
-    batch_shape = _check_step("minlstm.cell", params, x)
-    _check_state("minlstm.cell", carry, batch_shape, params.hidden_size)
+    batch_shape = _linear_checks.check_step("minlstm.cell", params, x)
+    _linear_checks.check_state("minlstm.cell", carry, batch_shape, params.hidden_size)
     a, b = coefficients(params, x)
     h = a * carry + b  # [*batch, H]
     return h, h
@@ -178,7 +179,7 @@ def scan(
         ``(h_final [B, H], ys [B, T, H])`` (``[H]``, ``[T, H]`` unbatched).
     """
     where = "minlstm.scan"
-    _check_float(where, "xs", xs)
+    _linear_checks.check_float(where, "xs", xs)
     shape, D = tuple(jnp.shape(xs)), params.input_size
     if len(shape) not in (2, 3) or shape[-1] != D:
         raise ValueError(
@@ -187,7 +188,7 @@ def scan(
     batch_shape, T = shape[:-2], shape[-2]
     if h0 is None:
         h0 = initial_carry(params, batch_shape)
-    _check_state(where, h0, batch_shape, params.hidden_size)
+    _linear_checks.check_state(where, h0, batch_shape, params.hidden_size)
     if log_space:
         k_f, k_i, v = _preactivations(params, xs)  # [B, T, H]
         # log f' = log f - log(f + i) with log sigmoid(k) = -softplus(-k)
@@ -204,31 +205,6 @@ def scan(
         return h_final, hs
     alive = jnp.arange(T) < jnp.asarray(lengths)[..., None]  # [B, T]: outputs past a length are 0
     return h_final, jnp.where(alive[..., None], hs, 0)
-
-
-def _check_float(where: str, what: str, x: Any) -> None:
-    dtype = jnp.result_type(x)
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"{where}: {what} must have a floating dtype (e.g. float32); got {dtype}")
-
-
-def _check_step(where: str, params: MinLSTMParams, x: Any) -> tuple[int, ...]:
-    """Checks ``x: [*batch, D]``; returns the batch shape."""
-    _check_float(where, "x", x)
-    shape, D = tuple(jnp.shape(x)), params.input_size
-    if len(shape) < 1 or shape[-1] != D:
-        raise ValueError(f"{where}: x must have shape [..., {D}] (input_size); got shape {shape}")
-    return shape[:-1]
-
-
-def _check_state(where: str, h: Any, batch_shape: tuple[int, ...], H: int) -> None:
-    expected = (*batch_shape, H)
-    if tuple(jnp.shape(h)) != expected:
-        raise ValueError(
-            f"{where}: h must have shape {list(expected)} (batch {list(batch_shape)}, "
-            f"hidden_size={H}); got shape {list(jnp.shape(h))}"
-        )
-    _check_float(where, "h", h)
 
 
 cell.initial_carry = initial_carry  # type: ignore[attr-defined]  # lets rnn() build h0
