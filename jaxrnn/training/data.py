@@ -38,6 +38,12 @@ from typing import Any
 
 import numpy as np
 
+
+class DataError(ValueError):
+    """A data set that is missing, incomplete, corrupt or cached wrongly; the message names the
+    file and what to do."""
+
+
 IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 IMDB_SHA256 = "c40f74a18d3b61f90feba1e17730e0d38e8b97c05fde7008942e91923d1658fe"
 SHAKESPEARE_URL = (
