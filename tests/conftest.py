@@ -97,6 +97,7 @@ THINNED = {
     "test_backends.py::test_every_transformation_equals_scan": 12,
     "test_backends.py::test_options_equal_scan": 16,
     "test_backends.py::test_embedded_inputs_equal_gathered_vectors": 12,
+    "test_backends.py::test_padding_never_reaches_the_gradients": 12,
     "test_backends.py::test_input_dropout_mask_is_hoisted_and_equal": 3,
     "test_models.py::test_classifier_on_every_backend_equals_scan": 16,
     "test_models.py::test_classifier_short_sequences_equal_scan": 9,

@@ -151,6 +151,29 @@ def test_options_equal_scan(backend, cell_name, option):
     expect_path(backend, grad, *args)
 
 
+@pytest.mark.parametrize("fill", [np.nan, np.inf, 1e30], ids=["nan", "inf", "huge"])
+@pytest.mark.parametrize("cell_name", ["simple", "lstm", "gru"])
+def test_padding_never_reaches_the_gradients(backend, cell_name, fill):
+    """Any value past ``lengths`` (NaN, inf, huge) gives the outputs and gradients that zeros
+    there give: the padding is selected away, not multiplied by zero (0 * NaN = NaN)."""
+    cell, p, xs, h0 = setup(cell_name, dtype_of(backend), T=6, B=3)
+    lengths = jnp.array([6, 2, 4])
+    pad = jnp.arange(6)[None, :, None] >= lengths[:, None, None]  # [B, T, 1]
+    clean = jnp.where(pad, 0.0, xs)
+    poisoned = jnp.where(pad, jnp.asarray(fill, xs.dtype), xs)
+
+    def loss(p, xs, h0, remat):
+        carry, ys = rnn(cell, p, xs, h0, lengths=lengths, remat=remat, backend=backend)
+        return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(c**2) for c in jax.tree.leaves(carry))
+
+    for remat in (None, 4):
+        grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)), static_argnums=3)
+        want, got = grad(p, clean, h0, remat), grad(p, poisoned, h0, remat)
+        assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(got))
+        close(got, want, rtol=0, atol=0)  # the same program on the same numbers: bit-equal
+    expect_path(backend, jax.grad(loss, argnums=(0, 1, 2)), p, poisoned, h0, None)
+
+
 @pytest.mark.parametrize("remat", [None, 2])
 @pytest.mark.parametrize("cell_name", ["simple", "lstm", "gru"])
 @pytest.mark.parametrize("B", [6, 1], ids=["table", "rows"])
