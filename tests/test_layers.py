@@ -132,6 +132,26 @@ def test_recurrent_with_an_explicit_mask_runs_the_masked_loop():
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_masked_steps_never_reach_the_gradients(kind):
+    """NaN, inf or 1e30 at masked steps give the gradients that zeros there give: an arbitrary
+    mask (the masked loop), and lengths through ``bidirectional`` (the backward direction
+    starts inside the padding)."""
+    cell, p, xs = _setup(kind)
+    bi = BiParams(p, cells.get(kind).init(jax.random.key(5), D, H, dtype=jnp.float64))
+    right_padded = ~(np.arange(T) < LENGTHS[:, None])
+    cases = [
+        (lambda p, xs: recurrent(cell, p, xs, mask=MASK), p, ~MASK),
+        (lambda p, xs: bidirectional(cell, p, xs, lengths=LENGTHS), bi, right_padded),
+    ]
+    for run, params, pad in cases:
+        grad = jax.jit(jax.grad(lambda p, xs, run=run: jnp.sum(jnp.sin(run(p, xs))), (0, 1)))
+        pad = pad[:, :, None]
+        want = grad(params, jnp.where(pad, 0.0, xs))
+        for fill in (np.nan, np.inf, 1e30):
+            assert_trees_close(grad(params, jnp.where(pad, fill, xs)), want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_lengths_agree_with_rnn(kind):
     """Right-padded: recurrent(lengths) == rnn(lengths); go_backwards == rnn(reverse) flipped."""
     cell, p, xs = _setup(kind)
