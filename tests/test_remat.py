@@ -6,9 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import paths_taken
 
 from jaxrnn import BiParams, bidirectional, cells, recurrent, rnn, stack
 from jaxrnn._checks import remat_segment
+from jaxrnn.backends import cpu
 
 
 def _case(cell_name, key):
@@ -44,6 +46,10 @@ def test_remat_reduces_bptt_memory(cell_name, backend, key):
         return jax.jit(jax.grad(loss)).lower(p).compile().memory_analysis().temp_size_in_bytes
 
     full, sqrt = temp_bytes(None), temp_bytes("sqrt")
+    for remat in (None, "sqrt"):  # auto ran the kernels (float32 on a CPU), scan none
+        run = lambda p, r=remat: rnn(mod.cell, p, xs, remat=r, backend=backend)  # noqa: E731
+        want = set() if backend == "scan" else cells_path()
+        assert paths_taken(run, p) - {"hoisted"} == want, (remat, paths_taken(run, p))
     assert full >= T * B * H * 4  # at least every h_t is kept
     assert sqrt < full / 4, (full, sqrt)
 
@@ -55,6 +61,13 @@ def test_bad_remat_is_a_clear_error(bad, key):
         ValueError, match=f"rnn: remat must be None, 'sqrt' or a positive int; got {bad!r}"
     ):
         rnn(cells.simple.cell, p, jnp.ones((1, 4, 2), jnp.float32), remat=bad)
+
+
+def cells_path() -> set[str]:
+    """The kernels ``auto`` picks for float32 here (none where they cannot run)."""
+    if jax.default_backend() == "gpu":
+        return {"pallas"}
+    return {"native"} if cpu.available() else set()
 
 
 def test_remat_segment():
@@ -120,6 +133,9 @@ def test_recurrent_remat_equals_full(cell_name, remat, option, backend, key):
     )
     g = [jax.grad(loss, argnums=(0, 1, 2))(p, xs, h0, r) for r in (None, remat)]
     _close(g[0], g[1], 1e-10, 1e-12)
+    # auto runs float64 on the hoisted XLA loops, except that a mask needs the masked scan
+    hoisted = backend == "auto" and option != "mask"
+    assert paths_taken(lambda p: loss(p, xs, h0, remat), p) == ({"hoisted"} if hoisted else set())
 
 
 @pytest.mark.slow
