@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_trees_close
+from conftest import assert_path, assert_trees_close
 
 from jaxrnn import backends, cells, models, rnn
 from jaxrnn.backends import gpu
@@ -51,8 +51,10 @@ def test_kernels_at_padded_sizes_equal_scan(name, T, B, H, hold):
 
         return jax.value_and_grad(f, (0, 1))
 
-    got = loss(_backend(HOLD[hold], interpret=True))(p, xs)
+    b = _backend(HOLD[hold], interpret=True)
+    got = loss(b)(p, xs)
     assert_trees_close(got, loss("scan")(p, xs), rtol=1e-10, atol=1e-12)
+    assert_path(b, loss(b), p, xs)  # the kernels ran, not the XLA loops
 
 
 def _loop_reads(fn, *args) -> int:
