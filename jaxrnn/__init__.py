@@ -13,16 +13,43 @@ Public modules: :mod:`jaxrnn.cells` (the cells), :mod:`jaxrnn.backends` (what ru
 :mod:`jaxrnn.training`.
 """
 
+import importlib
 import importlib.abc
 import sys
-
-from jaxrnn import backends, cells, dropout, models, parallel
-from jaxrnn._bidirectional import BiParams, bidirectional
-from jaxrnn._recurrent import recurrent
-from jaxrnn._rnn import Embedded, reverse_padded, rnn
-from jaxrnn._stack import stack, torch_state
+import typing
 
 __version__ = "0.1.0"
+
+# Imported on first use, so that a command that only parses arguments (train.py --help) or
+# reads a config does not pay for importing JAX.
+_LAZY = {
+    "backends": None, "cells": None, "dropout": None, "models": None, "parallel": None,
+    "BiParams": "_bidirectional", "bidirectional": "_bidirectional",
+    "recurrent": "_recurrent",
+    "Embedded": "_rnn", "reverse_padded": "_rnn", "rnn": "_rnn",
+    "stack": "_stack", "torch_state": "_stack",
+}  # fmt: skip
+
+if typing.TYPE_CHECKING:
+    from jaxrnn import backends, cells, dropout, models, parallel
+    from jaxrnn._bidirectional import BiParams, bidirectional
+    from jaxrnn._recurrent import recurrent
+    from jaxrnn._rnn import Embedded, reverse_padded, rnn
+    from jaxrnn._stack import stack, torch_state
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'jaxrnn' has no attribute {name!r}")
+    module = importlib.import_module(f"jaxrnn.{_LAZY[name] or name}")
+    value = module if _LAZY[name] is None else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 # Modules that were replaced: importing one says what replaced it.
 _REPLACED = {
