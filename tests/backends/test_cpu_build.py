@@ -316,10 +316,13 @@ def test_stray_temporaries_of_a_killed_build_are_removed(fake):
     name = fake.library().name
     stray = [fake.dir / f".{name}.abc123.tmp", fake.dir / f".{name}.xyz789.tmp"]
     other = fake.dir / ".rnn_cpu-0000000000000000.so.abc.tmp"  # another key's, maybe live
-    for p in (*stray, other):
+    old, recent = fake.dir / "tmpold.so", fake.dir / "tmpnew.so"  # an earlier version's names
+    for p in (*stray, other, old, recent):
         p.write_bytes(b"half a library")
+    hours_ago = time.time() - 7200
+    os.utime(old, (hours_ago, hours_ago))
     _build.build(symbols=SYMBOLS)
-    assert not any(p.exists() for p in stray) and other.exists()
+    assert not any(p.exists() for p in (*stray, old)) and other.exists() and recent.exists()
 
 
 # ---------------------------------------------------------------------- the real compiler
@@ -345,7 +348,7 @@ print("ok")
 """
 
 
-@pytest.mark.slow  # two builds of the real kernels (about a minute each on 2 cores)
+@pytest.mark.slow  # two builds of the real kernels: 358 s in all on 2 busy cores
 def test_real_build_once_for_three_processes_then_rebuilt_when_cut(tmp_path):
     cache = tmp_path / "cache"
     env = _real_env(cache)

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import jax
@@ -50,7 +51,8 @@ _TUNING_AVX2 = (
 # L2 (more on Zen 4's large L3).
 _MAX_WEIGHT_BYTES = {("avx512", "AuthenticAMD", "25"): 8 << 20}
 DEFAULT_MAX_WEIGHT_BYTES = 3 << 20
-COMPILE_SECONDS = 60  # what the message while compiling promises (2 loaded cores: ~60 s)
+# what the message while compiling promises: measured ~60 s on 2 idle cores, ~180 s on 2 busy
+COMPILE_ESTIMATE = "~1-3 min"
 COMPILE_TIMEOUT = 900
 
 
@@ -341,7 +343,7 @@ def _compile(source: Path, out: Path) -> None:
     tmp_lib, tmp_record = temps
     cmd = compile_command(source, Path(tmp_lib))
     print(
-        f"jaxrnn: compiling the native CPU kernels (first use, ~{COMPILE_SECONDS} s) into {out} ...",
+        f"jaxrnn: compiling the native CPU kernels (first use, {COMPILE_ESTIMATE}) into {out} ...",
         file=sys.stderr,
         flush=True,
     )
@@ -398,6 +400,8 @@ def build(
             print(f"jaxrnn: rebuilding the native CPU kernels: {reason}", file=sys.stderr)
         # under the lock no other build of this key runs: its temporaries are a dead build's
         stale = [out, out.with_name(out.name + ".sha256"), *directory.glob(f".{out.name}.*.tmp")]
+        # earlier versions' temporaries (tmp*.so): an hour old, no compile still writes them
+        stale += [p for p in directory.glob("tmp*.so") if time.time() - p.stat().st_mtime > 3600]
         for path in stale:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
