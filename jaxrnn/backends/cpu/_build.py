@@ -366,6 +366,14 @@ def _compile(source: Path, out: Path) -> None:
                 os.unlink(tmp)
 
 
+def _age(path: Path) -> float:
+    """Seconds since ``path`` was last written (0 where it is gone)."""
+    try:
+        return time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
 def build(
     directory: Path | None = None, source: Path = SOURCE, symbols: tuple[str, ...] = ()
 ) -> Path:
@@ -401,7 +409,7 @@ def build(
         # under the lock no other build of this key runs: its temporaries are a dead build's
         stale = [out, out.with_name(out.name + ".sha256"), *directory.glob(f".{out.name}.*.tmp")]
         # earlier versions' temporaries (tmp*.so): an hour old, no compile still writes them
-        stale += [p for p in directory.glob("tmp*.so") if time.time() - p.stat().st_mtime > 3600]
+        stale += [p for p in directory.glob("tmp*.so") if _age(p) > 3600]
         for path in stale:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
