@@ -17,8 +17,15 @@ training words (ties: first seen first, files in sorted order) get ids ``2 .. nu
 by rank; **0 is padding and 1 is unknown**. Unlike ``keras.datasets.imdb.load_data`` there is
 no start token and no ``index_from=3`` offset, so the vocabulary has exactly ``num_words`` rows
 and every id but 0/1 is a word. Pre-padding and pre-truncating to ``maxlen`` by default. The
-tokenized arrays are cached in ``cache_dir`` as ``.npz`` keyed by a hash of the source and the
-settings.
+tokenized arrays are cached in ``cache_dir`` as ``.npz`` keyed by a hash of the source's content
+and the settings.
+
+IMDB checks (each failure a :class:`DataError` naming the file and what to do): the reviews per
+split and class are counted and printed, and each class must hold at least 90 % of the official
+12,500 (:data:`IMDB_PER_CLASS`; a data set of one's own declares its counts in
+``aclImdb/jaxrnn-counts.json``, :func:`imdb_counts_manifest`) unless ``allow_incomplete=True``;
+an archive under a known name (``aclImdb_v1.tar.gz``, the official one) must have its sha256;
+invalid UTF-8 is counted and reported (files and bytes replaced by U+FFFD).
 """
 
 from __future__ import annotations
@@ -33,6 +40,9 @@ import re
 import sys
 import tarfile
 import urllib.request
+import warnings
+import zipfile
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -50,6 +60,16 @@ SHAKESPEARE_URL = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 )
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+# Archives known by name, checked by sha256 whenever a file has that name: the official one and
+# the copy of its labeled part kept for machines without internet (ids 0-9 of each folder left
+# out: 12,490 reviews per class).
+KNOWN_IMDB = {
+    "aclImdb_v1.tar.gz": IMDB_SHA256,
+    "aclImdb_labeled.tar.gz": "ebb8f7209c1856441f3601ace092842ae9aa862b4dc752c159e98e2c0ce85e09",
+}
+IMDB_PER_CLASS = 12_500  # reviews per split and class in the official data set
+MIN_FRACTION = 0.9  # fewer than this share of the expected reviews: cut short, not a sample
+COUNTS_MANIFEST = "jaxrnn-counts.json"  # in aclImdb/: a data set's own counts per split, class
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 # Copies provided next to checkouts on machines without internet (../shared/data/...).
@@ -58,6 +78,7 @@ LOCAL_SHAKESPEARE = ("tinyshakespeare.txt", "input.txt")
 
 PAD, UNK = 0, 1
 TOKENIZER_VERSION = 1
+CACHE_VERSION = 2  # 2: the source's counts and invalid UTF-8 stored beside the arrays
 _FILTERS = '!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~\t\n'  # Keras Tokenizer's default filters
 _TABLE = str.maketrans({c: " " for c in _FILTERS})
 _IMDB_NAME = re.compile(r"(?:^|/)aclImdb/(train|test)/(pos|neg)/(\d+)_(\d+)\.txt$")
@@ -81,7 +102,7 @@ def download(url: str, sha256: str, cache_dir: str | os.PathLike) -> pathlib.Pat
         The path of the verified file.
 
     Raises:
-        ValueError: the downloaded file's checksum differs (the file is removed).
+        DataError: the downloaded file's checksum differs (the file is removed).
     """
     cache = pathlib.Path(cache_dir).expanduser()
     cache.mkdir(parents=True, exist_ok=True)
@@ -94,7 +115,10 @@ def download(url: str, sha256: str, cache_dir: str | os.PathLike) -> pathlib.Pat
     got = sha256_file(dest)
     if got != sha256:
         dest.unlink()
-        raise ValueError(f"{dest}: sha256 {got} differs from the expected {sha256}; removed it")
+        raise DataError(
+            f"{dest}: sha256 {got} differs from the expected {sha256} (a partial or altered "
+            f"download); removed it, download it again"
+        )
     return dest
 
 
@@ -138,44 +162,140 @@ def text_to_words(text: str) -> list[str]:
     return text.translate(_TABLE).split()
 
 
-def read_imdb(path: str | os.PathLike) -> dict[str, list[tuple[int, str]]]:
+def _decode(blob: bytes) -> tuple[str, int]:
+    """``blob`` as UTF-8 with each invalid sequence replaced by U+FFFD, and how many of its
+    bytes were invalid."""
+    try:
+        return blob.decode("utf-8"), 0
+    except UnicodeDecodeError:
+        bad = sum(0xDC80 <= ord(c) <= 0xDCFF for c in blob.decode("utf-8", "surrogateescape"))
+        return blob.decode("utf-8", errors="replace"), bad
+
+
+def read_imdb(
+    path: str | os.PathLike, stats: dict[str, Any] | None = None
+) -> dict[str, list[tuple[int, str]]]:
     """Reads ``aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt`` from a .tar.gz or a directory.
+
+    Args:
+        path: the archive, or a directory holding ``aclImdb/`` (or ``aclImdb`` itself).
+        stats: filled (when given) with ``invalid_utf8_files`` (names of files with invalid
+            UTF-8), ``invalid_utf8_bytes`` (their bytes replaced by U+FFFD, in all) and
+            ``manifest`` (the data set's own counts, :func:`imdb_counts_manifest`, or ``None``).
 
     Returns:
         ``{"train": [(label, text), ...], "test": [...]}`` with label 1 = pos, 0 = neg, in
         sorted (label, id) order.
 
     Raises:
-        ValueError: no review in the expected layout.
+        DataError: not a readable archive, or no review of a split in the expected layout.
     """
     path = pathlib.Path(path)
     found: dict[str, list[tuple[int, int, str]]] = {"train": [], "test": []}
+    stats = {} if stats is None else stats
+    stats.update(invalid_utf8_files=[], invalid_utf8_bytes=0, manifest=None)
 
     def add(name: str, read) -> None:
+        if name.endswith(f"aclImdb/{COUNTS_MANIFEST}"):
+            stats["manifest"] = imdb_counts_manifest(read(), f"{path}: {name}")
+            return
         m = _IMDB_NAME.search(name)
         if m:
             split, label, idx = m.group(1), int(m.group(2) == "pos"), int(m.group(3))
-            found[split].append((label, idx, read().decode("utf-8", errors="replace")))
+            text, bad = _decode(read())
+            if bad:
+                stats["invalid_utf8_files"].append(name)
+                stats["invalid_utf8_bytes"] += bad
+            found[split].append((label, idx, text))
 
     if path.is_dir():
-        for f in path.rglob("*.txt"):
-            add(f.relative_to(path.parent).as_posix(), f.read_bytes)
+        for f in sorted(path.rglob("*")):
+            if f.is_file():
+                add(f.relative_to(path.parent).as_posix(), f.read_bytes)
     else:
         try:
             with tarfile.open(path, "r:*") as tar:
                 for member in tar:
                     if member.isfile():
                         add(member.name, tar.extractfile(member).read)
-        except (tarfile.TarError, EOFError, OSError) as e:
-            raise ValueError(f"{path}: not a readable tar archive ({e})") from None
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+            raise DataError(
+                f"{path}: not a readable tar archive ({e}); download it again or pass "
+                f"--set data.path=/path/to/a/complete/copy"
+            ) from None
     for split in found:
         if not found[split]:
-            raise ValueError(
+            raise DataError(
                 f"{path}: no reviews under aclImdb/{split}/{{pos,neg}}/<id>_<rating>.txt"
             )
     return {
         s: [(lab, txt) for lab, _, txt in sorted(v, key=lambda r: r[:2])] for s, v in found.items()
     }
+
+
+def imdb_counts_manifest(blob: bytes, where: str) -> dict[str, dict[str, int]]:
+    """The counts a data set in the aclImdb layout declares in ``aclImdb/jaxrnn-counts.json``,
+    ``{"train": {"neg": n, "pos": n}, "test": {...}}``, checked instead of the official
+    12,500 per class (a data set of one's own, or a test's fixture; a copy cut short still has
+    fewer reviews than it declares)."""
+    try:
+        counts = json.loads(blob)
+        ok = isinstance(counts, dict) and all(
+            isinstance(counts[s][c], int) and counts[s][c] >= 0
+            for s in ("train", "test")
+            for c in ("neg", "pos")
+        )
+    except (ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise DataError(
+            f'{where}: expected JSON {{"train": {{"neg": n, "pos": n}}, "test": '
+            f"{{...}}}} with counts >= 0; got {blob[:200]!r}"
+        )
+    return {s: {c: counts[s][c] for c in ("neg", "pos")} for s in ("train", "test")}
+
+
+def imdb_counts(raw: dict[str, list[tuple[int, str]]]) -> dict[str, dict[str, int]]:
+    """Reviews per split and class of :func:`read_imdb`'s result."""
+    return {
+        s: {"neg": sum(lab == 0 for lab, _ in rows), "pos": sum(lab == 1 for lab, _ in rows)}
+        for s, rows in raw.items()
+    }
+
+
+def check_imdb_counts(
+    counts: dict[str, dict[str, int]],
+    path: str | os.PathLike,
+    manifest: dict[str, dict[str, int]] | None = None,
+    allow_incomplete: bool = False,
+) -> list[str]:
+    """The problems with ``counts`` (``{split: {"neg": n, "pos": n}}``): a class with fewer
+    than 90 % of its expected reviews (``manifest``'s count, else the official 12,500), or
+    a different count than ``manifest`` declares. ``[]``: none.
+
+    Raises:
+        DataError: there are problems and ``allow_incomplete`` is not set (the message names
+            ``path``, each split and class with its count and the expected one, and what to do).
+    """
+    problems = []
+    for split in ("train", "test"):
+        for label in ("neg", "pos"):
+            n = counts.get(split, {}).get(label, 0)
+            want = IMDB_PER_CLASS if manifest is None else manifest[split][label]
+            if n < MIN_FRACTION * want or (manifest is not None and n != want):
+                need = "" if manifest is not None else f", at least {MIN_FRACTION:.0%} of it"
+                problems.append(f"{split}/{label} has {n:,} reviews, expected {want:,}{need}")
+    if problems and not allow_incomplete:
+        raise DataError(
+            f"{path}: incomplete IMDB data ({'; '.join(problems)}): an archive cut short or a "
+            f"folder partly extracted. Use a complete copy ({IMDB_URL}, sha256 {IMDB_SHA256}) "
+            f"or pass allow_incomplete=True to train on it anyway"
+        )
+    return problems
+
+
+def _format_counts(counts: dict[str, dict[str, int]]) -> str:
+    return ", ".join(f"{s} {c['neg']:,} neg / {c['pos']:,} pos" for s, c in counts.items())
 
 
 def build_vocab(texts: list[list[str]], num_words: int) -> list[str]:
@@ -211,13 +331,57 @@ def pad_sequences(
 
 
 def _fingerprint(path: pathlib.Path) -> str:
+    """The source's content as a hash: an archive's sha256; for a directory, its files' names,
+    sizes and modification times (a file added, removed or rewritten changes it)."""
     if path.is_dir():
         h = hashlib.sha256()
-        for f in sorted(path.rglob("*.txt")):
-            st = f.stat()
-            h.update(f"{f.relative_to(path)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        for f in sorted(path.rglob("*")):
+            if f.is_file():
+                st = f.stat()
+                h.update(f"{f.relative_to(path)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
         return h.hexdigest()
-    return sha256_file(path)
+    digest = sha256_file(path)
+    known = KNOWN_IMDB.get(path.name)
+    if known is not None and digest != known:
+        raise DataError(
+            f"{path}: sha256 {digest} is not the {known} of {path.name} (a partial or altered "
+            f"copy). Download it again ({IMDB_URL}), or, if it is a data set of your own, give "
+            f"it another file name"
+        )
+    return digest
+
+
+_CACHE_KEYS = ("vocab", "x_train", "y_train", "len_train", "x_test", "y_test", "len_test")
+
+
+def _read_cache(cache: pathlib.Path) -> dict[str, np.ndarray] | None:
+    """The arrays of a tokenized cache file, or ``None`` (with a warning, the file removed)
+    where it cannot be read: the cache is a function of the source and the settings, so it is
+    rebuilt rather than making the user delete it by hand.
+
+    Raises:
+        DataError: it is unreadable and cannot be removed.
+    """
+    try:
+        with open(cache, "rb") as f, np.load(f) as z:  # f: closed even where np.load raises
+            out = {k: z[k] for k in z.files}
+        missing = [k for k in (*_CACHE_KEYS, "counts") if k not in out]
+        if missing:
+            raise ValueError(f"no {', '.join(missing)}")
+        return out
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError) as e:
+        why = f"{type(e).__name__}: {e}"
+    try:
+        cache.unlink()
+    except OSError as e:
+        raise DataError(
+            f"{cache}: a corrupt tokenized cache ({why}) that cannot be removed ({e}); delete "
+            f"it by hand"
+        ) from None
+    warnings.warn(
+        f"{cache}: a corrupt tokenized cache ({why}); removed it, tokenizing again", stacklevel=3
+    )
+    return None
 
 
 def _subset(rows: list[tuple[int, str]], limit: int) -> list[tuple[int, str]]:
@@ -228,13 +392,31 @@ def _subset(rows: list[tuple[int, str]], limit: int) -> list[tuple[int, str]]:
     return [rows[i] for i in sorted(idx)]
 
 
-def load_imdb(cfg: Any, *, verbose: bool = True) -> dict[str, np.ndarray]:
+def load_imdb(
+    cfg: Any, *, verbose: bool = True, allow_incomplete: bool = False
+) -> dict[str, np.ndarray]:
     """Tokenized IMDB per the ``data`` config (``ImdbData``), from the cache when possible.
+
+    The source's reviews per split and class are checked (:func:`check_imdb_counts`) and
+    printed (``verbose``), on every load; a known archive's sha256 too.
+
+    Args:
+        cfg: the ``data`` config (a ``cfg.allow_incomplete`` that is true counts as the
+            argument).
+        verbose: print the counts and what is tokenized to stderr.
+        allow_incomplete: train on a data set with fewer reviews than expected, or a class
+            missing (a warning instead of :class:`DataError`).
 
     Returns:
         ``x_train [N, maxlen]`` int32, ``y_train [N]`` int32, ``len_train [N]`` int32, the same
-        for ``test``, and ``vocab`` (``[num_words - 2]`` words; ``vocab[i]`` has id ``i + 2``).
+        for ``test``, ``vocab`` (``[num_words - 2]`` words; ``vocab[i]`` has id ``i + 2``),
+        ``counts [2, 2]`` the source's reviews (rows train, test; columns neg, pos) and
+        ``invalid_utf8 [2]`` (files with invalid UTF-8, bytes replaced).
+
+    Raises:
+        DataError: incomplete data, a known archive with another sha256, an unreadable archive.
     """
+    allow_incomplete = allow_incomplete or bool(getattr(cfg, "allow_incomplete", False))
     path = _find(cfg.path, LOCAL_IMDB, cfg.cache_dir, "IMDB archive", IMDB_URL, IMDB_SHA256)
     settings = dict(
         num_words=cfg.num_words,
@@ -243,22 +425,49 @@ def load_imdb(cfg: Any, *, verbose: bool = True) -> dict[str, np.ndarray]:
         truncating=cfg.truncating,
         limit=cfg.limit,
         tokenizer=TOKENIZER_VERSION,
+        cache=CACHE_VERSION,
     )
     key = hashlib.sha256(
         (_fingerprint(path) + json.dumps(settings, sort_keys=True)).encode()
     ).hexdigest()[:16]
     cache = pathlib.Path(cfg.cache_dir).expanduser() / f"imdb-{key}.npz"
-    if cache.exists():
-        with np.load(cache) as z:
-            return {k: z[k] for k in z.files}
+    out = _read_cache(cache) if cache.exists() else None
+    if out is not None:
+        counts = {
+            s: {"neg": int(out["counts"][i, 0]), "pos": int(out["counts"][i, 1])}
+            for i, s in enumerate(("train", "test"))
+        }
+        manifest = None
+        if "manifest" in out:
+            manifest = {s: dict(zip(("neg", "pos"), map(int, out["manifest"][i]), strict=True)) for i, s in enumerate(("train", "test"))}  # fmt: skip
+        _report_imdb(path, counts, manifest, allow_incomplete, verbose)
+        return out
     if verbose:
         print(f"tokenizing {path} (cached afterwards in {cache})", file=sys.stderr)
-    raw = read_imdb(path)
+    stats: dict[str, Any] = {}
+    raw = read_imdb(path, stats)
+    counts = imdb_counts(raw)
+    _report_imdb(path, counts, stats["manifest"], allow_incomplete, verbose)
+    n_bad = len(stats["invalid_utf8_files"])
+    if n_bad:
+        shown = ", ".join(stats["invalid_utf8_files"][:3]) + (", ..." if n_bad > 3 else "")
+        warnings.warn(
+            f"{path}: {n_bad} review file(s) are not valid UTF-8 ({shown}); their "
+            f"{stats['invalid_utf8_bytes']} invalid byte(s) were read as U+FFFD",
+            stacklevel=2,
+        )
     raw = {s: _subset(rows, cfg.limit) for s, rows in raw.items()}
     words = {s: [text_to_words(t) for _, t in rows] for s, rows in raw.items()}
     vocab = build_vocab(words["train"], cfg.num_words)
     index = {w: i + 2 for i, w in enumerate(vocab)}
-    out: dict[str, np.ndarray] = {"vocab": np.array(vocab, dtype=str)}
+    out: dict[str, np.ndarray] = {
+        "vocab": np.array(vocab, dtype=str),
+        "counts": np.array([[counts[s]["neg"], counts[s]["pos"]] for s in ("train", "test")]),
+        "invalid_utf8": np.array([n_bad, stats["invalid_utf8_bytes"]]),
+    }
+    if stats["manifest"] is not None:
+        m = stats["manifest"]
+        out["manifest"] = np.array([[m[s]["neg"], m[s]["pos"]] for s in ("train", "test")])
     for s in ("train", "test"):
         ids = [[index.get(w, UNK) for w in ws] for ws in words[s]]
         out[f"x_{s}"], out[f"len_{s}"] = pad_sequences(ids, cfg.maxlen, cfg.padding, cfg.truncating)
@@ -268,6 +477,19 @@ def load_imdb(cfg: Any, *, verbose: bool = True) -> dict[str, np.ndarray]:
     np.savez_compressed(tmp, **out)
     os.replace(tmp, cache)  # atomic: a concurrent reader never sees half a file
     return out
+
+
+def _report_imdb(path, counts, manifest, allow_incomplete: bool, verbose: bool) -> None:
+    """Prints the counts (``verbose``) and checks them: a :class:`DataError`, or with
+    ``allow_incomplete`` a warning, where they fall short."""
+    if verbose:
+        print(f"IMDB {path}: {_format_counts(counts)}", file=sys.stderr)
+    problems = check_imdb_counts(counts, path, manifest, allow_incomplete)
+    if problems:
+        warnings.warn(
+            f"{path}: incomplete IMDB data, used anyway (allow_incomplete): {'; '.join(problems)}",
+            stacklevel=3,
+        )
 
 
 # --- batching --------------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 :func:`write_fake_imdb` writes reviews in the official ``aclImdb/{train,test}/{pos,neg}/
 <id>_<rating>.txt`` layout (as a ``.tar.gz`` or a directory). Each review is filler words
 with a few sentiment words, so a model can learn the labels; markup (``<br />``), capitals and
-punctuation exercise the tokenizer.
+punctuation exercise the tokenizer. The counts it holds are declared in
+``aclImdb/jaxrnn-counts.json``, so the loader checks them (a copy cut short fails) instead of
+the official 12,500 per class.
 
 Examples:
     >>> import tempfile, pathlib
@@ -18,6 +20,7 @@ Examples:
 from __future__ import annotations
 
 import io
+import json
 import pathlib
 import tarfile
 
@@ -60,7 +63,8 @@ def write_fake_imdb(
     """
     rng = np.random.default_rng(seed)
     path = pathlib.Path(path)
-    files = {}
+    counts = {s: {c: per_class for c in ("neg", "pos")} for s in ("train", "test")}
+    files = {"aclImdb/jaxrnn-counts.json": json.dumps(counts)}  # first: a cut copy keeps it
     for split in ("train", "test"):
         for label in ("neg", "pos"):
             for i in range(per_class):

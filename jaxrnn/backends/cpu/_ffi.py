@@ -16,8 +16,8 @@ Batch rows never interact in a recurrence, so the rows are split over the thread
 CPU thread pool, each running all ``T`` steps on its rows: states do not depend on the thread
 count. float32 only.
 
-``JAXRNN_NATIVE=0`` turns the kernels off; ``JAXRNN_NATIVE=require`` makes a failed build an
-error instead of a warning.
+``JAXRNN_NATIVE=0`` turns the kernels off; ``JAXRNN_NATIVE=require`` makes a failed build or
+load an error instead of one warning (the XLA loops run instead).
 """
 
 from __future__ import annotations
@@ -67,8 +67,10 @@ def _load() -> str | None:
     if os.environ.get(SWITCH, "1") == "0":
         return f"turned off ({SWITCH}=0)"
     try:
-        lib = ctypes.cdll.LoadLibrary(str(_build.build()))
-    except (_build.BuildError, OSError, subprocess.SubprocessError) as e:
+        # build() returns only a library it has checked (hash, owner, symbols): loading runs it
+        lib = ctypes.cdll.LoadLibrary(str(_build.build(symbols=tuple(_SYMBOLS.values()))))
+        handlers = {target: getattr(lib, symbol) for target, symbol in _SYMBOLS.items()}
+    except (_build.BuildError, OSError, AttributeError, subprocess.SubprocessError) as e:
         if os.environ.get(SWITCH) == "require":
             raise _build.BuildError(str(e)) from e
         if _build.isa() is not None:  # a CPU the kernels are for, but the build failed: say so
@@ -76,8 +78,8 @@ def _load() -> str | None:
                 f"jaxrnn: native CPU kernels unavailable, using XLA loops: {e}", stacklevel=3
             )
         return str(e)
-    for target, symbol in _SYMBOLS.items():
-        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+    for target, handler in handlers.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(handler), platform="cpu")
     return None
 
 
