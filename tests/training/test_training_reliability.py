@@ -425,3 +425,27 @@ def test_soak_random_kill_9_and_resume_equals_uninterrupted(tmp_path):
     )
     for x, y in zip(jax.tree.leaves(a[:2]), jax.tree.leaves(b[:2]), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _cli_small(run, *extra):
+    return ["--config", str(ADDING), *_CLI_SMALL, "--set", f"train.run_dir={run}", *extra]
+
+
+def test_divergence_is_exit_1_and_a_corrupt_checkpoint_exit_4(tmp_path, capsys):
+    diverge = _cli_small(
+        tmp_path / "a", "--set", "optim.learning_rate=1e6", "--set", "optim.warmup_steps=0",
+        "--set", "train.checkpoint_every=1", "--set", "train.steps=20",
+    )  # fmt: skip
+    assert cli.main(diverge) == cli.DIVERGED == 1
+    err = capsys.readouterr().err
+    assert err.startswith("diverged: non-finite") and "Last good checkpoint: " in err
+    assert str(tmp_path / "a" / "checkpoints") in err
+
+    assert cli.main(_cli_small(tmp_path / "b", "--set", "train.steps=2")) == 0
+    capsys.readouterr()
+    for p in (tmp_path / "b" / "checkpoints" / "2").rglob("*"):
+        if p.is_file():
+            p.write_bytes(b"\x00garbage\xff")
+    assert cli.main(_cli_small(tmp_path / "b", "--set", "train.steps=4", "--resume")) == 4
+    err = capsys.readouterr().err
+    assert "checkpoints/2 is corrupt or unreadable" in err and "Traceback" not in err
