@@ -5,10 +5,20 @@ which writes into a temporary directory and renames it when complete, so an inte
 never leaves a half checkpoint that looks finished. Saves are synchronous (a Ctrl-C handler can
 rely on the file being there when ``save`` returns). A checkpoint that cannot be read back is a
 :class:`CheckpointError` naming its directory.
+
+Rotation keeps the ``keep`` newest checkpoints, and never fewer than two: the newest one has not
+yet been followed by a finite step, so the one before it is the newest known to resume.
+
+:class:`RunDirLock` makes a process the only writer of a run directory: an exclusive
+``fcntl.flock`` on ``<run_dir>/train.lock`` (holding the holder's pid), which the OS releases
+when the process ends, however it ends, so a killed run leaves no stale lock.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import os
 import pathlib
 from typing import Any
 
@@ -19,6 +29,57 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, corrupt or does not match the run's state."""
 
 
+class RunDirError(CheckpointError):
+    """A run directory that cannot be written: another process holds it, or a damaged file."""
+
+
+class RunDirLock:
+    """An exclusive lock on a run directory, held from ``acquire`` to ``release``.
+
+    Raises:
+        RunDirError: another process holds the lock (the message names its pid).
+
+    Examples:
+        >>> import tempfile
+        >>> d = tempfile.mkdtemp()
+        >>> lock = RunDirLock(d).acquire()
+        >>> RunDirLock(d).acquire()  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        jaxrnn.training.checkpoint.RunDirError: run directory ... is in use by process ...
+        >>> lock.release()
+    """
+
+    def __init__(self, run_dir: str | pathlib.Path):
+        self.path = pathlib.Path(run_dir).absolute() / "train.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> RunDirLock:
+        # flock belongs to the open file description: a second open in this process conflicts
+        # too, and the fd is not inherited by exec'd children (PEP 446), so only we hold it
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise RunDirError(f"cannot lock {self.path}: {e.strerror}") from None
+            raise RunDirError(
+                f"run directory {self.path.parent} is in use by process {holder} (it holds "
+                f"{self.path}); wait for it to end, or choose another --set train.run_dir=..."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the only descriptor drops the flock
+            self._fd = None
+
+
 class Checkpointer:
     """Saves and restores ``(state, meta)`` pairs keyed by step under ``directory``."""
 
@@ -27,7 +88,7 @@ class Checkpointer:
         self._mgr = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, create=True, enable_async_checkpointing=False
+                max_to_keep=max(keep, 2), create=True, enable_async_checkpointing=False
             ),
         )
 
@@ -37,7 +98,12 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self._mgr.all_steps())
 
+    def delete(self, step: int) -> None:
+        """Removes the checkpoint of ``step``."""
+        self._mgr.delete(step)
+
     def save(self, step: int, state: Any, meta: dict) -> None:
+        """Writes ``state`` (the caller has checked it is finite) and ``meta`` as ``step``."""
         if step in self._mgr.all_steps():
             return
         self._mgr.save(

@@ -1,7 +1,7 @@
 """``python train.py --config configs/NAME.yaml [--set key=value ...] [--resume]``.
 
-Exit status: 0 finished, 130 interrupted by Ctrl-C (checkpoint saved), 1 diverged (NaN/inf
-loss), 2 bad config / data / checkpoint.
+Each failure is one line on stderr and its own exit status (:data:`EXIT_CODES`, also in
+``--help``); none prints a traceback.
 """
 
 from __future__ import annotations
@@ -12,10 +12,37 @@ import sys
 
 from jaxrnn.training.checkpoint import CheckpointError
 from jaxrnn.training.config import ConfigError, load_config
+from jaxrnn.training.data import DataError
+
+EXITED = 0
+DIVERGED = 1
+CONFIG_ERROR = 2
+DATA_ERROR = 3
+RUN_DIR_ERROR = 4
+OUT_OF_MEMORY = 5
+INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+
+EXIT_CODES = {
+    EXITED: "finished",
+    DIVERGED: "diverged: NaN/inf loss, gradient or parameters (the message names a checkpoint "
+    "to --resume from)",
+    CONFIG_ERROR: "config or usage error (the message names the key and the file or --set)",
+    DATA_ERROR: "data error: data set or its cache missing, incomplete or corrupt",
+    RUN_DIR_ERROR: "run directory or checkpoint error: locked by another run, corrupt or "
+    "incompatible checkpoint, damaged metrics.jsonl",
+    OUT_OF_MEMORY: "out of memory (lower train.batch_size or set model.remat)",
+    INTERRUPTED: "interrupted by Ctrl-C (checkpoint saved; continue with --resume)",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="train.py", description="Train a jaxrnn model from a config.")
+    p = argparse.ArgumentParser(
+        prog="train.py",
+        description="Train a jaxrnn model from a config.",
+        epilog="exit status:\n"
+        + "\n".join(f"  {code:>3}  {what}" for code, what in EXIT_CODES.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", required=True, help="YAML file, e.g. configs/imdb_simple_rnn.yaml")
     p.add_argument(
         "--set",
@@ -39,17 +66,39 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
-        return 2
+        return CONFIG_ERROR
     from jaxrnn.training.loop import Diverged, train  # after the config: fast errors
+
+    def fail(kind: str, e: BaseException, code: int) -> int:
+        print(f"{kind}: {e}", file=sys.stderr)
+        return code
 
     try:
         result = train(cfg, resume=args.resume)
-    except (FileNotFoundError, CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except ConfigError as e:
+        return fail("config error", e, CONFIG_ERROR)
+    except (DataError, FileNotFoundError) as e:  # the data loaders name the missing file
+        return fail("data error", e, DATA_ERROR)
+    except CheckpointError as e:
+        return fail("run directory error", e, RUN_DIR_ERROR)
+    except ValueError as e:
+        return fail("error", e, CONFIG_ERROR)
     except Diverged as e:
-        print(f"diverged: {e}", file=sys.stderr)
-        return 1
+        return fail("diverged", e, DIVERGED)
+    except KeyboardInterrupt:  # a second Ctrl-C stops at once, without a checkpoint
+        print("interrupted (no checkpoint written since the last one)", file=sys.stderr)
+        return INTERRUPTED
+    except RuntimeError as e:  # XLA's JaxRuntimeError / XlaRuntimeError
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(
+            f"out of memory: {first[:200]}. Lower train.batch_size (--set "
+            f"train.batch_size={max(1, cfg.train.batch_size // 2)}) or set model.remat "
+            f"(--set model.remat=sqrt).",
+            file=sys.stderr,
+        )
+        return OUT_OF_MEMORY
     if result.sample:
         print(result.sample)
     print(
@@ -62,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
     )
-    return 0 if result.status == "finished" else 130
+    return EXITED if result.status == "finished" else INTERRUPTED
 
 
 def run() -> None:

@@ -28,6 +28,7 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
+import math
 import pathlib
 import types
 import typing
@@ -301,13 +302,38 @@ def from_dict(
         optim=_build(OptimConfig, raw.get("optim"), "optim", source, origins),
         train=_build(TrainConfig, raw.get("train"), "train", source, origins),
     )
-    _check_semantics(cfg, source)
+    _check_semantics(cfg, source, origins)
     return cfg
 
 
-def _check_semantics(cfg: Config, where: str) -> None:
-    def bad(msg: str) -> None:
-        raise ConfigError(f"{where}: {msg}")
+def _origin(key: str, where: str, origins: dict[str, str]) -> str:
+    """The ``--set`` item that gave ``key`` (or a section above it, or a key inside it), else
+    ``where`` (the file)."""
+    parts = key.split(".")
+    for i in range(len(parts), 0, -1):
+        if ".".join(parts[:i]) in origins:
+            return origins[".".join(parts[:i])]
+    inside = [o for k, o in origins.items() if k.startswith(key + ".")]
+    return inside[0] if inside else where
+
+
+def _cell_option_names(cell: str) -> list[str]:
+    """The keyword arguments of ``cells.<cell>.init`` a config may set (all but the ones the
+    model passes itself)."""
+    import inspect
+
+    from jaxrnn import cells
+
+    params = inspect.signature(cells.get(cell).init).parameters
+    own = {"key", "input_size", "hidden_size", "dtype"}
+    return sorted(n for n, p in params.items() if n not in own and p.kind is not p.VAR_POSITIONAL)
+
+
+def _check_semantics(cfg: Config, where: str, origins: dict[str, str] | None = None) -> None:
+    origins = origins or {}
+
+    def bad(msg: str, key: str | None = None) -> None:
+        raise ConfigError(f"{_origin(key, where, origins) if key else where}: {msg}")
 
     choices = {
         "optim.name": (cfg.optim.name, ("adam", "adamw", "rmsprop", "sgd")),
@@ -318,34 +344,72 @@ def _check_semantics(cfg: Config, where: str) -> None:
         choices["data.truncating"] = (cfg.data.truncating, ("pre", "post"))
     for key, (value, allowed) in choices.items():
         if value not in allowed:
-            bad(f"{key!r} must be one of {list(allowed)}; got {value!r}")
+            bad(f"{key!r} must be one of {list(allowed)}; got {value!r}", key)
     t = cfg.train
     if (t.steps is None) == (t.epochs is None):
         bad("give exactly one of 'train.steps' and 'train.epochs'")
+    positive = {
+        "train.steps": t.steps,
+        "train.epochs": t.epochs,
+        "train.batch_size": t.batch_size,
+        "train.eval_batch_size": t.eval_batch_size,
+        "train.checkpoint_every": t.checkpoint_every,
+        "train.keep_checkpoints": t.keep_checkpoints,
+        "train.log_every": t.log_every,
+        "optim.learning_rate": cfg.optim.learning_rate,
+    }
+    for name in ("T", "test_size", "seq_len", "num_words", "maxlen"):  # the task's sizes
+        if hasattr(cfg.data, name):
+            positive[f"data.{name}"] = getattr(cfg.data, name)
+    for key, value in positive.items():
+        if value is None:
+            continue
+        # NaN compares false with everything, so "not > 0" also catches it
+        if not (value > 0 and math.isfinite(value)):
+            bad(f"{key!r} must be a finite number > 0; got {value!r}", key)
     for key, value in (
-        ("train.batch_size", t.batch_size),
-        ("train.eval_batch_size", t.eval_batch_size),
-        ("train.checkpoint_every", t.checkpoint_every),
-        ("train.log_every", t.log_every),
-        ("optim.learning_rate", cfg.optim.learning_rate),
+        ("train.eval_every", t.eval_every),
+        ("optim.warmup_steps", cfg.optim.warmup_steps),
     ):
-        if value <= 0:
-            bad(f"{key!r} must be > 0; got {value!r}")
-    if cfg.optim.clip_norm is not None and cfg.optim.clip_norm <= 0:
-        bad(f"'optim.clip_norm' must be > 0 or null; got {cfg.optim.clip_norm!r}")
+        if value < 0:
+            bad(f"{key!r} must be >= 0; got {value!r}", key)
+    for key in ("weight_decay", "momentum", "b1", "b2", "eps", "end_factor", "step_factor"):
+        value = getattr(cfg.optim, key)
+        if not math.isfinite(value):
+            bad(f"'optim.{key}' must be a finite number; got {value!r}", f"optim.{key}")
+    clip = cfg.optim.clip_norm
+    if clip is not None and not (clip > 0 and math.isfinite(clip)):
+        bad(
+            f"'optim.clip_norm' must be a finite number > 0 or null; got {clip!r}",
+            "optim.clip_norm",
+        )
     for name in ("dropout", "recurrent_dropout"):
         rate = getattr(cfg.model, name, 0.0)
         if not 0.0 <= rate < 1.0:
-            bad(f"'model.{name}' must be in [0, 1); got {rate!r}")
+            bad(f"'model.{name}' must be in [0, 1); got {rate!r}", f"model.{name}")
     num_layers = getattr(cfg.model, "num_layers", 1)
     if num_layers < 1:
-        bad(f"'model.num_layers' must be >= 1; got {num_layers!r}")
+        bad(f"'model.num_layers' must be >= 1; got {num_layers!r}", "model.num_layers")
     backends = ("auto", "scan", "xla", "native", "pallas")
     if cfg.model.backend not in backends:
-        bad(f"'model.backend' must be one of {list(backends)}; got {cfg.model.backend!r}")
+        bad(
+            f"'model.backend' must be one of {list(backends)}; got {cfg.model.backend!r}",
+            "model.backend",
+        )
     remat = cfg.model.remat
     if not (remat is None or remat == "sqrt" or (isinstance(remat, int) and remat >= 1)):
-        bad(f"'model.remat' must be a positive int, 'sqrt' or null; got {remat!r}")
+        bad(f"'model.remat' must be a positive int, 'sqrt' or null; got {remat!r}", "model.remat")
+    try:
+        allowed = _cell_option_names(cfg.model.cell)
+    except ValueError as e:  # an unknown cell name
+        bad(f"'model.cell': {e}", "model.cell")
+    for name in cfg.model.cell_options:
+        if name not in allowed:
+            key = f"model.cell_options.{name}"
+            bad(
+                f"unknown key {key!r} for cell {cfg.model.cell!r}; expected one of {allowed}",
+                key,
+            )
 
 
 def parse_overrides(overrides: list[str]) -> tuple[dict[str, Any], dict[str, str]]:

@@ -45,14 +45,15 @@ from tqdm import tqdm
 
 from jaxrnn.training import data as data_lib
 from jaxrnn.training import host
-from jaxrnn.training.checkpoint import Checkpointer, CheckpointError
-from jaxrnn.training.config import Config
+from jaxrnn.training.checkpoint import Checkpointer, CheckpointError, RunDirError, RunDirLock
+from jaxrnn.training.config import Config, ConfigError
 from jaxrnn.training.optim import make_optimizer, make_schedule
 from jaxrnn.training.tasks import Task, make_task, sample_text
 
 
 class Diverged(RuntimeError):
-    """The training loss or the gradient norm became NaN or infinite."""
+    """The training loss, the gradient norm, the parameters or the optimizer state became NaN
+    or infinite."""
 
 
 @dataclasses.dataclass
@@ -157,6 +158,12 @@ def make_train_step(
     return train_step
 
 
+def all_finite(tree: Any) -> jax.Array:
+    """Whether every floating-point entry of ``tree`` is finite (a scalar bool array)."""
+    leaves = [x for x in jax.tree.leaves(tree) if jax.numpy.issubdtype(x.dtype, jax.numpy.inexact)]
+    return jax.numpy.all(jax.numpy.stack([jax.numpy.all(jax.numpy.isfinite(x)) for x in leaves]))
+
+
 def evaluate(
     eval_step: Callable, task: Task, params: Any, dataset: Any, batch_size: int, dp: DataParallel
 ) -> dict[str, float]:
@@ -178,15 +185,47 @@ class MetricsLog:
     def __init__(self, path: pathlib.Path, enabled: bool = True):
         self.path, self.enabled = path, enabled
 
-    def truncate_after(self, step: int) -> None:
-        """Drops records of steps after ``step`` (a resumed run rewrites them)."""
+    def reset(self) -> None:
+        """Empties the file (a run starting at step 0)."""
+        if self.enabled:
+            self._replace([])
+
+    def truncate_after(self, step: int, log: Callable[[str], None] = print) -> None:
+        """Drops records of steps after ``step`` and the resume records of ``step`` itself (a
+        resumed run writes them again).
+
+        A torn final line (a process killed while appending) is dropped with a note to ``log``.
+
+        Raises:
+            RunDirError: a line other than the last is not a JSON record (naming file and line).
+        """
         if not (self.enabled and self.path.exists()):
             return
-        lines = [ln for ln in self.path.read_text().splitlines() if ln.strip()]
-        keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
+        lines = self.path.read_text().splitlines()
+        while lines and not lines[-1].strip():
+            lines.pop()
+        keep = []
+        for i, ln in enumerate(lines):
+            if not ln.strip():
+                continue
+            record = _parse_record(ln)
+            if record is None and i == len(lines) - 1:
+                log(f"{self.path}: dropped the torn last line {i + 1} ({ln[:60]!r})")
+                continue
+            if record is None:
+                raise RunDirError(
+                    f"{self.path}, line {i + 1}: not a JSON metrics record ({ln[:60]!r}); "
+                    f"repair or delete that line to resume"
+                )
+            at = record.get("step", 0)
+            if at < step or (at == step and record.get("split") != "resume"):
+                keep.append(ln)
+        self._replace(keep)
+
+    def _replace(self, lines: list[str]) -> None:
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(ln + "\n" for ln in keep))
-        os.replace(tmp, self.path)
+        tmp.write_text("".join(ln + "\n" for ln in lines))
+        os.replace(tmp, self.path)  # whole or not at all, should the process be killed here
 
     def write(self, record: dict) -> None:
         if self.enabled:
@@ -194,9 +233,28 @@ class MetricsLog:
                 f.write(json.dumps(record) + "\n")
 
 
+def _parse_record(line: str) -> dict | None:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
+
+
 def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """The records of a ``metrics.jsonl`` file."""
-    return [json.loads(ln) for ln in pathlib.Path(path).read_text().splitlines() if ln.strip()]
+    """The records of a ``metrics.jsonl`` file.
+
+    Raises:
+        ValueError: a line that is not a JSON record (naming the file and the line).
+    """
+    out = []
+    for i, ln in enumerate(pathlib.Path(path).read_text().splitlines()):
+        if ln.strip():
+            record = _parse_record(ln)
+            if record is None:
+                raise ValueError(f"{path}, line {i + 1}: not a JSON metrics record ({ln[:60]!r})")
+            out.append(record)
+    return out
 
 
 def plot_metrics(records: list[dict], png_path: str | os.PathLike, title: str = "") -> None:
@@ -262,6 +320,30 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (mappings inside ``cell_options`` included)."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+_ABSENT = "<absent>"
+
+
+def config_changes(old: dict, new: dict) -> dict[str, list]:
+    """``{"section.key": [old, new]}`` for every key whose value differs between two configs."""
+    a, b = _flatten(old), _flatten(new)
+    return {
+        k: [a.get(k, _ABSENT), b.get(k, _ABSENT)]
+        for k in sorted(set(a) | set(b))
+        if a.get(k, _ABSENT) != b.get(k, _ABSENT)
+    }
+
+
 def _comparable(cfg_dict: dict) -> dict:
     """The parts of a config that must not change across ``--resume``. ``model.backend`` and
     ``model.remat`` may: they pick the code path, not the model (runs written before they
@@ -291,10 +373,20 @@ def train(
         A :class:`RunResult` (status ``"finished"`` or ``"interrupted"``).
 
     Raises:
-        Diverged: the loss or gradient norm became NaN/inf (the message names the step;
-            checkpoints are kept).
-        CheckpointError: ``--resume`` from a corrupt checkpoint, or a run directory that already
-            holds checkpoints without ``resume``.
+        Diverged: the loss, the gradient norm, the parameters or the optimizer state became
+            NaN/inf. The message names the step and the newest checkpoint that resumes (only a
+            finite state is saved; a checkpoint whose parameters give a non-finite loss is
+            removed; with none left, the initial state is saved as step 0).
+        ConfigError: a batch size that the devices do not divide.
+        CheckpointError: ``--resume`` from a corrupt checkpoint or one of another model config
+            (naming the keys that differ), or a run directory that already holds checkpoints
+            without ``resume``.
+        RunDirError: another process holds the run directory, or ``metrics.jsonl`` has a
+            damaged line before its last.
+
+    On ``--resume``, ``config.yaml`` keeps the config the run started with; each resume appends
+    ``{"step", "time", "changes": {"key": [old, new]}}`` to ``resumes.jsonl``, and, when it
+    changed something, a ``{"split": "resume", "changes": ...}`` record to ``metrics.jsonl``.
     """
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     maybe_initialize_distributed()
@@ -302,10 +394,28 @@ def train(
     run_dir = pathlib.Path(cfg.train.run_dir or f"runs/{cfg.name}")
     chief = jax.process_index() == 0
     run_dir.mkdir(parents=True, exist_ok=True)
+    # one writer per run directory (the chief writes for all processes)
+    lock = RunDirLock(run_dir).acquire() if chief else None
+    try:
+        return _train(cfg, run_dir, resume, stop_at_step, log, t_start)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(
+    cfg: Config,
+    run_dir: pathlib.Path,
+    resume: bool,
+    stop_at_step: int | None,
+    log: Callable[[str], None],
+    t_start: float,
+) -> RunResult:
+    chief = jax.process_index() == 0
     dp = DataParallel.over_all_devices()
     for key_name in ("batch_size", "eval_batch_size"):
         if getattr(cfg.train, key_name) % dp.size:
-            raise ValueError(
+            raise ConfigError(
                 f"train.{key_name}={getattr(cfg.train, key_name)} must be a multiple of the "
                 f"{dp.size} devices it is split over"
             )
@@ -318,11 +428,23 @@ def train(
     lr_at = make_schedule(cfg.optim, n_steps)
 
     key = jax.random.key(cfg.seed)
-    params = dp.put_replicated(task.init(jax.random.fold_in(key, 0)))
-    opt_state = dp.put_replicated(tx.init(params))
+
+    def initial_state():
+        params = dp.put_replicated(task.init(jax.random.fold_in(key, 0)))
+        return params, dp.put_replicated(tx.init(params))
+
+    params, opt_state = initial_state()
     xla = host.compiler_options()  # 512-bit vectors on an AVX-512 CPU
+    base_step = make_train_step(task.loss_fn, tx)
+
+    def checked_step(*args):
+        """The step, plus whether the new parameters and optimizer state are all finite (a
+        checkpoint is written only from a finite state)."""
+        params, opt_state, metrics = base_step(*args)
+        return params, opt_state, metrics, all_finite((params, opt_state))
+
     train_step = jax.jit(
-        make_train_step(task.loss_fn, tx),
+        checked_step,
         in_shardings=(dp.replicated, dp.replicated, dp.batch)
         + ((dp.replicated,) if task.stochastic else ()),
         out_shardings=dp.replicated,
@@ -342,16 +464,37 @@ def train(
     start, window = 0, {"n": 0}
     latest = ckpt.latest_step()
     if resume and latest is not None:
-        if _comparable(ckpt.read_meta(latest).get("config", {})) != _comparable(cfg_dict):
+        old_cfg = ckpt.read_meta(latest).get("config", {})
+        differ = config_changes(_comparable(old_cfg), _comparable(cfg_dict))
+        if differ:
             raise CheckpointError(
                 f"checkpoint {ckpt.directory / str(latest)} was written with another task/seed/"
-                f"data/model config than the one given; resume with the same config"
+                f"data/model config than the one given: "
+                + "; ".join(
+                    f"{k}: {a!r} in the checkpoint, {b!r} given" for k, (a, b) in differ.items()
+                )
+                + "; resume with the same values"
             )
         state, meta = ckpt.restore(latest, {"params": params, "opt_state": opt_state})
         params, opt_state = state["params"], state["opt_state"]
         start, window = int(meta["step"]), dict(meta["window"])
-        metrics_log.truncate_after(start)
+        metrics_log.truncate_after(start, log)
         log(f"resumed from {ckpt.directory / str(latest)} at step {start}")
+        if chief:  # provenance: what this resume changed, beside the original config.yaml
+            changes = config_changes(old_cfg, cfg_dict)
+            entry = {
+                "step": start,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "changes": changes,
+            }
+            with open(run_dir / "resumes.jsonl", "a") as f:
+                f.write(json.dumps(entry) + "\n")
+            if changes:
+                metrics_log.write({"step": start, "split": "resume", "changes": changes})
+                log(
+                    "resumed with changes: "
+                    + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
+                )
     elif latest is not None:
         raise CheckpointError(
             f"{run_dir} already holds checkpoints (latest step {latest}); pass --resume to "
@@ -359,16 +502,35 @@ def train(
         )
     elif resume:
         log(f"--resume: no checkpoint in {ckpt.directory}; starting at step 0")
-    if chief:
+    if chief and not (resume and latest is not None):  # a resumed run keeps its first config
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
-        if start == 0:
-            metrics_log.truncate_after(0)
+        metrics_log.reset()
 
     def save(step: int) -> None:
         ckpt.save(
             step,
             {"params": params, "opt_state": opt_state},
             {"step": step, "window": window, "config": cfg_dict},
+        )
+
+    def diverged(what: str, step: int, parent_bad: bool) -> Diverged:
+        """The error to raise; when the parameters of step - 1 gave the non-finite loss, their
+        checkpoint cannot resume and is removed, so that ``--resume`` takes the one named."""
+        bar.close()
+        note = ""
+        if parent_bad and (step - 1) in ckpt.all_steps():
+            ckpt.delete(step - 1)
+            note = f" (removed checkpoint {step - 1}: its parameters give a non-finite loss)"
+        good = ckpt.latest_step()
+        if good is None:  # the initial state, as step 0: resuming from it starts afresh
+            nonlocal params, opt_state, window
+            params, opt_state = initial_state()
+            window = {"n": 0}
+            save(0)
+            good = 0
+        return Diverged(
+            f"{what}; stopped. Last good checkpoint: {ckpt.directory / str(good)} (step {good})"
+            f"{note}. Try a smaller optim.learning_rate or set optim.clip_norm, then --resume."
         )
 
     last_eval: dict[str, float] = {}
@@ -390,23 +552,25 @@ def train(
         while step < n_steps:
             batch = dp.put_batch(dataset.train_batch(step))
             extra = (jax.random.fold_in(dropout_key, step),) if task.stochastic else ()
-            params, opt_state, m = train_step(params, opt_state, batch, *extra)
-            m = jax.device_get(m)
+            new_params, new_opt_state, m, finite = train_step(params, opt_state, batch, *extra)
+            m, finite = jax.device_get((m, finite))
             loss, grad_norm = float(m["loss"]), float(m["grad_norm"])
             step += 1
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                bar.close()
-                good = ckpt.latest_step()
-                raise Diverged(
+                raise diverged(
                     f"non-finite loss or gradient at step {step} (loss {loss}, gradient norm "
-                    f"{grad_norm}); stopped. Last good checkpoint: "
-                    + (
-                        f"{ckpt.directory / str(good)} (step {good})"
-                        if good is not None
-                        else "none (no checkpoint written yet)"
-                    )
-                    + ". Try a smaller optim.learning_rate or set optim.clip_norm."
+                    f"{grad_norm})",
+                    step,
+                    parent_bad=True,
                 )
+            if not finite:
+                raise diverged(
+                    f"non-finite parameters or optimizer state after step {step} (loss {loss}, "
+                    f"gradient norm {grad_norm})",
+                    step,
+                    parent_bad=False,
+                )
+            params, opt_state = new_params, new_opt_state
             for k, v in m.items():
                 window[k] = window.get(k, 0.0) + float(v)
             window["n"] += 1
@@ -495,6 +659,8 @@ __all__ = [
     "DataParallel",
     "Diverged",
     "RunResult",
+    "all_finite",
+    "config_changes",
     "evaluate",
     "make_train_step",
     "maybe_initialize_distributed",

@@ -86,8 +86,36 @@ GOOD = "task: adding\ntrain:\n  steps: 10\n"
         (
             "task: adding\ntrain: {steps: 10, batch_size: 0}\n",
             [],
-            ["'train.batch_size' must be > 0"],
+            ["'train.batch_size' must be a finite number > 0; got 0", "bad.yaml"],
         ),
+        # a value from --set is blamed on the --set item, not on the file
+        (GOOD, ["train.batch_size=0"], ["--set train.batch_size=0", "'train.batch_size'"]),
+        (GOOD, ["train.steps=0"], ["--set train.steps=0", "'train.steps'", "got 0"]),
+        ("task: adding\ntrain: {steps: -5}\n", [], ["'train.steps'", "got -5", "bad.yaml"]),
+        ("task: adding\ntrain: {epochs: 0}\n", [], ["'train.epochs'", "got 0.0", "bad.yaml"]),
+        (GOOD, ["data.T=0"], ["--set data.T=0", "'data.T' must be a finite number > 0"]),
+        ("task: adding\ntrain: {steps: 10}\ndata: {T: -3}\n", [], ["'data.T'", "got -3"]),
+        (GOOD, ["optim.learning_rate=.nan"], ["--set optim.learning_rate=.nan", "got nan"]),
+        (GOOD, ["optim.learning_rate=.inf"], ["'optim.learning_rate'", "got inf"]),
+        (GOOD, ["optim.learning_rate=-1e-3"], ["'optim.learning_rate'", "got -0.001"]),
+        (GOOD, ["train.keep_checkpoints=0"], ["'train.keep_checkpoints'", "got 0"]),
+        # a typo inside cell_options names the key and the cell's keyword arguments
+        (
+            GOOD,
+            ["model.cell_options.activaton=relu"],
+            [
+                "--set model.cell_options.activaton=relu",
+                "'model.cell_options.activaton'",
+                "'activation'",
+                "'recurrent_initializer'",
+            ],
+        ),
+        (
+            "task: shakespeare\ntrain: {steps: 10}\nmodel: {cell_options: {reset_afer: 1}}\n",
+            [],
+            ["'model.cell_options.reset_afer'", "'reset_after'", "bad.yaml"],
+        ),
+        (GOOD, ["model.cell=rnn"], ["--set model.cell=rnn", "'rnn'", "'simple'"]),
         ("- just\n- a list\n", [], ["bad.yaml", "mapping"]),
         ("task: [unclosed\n", [], ["bad.yaml", "not valid YAML"]),
         (GOOD, ["novalue"], ["--set novalue", "key=value"]),
