@@ -1,7 +1,8 @@
-"""``python train.py --config configs/NAME.yaml [--set key=value ...] [--resume]``.
+"""``python train.py --config configs/NAME.yaml [--set key=value ...] [--resume [RUN]]``.
 
 Each failure is one line on stderr and its own exit status (:data:`EXIT_CODES`, also in
-``--help``); none prints a traceback.
+``--help``); none prints a traceback. Parsing the arguments imports no JAX, so ``--help``
+answers at once; its config list and key table are generated (:mod:`jaxrnn.training.usage`).
 """
 
 from __future__ import annotations
@@ -10,9 +11,7 @@ import argparse
 import json
 import sys
 
-from jaxrnn.training.checkpoint import CheckpointError
 from jaxrnn.training.config import ConfigError, load_config
-from jaxrnn.training.data import DataError
 
 EXITED = 0
 DIVERGED = 1
@@ -36,11 +35,14 @@ EXIT_CODES = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from jaxrnn.training import usage
+
     p = argparse.ArgumentParser(
         prog="train.py",
-        description="Train a jaxrnn model from a config.",
-        epilog="exit status:\n"
-        + "\n".join(f"  {code:>3}  {what}" for code, what in EXIT_CODES.items()),
+        description="Train a jaxrnn model from a config. Each run writes its own directory,\n"
+        "runs/<config name>/<date-time>/ (metrics.jsonl, curves.png, checkpoints/, summary.json),\n"
+        "unless train.run_dir names one; --resume continues the latest.",
+        epilog=usage.epilog(EXIT_CODES),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", required=True, help="YAML file, e.g. configs/imdb_simple_rnn.yaml")
@@ -54,8 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--resume",
-        action="store_true",
-        help="continue from the latest checkpoint in the run directory",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="RUN",
+        help="continue the latest run of this config from its latest checkpoint, or the run "
+        "RUN (a directory, or a run's name under runs/<config name>/)",
     )
     return p
 
@@ -67,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return CONFIG_ERROR
-    from jaxrnn.training.loop import Diverged, train  # after the config: fast errors
+    from jaxrnn.training.checkpoint import CheckpointError  # after the config: fast errors
+    from jaxrnn.training.data import DataError
+    from jaxrnn.training.loop import Diverged, train
 
     def fail(kind: str, e: BaseException, code: int) -> int:
         print(f"{kind}: {e}", file=sys.stderr)
@@ -115,9 +123,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    """``train.py`` and ``jaxrnn-train``: restart once with the malloc tunables
-    (:func:`jaxrnn.training.host.restart_with_tunables`), run CPU steps inline
-    (:func:`jaxrnn.training.host.inline_cpu_dispatch`), then :func:`main`."""
+    """``train.py`` and ``jaxrnn-train``: parse the arguments (``--help`` ends here), restart once
+    with the malloc tunables (:func:`jaxrnn.training.host.restart_with_tunables`), run CPU steps
+    inline (:func:`jaxrnn.training.host.inline_cpu_dispatch`), then :func:`main`."""
+    build_parser().parse_args()
     from jaxrnn.training.host import inline_cpu_dispatch, restart_with_tunables
 
     restart_with_tunables()

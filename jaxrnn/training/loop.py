@@ -353,10 +353,80 @@ def _comparable(cfg_dict: dict) -> dict:
     return out
 
 
+def _run_key(path: pathlib.Path) -> tuple[str, int]:
+    """Orders run directories ``<date-time>[-n]`` by time, then ``n``."""
+    stamp, _, n = path.name.partition("~")
+    return stamp, int(n) if n.isdigit() else 0
+
+
+def _runs_of(parent: pathlib.Path) -> list[pathlib.Path]:
+    """The run directories under ``parent`` (those with checkpoints), oldest first."""
+    if not parent.is_dir():
+        return []
+    return sorted((p for p in parent.iterdir() if (p / "checkpoints").is_dir()), key=_run_key)
+
+
+def _new_run_dir(parent: pathlib.Path) -> pathlib.Path:
+    """A new, empty ``parent/<date-time>`` (``~2``, ``~3``, ... within the same second).
+    Every process of a multi-host run names the same one (the chief's clock)."""
+    now = time.time()
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        now = float(multihost_utils.broadcast_one_to_all(np.float64(now)))
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        path = parent / (stamp if n == 1 else f"{stamp}~{n}")
+        try:
+            path.mkdir(exist_ok=jax.process_index() != 0)
+            return path
+        except FileExistsError:
+            continue
+    raise RunDirError(f"{parent}: no free run directory name for {stamp}")
+
+
+def run_directory(
+    cfg: Config, resume: bool | str, log: Callable[[str], None]
+) -> tuple[pathlib.Path, bool]:
+    """Where a run writes, and whether it resumes there.
+
+    * ``train.run_dir`` set: that directory (``resume`` as given).
+    * ``resume`` a string: that run, a directory or a name under ``runs/<config name>/``.
+    * ``resume=True``: the latest run of ``runs/<config name>/`` that has checkpoints (or
+      ``runs/<config name>/`` itself where it holds them, the layout of older versions); with
+      none, a new run.
+    * otherwise a new ``runs/<config name>/<date-time>/``, so the same command runs twice.
+
+    Raises:
+        RunDirError: ``resume`` names a run that does not exist.
+    """
+    parent = pathlib.Path("runs") / cfg.name
+    if isinstance(resume, str):
+        for path in (pathlib.Path(resume), parent / resume):
+            if (path / "checkpoints").is_dir():
+                return path, True
+        runs = ", ".join(p.name for p in _runs_of(parent)) or "none"
+        raise RunDirError(
+            f"--resume {resume}: no run with checkpoints at {resume} or {parent / resume}; "
+            f"runs of {cfg.name} in {parent}: {runs}"
+        )
+    if cfg.train.run_dir:
+        return pathlib.Path(cfg.train.run_dir), bool(resume)
+    if resume:
+        if (parent / "checkpoints").is_dir():
+            return parent, True
+        runs = _runs_of(parent)
+        if runs:
+            return runs[-1], True
+        log(f"--resume: no earlier run of {cfg.name} in {parent}; starting a new one")
+    return _new_run_dir(parent), False
+
+
 def train(
     cfg: Config,
     *,
-    resume: bool = False,
+    resume: bool | str = False,
     stop_at_step: int | None = None,
     log: Callable[[str], None] | None = None,
 ) -> RunResult:
@@ -365,7 +435,8 @@ def train(
 
     Args:
         cfg: a validated config.
-        resume: continue from the run directory's latest checkpoint.
+        resume: continue from the latest checkpoint of the latest run (``True``) or of the run
+            a string names (see :func:`run_directory`, which picks the directory).
         stop_at_step: stop (with a checkpoint) once this many steps are done, as Ctrl-C would.
         log: where messages go (default: stderr).
 
@@ -391,9 +462,10 @@ def train(
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     maybe_initialize_distributed()
     t_start = time.perf_counter()
-    run_dir = pathlib.Path(cfg.train.run_dir or f"runs/{cfg.name}")
+    run_dir, resume = run_directory(cfg, resume, log)
     chief = jax.process_index() == 0
     run_dir.mkdir(parents=True, exist_ok=True)
+    log(f"run directory: {run_dir}")
     # one writer per run directory (the chief writes for all processes)
     lock = RunDirLock(run_dir).acquire() if chief else None
     try:
@@ -537,6 +609,13 @@ def _train(
     last_train: dict[str, float] = {}
     status = "finished"
     B = cfg.train.batch_size
+    if start < n_steps:  # compiled before the bar starts: its rate and ETA are steady-state
+        t_compile = time.perf_counter()
+        log("compiling the training step ...")
+        first = dp.put_batch(dataset.train_batch(start))
+        extra = (jax.random.fold_in(dropout_key, start),) if task.stochastic else ()
+        train_step = train_step.lower(params, opt_state, first, *extra).compile()
+        log(f"compiled the training step in {time.perf_counter() - t_compile:.1f} s")
     bar = tqdm(
         total=n_steps,
         initial=start,
@@ -652,6 +731,7 @@ def _train(
             **result.metrics,
         }
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log(f"run directory: {run_dir}")
     return result
 
 
