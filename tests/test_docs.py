@@ -90,7 +90,7 @@ def test_code_blocks_run(page, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-RUN = ROOT / "docs" / "runs" / "imdb_simple_rnn"  # the main job's committed run
+RUN = ROOT / "docs" / "measured" / "imdb_simple_rnn"  # the main job's committed run
 # how the pages state the run's figures: accuracy to 3 places, wall time in whole seconds
 STATED = re.compile(r"reached test accuracy \*\*(0\.\d+)\*\* in \*\*(\d+) s\*\* of wall time")
 
