@@ -1,11 +1,14 @@
-"""The documentation: the site builds with warnings as errors, and its code blocks run as shown.
+"""The documentation: the site builds with warnings as errors, its code blocks run as shown, and
+its measured figures are those of the committed run files.
 
-A ```python block runs unless it has a title (``title="Signature"`` in docs/, shown as such) or,
-in README.md, its first line is ``# signature``. The blocks of a page run in order in one
+A ```python block of README.md or docs/ runs unless its info string has a title
+(```` ```python title="Signature" ````, or another title for pseudo-code): a titled block is
+shown, not run (docs/development.md states this). The blocks of a page run in order in one
 namespace, in a fresh process (the user's defaults: float32, no test settings).
 """
 
 import importlib.util
+import json
 import os
 import pathlib
 import re
@@ -13,14 +16,11 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 ROOT = pathlib.Path(__file__).parents[1]
 FENCE = re.compile(r"^( *)```python([^\n]*)\n(.*?)^\1```", re.S | re.M)
 IMPORT = re.compile(r"^\s*(?:from|import) +([A-Za-z_]\w*)", re.M)
-PAGES = [
-    "README.md",
-    *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").rglob("*.md")),
-]
 
 
 def _env() -> dict[str, str]:
@@ -35,7 +35,7 @@ def code_blocks(page: str) -> list[tuple[int, str]]:
     for m in FENCE.finditer(text):
         indent, info, body = m.groups()
         code = "\n".join(line[len(indent) :] for line in body.split("\n"))
-        if "title=" in info or code.lstrip().startswith("# signature"):
+        if "title=" in info:
             continue
         blocks.append((text.count("\n", 0, m.start()) + 2, code))
     return blocks
@@ -88,3 +88,52 @@ def test_code_blocks_run(page, tmp_path):
         timeout=900,
     )  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+RUN = ROOT / "docs" / "measured" / "imdb_simple_rnn"  # the main job's committed run
+# how the pages state the run's figures: accuracy to 3 places, wall time in whole seconds
+STATED = re.compile(r"reached test accuracy \*\*(0\.\d+)\*\* in \*\*(\d+) s\*\* of wall time")
+
+
+def _settings(tree: dict, prefix: str = "") -> dict:
+    """The leaves of a nested config as ``{"a.b": value}``."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and k != "cell_options":
+            out.update(_settings(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def test_committed_run_is_of_the_shipped_config():
+    shipped = _settings(yaml.safe_load((ROOT / "configs" / "imdb_simple_rnn.yaml").read_text()))
+    ran = _settings(yaml.safe_load((RUN / "config.yaml").read_text()))
+    # what decides the numbers: the task, the seed, the data, the model and its training (not
+    # where the files went, nor descriptive keys a config may gain)
+    where = {"data.path", "data.cache_dir", "train.run_dir", "train.progress"}
+    decides = ("task", "seed", "data.", "model.", "optim.", "train.")
+    differ = {
+        k: (v, ran.get(k))
+        for k, v in shipped.items()
+        if k.startswith(decides) and k not in where and ran.get(k) != v
+    }
+    assert not differ, f"configs/imdb_simple_rnn.yaml (shipped, ran) differ: {differ}"
+
+
+def test_readme_figures_are_those_of_the_committed_run():
+    summary = json.loads((RUN / "summary.json").read_text())
+    machine = json.loads((RUN / "machine.json").read_text())
+    records = [json.loads(line) for line in (RUN / "metrics.jsonl").read_text().splitlines()]
+    final_test = [r for r in records if r["split"] == "test"][-1]
+    # the summary is the run's own last evaluation, after all 5 epochs
+    assert final_test["accuracy"] == pytest.approx(summary["test_accuracy"])
+    epochs = yaml.safe_load((RUN / "config.yaml").read_text())["train"]["epochs"]
+    assert final_test["epoch"] == pytest.approx(epochs)
+    stated = (f"{summary['test_accuracy']:.3f}", f"{machine['wall_seconds']:.0f}")
+    for page in ("README.md", "docs/installation.md", "docs/training.md"):
+        text = " ".join((ROOT / page).read_text(encoding="utf-8").split())  # line breaks: spaces
+        assert STATED.findall(text) == [stated], f"{page} states {STATED.findall(text)}"
+        assert f"trains {epochs:g} epochs" in text, page
+        for fact in (machine["cpu"], machine["jax"], machine["date"]):
+            assert fact in text, f"{page} does not name the run's {fact!r}"

@@ -1,36 +1,21 @@
-"""The teaching notebook runs top to bottom (on small generated data) and is committed clean."""
+"""The teaching notebook: committed with the outputs of a clean run, and it still runs top to
+bottom (on small generated data)."""
 
-import os
-import pathlib
-
+import notebook_run as nbrun
 import pytest
 
-NOTEBOOK = pathlib.Path(__file__).parents[1] / "notebooks" / "01_rnn_from_scratch.ipynb"
+NAME = "01_rnn_from_scratch.ipynb"
+SEED_ANSWER = "input (250, 32) -> output (100,)"
 
 
-def test_notebook_is_committed_without_outputs():
-    nbformat = pytest.importorskip("nbformat")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            assert cell.outputs == [] and cell.execution_count is None
+def test_notebook_is_committed_with_outputs_of_a_clean_run():
+    nb = nbrun.read(NAME)
+    nbrun.assert_clean_run(nb, NAME)
+    assert SEED_ANSWER in nbrun.output_text(nb)
+    assert nbrun.has_image(nb)  # the training curves
 
 
 @pytest.mark.slow  # runs the whole notebook in a kernel
 def test_notebook_executes(monkeypatch):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    monkeypatch.setenv("JAXRNN_NOTEBOOK_SMALL", "1")
-    monkeypatch.setenv(
-        "PYTHONPATH", str(NOTEBOOK.parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", "")
-    )
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = nbclient.NotebookClient(
-        nb,
-        timeout=300,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(NOTEBOOK.parent)}},
-    )
-    client.execute()  # raises CellExecutionError (with the cell's traceback) on failure
-    texts = [o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-    assert any("input (250, 32) -> output (100,)" in t for t in texts)
+    nb = nbrun.execute(NAME, monkeypatch)
+    assert SEED_ANSWER in nbrun.output_text(nb)
