@@ -61,7 +61,9 @@ def test_the_same_command_twice_then_resume_the_latest_or_a_named_run(
 
 
 def _cfg(**train):
-    return from_dict({"task": "adding", "name": "x", "train": {"steps": 1, **train}}, source="<test>")
+    return from_dict(
+        {"task": "adding", "name": "x", "train": {"steps": 1, **train}}, source="<test>"
+    )
 
 
 def test_run_directory_rules(tmp_path, monkeypatch):
