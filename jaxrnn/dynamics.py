@@ -236,11 +236,10 @@ def jacobian_product_norms(cell: Cell, params: Any, xs: Any, h0: Any = None) -> 
             P, log_scale = carry
             s_prev, x = inputs  # the inputs of step t + 1
             _, vjp = jax.vjp(lambda s: F(s, x), s_prev)
-            norm = jnp.linalg.norm(P, ord=2)
-            out = jnp.log(norm) + log_scale
             P = jax.vmap(lambda row: vjp(row)[0])(P)  # rows: P_{t+1} J_{t+1}
             scale = jnp.maximum(jnp.linalg.norm(P), jnp.finfo(P.dtype).tiny)
-            return (P / scale, log_scale + jnp.log(scale)), out
+            P, log_scale = P / scale, log_scale + jnp.log(scale)
+            return (P, log_scale), jnp.log(jnp.linalg.norm(P, ord=2)) + log_scale
 
         eye = jnp.eye(S, dtype=states.dtype)
         zero = jnp.zeros((), states.dtype)
