@@ -17,7 +17,9 @@ that ``ys[:, t]`` of :func:`jaxrnn.rnn` came with.
 * :func:`jacobian_product_norms`: ``||ds_T/ds_t||_2`` for every ``t``;
 * :func:`lyapunov_spectrum`: the Lyapunov exponents by the QR (Benettin) method;
 * :func:`fixed_points`: the fixed points of ``F(., x)`` and their linearisation
-  (Sussillo & Barak, "Opening the black box", Neural Computation 2013).
+  (Sussillo & Barak, "Opening the black box", Neural Computation 2013);
+* :func:`line_attractor_summary` and :func:`input_projections`: whether fixed points form a
+  line attractor, and how inputs move the state along it (Maheswaranathan et al. 2019).
 
 Examples:
     >>> import jax, jax.numpy as jnp
@@ -448,7 +450,10 @@ def fixed_points(
         def newton(s, _):
             r = F(s, x) - s
             A = jax.jacfwd(F)(s, x) - jnp.eye(s.shape[0], dtype=s.dtype)
-            s_new = s - jnp.linalg.solve(A, r)
+            # the least-norm step: where dF/ds - I is singular (a continuum of fixed points, a
+            # line attractor) it does not move the point along the continuum
+            rcond = jnp.sqrt(jnp.finfo(s.dtype).eps)
+            s_new = s - jnp.linalg.lstsq(A, r, rcond=rcond)[0]
             ok = jnp.all(jnp.isfinite(s_new)) & (q(s_new) < q(s))
             return jnp.where(ok, s_new, s), None
 
@@ -529,11 +534,143 @@ def unflatten(cell: Cell, params: Any, s: Any) -> Any:
     return jax.tree.map(lambda a: a.reshape(*lead, *a.shape[1:]), out)
 
 
+# --- line attractors ---------------------------------------------------------------------------
+
+
+class LineAttractor(NamedTuple):
+    """How well a set of fixed points is described by a line (Maheswaranathan et al., "Reverse
+    engineering recurrent networks for sentiment classification reveals line attractor
+    dynamics", NeurIPS 2019).
+
+    Attributes:
+        center: ``[S]`` the points' mean.
+        direction: ``[S]`` unit vector, the points' first principal component (oriented along
+            the readout when one is given, else towards the largest coordinate).
+        pc1_share: the share of the points' variance on ``direction``, in ``[0, 1]``.
+        coordinates: ``[N]`` each point's position along the line, ``(s - center) . direction``.
+        leading_modulus: ``[N]`` ``|λ_1|``, the largest eigenvalue modulus at each point (near 1:
+            the integrating mode), or ``None`` without eigenvalues.
+        second_modulus: ``[N]`` ``|λ_2|``, or ``None``.
+        readout_cosine: cosine between the readout and ``direction`` (``>= 0``), or ``None``.
+    """
+
+    center: Array
+    direction: Array
+    pc1_share: Array
+    coordinates: Array
+    leading_modulus: Array | None
+    second_modulus: Array | None
+    readout_cosine: Array | None
+
+
+def line_attractor_summary(
+    points: Any, eigenvalues: Any = None, readout: Any = None
+) -> LineAttractor:
+    """Fits a line to fixed points and summarises their linearisation along it.
+
+    Args:
+        points: ``[N, S]`` (``N >= 2``), e.g. ``fixed_points(...).unique().points``.
+        eigenvalues: ``[N, S']`` complex, by decreasing modulus (``FixedPoints.eigenvalues``);
+            ``None``: no moduli.
+        readout: ``[S]`` the vector the output reads the state with, in the flat state's
+            layout (an LSTM readout of ``h`` is ``[w_h, 0]``); ``None``: no cosine.
+
+    Returns:
+        :class:`LineAttractor`.
+    """
+    where = "dynamics.line_attractor_summary"
+    points = _checks.floating(f"{where}: points", points)
+    if points.ndim != 2 or points.shape[0] < 2:
+        raise ValueError(
+            f"{where}: points must be [N, S] with N >= 2; got shape {tuple(points.shape)}"
+        )
+    N, S = points.shape
+    center = points.mean(axis=0)
+    _, sv, vt = jnp.linalg.svd(points - center, full_matrices=False)
+    var = sv**2
+    share = var[0] / jnp.maximum(var.sum(), jnp.finfo(points.dtype).tiny)
+    direction = vt[0]
+    cosine = None
+    if readout is not None:
+        readout = _checks.floating(f"{where}: readout", readout)
+        if readout.shape != (S,):
+            raise ValueError(
+                f"{where}: readout must be [S] = [{S}] (the points' width); got shape "
+                f"{tuple(readout.shape)}"
+            )
+        dot = readout @ direction
+        direction = jnp.where(dot < 0, -direction, direction)
+        cosine = jnp.abs(dot) / jnp.linalg.norm(readout)
+    else:
+        direction = direction * jnp.sign(direction[jnp.argmax(jnp.abs(direction))])
+    lead = second = None
+    if eigenvalues is not None:
+        eigenvalues = jnp.asarray(eigenvalues)
+        if eigenvalues.ndim != 2 or eigenvalues.shape[0] != N or eigenvalues.shape[1] < 2:
+            raise ValueError(
+                f"{where}: eigenvalues must be [N, S'] = [{N}, >= 2] (one row per point); got "
+                f"shape {tuple(eigenvalues.shape)}"
+            )
+        moduli = -jnp.sort(-jnp.abs(eigenvalues), axis=1)
+        lead, second = moduli[:, 0], moduli[:, 1]
+    coords = (points - center) @ direction
+    return LineAttractor(center, direction, share, coords, lead, second, cosine)
+
+
+def input_projections(
+    cell: Cell, params: Any, points: Any, inputs: Any, direction: Any, x0: Any = None
+) -> Array:
+    """The one-step effect of each input at each point, projected on a direction:
+    ``(F(s_n, x_m) - F(s_n, x0)) . direction``.
+
+    At a fixed point of ``x0`` (the zero vector by default) this is how far input ``x_m``
+    pushes the state along the line: positive and negative words of a sentiment model push in
+    opposite directions (Maheswaranathan et al. 2019).
+
+    Args:
+        cell, params: as in :func:`jaxrnn.rnn`; the cell needs ``initial_carry`` when its
+            carry has several leaves.
+        points: ``[N, S]`` flat states.
+        inputs: ``[M, D]``, e.g. the embeddings of ``M`` words.
+        direction: ``[S]`` (e.g. :attr:`LineAttractor.direction`).
+        x0: ``[D]`` the reference input; ``None``: zeros.
+
+    Returns:
+        ``[M, N]``.
+    """
+    where = "dynamics.input_projections"
+    inputs = _checks.floating(f"{where}: inputs", inputs)
+    if inputs.ndim != 2:
+        raise ValueError(f"{where}: inputs must be [M, D]; got shape {tuple(inputs.shape)}")
+    x0 = jnp.zeros(inputs.shape[1:], inputs.dtype) if x0 is None else jnp.asarray(x0)
+    if x0.shape != inputs.shape[1:]:
+        raise ValueError(
+            f"{where}: x0 must be [D] = {list(inputs.shape[1:])}; got shape {tuple(x0.shape)}"
+        )
+    flat, s = _starts(where, cell, params, x0, points)
+    direction = _checks.floating(f"{where}: direction", direction)
+    if direction.shape != (s.shape[1],):
+        raise ValueError(
+            f"{where}: direction must be [S] = [{s.shape[1]}]; got shape {tuple(direction.shape)}"
+        )
+    _checks.step(
+        where, cell, params, flat.unravel(s[0]), x0,
+        f"while checking one step of {where} on inputs [M, D] = {list(inputs.shape)}",
+    )  # fmt: skip
+    F = _step_fn(cell, params, flat)
+    base = jax.vmap(lambda s: F(s, x0))(s)  # [N, S]
+    moved = jax.vmap(lambda x: jax.vmap(lambda s: F(s, x))(s))(inputs)  # [M, N, S]
+    return (moved - base[None]) @ direction
+
+
 __all__ = [
     "FixedPoints",
+    "LineAttractor",
     "carry_grad_norms",
     "fixed_points",
+    "input_projections",
     "jacobian_product_norms",
+    "line_attractor_summary",
     "lyapunov_spectrum",
     "step_jacobians",
     "unflatten",

@@ -435,3 +435,67 @@ def test_errors_name_expected_and_received():
         dynamics.fixed_points(lstm, lp, jnp.zeros(D), jnp.zeros((4, H)))
     with pytest.raises(ValueError, match=r"max_steps must be an int >= 0; got -1"):
         dynamics.fixed_points(cell, params, jnp.zeros(D), jnp.zeros((4, H)), max_steps=-1)
+
+
+# --- line attractors ----------------------------------------------------------------------------
+
+
+def test_line_attractor_of_a_hand_built_cell():
+    """h' = h A + x W_x with A = u u^T + 0.3 (I - u u^T): at zero input every point c u is
+    fixed (eigenvalue 1 along u, 0.3 across); the summary finds the line, the moduli, the
+    readout's cosine 1 / sqrt(1 + |n|^2) for readout u + n (n ⊥ u), and an input's push
+    along the line, (x W_x) . u."""
+    rng = np.random.default_rng(3)
+    S, Dx = 4, 3
+    u = rng.normal(size=S)
+    u /= np.linalg.norm(u)
+    A = np.outer(u, u) + 0.3 * (np.eye(S) - np.outer(u, u))
+    W_x = rng.normal(size=(Dx, S))
+    params = cells.simple.SimpleParams(
+        W_x=jnp.asarray(W_x), W_h=jnp.asarray(A), b=None, activation="identity"
+    )
+    fp = dynamics.fixed_points(
+        cells.simple.cell, params, jnp.zeros(Dx), jnp.asarray(2 * rng.normal(size=(12, S)))
+    )
+    assert bool(fp.converged.all()), fp.residuals
+    pts = np.asarray(fp.points)
+    np.testing.assert_allclose(pts - np.outer(pts @ u, u), 0.0, atol=1e-9)  # all on the line
+    n = rng.normal(size=S)
+    n -= (n @ u) * u
+    summary = dynamics.line_attractor_summary(fp.points, fp.eigenvalues, jnp.asarray(u + n))
+    np.testing.assert_allclose(summary.pc1_share, 1.0, atol=1e-12)
+    np.testing.assert_allclose(summary.direction, u, atol=1e-9)
+    np.testing.assert_allclose(summary.leading_modulus, 1.0, atol=1e-9)
+    np.testing.assert_allclose(summary.second_modulus, 0.3, atol=1e-9)
+    np.testing.assert_allclose(summary.readout_cosine, 1 / np.sqrt(1 + n @ n), rtol=1e-9)
+    np.testing.assert_allclose(summary.coordinates, (pts - pts.mean(0)) @ u, atol=1e-9)
+    words = rng.normal(size=(5, Dx))
+    proj = dynamics.input_projections(
+        cells.simple.cell, params, fp.points, jnp.asarray(words), summary.direction
+    )
+    assert proj.shape == (5, 12)
+    np.testing.assert_allclose(proj, np.repeat((words @ W_x @ u)[:, None], 12, 1), atol=1e-9)
+
+
+def test_line_attractor_summary_of_points_off_a_line():
+    """Points on a plane: PC1's share is the largest singular value squared over the sum."""
+    pts = np.random.default_rng(4).normal(size=(30, 3)) * np.array([3.0, 1.0, 0.0])
+    c = pts - pts.mean(0)
+    sv = np.linalg.svd(c, compute_uv=False)
+    summary = dynamics.line_attractor_summary(jnp.asarray(pts))
+    np.testing.assert_allclose(summary.pc1_share, sv[0] ** 2 / np.sum(sv**2), rtol=1e-12)
+    assert summary.leading_modulus is None and summary.readout_cosine is None
+
+
+def test_line_attractor_errors_name_expected_and_received():
+    with pytest.raises(ValueError, match=r"\[N, S\] with N >= 2; got shape \(1, 3\)"):
+        dynamics.line_attractor_summary(jnp.zeros((1, 3)))
+    with pytest.raises(ValueError, match=r"readout must be \[S\] = \[3\].*got shape \(4,\)"):
+        dynamics.line_attractor_summary(jnp.ones((5, 3)), readout=jnp.ones(4))
+    with pytest.raises(ValueError, match=r"eigenvalues must be \[N, S'\] = \[5, >= 2\].*\(4, 3\)"):
+        dynamics.line_attractor_summary(jnp.ones((5, 3)), jnp.ones((4, 3)))
+    cell, params, _, _ = make("simple")
+    with pytest.raises(ValueError, match=rf"direction must be \[S\] = \[{H}\].*got shape \(2,\)"):
+        dynamics.input_projections(cell, params, jnp.zeros((4, H)), jnp.zeros((2, D)), jnp.ones(2))
+    with pytest.raises(ValueError, match=r"inputs must be \[M, D\]; got shape \(2,\)"):
+        dynamics.input_projections(cell, params, jnp.zeros((4, H)), jnp.zeros(2), jnp.ones(H))
