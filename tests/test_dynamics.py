@@ -282,6 +282,19 @@ def test_lyapunov_of_a_scaled_rotation_is_log_r_twice():
     np.testing.assert_allclose(lyap, np.full((2, 2), np.log(r)), rtol=1e-12)
 
 
+def test_lyapunov_of_the_lru_complex_carry_is_log_abs_lambda_twice():
+    """The LRU's carry (y real [H], h complex [N]) flattens to S = H + 2N real entries; at zero
+    input h_t = λ ⊙ h_{t-1}, so the 2N leading exponents are log|λ_j|, each twice (re, im).
+    The first step projects the random frame off the y block (which does not feed back), a
+    one-off log(R) of a few units in some columns: an error of 4.5 / T here, hence T = 10,000."""
+    params = cells.lru.init(jax.random.key(0), 3, 4, r_min=0.2, r_max=0.9, dtype=jnp.float64)
+    log_abs = -np.exp(np.asarray(params.nu_log))  # |λ| = exp(-exp(nu_log))
+    N = log_abs.size
+    lyap = dynamics.lyapunov_spectrum(cells.lru.cell, params, jnp.zeros((10_000, 3)), k=2 * N)
+    assert lyap.shape == (2 * N,)
+    np.testing.assert_allclose(lyap, np.sort(np.repeat(log_abs, 2))[::-1], atol=1e-3)
+
+
 @pytest.mark.parametrize("name", CELLS)
 def test_lyapunov_equals_numpy_benettin_on_the_step_jacobians(name):
     """A nonlinear trajectory: the jvp/QR spectrum against NumPy's QR iteration on the
