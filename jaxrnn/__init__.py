@@ -8,6 +8,7 @@
 
 Public modules: :mod:`jaxrnn.cells` (the cells), :mod:`jaxrnn.backends` (what runs ``rnn``),
 :mod:`jaxrnn.parallel` (parallel-in-time evaluation: linear scans, DEER / ELK for any cell),
+:mod:`jaxrnn.dynamics` (gradient flow, Jacobian and Lyapunov spectra, fixed points),
 :mod:`jaxrnn.dropout`, :mod:`jaxrnn.models`, :mod:`jaxrnn.nn` (Flax modules),
 :mod:`jaxrnn.convert` (Keras / PyTorch / Flax weights), :mod:`jaxrnn.reference` (NumPy),
 :mod:`jaxrnn.training`.
@@ -23,7 +24,8 @@ __version__ = "0.1.0"
 # Imported on first use, so that a command that only parses arguments (train.py --help) or
 # reads a config does not pay for importing JAX.
 _LAZY = {
-    "backends": None, "cells": None, "dropout": None, "models": None, "parallel": None,
+    "backends": None, "cells": None, "dropout": None, "dynamics": None, "models": None,
+    "parallel": None,
     "BiParams": "_bidirectional", "bidirectional": "_bidirectional",
     "recurrent": "_recurrent",
     "Embedded": "_rnn", "reverse_padded": "_rnn", "rnn": "_rnn",
@@ -31,7 +33,7 @@ _LAZY = {
 }  # fmt: skip
 
 if typing.TYPE_CHECKING:
-    from jaxrnn import backends, cells, dropout, models, parallel
+    from jaxrnn import backends, cells, dropout, dynamics, models, parallel
     from jaxrnn._bidirectional import BiParams, bidirectional
     from jaxrnn._recurrent import recurrent
     from jaxrnn._rnn import Embedded, reverse_padded, rnn
@@ -81,6 +83,6 @@ if not any(isinstance(f, _ReplacedModules) for f in sys.meta_path):
     sys.meta_path.append(_ReplacedModules())
 
 __all__ = [
-    "BiParams", "Embedded", "backends", "bidirectional", "cells", "dropout", "models",
+    "BiParams", "Embedded", "backends", "bidirectional", "cells", "dropout", "dynamics", "models",
     "parallel", "recurrent", "reverse_padded", "rnn", "stack", "torch_state", "__version__",
 ]  # fmt: skip
