@@ -344,11 +344,22 @@ def test_tuning_defines_per_cpu_and_explicit_macros_override_them(monkeypatch):
 # ---------------------------------------------------------------------------------- build
 
 
-@slow  # a full build of the kernels into a fresh folder (about a minute on 2 cores)
-def test_build_is_cached_and_switch_turns_it_off(tmp_path):
+def test_build_is_cached_and_switch_turns_it_off(tmp_path, monkeypatch):
+    """A second build() finds the first's library (a stand-in compiler writes it; the real
+    compiler's builds are in test_cpu_build.py's slow tier) and leaves no temporary file."""
+    compiled = []
+
+    def run(cmd):
+        compiled.append(cmd)
+        Path(cmd[cmd.index("-o") + 1]).write_text("a library")
+        return 0, ""
+
+    monkeypatch.setattr(_build, "_run_compiler", run)
     first = _build.build(tmp_path)
+    assert len(compiled) == 1
     mtime = first.stat().st_mtime_ns
     assert _build.build(tmp_path) == first and first.stat().st_mtime_ns == mtime
+    assert len(compiled) == 1
     lock = first.name.replace(".so", ".lock")
     names = sorted(p.name for p in tmp_path.iterdir())  # no temporary left behind
     assert names == sorted([first.name, first.name + ".sha256", lock])
