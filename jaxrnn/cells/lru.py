@@ -285,13 +285,7 @@ def scan(
         ``(LRUCarry(y, h) after the last processed step, ys [B, T, H])``.
     """
     where = "lru.scan"
-    _linear_checks.check_float(where, "xs", xs)
-    shape, D = tuple(jnp.shape(xs)), params.input_size
-    if len(shape) not in (2, 3) or shape[-1] != D:
-        raise ValueError(
-            f"{where}: xs must be [B, T, {D}] or [T, {D}] (input_size={D}); got shape {shape}"
-        )
-    batch_shape, T = shape[:-2], shape[-2]
+    batch_shape, T = _linear_checks.check_sequence(where, params, xs)
     if h0 is None:
         h0 = initial_carry(params, batch_shape)
     _check_carry(where, params, h0, batch_shape)

@@ -185,7 +185,7 @@ def scan(
     Returns:
         ``(h_final [B, H], ys [B, T, H])`` (``[H]``, ``[T, H]`` unbatched).
     """
-    batch_shape, T = _check_sequence("mingru.scan", params, xs)
+    batch_shape, _ = _linear_checks.check_sequence("mingru.scan", params, xs)
     if h0 is None:
         h0 = initial_carry(params, batch_shape)
     _linear_checks.check_state("mingru.scan", h0, batch_shape, params.hidden_size)
@@ -197,33 +197,13 @@ def scan(
     else:
         a, b = coefficients(params, xs)  # [B, T, H]
         hs = parallel.linear_scan(a, b, h0, reverse=reverse, lengths=lengths)
-    return _finish(hs, lengths, reverse, T)
-
-
-def _finish(hs: Array, lengths: Array | None, reverse: bool, T: int) -> tuple[Array, Array]:
-    """``(final state, outputs)`` from the states ``[.., T, H]`` (held past each length)."""
-    h_final = hs[..., 0, :] if reverse else hs[..., -1, :]
-    if lengths is None:
-        return h_final, hs
-    alive = jnp.arange(T) < jnp.asarray(lengths)[..., None]  # [.., T]
-    return h_final, jnp.where(alive[..., None], hs, 0)
+    return _linear_checks.scan_outputs(hs, lengths, reverse)
 
 
 def _check_sizes(input_size: Any, hidden_size: Any) -> None:
     for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{NAME}.init: {name} must be a positive int; got {value!r}")
-
-
-def _check_sequence(where: str, params: MinGRUParams, xs: Any) -> tuple[tuple[int, ...], int]:
-    """Checks ``xs: [B, T, D]`` or ``[T, D]``; returns ``(batch shape, T)``."""
-    _linear_checks.check_float(where, "xs", xs)
-    shape, D = tuple(jnp.shape(xs)), params.input_size
-    if len(shape) not in (2, 3) or shape[-1] != D:
-        raise ValueError(
-            f"{where}: xs must be [B, T, {D}] or [T, {D}] (input_size={D}); got shape {shape}"
-        )
-    return shape[:-2], shape[-2]
 
 
 cell.initial_carry = initial_carry  # type: ignore[attr-defined]  # lets rnn() build h0

@@ -179,13 +179,7 @@ def scan(
         ``(h_final [B, H], ys [B, T, H])`` (``[H]``, ``[T, H]`` unbatched).
     """
     where = "minlstm.scan"
-    _linear_checks.check_float(where, "xs", xs)
-    shape, D = tuple(jnp.shape(xs)), params.input_size
-    if len(shape) not in (2, 3) or shape[-1] != D:
-        raise ValueError(
-            f"{where}: xs must be [B, T, {D}] or [T, {D}] (input_size={D}); got shape {shape}"
-        )
-    batch_shape, T = shape[:-2], shape[-2]
+    batch_shape, _ = _linear_checks.check_sequence(where, params, xs)
     if h0 is None:
         h0 = initial_carry(params, batch_shape)
     _linear_checks.check_state(where, h0, batch_shape, params.hidden_size)
@@ -200,11 +194,7 @@ def scan(
     else:
         a, b = coefficients(params, xs)  # [B, T, H]
         hs = parallel.linear_scan(a, b, h0, reverse=reverse, lengths=lengths)
-    h_final = hs[..., 0, :] if reverse else hs[..., -1, :]
-    if lengths is None:
-        return h_final, hs
-    alive = jnp.arange(T) < jnp.asarray(lengths)[..., None]  # [B, T]: outputs past a length are 0
-    return h_final, jnp.where(alive[..., None], hs, 0)
+    return _linear_checks.scan_outputs(hs, lengths, reverse)
 
 
 cell.initial_carry = initial_carry  # type: ignore[attr-defined]  # lets rnn() build h0
