@@ -101,9 +101,9 @@ def lengths(where: str, lengths: Any, batch_shape: tuple[int, ...], T: int) -> A
     if not jnp.issubdtype(lengths.dtype, jnp.integer):
         raise TypeError(f"{where}: lengths must have an integer dtype; got {lengths.dtype}")
     if lengths.shape != batch_shape:
-        what = f"[B] = {list(batch_shape)}" if batch_shape else "a scalar () for unbatched xs"
+        what = f"{list(batch_shape)} (the batch shape)" if batch_shape else "() (unbatched)"
         raise ValueError(
-            f"{where}: lengths must have shape {what}; got shape {tuple(lengths.shape)}"
+            f"{where}: lengths must have shape {what}; got shape {list(lengths.shape)}"
         )
     if not isinstance(lengths, jax.core.Tracer):  # values are only known outside jit
         values = np.asarray(lengths)

@@ -47,7 +47,8 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from jaxrnn import _checks
 
 Array = jax.Array
 Cell = Callable[[Any, Any, Array], tuple[Any, Any]]
@@ -82,25 +83,6 @@ class ParallelInfo(NamedTuple):
 
 
 # --- validation (trace time, in Python) --------------------------------------------------------
-
-
-def _check_lengths(where: str, lengths: Any, batch_shape: tuple[int, ...], T: int) -> Array:
-    """``lengths`` as an integer array of shape ``batch_shape`` with values (when known) in
-    ``[0, T]``; raises naming the expected and the received value."""
-    lengths = jnp.asarray(lengths)
-    if not jnp.issubdtype(lengths.dtype, jnp.integer):
-        raise TypeError(f"{where}: lengths must have an integer dtype; got {lengths.dtype}")
-    if lengths.shape != batch_shape:
-        what = f"{list(batch_shape)} (the batch shape)" if batch_shape else "() (unbatched)"
-        raise ValueError(
-            f"{where}: lengths must have shape {what}; got shape {list(lengths.shape)}"
-        )
-    if not isinstance(lengths, jax.core.Tracer):  # values are known only outside jit
-        values = np.asarray(lengths)
-        lo, hi = (int(values.min()), int(values.max())) if values.size else (0, 0)
-        if lo < 0 or hi > T:
-            raise ValueError(f"{where}: lengths must lie in [0, T={T}]; got values in [{lo}, {hi}]")
-    return lengths
 
 
 def _alive(lengths: Array | None, T: int, batch_shape: tuple[int, ...]) -> Array:
@@ -275,7 +257,7 @@ def linear_scan(
             )
         h0 = h0.astype(dtype)
     if lengths is not None:
-        lengths = _check_lengths("linear_scan", lengths, batch_shape, T)
+        lengths = _checks.lengths("linear_scan", lengths, batch_shape, T)
         alive = _alive(lengths, T, batch_shape)[..., None]  # [T, *batch, 1]
         if diagonal:
             a_tm = jnp.where(alive, a_tm, 1)
@@ -353,7 +335,7 @@ def log_linear_scan(
                 f"got {h0.dtype} of shape {list(h0.shape)}"
             )
     if lengths is not None:
-        lengths = _check_lengths("log_linear_scan", lengths, batch_shape, T)
+        lengths = _checks.lengths("log_linear_scan", lengths, batch_shape, T)
         alive = jnp.moveaxis(_alive(lengths, T, batch_shape), 0, -1)[..., None]  # [*batch, T, 1]
         log_a = jnp.where(alive, log_a, 0)  # a = 1
         # b = 0 as a finite logarithm: an infinite one would give 0 * inf gradients
@@ -803,7 +785,7 @@ def rnn(
         )
     batch_shape = (B,) if batched else ()
     if lengths is not None:
-        lengths = _check_lengths(where, lengths, batch_shape, T).reshape((B,))
+        lengths = _checks.lengths(where, lengths, batch_shape, T).reshape((B,))
     alive = _alive(lengths, T, (B,))  # [T, B]
 
     if h0 is None:

@@ -71,7 +71,7 @@ def test_lengths_out_of_range(p):
 @JIT
 def test_lengths_wrong_shape_or_dtype(p, jit):
     with pytest.raises(
-        ValueError, match=r"lengths must have shape \[B\] = \[2\]; got shape \(3,\)"
+        ValueError, match=r"lengths must have shape \[2\] \(the batch shape\); got shape \[3\]"
     ):
         _call(
             jit,
