@@ -1,0 +1,321 @@
+"""Whole-model conversion (``jaxrnn.convert``): Keras models and ``.keras`` files, PyTorch
+state dicts, building the peers' layers, Flax ``nn.Bidirectional``.
+
+The truth is always the peer itself: Keras's ``predict``, PyTorch's forward, Flax's ``apply``
+on the same weights (float32, 1e-5), after training where the weights matter.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+os.environ.setdefault("KERAS_BACKEND", "jax")  # before anything imports Keras
+
+from jaxrnn import BiParams, cells, convert, stack  # noqa: E402
+
+pytestmark = pytest.mark.parity
+TOL = 1e-5
+V, T = 24, 10  # vocabulary, steps of the synthetic token task
+
+
+def _keras():
+    keras = pytest.importorskip("keras", reason="Keras 3 not installed (pip install '.[parity]')")
+    if keras.backend.backend() != "jax":
+        pytest.skip(f"these tests need Keras's JAX backend; got {keras.backend.backend()}")
+    return keras
+
+
+def _torch():
+    torch = pytest.importorskip("torch", reason="PyTorch not installed (pip install '.[parity]')")
+    torch.set_num_threads(1)  # tiny models: threads only contend with the other test workers
+    return torch
+
+
+def _token_task(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens ``[n, T]`` in ``[1, V)`` (a few left-padded with 0) and labels ``[n]``: is the
+    last real token in the lower half of the vocabulary."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(1, V, (n, T))
+    pad = rng.integers(0, 3, n)
+    for i, p in enumerate(pad):
+        x[i, :p] = 0
+    return x.astype(np.int32), (x[:, -1] < V // 2).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------- Keras
+
+KERAS_MODELS = {
+    "Embedding-SimpleRNN-Dense(sigmoid)": lambda L: [
+        L.Embedding(V, 8),
+        L.SimpleRNN(12),
+        L.Dense(1, activation="sigmoid"),
+    ],
+    "Embedding-LSTM(seq)-LSTM-Dense": lambda L: [
+        L.Embedding(V, 8),
+        L.LSTM(10, return_sequences=True),
+        L.Dropout(0.1),
+        L.LSTM(6),
+        L.Dense(1, activation="sigmoid"),
+    ],
+    "Embedding-Bidirectional(GRU)-Dense": lambda L: [
+        L.Embedding(V, 8),
+        L.Bidirectional(L.GRU(6)),
+        L.Dense(1, activation="sigmoid"),
+    ],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(KERAS_MODELS))
+def test_trained_keras_file_predicts_what_keras_predicts(name, tmp_path):
+    keras = _keras()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((T,), dtype="int32"), *KERAS_MODELS[name](keras.layers)])
+    model.compile(keras.optimizers.Adam(0.01), "binary_crossentropy")
+    x, y = _token_task(256)
+    losses = model.fit(x, y, epochs=3, batch_size=32, verbose=0).history["loss"]
+    assert losses[-1] < losses[0]  # trained: the weights are not their initial draw
+    path = tmp_path / "model.keras"
+    model.save(path)
+
+    converted = convert.from_keras(str(path))  # one call, from the file
+    assert isinstance(converted, convert.Converted)
+    x_test, _ = _token_task(200, seed=1)
+    want = keras.saving.load_model(path).predict(x_test, verbose=0)  # [200, 1]
+    got = np.asarray(converted(x_test))
+    assert got.shape == want.shape == (200, 1)
+    np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
+    np.testing.assert_array_equal(got > 0.5, want > 0.5)
+    # the pure form equals the bound one and jits
+    np.testing.assert_allclose(
+        jax.jit(converted.apply)(converted.params, x_test), got, atol=1e-6, rtol=0
+    )
+
+
+def test_keras_model_options_masking_and_functional_chain():
+    """Options the converter maps: GRU reset_after=False with relu, a stacked bidirectional
+    layer with merge_mode='sum', mask_zero, a Dense chain ending in softmax; a functional model."""
+    keras = _keras()
+    keras.utils.set_random_seed(1)
+    L = keras.layers
+    inp = keras.Input((T,), dtype="int32")
+    h = L.Embedding(V, 5, mask_zero=True)(inp)
+    h = L.Bidirectional(L.GRU(4, reset_after=False, activation="relu", return_sequences=True),
+                        merge_mode="sum")(h)  # fmt: skip
+    h = L.SimpleRNN(6, activation="relu")(h)
+    h = L.Dense(5, activation="tanh")(h)
+    out = L.Dense(3, activation="softmax")(h)
+    model = keras.Model(inp, out)
+    x, _ = _token_task(16, seed=2)
+    x[:3, -4:] = 0  # right padding as well as left: an arbitrary mask
+    converted = convert.from_keras(model)
+    assert converted.mask_zero and [s.cell for s in converted.layers] == ["gru", "simple"]
+    assert converted.params["rnn"][0].forward.reset_after is False
+    np.testing.assert_allclose(converted(x), model.predict(x, verbose=0), atol=TOL, rtol=0)
+
+
+def test_keras_masking_layer_on_float_inputs():
+    keras = _keras()
+    keras.utils.set_random_seed(2)
+    L = keras.layers
+    model = keras.Sequential([keras.Input((T, 3)), L.Masking(0.0), L.LSTM(4), L.Dense(2)])
+    xs = np.random.default_rng(3).normal(size=(5, T, 3)).astype(np.float32)
+    xs[1, 6:] = 0.0
+    xs[2, :4] = 0.0
+    converted = convert.from_keras(model)
+    assert converted.mask_value == 0.0 and converted.params["embedding"] is None
+    np.testing.assert_allclose(converted(xs), model.predict(xs, verbose=0), atol=TOL, rtol=0)
+
+
+def test_keras_single_layer_still_converts_to_params():
+    keras = _keras()
+    layer = keras.layers.LSTM(3)
+    layer.build((None, None, 2))
+    p = convert.from_keras(layer)
+    assert isinstance(p, cells.lstm.LSTMParams)
+    np.testing.assert_array_equal(p.W_x, np.asarray(layer.cell.kernel))
+
+
+@pytest.mark.parametrize(
+    "bad, layer_name, cls",
+    [
+        (lambda L: [L.Conv1D(4, 3)], "conv", "Conv1D"),
+        (lambda L: [L.LSTM(4, go_backwards=True, name="rev")], "rev", "LSTM"),
+        (lambda L: [L.GRU(4, stateful=True, name="st")], "st", "GRU"),
+        (lambda L: [L.LSTM(4, name="l"), L.Flatten(name="flat")], "flat", "Flatten"),
+    ],
+)
+def test_keras_unsupported_layer_is_a_type_error_naming_it(bad, layer_name, cls):
+    keras = _keras()
+    layers = bad(keras.layers)
+    if cls == "Conv1D":
+        layers[0].name = "conv"  # noqa: SLF001 (Keras 3 layer names are settable)
+    batch = 2 if cls == "GRU" else None
+    model = keras.Sequential([keras.Input((T, 3), batch_size=batch), *layers])
+    with pytest.raises(TypeError, match=rf"layer '{layer_name}' \({cls}\)"):
+        convert.from_keras(model)
+
+
+def test_keras_custom_layer_is_a_type_error_naming_it():
+    keras = _keras()
+
+    class Scale(keras.layers.Layer):
+        def call(self, x):
+            return 2 * x
+
+    model = keras.Sequential([keras.Input((T, 3)), keras.layers.SimpleRNN(3), Scale(name="s")])
+    with pytest.raises(TypeError, match=r"layer 's' \(Scale\)"):
+        convert.from_keras(model)
+
+
+def test_keras_bad_argument_names_what_was_expected_and_received(tmp_path):
+    _keras()
+    with pytest.raises(TypeError, match=r"a Keras layer, a Keras model or a path.*got int"):
+        convert.from_keras(3)
+    with pytest.raises(FileNotFoundError, match="no saved Keras model at .*missing.keras"):
+        convert.from_keras(tmp_path / "missing.keras")
+
+
+# ----------------------------------------------------------------------------------- PyTorch
+
+
+def _torch_classifier(torch, rnn):
+    """The classic ``Embedding -> RNN -> Linear`` model; reads the final hidden state(s)."""
+
+    class Classifier(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embedding = torch.nn.Embedding(V, rnn.input_size)
+            self.rnn = rnn
+            dirs = 2 if rnn.bidirectional else 1
+            self.fc = torch.nn.Linear(dirs * rnn.hidden_size, 2)
+
+        def forward(self, tokens):
+            out, h_n = self.rnn(self.embedding(tokens))
+            h_n = h_n[0] if isinstance(h_n, tuple) else h_n  # an LSTM's (h_n, c_n)
+            last = torch.cat([h_n[-2], h_n[-1]], 1) if self.rnn.bidirectional else h_n[-1]
+            return self.fc(last)  # [B, 2] logits
+
+    return Classifier()
+
+
+TORCH_RNNS = {
+    "RNN-relu-2layers": lambda nn: nn.RNN(
+        6, 8, num_layers=2, nonlinearity="relu", batch_first=True
+    ),
+    "LSTM-bidirectional": lambda nn: nn.LSTM(6, 5, bidirectional=True, batch_first=True),
+    "GRU-2layers-bidirectional-nobias": lambda nn: nn.GRU(
+        6, 4, num_layers=2, bidirectional=True, bias=False, batch_first=True
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(TORCH_RNNS))
+def test_trained_torch_state_dict_predicts_what_torch_predicts(name, tmp_path):
+    torch = _torch()
+    torch.manual_seed(0)
+    rnn = TORCH_RNNS[name](torch.nn)
+    model = _torch_classifier(torch, rnn)
+    x, y = _token_task(128)
+    xt, yt = torch.from_numpy(x).long(), torch.from_numpy(y).long()
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    losses = []
+    for _ in range(15):  # a few full-batch steps: trained weights, not the initial draw
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(xt), yt)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0]
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+
+    nonlin = "relu" if "relu" in name else None  # not in the weights: a state dict needs it said
+    converted = convert.from_torch_model(state, nonlinearity=nonlin)  # one call
+    assert converted.unused == ()
+    x_test, _ = _token_task(100, seed=1)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x_test).long()).numpy()  # [100, 2]
+    got = np.asarray(converted(x_test))
+    np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
+    np.testing.assert_array_equal(got.argmax(1), want.argmax(1))
+
+    # the RNN alone, from the model's state dict under its prefix (inferred or given)
+    with pytest.warns(UserWarning, match=r"keys not used .*'embedding.weight'.*'fc.weight'"):
+        layers = convert.from_torch(state, nonlinearity=nonlin)
+    assert layers.prefix == "rnn." and set(layers.unused_keys) == {
+        "embedding.weight", "fc.weight", "fc.bias"
+    }  # fmt: skip
+    assert len(layers) == rnn.num_layers
+    assert all(isinstance(p, BiParams) == rnn.bidirectional for p in layers)
+    xs = np.random.default_rng(4).normal(size=(3, 7, 6)).astype(np.float32)
+    with torch.no_grad():
+        ys_torch, _ = rnn(torch.from_numpy(xs))
+    _, ys = stack(cells.get(convert._kind(_first(layers[0]))).cell, list(layers), jnp.asarray(xs))
+    np.testing.assert_allclose(ys, ys_torch.numpy(), atol=TOL, rtol=0)
+
+
+def _first(p):
+    return p.forward if isinstance(p, BiParams) else p
+
+
+def test_torch_readout_last_step_and_sequence():
+    """``out[:, -1]`` of a bidirectional LSTM differs from its final states; both convert."""
+    torch = _torch()
+    torch.manual_seed(1)
+    rnn = torch.nn.LSTM(6, 4, bidirectional=True, batch_first=True)
+    fc = torch.nn.Linear(8, 3)
+    state = {**{f"rnn.{k}": v for k, v in rnn.state_dict().items()},
+             **{f"head.{k}": v for k, v in fc.state_dict().items()},
+             "embedding.weight": torch.randn(V, 6)}  # fmt: skip
+    x, _ = _token_task(5, seed=3)
+    with torch.no_grad():
+        out, _ = rnn(state["embedding.weight"][torch.from_numpy(x).long()])
+        want_last, want_seq = fc(out[:, -1]).numpy(), fc(out).numpy()
+    last = convert.from_torch_model(state, "rnn", readout="last")
+    seq = convert.from_torch_model(state, "rnn.", readout="sequence")
+    np.testing.assert_allclose(last(x), want_last, atol=TOL, rtol=0)
+    np.testing.assert_allclose(seq(x), want_seq, atol=TOL, rtol=0)
+    final = convert.from_torch_model(state)(x)
+    assert not np.allclose(final, want_last, atol=1e-3)  # the distinction is real
+
+
+def test_torch_module_and_state_dict_give_the_same_layers():
+    torch = _torch()
+    gru = torch.nn.GRU(3, 4, num_layers=2, batch_first=True)
+    a, b = convert.from_torch(gru), convert.from_torch(gru.state_dict())
+    assert a.unused_keys == b.unused_keys == ()
+    for pa, pb in zip(a, b, strict=True):
+        np.testing.assert_array_equal(pa.W_x, pb.W_x)
+        np.testing.assert_array_equal(pa.b, pb.b)
+    relu = torch.nn.RNN(3, 4, nonlinearity="relu")
+    assert convert.from_torch(relu)[0].activation == "relu"  # read from the module
+    assert convert.from_torch(relu.state_dict())[0].activation == "tanh"  # not in the weights
+    assert convert.from_torch(relu.state_dict(), nonlinearity="relu")[0].activation == "relu"
+
+
+def test_torch_state_dict_errors_name_expected_and_received():
+    torch = _torch()
+    two = {**{f"a.{k}": v for k, v in torch.nn.GRU(3, 4).state_dict().items()},
+           **{f"b.{k}": v for k, v in torch.nn.LSTM(3, 4).state_dict().items()}}  # fmt: skip
+    with pytest.raises(ValueError, match=r"several RNNs, prefixes \['a.', 'b.'\]; pass prefix="):
+        convert.from_torch(two)
+    with pytest.warns(UserWarning, match=r"keys not used \(not the RNN's under prefix 'b.'\)"):
+        assert isinstance(convert.from_torch(two, prefix="b")[0], cells.lstm.LSTMParams)
+    with pytest.raises(ValueError, match=r"no RNN weights under prefix 'c.'; found \['a.', 'b.'\]"):
+        convert.from_torch(two, prefix="c.")
+    with pytest.raises(
+        ValueError, match=r"no PyTorch RNN weights .*among the keys \['bias', 'weight'\]"
+    ):
+        convert.from_torch(torch.nn.Linear(2, 3).state_dict())
+    with pytest.raises(ValueError, match=r"nonlinearity='relu' applies to an nn.RNN; .* a GRU's"):
+        convert.from_torch(torch.nn.GRU(3, 4).state_dict(), nonlinearity="relu")
+    with pytest.raises(TypeError, match=r"a PyTorch module or a state dict .*; got int"):
+        convert.from_torch(3)
+    with pytest.raises(ValueError, match=r"readout must be .*; got 'mean'"):
+        convert.from_torch_model(torch.nn.GRU(3, 4), readout="mean")
