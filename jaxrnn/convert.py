@@ -418,14 +418,67 @@ def _from_keras_model(model: Any) -> Converted:
     )
 
 
-def to_keras(params: Any, layer: Any) -> Any:
-    """Writes params into a built Keras layer of the same kind and options; returns the layer.
+def _new_keras_layer(params: Any, kwargs: dict) -> Any:
+    """A new Keras RNN layer with the params' kind, sizes and options."""
+    import keras
+
+    if isinstance(params, BiParams):
+        return keras.layers.Bidirectional(_new_keras_layer(params.forward, kwargs))
+    kind = _kind(params)
+    opts = dict(activation=_act_name(params, "activation"), use_bias=params.b is not None)
+    if kind != "simple":
+        opts["recurrent_activation"] = _act_name(params, "recurrent_activation")
+    if kind == "gru":
+        opts["reset_after"] = params.reset_after
+    cls = {"simple": keras.layers.SimpleRNN, "lstm": keras.layers.LSTM, "gru": keras.layers.GRU}
+    return cls[kind](params.hidden_size, **opts, **kwargs)
+
+
+def _build_keras(layer: Any, params: Any) -> None:
+    """Builds an unbuilt Keras RNN layer or cell for the params' input size (``[B, T, D]``)."""
+    import keras
+
+    first = params.forward if isinstance(params, BiParams) else params
+    cell = _keras_cell(
+        layer.forward_layer if isinstance(layer, keras.layers.Bidirectional) else layer
+    )
+    units = getattr(cell, "units", None)
+    if units is not None and hasattr(first, "hidden_size") and units != first.hidden_size:
+        raise ValueError(
+            f"to_keras: layer {layer.name!r} has {units} units; the params' hidden size is "
+            f"{first.hidden_size} (W_h {list(first.W_h.shape)})"
+        )
+    if layer.built or not hasattr(first, "input_size"):
+        return
+    is_cell = not isinstance(layer, (keras.layers.RNN, keras.layers.Bidirectional))  # [B, D]
+    layer.build((None, first.input_size) if is_cell else (None, None, first.input_size))
+
+
+def to_keras(params: Any, layer: Any = None, **layer_kwargs: Any) -> Any:
+    """Writes params into a Keras layer of the same kind and options; returns the layer.
+
+    Args:
+        params: a cell's params (``SimpleParams`` | ``LSTMParams`` | ``GRUParams``) or
+            ``BiParams`` (for a ``Bidirectional`` layer).
+        layer: the Keras layer (or cell) to fill; built here for the params' input size if it
+            is not built yet. ``None``: a new ``SimpleRNN``/``LSTM``/``GRU`` (wrapped in
+            ``Bidirectional`` for ``BiParams``) with the params' sizes and options.
+        layer_kwargs: further arguments of the new layer (e.g. ``return_sequences=True``);
+            only with ``layer=None``.
 
     Raises:
         ValueError: kind, sizes, bias, activations or ``reset_after`` differ.
     """
     import keras
 
+    if layer is None:
+        layer = _new_keras_layer(params, layer_kwargs)
+    elif layer_kwargs:
+        raise TypeError(
+            f"to_keras: layer options {sorted(layer_kwargs)} apply to a new layer (layer=None); "
+            f"got the layer {layer.name!r}"
+        )
+    _build_keras(layer, params)
     if isinstance(layer, keras.layers.Bidirectional):
         if not isinstance(params, BiParams):
             raise TypeError(f"a Bidirectional layer takes BiParams; got {type(params).__name__}")
@@ -487,7 +540,10 @@ def _torch_kind(module: Any) -> tuple[str, str]:
     ):
         if isinstance(module, cls):
             return kind, ("cell" if cls.__name__.endswith("Cell") else "module")
-    raise TypeError(f"unsupported PyTorch module {type(module).__name__}")
+    raise TypeError(
+        "expected a PyTorch nn.RNN, nn.LSTM, nn.GRU or one of their cells; "
+        f"got {type(module).__name__}"
+    )
 
 
 def _from_torch_weights(kind: str, w_ih, w_hh, b_ih, b_hh, nonlinearity: str) -> Any:
@@ -778,14 +834,49 @@ def _to_torch_weights(kind: str, params: Any, nonlinearity: str) -> dict[str, np
     return out
 
 
-def to_torch(params: Any, module: Any) -> Any:
+def _new_torch_module(params: Any) -> Any:
+    """A new ``nn.RNN``/``nn.LSTM``/``nn.GRU`` (``batch_first``) shaped like ``params``."""
+    import torch
+
+    layers = (
+        list(params)
+        if isinstance(params, (list, tuple)) and not isinstance(params, BiParams)
+        else [params]
+    )
+    if not layers:
+        raise ValueError("to_torch: params hold no layer")
+    bidir = isinstance(layers[0], BiParams)
+    first = layers[0].forward if bidir else layers[0]
+    kind = _kind(first)
+    opts = dict(
+        num_layers=len(layers), bias=first.b is not None, batch_first=True, bidirectional=bidir
+    )
+    if kind == "simple":
+        act = _act_name(first, "activation")
+        if act not in ("tanh", "relu"):
+            raise ValueError(f"to_torch: nn.RNN has only tanh and relu; params have {act!r}")
+        opts["nonlinearity"] = act
+    cls = {"simple": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[kind]
+    return cls(first.input_size, first.hidden_size, **opts)
+
+
+def to_torch(params: Any, module: Any = None) -> Any:
     """Writes params (as :func:`from_torch` returns them) into a PyTorch module; returns it.
+
+    Args:
+        params: a list of layers (cell params or ``BiParams``), one cell's params, or, for a
+            PyTorch cell, that cell's params.
+        module: ``nn.RNN``/``nn.LSTM``/``nn.GRU`` or their cells. ``None``: a new module
+            (``batch_first=True``) with the params' kind, sizes, layer count, direction, bias
+            and (``nn.RNN``) nonlinearity.
 
     Raises:
         ValueError: kind, layer count, direction, sizes, bias or activations differ.
     """
     import torch
 
+    if module is None:
+        module = _new_torch_module(params)
     kind, what = _torch_kind(module)
     nonlin = getattr(module, "nonlinearity", "tanh")
     if what == "cell":
@@ -851,8 +942,17 @@ def from_flax(
         recurrent_activation: the cell's ``gate_fn`` name (LSTM, GRU).
 
     Returns:
-        ``SimpleParams`` | ``LSTMParams`` | ``GRUParams`` (``reset_after=True``).
+        ``SimpleParams`` | ``LSTMParams`` | ``GRUParams`` (``reset_after=True``), or
+        ``BiParams(forward, backward)`` for the variables of ``nn.Bidirectional(forward_rnn,
+        backward_rnn)`` (``{"params": {"forward_rnn": {"cell": ...}, "backward_rnn": ...}}``;
+        both directions take the same activations).
     """
+    top = variables["params"] if "params" in variables else variables
+    if set(top) == {"forward_rnn", "backward_rnn"}:
+        opts = dict(activation=activation, recurrent_activation=recurrent_activation)
+        return BiParams(
+            from_flax(top["forward_rnn"], **opts), from_flax(top["backward_rnn"], **opts)
+        )
     d = _flax_cell_dict(variables)
     a = lambda name, leaf: jnp.asarray(d[name][leaf])  # noqa: E731  (traceable: grads flow)
     keys = set(d)
@@ -890,12 +990,17 @@ def to_flax(params: Any, *, for_rnn: bool = False) -> dict:
     has no bias-free cells and no ``reset_after=False`` GRU (ValueError).
 
     Args:
-        params: ``SimpleParams`` | ``LSTMParams`` | ``GRUParams``.
-        for_rnn: nest under ``"cell"`` for ``nn.RNN(cell)``.
+        params: ``SimpleParams`` | ``LSTMParams`` | ``GRUParams``, or ``BiParams`` for
+            ``nn.Bidirectional(nn.RNN(cell), nn.RNN(cell))``.
+        for_rnn: nest under ``"cell"`` for ``nn.RNN(cell)`` (always, for ``BiParams``).
 
     Returns:
-        ``{"params": cell_params}`` or ``{"params": {"cell": cell_params}}``.
+        ``{"params": cell_params}`` or ``{"params": {"cell": cell_params}}``; for ``BiParams``
+        ``{"params": {"forward_rnn": {"cell": ...}, "backward_rnn": {"cell": ...}}}``.
     """
+    if isinstance(params, BiParams):
+        fw, bw = (to_flax(p, for_rnn=True)["params"] for p in params)
+        return {"params": {"forward_rnn": fw, "backward_rnn": bw}}
     kind = _kind(params)
     if params.b is None:
         raise ValueError("to_flax: Flax's cells always have biases; params have none")

@@ -16,7 +16,7 @@ import pytest
 
 os.environ.setdefault("KERAS_BACKEND", "jax")  # before anything imports Keras
 
-from jaxrnn import BiParams, cells, convert, stack  # noqa: E402
+from jaxrnn import BiParams, bidirectional, cells, convert, recurrent, stack  # noqa: E402
 
 pytestmark = pytest.mark.parity
 TOL = 1e-5
@@ -319,3 +319,88 @@ def test_torch_state_dict_errors_name_expected_and_received():
         convert.from_torch(3)
     with pytest.raises(ValueError, match=r"readout must be .*; got 'mean'"):
         convert.from_torch_model(torch.nn.GRU(3, 4), readout="mean")
+
+
+# ------------------------------------------------------------- building the peers' layers
+
+
+def _params(kind, D=3, H=4, seed=0, **opts):
+    return cells.get(kind).init(jax.random.key(seed), D, H, dtype=jnp.float32, **opts)
+
+
+@pytest.mark.parametrize(
+    "kind, opts",
+    [("simple", {"activation": "relu"}), ("lstm", {}), ("gru", {"reset_after": False})],
+)
+def test_to_keras_builds_a_new_layer_that_computes_the_same(kind, opts):
+    keras = _keras()
+    p = _params(kind, **opts)
+    xs = np.random.default_rng(0).normal(size=(2, 6, 3)).astype(np.float32)
+    layer = convert.to_keras(p, return_sequences=True)  # no layer given: made and built here
+    want = recurrent_ref(kind, p, xs)
+    np.testing.assert_allclose(layer(xs), want, atol=TOL, rtol=0)
+    unbuilt = keras.layers.GRU(4, reset_after=False) if kind == "gru" else None
+    if unbuilt is not None:  # an unbuilt layer is built for the params' input size
+        convert.to_keras(p, unbuilt)
+        np.testing.assert_array_equal(np.asarray(unbuilt.cell.kernel), np.asarray(p.W_x))
+
+
+def recurrent_ref(kind, p, xs):
+    return np.asarray(recurrent(cells.get(kind).cell, p, jnp.asarray(xs)))
+
+
+def test_to_keras_bidirectional_and_errors_say_what_to_do():
+    keras = _keras()
+    bi = BiParams(_params("lstm", seed=1), _params("lstm", seed=2))
+    layer = convert.to_keras(bi)
+    xs = np.random.default_rng(1).normal(size=(2, 5, 3)).astype(np.float32)
+    want = bidirectional(cells.lstm.cell, bi, jnp.asarray(xs), return_sequences=False)
+    np.testing.assert_allclose(layer(xs), want, atol=TOL, rtol=0)
+    with pytest.raises(ValueError, match=r"has 5 units; the params' hidden size is 4"):
+        convert.to_keras(_params("lstm"), keras.layers.LSTM(5))
+    with pytest.raises(TypeError, match=r"apply to a new layer \(layer=None\); got the layer"):
+        convert.to_keras(_params("lstm"), keras.layers.LSTM(4), return_sequences=True)
+
+
+def test_to_torch_builds_the_module_from_the_params():
+    torch = _torch()
+    layers = [
+        BiParams(_params("gru", 3, 4, 0), _params("gru", 3, 4, 1)),
+        BiParams(_params("gru", 8, 4, 2), _params("gru", 8, 4, 3)),
+    ]
+    module = convert.to_torch(layers)  # no module given: made here
+    assert isinstance(module, torch.nn.GRU)
+    assert (module.num_layers, module.bidirectional, module.batch_first) == (2, True, True)
+    xs = np.random.default_rng(2).normal(size=(2, 6, 3)).astype(np.float32)
+    with torch.no_grad():
+        want, _ = module(torch.from_numpy(xs))
+    _, ys = stack(cells.gru.cell, layers, jnp.asarray(xs))
+    np.testing.assert_allclose(ys, want.numpy(), atol=TOL, rtol=0)
+    relu = convert.to_torch(_params("simple", activation="relu"))
+    assert relu.nonlinearity == "relu" and relu.num_layers == 1
+    with pytest.raises(ValueError, match=r"nn.RNN has only tanh and relu; params have 'selu'"):
+        convert.to_torch(_params("simple", activation="selu"))
+    with pytest.raises(TypeError, match=r"expected a PyTorch nn.RNN, .*; got Linear"):
+        convert.to_torch(layers, torch.nn.Linear(2, 2))
+
+
+# ----------------------------------------------------------------------------------- Flax
+
+
+@pytest.mark.parametrize("kind", ["simple", "lstm", "gru"])
+def test_flax_bidirectional_both_ways(kind):
+    nn = pytest.importorskip("flax.linen", reason="Flax not installed")
+    flax_cell = {"simple": nn.SimpleCell, "lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell}[kind]
+    model = nn.Bidirectional(nn.RNN(flax_cell(4)), nn.RNN(flax_cell(4)))
+    xs = jax.random.normal(jax.random.key(0), (2, 6, 3), jnp.float32)
+    lengths = jnp.array([6, 3])
+    variables = model.init(jax.random.key(1), xs)
+    bi = convert.from_flax(variables)
+    assert isinstance(bi, BiParams)
+    want = model.apply(variables, xs, seq_lengths=lengths)  # [B, T, 2H], time order
+    got = bidirectional(cells.get(kind).cell, bi, xs, lengths=lengths)
+    np.testing.assert_allclose(got[0], want[0], atol=TOL, rtol=0)
+    np.testing.assert_allclose(got[1, :3], want[1, :3], atol=TOL, rtol=0)  # flax leaves padding
+    back = convert.to_flax(bi)  # and into Flax again: the same outputs from Flax itself
+    assert jax.tree.structure(back) == jax.tree.structure(variables)
+    np.testing.assert_allclose(model.apply(back, xs), model.apply(variables, xs), atol=TOL, rtol=0)
