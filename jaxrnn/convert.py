@@ -568,18 +568,6 @@ def _from_torch_weights(kind: str, w_ih, w_hh, b_ih, b_hh, nonlinearity: str) ->
     return simple.SimpleParams(W_x, W_h, b, activation=nonlinearity)
 
 
-class TorchLayers(list):
-    """:func:`from_torch`'s list of layers (for :func:`jaxrnn.stack`), with where they came from.
-
-    Attributes:
-        prefix: the state-dict prefix of the RNN's keys (``""`` for the module's own).
-        unused_keys: the source's keys that are not the RNN's (e.g. ``embedding.weight``).
-    """
-
-    prefix: str = ""
-    unused_keys: tuple[str, ...] = ()
-
-
 _TORCH_KEY = re.compile(r"^(?P<prefix>.*?)weight_ih_l(?P<k>\d+)(?P<rev>_reverse)?$")
 _TORCH_GATES = {1: "simple", 4: "lstm", 3: "gru"}  # gate rows of weight_ih per hidden unit
 
@@ -598,8 +586,9 @@ def _torch_state(obj: Any) -> tuple[dict[str, Any], Any]:
 
 def _torch_layers(
     obj: Any, prefix: str | None, nonlinearity: str | None, where: str
-) -> TorchLayers:
-    """The RNN layers in a PyTorch module or state dict; see :func:`from_torch`."""
+) -> tuple[list[Any], str, tuple[str, ...]]:
+    """``(layers, prefix, unused keys)`` of the RNN in a PyTorch module or state dict; see
+    :func:`from_torch`."""
     state, module = _torch_state(obj)
     found = {}
     for key in state:
@@ -665,13 +654,11 @@ def _torch_layers(
         used.update(n for n in names if n in state)
         return _from_torch_weights(kind, *(state.get(n) for n in names), nonlinearity)
 
-    out = TorchLayers()
+    layers = []
     for k in range(L):
         fw = direction(k, "")
-        out.append(BiParams(fw, direction(k, "_reverse")) if bidir else fw)
-    out.prefix = prefix
-    out.unused_keys = tuple(key for key in state if key not in used)
-    return out
+        layers.append(BiParams(fw, direction(k, "_reverse")) if bidir else fw)
+    return layers, prefix, tuple(key for key in state if key not in used)
 
 
 def from_torch(obj: Any, prefix: str | None = None, *, nonlinearity: str | None = None) -> Any:
@@ -692,10 +679,10 @@ def from_torch(obj: Any, prefix: str | None = None, *, nonlinearity: str | None 
         nonlinearity: ``"tanh"`` | ``"relu"`` for an ``nn.RNN`` read from a state dict.
 
     Returns:
-        For an RNN: a :class:`TorchLayers` list, one entry per layer, the cell's params or
-        ``BiParams(forward, backward)``; its ``unused_keys`` lists the other keys of the source
-        (a warning names them too: :func:`from_torch_model` turns a classic
-        ``Embedding -> RNN -> Linear`` model's into the embedding and readout).
+        For an RNN: a list (for :func:`jaxrnn.stack`), one entry per layer, the cell's params or
+        ``BiParams(forward, backward)``. The source's keys that are not the RNN's are named in a
+        ``UserWarning`` (:func:`from_torch_model` turns a classic ``Embedding -> RNN -> Linear``
+        model's into the embedding and readout, and lists the rest in ``Converted.unused``).
         For a cell: the cell's params. GRUs come out with ``reset_after=True``.
     """
     if not isinstance(obj, Mapping):
@@ -708,11 +695,11 @@ def from_torch(obj: Any, prefix: str | None = None, *, nonlinearity: str | None 
             return _from_torch_weights(
                 kind, obj.weight_ih, obj.weight_hh, obj.bias_ih, obj.bias_hh, nonlin
             )
-    layers = _torch_layers(obj, prefix, nonlinearity, "from_torch")
-    if layers.unused_keys:
+    layers, prefix, unused = _torch_layers(obj, prefix, nonlinearity, "from_torch")
+    if unused:
         warnings.warn(
-            f"from_torch: keys not used (not the RNN's under prefix {layers.prefix!r}): "
-            f"{list(layers.unused_keys)}; from_torch_model converts a classic "
+            f"from_torch: keys not used (not the RNN's under prefix {prefix!r}): "
+            f"{list(unused)}; from_torch_model converts a classic "
             "Embedding -> RNN -> Linear model whole",
             stacklevel=2,
         )
@@ -756,13 +743,13 @@ def from_torch_model(
         raise ValueError(
             f"from_torch_model: readout must be 'final', 'last' or 'sequence'; got {readout!r}"
         )
-    layers = _torch_layers(obj, prefix, nonlinearity, "from_torch_model")
+    layers, _, unused = _torch_layers(obj, prefix, nonlinearity, "from_torch_model")
     state, _ = _torch_state(obj)
     first = layers[0].forward if isinstance(layers[0], BiParams) else layers[0]
     last = layers[-1].forward if isinstance(layers[-1], BiParams) else layers[-1]
     D = first.input_size
     H_out = last.hidden_size * (2 if isinstance(layers[-1], BiParams) else 1)
-    rest = [k for k in layers.unused_keys if k.endswith("weight")]
+    rest = [k for k in unused if k.endswith("weight")]
     shape = lambda k: tuple(_np(state[k]).shape)  # noqa: E731
     emb = [k for k in rest if shape(k)[1:] == (D,) and k[: -len("weight")] + "bias" not in state]
     lin = [k for k in rest if k not in emb and shape(k)[1:] == (H_out,)]
@@ -790,11 +777,11 @@ def from_torch_model(
         for k, kind in enumerate(kinds)
     )
     return Converted(
-        {"embedding": embedding, "rnn": list(layers), "dense": dense_params},
+        {"embedding": embedding, "rnn": layers, "dense": dense_params},
         specs,
         tuple(dense),
         last_step=readout == "last",
-        unused=tuple(k for k in layers.unused_keys if k not in used),
+        unused=tuple(k for k in unused if k not in used),
     )
 
 
