@@ -22,10 +22,15 @@ activation options; Flax's GRU is ``reset_after=True`` with the recurrent
 ``z, r`` biases folded into the input ones (``iz.bias = b[0]_z + b[1]_z``).
 Conversions that cannot be exact raise ``ValueError`` instead.
 
-PyTorch modules (``nn.RNN``, ``nn.LSTM``, ``nn.GRU``) convert to a **list of
-layers** (``BiParams`` for bidirectional layers) for :func:`jaxrnn.stack`;
+PyTorch modules (``nn.RNN``, ``nn.LSTM``, ``nn.GRU``) and their state dicts convert to a
+**list of layers** (``BiParams`` for bidirectional layers) for :func:`jaxrnn.stack`;
 PyTorch cells (``nn.RNNCell`` ...) to one cell's params. Keras layers convert to
-a cell's params (``BiParams`` for ``Bidirectional``).
+a cell's params (``BiParams`` for ``Bidirectional``), Flax ``nn.Bidirectional``
+variables to ``BiParams``.
+
+Whole models become a :class:`Converted` (params + layer settings, ``model(xs)``):
+a Keras ``Sequential`` / chain model or ``.keras`` file (:func:`from_keras`), a
+classic PyTorch ``Embedding -> RNN -> Linear`` state dict (:func:`from_torch_model`).
 
 Keras and PyTorch are imported lazily, inside the functions that need them.
 """
