@@ -158,7 +158,7 @@ class Converted:
     unused: tuple[str, ...] = ()
 
     def apply(self, params: dict[str, Any], xs: Any) -> Any:
-        """Runs the model with ``params`` (structured as :attr:`params`).
+        """Runs the model with ``params`` (structured as ``self.params``).
 
         Args:
             params: the model's parameters.
@@ -245,7 +245,7 @@ def from_keras(obj: Any) -> Any:
 
     ``InputLayer`` and ``Dropout`` (and the layers' own ``dropout`` / ``recurrent_dropout``)
     do nothing at inference and are skipped; ``Embedding(mask_zero=True)`` and ``Masking``
-    change it and are kept (:attr:`Converted.mask_zero`, :attr:`Converted.mask_value`).
+    change it and are kept (``Converted.mask_zero``, ``Converted.mask_value``).
 
     Returns:
         For a layer: ``SimpleParams`` | ``LSTMParams`` | ``GRUParams`` (float arrays as in Keras),
@@ -730,7 +730,7 @@ def from_torch_model(
       bidirectional) with its optional ``<name>.bias [O]`` (without one, the model outputs
       what ``readout`` selects).
 
-    Keys matching neither stay in :attr:`Converted.unused`; more than one candidate for the
+    Keys matching neither stay in ``Converted.unused``; more than one candidate for the
     embedding or the readout is a ``ValueError``.
 
     Args:
