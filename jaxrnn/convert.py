@@ -208,6 +208,34 @@ class Converted:
         """``self.apply(self.params, xs)``."""
         return self.apply(self.params, xs)
 
+    def classifier_params(self) -> dict[str, Any]:
+        """The params of :func:`jaxrnn.models.classifier_logits` for a model of its layout,
+        ``Embedding -> one RNN layer (last output) -> Dense(1, sigmoid)``: ``{"embedding",
+        "rnn", "W_o", "b_o"}``; ``sigmoid`` of its logits is this model's output ``[:, 0]``.
+        The config needs no cell or sizes (``models.ClassifierConfig()``: they come from the
+        params).
+
+        Raises:
+            ValueError: the model has another layout, saying which part differs.
+        """
+        p, why = self.params, []
+        if p["embedding"] is None or self.mask_zero:
+            why.append("an Embedding without mask_zero first")
+        if len(self.layers) != 1 or isinstance(p["rnn"][0], BiParams):
+            why.append("one unidirectional RNN layer")
+        elif self.layers[0].return_sequences or self.last_step:
+            why.append("the RNN's last output (return_sequences=False)")
+        if len(self.dense) != 1 or self.dense[0].activation != "sigmoid":
+            why.append("one Dense(1, activation='sigmoid')")
+        elif p["dense"][0][0].shape[1] != 1 or p["dense"][0][1] is None:
+            why.append("Dense with 1 unit and a bias")
+        if why:
+            raise ValueError(
+                "classifier_params: models.classifier_logits's layout needs " + "; ".join(why)
+            )
+        ((W, b),) = p["dense"]
+        return {"embedding": p["embedding"], "rnn": p["rnn"][0], "W_o": W, "b_o": b}
+
 
 # --------------------------------------------------------------------------- Keras
 

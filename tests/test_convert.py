@@ -402,3 +402,36 @@ def test_flax_bidirectional_both_ways(kind):
     back = convert.to_flax(bi)  # and into Flax again: the same outputs from Flax itself
     assert jax.tree.structure(back) == jax.tree.structure(variables)
     np.testing.assert_allclose(model.apply(back, xs), model.apply(variables, xs), atol=TOL, rtol=0)
+
+
+def test_keras_classifier_runs_as_the_models_classifier():
+    """Embedding -> LSTM -> Dense(1, sigmoid) is models.classifier_logits's layout: its params
+    run there with a config that names no cell and no size."""
+    from jaxrnn import models
+
+    keras = _keras()
+    keras.utils.set_random_seed(3)
+    L = keras.layers
+    model = keras.Sequential(
+        [keras.Input((T,), dtype="int32"), L.Embedding(V, 5), L.LSTM(7), L.Dense(1, "sigmoid")]
+    )
+    x, _ = _token_task(8, seed=4)
+    params = convert.from_keras(model).classifier_params()
+    logits = models.classifier_logits(models.ClassifierConfig(), params, x)
+    np.testing.assert_allclose(
+        jax.nn.sigmoid(logits), model.predict(x, verbose=0)[:, 0], atol=TOL, rtol=0
+    )
+    two = keras.Sequential([keras.Input((T,), dtype="int32"), L.Embedding(V, 5),
+                            L.Bidirectional(L.LSTM(3)), L.Dense(2)])  # fmt: skip
+    with pytest.raises(ValueError, match=r"needs one unidirectional RNN layer; one Dense\(1, "):
+        convert.from_keras(two).classifier_params()
+
+
+def test_keras_functional_model_that_is_no_chain_is_refused():
+    keras = _keras()
+    L = keras.layers
+    inp = keras.Input((T, 3))
+    a, b = L.SimpleRNN(3, name="a")(inp), L.SimpleRNN(3, name="b")(inp)
+    model = keras.Model(inp, L.Add(name="add")([a, b]))
+    with pytest.raises(TypeError, match=r"layer 'b' \(SimpleRNN\) does not read the previous"):
+        convert.from_keras(model)
