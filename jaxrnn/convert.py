@@ -413,6 +413,12 @@ def _from_keras_model(model: Any) -> Converted:
             inner = layer.forward_layer if isinstance(layer, keras.layers.Bidirectional) else layer
             if type(inner) not in kinds:
                 raise TypeError(f"from_keras: {name} wraps {type(inner).__name__}; not supported")
+            back = getattr(layer, "backward_layer", inner)
+            if type(back) is not type(inner):
+                raise TypeError(
+                    f"from_keras: {name} runs {type(inner).__name__} forward and "
+                    f"{type(back).__name__} backward; a converted layer has one cell kind"
+                )
             if not layers or layers[-1].return_sequences:
                 rnn_params.append(_from_keras_layer(layer))
                 layers.append(

@@ -244,6 +244,8 @@ def test_trained_torch_state_dict_predicts_what_torch_predicts(name, tmp_path):
     got = np.asarray(converted(x_test))
     np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
     np.testing.assert_array_equal(got.argmax(1), want.argmax(1))
+    from_module = convert.from_torch_model(model)  # a module says its nonlinearity itself
+    np.testing.assert_array_equal(np.asarray(from_module(x_test)), got)
 
     # the RNN alone, from the model's state dict under its prefix (inferred or given)
     unused = r"\['embedding.weight', 'fc.weight', 'fc.bias'\]"
@@ -425,6 +427,15 @@ def test_keras_classifier_runs_as_the_models_classifier():
                             L.Bidirectional(L.LSTM(3)), L.Dense(2)])  # fmt: skip
     with pytest.raises(ValueError, match=r"needs one unidirectional RNN layer; one Dense\(1, "):
         convert.from_keras(two).classifier_params()
+
+
+def test_keras_bidirectional_of_two_cell_kinds_is_refused():
+    keras = _keras()
+    L = keras.layers
+    bi = L.Bidirectional(L.LSTM(3), backward_layer=L.GRU(3, go_backwards=True), name="bi")
+    model = keras.Sequential([keras.Input((T, 2)), bi])
+    with pytest.raises(TypeError, match=r"layer 'bi' \(Bidirectional\) runs LSTM forward and GRU"):
+        convert.from_keras(model)
 
 
 def test_keras_functional_model_that_is_no_chain_is_refused():
