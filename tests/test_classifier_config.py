@@ -40,6 +40,8 @@ def test_defaults_still_make_the_seed_model():
     assert params["embedding"].shape == (5000, 32)
     assert isinstance(params["rnn"], cells.simple.SimpleParams)
     assert params["rnn"].W_h.shape == (100, 100)
+    full = models.ClassifierConfig(hidden_size=7).with_defaults()
+    assert (full.vocab_size, full.embed_dim, full.hidden_size, full.cell) == (5000, 32, 7, "simple")
 
 
 def test_mismatch_names_the_cell_and_the_sizes():
