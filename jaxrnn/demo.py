@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> float:
     ap.add_argument("--maxlen", type=int, default=250)
     args = ap.parse_args(argv)
 
-    cfg = models.ClassifierConfig()  # Embedding(5000, 32) -> SimpleRNN(100) -> Dense(1)
+    # Embedding(5000, 32) -> SimpleRNN(100) -> Dense(1); with_defaults: the sizes are read below
+    cfg = models.ClassifierConfig().with_defaults()
     params = models.init_classifier(jax.random.key(args.seed), cfg)
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(3e-3))
     opt_state = tx.init(params)

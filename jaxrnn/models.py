@@ -35,15 +35,26 @@ from jaxrnn._rnn import Embedded, rnn
 from jaxrnn._stack import stack
 from jaxrnn.cells._common import Array, carry_output
 
+# What init_classifier makes for a ClassifierConfig field left at None.
+CLASSIFIER_DEFAULTS = {"vocab_size": 5000, "embed_dim": 32, "hidden_size": 100, "cell": "simple"}
+_CELL_LABELS = {"simple": "SimpleRNN", "lstm": "LSTM", "gru": "GRU"}
+
 
 @dataclasses.dataclass(frozen=True)
 class ClassifierConfig:
-    """Model settings only (no training settings)."""
+    """Model settings only (no training settings).
 
-    vocab_size: int = 5000  # words kept by the tokenizer (0 = padding, 1 = unknown)
-    embed_dim: int = 32  # E: width of each word vector
-    hidden_size: int = 100  # H: RNN units
-    cell: str = "simple"  # a name registered in jaxrnn.cells
+    The parameters say the cell and the sizes, so :func:`classifier_logits` reads them from the
+    params (:func:`classifier_config_of`): ``vocab_size``, ``embed_dim``, ``hidden_size`` and
+    ``cell`` are only what :func:`init_classifier` makes (``None``: ``CLASSIFIER_DEFAULTS``,
+    5000 words, 32-d, 100 units, ``"simple"``). Where set, params that disagree are refused,
+    naming the cell and the sizes.
+    """
+
+    vocab_size: int | None = None  # words kept by the tokenizer (0 = padding, 1 = unknown)
+    embed_dim: int | None = None  # E: width of each word vector
+    hidden_size: int | None = None  # H: RNN units
+    cell: str | None = None  # a name registered in jaxrnn.cells
     cell_options: tuple[tuple[str, Any], ...] = ()  # extra kwargs of cells.<cell>.init
     # Keras's LSTM(..., dropout, recurrent_dropout): one mask per sequence on x_t / h_{t-1},
     # applied only when classifier_logits gets a key (training); 0 = off
@@ -53,12 +64,88 @@ class ClassifierConfig:
     remat: int | str | None = None
     backend: Any = "auto"  # what runs the recurrence (a name or a jaxrnn.backends.Backend)
 
+    def with_defaults(self) -> ClassifierConfig:
+        """This config with every field left at ``None`` set from ``CLASSIFIER_DEFAULTS``."""
+        fill = {k: v for k, v in CLASSIFIER_DEFAULTS.items() if getattr(self, k) is None}
+        return dataclasses.replace(self, **fill)
+
+
+def _cell_name(rnn_params: Any) -> str | None:
+    """The registered cell whose module defines the type of ``rnn_params`` (None: none does)."""
+    module = type(rnn_params).__module__
+    for name, mod in cells._REGISTRY.items():  # noqa: SLF001 (the package's own registry)
+        if mod.__name__ == module:
+            return name
+    return None
+
+
+def classifier_config_of(
+    params: dict[str, Any], cfg: ClassifierConfig | None = None
+) -> ClassifierConfig:
+    """The classifier's config as its params say it: cell kind and sizes read from the params,
+    the other settings from ``cfg``.
+
+    Args:
+        params: ``{"embedding": [V, E], "rnn": cell params, "W_o": [H, 1], "b_o": [1]}``.
+        cfg: the settings (dropout, backend, ...); its cell and sizes, where set, must agree.
+
+    Raises:
+        ValueError: ``cfg`` says another cell or size than the params, e.g. "params are an
+            LSTM's (W_x [32, 400]) but the config says cell='simple'".
+
+    Examples:
+        >>> import jax
+        >>> from jaxrnn import models
+        >>> p = models.init_classifier(jax.random.key(0), models.ClassifierConfig(
+        ...     vocab_size=50, embed_dim=4, hidden_size=8, cell="lstm"))
+        >>> c = models.classifier_config_of(p)
+        >>> c.cell, c.vocab_size, c.embed_dim, c.hidden_size
+        ('lstm', 50, 4, 8)
+    """
+    cfg = ClassifierConfig() if cfg is None else cfg
+    rnn_params = params["rnn"]
+    table = params["embedding"]
+    name = _cell_name(rnn_params) or cfg.cell
+    if name is None:
+        raise ValueError(
+            f"params['rnn'] is a {type(rnn_params).__name__}, of no registered cell; "
+            "set ClassifierConfig.cell"
+        )
+    W_x = getattr(rnn_params, "W_x", None)
+    what = f"W_x {list(W_x.shape)}" if W_x is not None else type(rnn_params).__name__
+    label = _CELL_LABELS.get(name, name)
+    article = "an" if label == "LSTM" or label[0] in "AEIOU" else "a"
+    if cfg.cell is not None and cfg.cell != name:
+        raise ValueError(
+            f"params are {article} {label}'s ({what}) but the config says cell={cfg.cell!r}; "
+            "leave cell=None to take it from the params"
+        )
+    hidden = getattr(rnn_params, "hidden_size", None)
+    derived = {
+        "vocab_size": (int(table.shape[0]), f"embedding {list(table.shape)}"),
+        "embed_dim": (int(table.shape[1]), f"embedding {list(table.shape)}"),
+        "hidden_size": (
+            int(hidden if hidden is not None else params["W_o"].shape[0]),
+            f"W_o {list(params['W_o'].shape)}",
+        ),
+    }
+    for field, (value, source) in derived.items():
+        said = getattr(cfg, field)
+        if said is not None and said != value:
+            raise ValueError(
+                f"params have {field} {value} ({label}; {source}) but the config says "
+                f"{field}={said}; leave it None to take it from the params"
+            )
+    return dataclasses.replace(cfg, cell=name, **{k: v for k, (v, _) in derived.items()})
+
 
 def init_classifier(key: Array, cfg: ClassifierConfig, dtype: Any = jnp.float32) -> dict[str, Any]:
     """Parameters ``{"embedding": [V, E], "rnn": cell params, "W_o": [H, 1], "b_o": [1]}``.
 
     Embedding ~ U(-0.05, 0.05) and Dense glorot-uniform / zero bias, as Keras initialises them.
+    Fields of ``cfg`` left at ``None`` take ``CLASSIFIER_DEFAULTS``.
     """
+    cfg = cfg.with_defaults()
     k_e, k_r, k_o = jax.random.split(key, 3)
     cell_mod = cells.get(cfg.cell)
     return {
@@ -84,7 +171,8 @@ def classifier_logits(
     """Logit of the positive class for each sequence.
 
     Args:
-        cfg: model settings.
+        cfg: model settings; the cell and sizes come from ``params``
+            (:func:`classifier_config_of`).
         params: from :func:`init_classifier`.
         tokens: ``[B, T]`` int word ids (0 = padding).
         lengths: optional ``[B]`` true lengths of left-aligned (post-padded) sequences.
@@ -98,6 +186,7 @@ def classifier_logits(
     Returns:
         ``[B]`` logits; ``jax.nn.sigmoid`` of them is the probability of "positive".
     """
+    cfg = classifier_config_of(params, cfg)
     tokens = _checks.tokens(tokens, cfg.vocab_size)
     cell = cells.get(cfg.cell).cell
     if key is not None and (cfg.dropout or cfg.recurrent_dropout):
