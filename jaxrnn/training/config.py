@@ -167,12 +167,54 @@ class Config:
     model: Any
     optim: OptimConfig
     train: TrainConfig
+    # what the config is meant to reach, "METRIC OP VALUE" on the final evaluation, e.g.
+    # "test_accuracy >= 0.85": drawn on the curves, checked in summary.json
+    target: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-TOP_KEYS = ("task", "seed", "name", "data", "model", "optim", "train")
+TOP_KEYS = ("task", "seed", "name", "data", "model", "optim", "train", "target")
+TARGET_METRICS = {
+    "imdb": ("test_accuracy", "test_loss"),
+    "shakespeare": ("test_loss", "test_accuracy"),
+    "adding": ("test_mse", "test_loss"),
+}
+_TARGET_OPS = {">=": float.__ge__, "<=": float.__le__, ">": float.__gt__, "<": float.__lt__}
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A parsed ``target``: ``metric op value`` (e.g. ``test_accuracy >= 0.85``)."""
+
+    metric: str
+    op: str
+    value: float
+
+    def met(self, metrics: dict[str, float]) -> bool:
+        return _TARGET_OPS[self.op](float(metrics[self.metric]), self.value)
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.value:g}"
+
+
+def parse_target(text: str, task: str, where: str = "target") -> Target:
+    """``"test_accuracy >= 0.85"`` -> :class:`Target`; raises :class:`ConfigError` naming the
+    expected form and the metrics ``task`` reports."""
+    parts = str(text).split()
+    metrics = TARGET_METRICS[task]
+    ok = len(parts) == 3 and parts[0] in metrics and parts[1] in _TARGET_OPS
+    try:
+        value = float(parts[2]) if ok else math.nan
+    except ValueError:
+        value, ok = math.nan, False
+    if not ok or not math.isfinite(value):
+        raise ConfigError(
+            f"{where}: 'target' must be 'METRIC OP VALUE' with METRIC one of {list(metrics)} "
+            f"(task {task}) and OP one of {list(_TARGET_OPS)}; got {text!r}"
+        )
+    return Target(parts[0], parts[1], value)
 
 
 # --- validation ------------------------------------------------------------------------------
@@ -301,7 +343,10 @@ def from_dict(
         model=_build(model_cls, raw.get("model"), "model", source, origins),
         optim=_build(OptimConfig, raw.get("optim"), "optim", source, origins),
         train=_build(TrainConfig, raw.get("train"), "train", source, origins),
+        target=_check_value(raw.get("target"), str | None, "target", source),
     )
+    if cfg.target is not None:
+        parse_target(cfg.target, task, origins.get("target", source))
     _check_semantics(cfg, source, origins)
     return cfg
 

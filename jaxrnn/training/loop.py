@@ -46,7 +46,7 @@ from tqdm import tqdm
 from jaxrnn.training import data as data_lib
 from jaxrnn.training import host
 from jaxrnn.training.checkpoint import Checkpointer, CheckpointError, RunDirError, RunDirLock
-from jaxrnn.training.config import Config, ConfigError
+from jaxrnn.training.config import Config, ConfigError, Target, parse_target
 from jaxrnn.training.optim import make_optimizer, make_schedule
 from jaxrnn.training.tasks import Task, make_task, sample_text
 
@@ -257,14 +257,34 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
     return out
 
 
-def plot_metrics(records: list[dict], png_path: str | os.PathLike, title: str = "") -> None:
-    """Loss (and accuracy when recorded) against step, train and test, saved as a PNG."""
+# what each task's numbers are, for the plots' axes
+METRIC_LABELS = {
+    "imdb": {"loss": "loss (binary cross-entropy)", "accuracy": "accuracy"},
+    "shakespeare": {"loss": "loss (nats/char)", "accuracy": "next-character accuracy"},
+    "adding": {"loss": "MSE"},
+}
+
+
+def plot_metrics(
+    records: list[dict],
+    png_path: str | os.PathLike,
+    title: str = "",
+    *,
+    task: str | None = None,
+    target: Target | None = None,
+    steps_per_epoch: int | None = None,
+) -> None:
+    """Loss (and accuracy when recorded) against step, train and test, saved as a PNG; each
+    axis named by the task's metric, the target as a dashed line on its panel, and epoch
+    boundaries marked (when there are at most 20)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    labels = METRIC_LABELS.get(task or "", {})
     panels = ["loss"] + (["accuracy"] if any("accuracy" in r for r in records) else [])
     fig = Figure(figsize=(5.5 * len(panels), 4))
     FigureCanvasAgg(fig)
+    last = max((r["step"] for r in records if "step" in r), default=0)
     for i, name in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
         for split, style in (("train", "-"), ("test", "o-")):
@@ -272,8 +292,20 @@ def plot_metrics(records: list[dict], png_path: str | os.PathLike, title: str = 
             if pts:
                 xs, ys = zip(*pts, strict=True)
                 ax.plot(xs, ys, style, label=split, markersize=3)
-        ax.set_xlabel("step")
-        ax.set_ylabel(name)
+        if target is not None and target.metric in (
+            f"test_{name}",
+            "test_mse" if name == "loss" else "",
+        ):
+            ax.axhline(
+                target.value, color="k", ls="--", lw=1, label=f"target {target.op} {target.value:g}"
+            )
+        if steps_per_epoch and 1 < last / steps_per_epoch <= 20:
+            for e in range(1, int(last // steps_per_epoch) + 1):
+                ax.axvline(e * steps_per_epoch, color="0.6", lw=0.6, ls=":")
+            ax.set_xlabel(f"step (dotted: epochs of {steps_per_epoch} steps)")
+        else:
+            ax.set_xlabel("step")
+        ax.set_ylabel(labels.get(name, name))
         if name == "loss":
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
@@ -722,7 +754,11 @@ def _train(
                 cfg, task, params, dataset, jax.random.fold_in(key, n_steps)
             )
             (run_dir / "sample.txt").write_text(result.sample)
-        plot_metrics(read_metrics(metrics_log.path), run_dir / "curves.png", title=cfg.name)
+        target = parse_target(cfg.target, cfg.task) if cfg.target else None
+        plot_metrics(
+            read_metrics(metrics_log.path), run_dir / "curves.png", title=cfg.name,
+            task=cfg.task, target=target, steps_per_epoch=dataset.steps_per_epoch,
+        )  # fmt: skip
         summary = {
             "config": cfg.name,
             "steps": step,
@@ -730,6 +766,9 @@ def _train(
             "devices": dp.size,
             **result.metrics,
         }
+        if target is not None:
+            summary["target"] = str(target)
+            summary["target_met"] = target.metric in result.metrics and target.met(result.metrics)
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     log(f"run directory: {run_dir}")
     return result

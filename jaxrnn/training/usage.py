@@ -16,6 +16,8 @@ import re
 import textwrap
 import tokenize
 
+import yaml
+
 from jaxrnn.training import config as config_module
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[2] / "configs"
@@ -73,6 +75,15 @@ def config_keys() -> list[tuple[str, list[tuple[str, str, str, str]]]]:
                 ("task", "str", "(required)", " | ".join(c.TASK_SECTIONS)),
                 ("seed", "int", "0", "initialisation, batch order and dropout"),
                 ("name", "str", "the config file's stem", "names the default run directory"),
+                (
+                    "target",
+                    "str | None",
+                    "null",
+                    "what the run should reach on its final "
+                    "evaluation, 'METRIC OP VALUE' (e.g. test_accuracy >= 0.85; metrics: "
+                    + "; ".join(f"{t}: {', '.join(m)}" for t, m in c.TARGET_METRICS.items())
+                    + "), drawn on curves.png and checked in summary.json",
+                ),
             ],
         )
     ]
@@ -85,7 +96,8 @@ def config_keys() -> list[tuple[str, list[tuple[str, str, str, str]]]]:
 
 
 def shipped_configs(directory: pathlib.Path = CONFIG_DIR) -> list[tuple[str, str, str]]:
-    """``[(file, purpose, target), ...]`` from each config's header comment."""
+    """``[(file, purpose, target), ...]``: the purpose from each config's header comment (up to
+    its "Target:"), the target from its ``target`` key."""
     out = []
     for path in sorted(directory.glob("*.yaml")):
         header = []
@@ -94,9 +106,9 @@ def shipped_configs(directory: pathlib.Path = CONFIG_DIR) -> list[tuple[str, str
                 break
             header.append(line.lstrip("#").strip())
         text = " ".join(header)
-        target = re.search(r"Target:\s*(.*?)(?:\s*\(|\.\s|\.$|$)", text)
-        purpose = (text[: target.start()] if target else text).strip().rstrip(".")
-        out.append((path.name, purpose, target.group(1).strip() if target else ""))
+        purpose = text.split("Target:")[0].strip().rstrip(".")
+        target = (yaml.safe_load(path.read_text()) or {}).get("target") or ""
+        out.append((path.name, purpose, target))
     return out
 
 

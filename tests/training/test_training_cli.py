@@ -2,6 +2,7 @@
 --resume of the latest or a named run, the compile reported apart from the progress bar, and
 --help at once, listing every config key."""
 
+import json
 import pathlib
 import subprocess
 import sys
@@ -38,6 +39,9 @@ def test_the_same_command_twice_then_resume_the_latest_or_a_named_run(
     parent = tmp_path / "runs" / "adding_problem"
     first, second = sorted(parent.iterdir(), key=lambda p: p.stat().st_mtime_ns)
     assert _steps(first) == _steps(second) == [1, 2, 3]
+    summary = json.loads((first / "summary.json").read_text())  # the config's target, checked
+    assert summary["target"] == "test_mse < 0.01"
+    assert summary["target_met"] == (summary["test_mse"] < 0.01)
     # the directory is printed at the start and the end; the compile has its own line, before
     # any progress
     lines = first_err.splitlines()
@@ -99,7 +103,7 @@ def test_help_answers_without_importing_jax_and_lists_every_key():
     ).stdout  # fmt: skip
     seconds = time.perf_counter() - t0
     for text in ("model.cell_options", "optim.learning_rate", "train.keep_checkpoints",
-                 "imdb_simple_rnn.yaml", "target: test accuracy >= 0.85", "exit status:",
+                 "imdb_simple_rnn.yaml", "target: test_accuracy >= 0.85", "exit status:",
                  "--resume [RUN]"):  # fmt: skip
         assert text in out, text
     code = "import sys, runpy; sys.argv = ['train.py', '--help']\n"
