@@ -10,7 +10,8 @@ Modules:
     tasks: model + loss + metrics for each task.
     optim: optax optimizer and learning-rate schedule from the config.
     fixtures: small generated data in the real formats (tests, notebook).
-    checkpoint: orbax checkpoints (atomic), resume, corrupt-checkpoint errors.
+    checkpoint: orbax checkpoints (finite states only), resume, the run-directory lock.
+    runs: a trained run read back (config, task, parameters).
     loop: ``train_step``, evaluation, data parallelism, the training loop.
-    cli: the command line.
+    cli: the command line; usage: its generated help (configs, keys).
 """
