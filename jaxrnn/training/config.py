@@ -151,6 +151,11 @@ class TrainConfig:
     sample_prompt: str = "ROMEO:"
 
 
+@dataclasses.dataclass(frozen=True)
+class DiagnosticsConfig:
+    every: int = 0  # steps between ||dL/ds_t||-over-t records (grad_flow.png); 0 = off
+
+
 TASK_SECTIONS: dict[str, tuple[type, type]] = {
     "imdb": (ImdbData, ImdbModel),
     "shakespeare": (ShakespeareData, ShakespeareModel),
@@ -167,12 +172,13 @@ class Config:
     model: Any
     optim: OptimConfig
     train: TrainConfig
+    diagnostics: DiagnosticsConfig = DiagnosticsConfig()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-TOP_KEYS = ("task", "seed", "name", "data", "model", "optim", "train")
+TOP_KEYS = ("task", "seed", "name", "data", "model", "optim", "train", "diagnostics")
 
 
 # --- validation ------------------------------------------------------------------------------
@@ -301,6 +307,9 @@ def from_dict(
         model=_build(model_cls, raw.get("model"), "model", source, origins),
         optim=_build(OptimConfig, raw.get("optim"), "optim", source, origins),
         train=_build(TrainConfig, raw.get("train"), "train", source, origins),
+        diagnostics=_build(
+            DiagnosticsConfig, raw.get("diagnostics"), "diagnostics", source, origins
+        ),
     )
     _check_semantics(cfg, source, origins)
     return cfg
@@ -370,6 +379,7 @@ def _check_semantics(cfg: Config, where: str, origins: dict[str, str] | None = N
     for key, value in (
         ("train.eval_every", t.eval_every),
         ("optim.warmup_steps", cfg.optim.warmup_steps),
+        ("diagnostics.every", cfg.diagnostics.every),
     ):
         if value < 0:
             bad(f"{key!r} must be >= 0; got {value!r}", key)
