@@ -248,6 +248,7 @@ def analyze(
     batch: int = 32,
     out: str | pathlib.Path | None = None,
     lyapunov_k: int | None = None,
+    lyapunov_batch: int = 8,
     fixed_point_starts: int = 128,
     fixed_point_steps: int = 2000,
     progress: bool = True,
@@ -260,6 +261,8 @@ def analyze(
         batch: test sequences the curves and spectra are computed on.
         out: where to write; ``None``: ``run_dir/analysis``.
         lyapunov_k: exponents to compute; ``None``: all ``S`` when ``S <= 256``, else 32.
+        lyapunov_batch: the spectrum is computed on the first this many of the ``batch``
+            sequences (each step costs a QR of ``[S, k]`` per sequence).
         fixed_point_starts: classifiers: starts of :func:`jaxrnn.dynamics.fixed_points`, drawn
             from the states visited on the test batch.
         fixed_point_steps: Adam steps of the fixed-point search.
@@ -276,7 +279,11 @@ def analyze(
 
     from jaxrnn.training.runs import load_run
 
-    for name, value in (("batch", batch), ("fixed_point_starts", fixed_point_starts)):
+    for name, value in (
+        ("batch", batch),
+        ("lyapunov_batch", lyapunov_batch),
+        ("fixed_point_starts", fixed_point_starts),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"analyze: {name} must be an int >= 1; got {value!r}")
     run = load_run(run_dir, step)
@@ -322,10 +329,13 @@ def analyze(
     bar.set_postfix_str(stages[2])
     k = lyapunov_k if lyapunov_k is not None else (S if S <= 256 else 32)
     lyap = np.asarray(
-        jax.jit(lambda p, xs: dynamics.lyapunov_spectrum(rec.cell, p, xs, k=k))(rec.params, rec.xs)
-    )  # [B, k]
+        jax.jit(lambda p, xs: dynamics.lyapunov_spectrum(rec.cell, p, xs, k=k))(
+            rec.params, rec.xs[:lyapunov_batch]
+        )
+    )  # [min(B, lyapunov_batch), k]
     result["lyapunov"] = {
         "k": k,
+        "sequences": int(lyap.shape[0]),
         "per_step": "natural log",
         "mean": lyap.mean(axis=0).tolist(),
         "std": lyap.std(axis=0).tolist(),
@@ -451,7 +461,7 @@ def _plot_fixed_points(path: pathlib.Path, info: dict, result: dict) -> None:
     if len(points):
         p = (points - center) @ pcs.T
         ax1.scatter(p[:, 0], p[:, 1], s=12, c="C3", label="fixed points")
-    ax1.set_xlabel("PC 1 of the fixed points")
+    ax1.set_xlabel("PC 1 of the " + ("fixed points" if len(points) >= 2 else "visited states"))
     ax1.set_ylabel("PC 2")
     ax1.legend(fontsize=8)
     line = result["fixed_points"]["line"]
@@ -477,6 +487,10 @@ def _plot_fixed_points(path: pathlib.Path, info: dict, result: dict) -> None:
         ax3.set_ylabel("eigenvalue modulus")
         ax3.legend(fontsize=8)
         ax3.set_title(f"readout cosine with the line {float(la.readout_cosine):.3f}", fontsize=9)
+    else:
+        ax3.text(0.5, 0.5, f"{len(points)} distinct fixed point(s):\nno line to fit",
+                 ha="center", va="center", transform=ax3.transAxes)  # fmt: skip
+        ax3.set_axis_off()
     fig.suptitle(_title(result), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -503,6 +517,9 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="exponents to compute (default: all S when S <= 256, else 32)",
     )
+    p.add_argument(
+        "--lyapunov-batch", type=int, default=8, help="sequences the spectrum uses (default 8)"
+    )
     p.add_argument("--fixed-point-starts", type=int, default=128)
     p.add_argument("--fixed-point-steps", type=int, default=2000)
     p.add_argument("--no-progress", action="store_true")
@@ -517,6 +534,7 @@ def main(argv: list[str] | None = None) -> int:
             batch=args.batch,
             out=args.out,
             lyapunov_k=args.lyapunov_k,
+            lyapunov_batch=args.lyapunov_batch,
             fixed_point_starts=args.fixed_point_starts,
             fixed_point_steps=args.fixed_point_steps,
             progress=not args.no_progress,
