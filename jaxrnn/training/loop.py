@@ -537,6 +537,7 @@ def _train(
     latest = ckpt.latest_step()
     if resume and latest is not None:
         old_cfg = ckpt.read_meta(latest).get("config", {})
+        old_cfg.setdefault("diagnostics", {"every": 0})  # a run from before the section: off
         differ = config_changes(_comparable(old_cfg), _comparable(cfg_dict))
         if differ:
             raise CheckpointError(

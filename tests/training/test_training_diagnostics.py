@@ -85,3 +85,21 @@ def test_diagnostics_every_must_not_be_negative():
             {"task": "adding", "diagnostics": {"every": -1}, "train": {"steps": 1}},
             source="<test>",
         )
+
+
+def test_resuming_a_run_from_before_the_diagnostics_section_changes_nothing(tmp_path):
+    cut = _config(tmp_path, every=0, steps=3, name="old")
+    train(cut, stop_at_step=2, log=lambda s: None)
+    # the checkpoint's meta as versions without the diagnostics section wrote it
+    (meta,) = (tmp_path / "old" / "checkpoints" / "2").rglob("meta/metadata")
+    record = json.loads(meta.read_text())
+    del record["config"]["diagnostics"]
+    meta.write_text(json.dumps(record))
+    train(cut, resume=True, log=lambda s: None)
+    resumes = [
+        json.loads(ln) for ln in (tmp_path / "old" / "resumes.jsonl").read_text().splitlines()
+    ]
+    assert [(r["step"], r["changes"]) for r in resumes] == [(2, {})]
+    assert not [
+        r for r in read_metrics(tmp_path / "old" / "metrics.jsonl") if r["split"] == "resume"
+    ]
