@@ -156,3 +156,47 @@ def test_analyze_classifier_writes_fixed_points_that_are_fixed(tmp_path):
         np.testing.assert_allclose(F(jnp.asarray(s)), s, atol=1e-5)  # s = F(s, 0)
         want = np.sort(np.abs(np.linalg.eigvals(np.asarray(jax.jacfwd(F)(jnp.asarray(s))))))
         np.testing.assert_allclose(np.sort(np.abs(eig)), want, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "task, cell, layers",
+    [("imdb", "lstm", 1), ("imdb", "gru", 1), ("shakespeare", "gru", 2), ("adding", "simple", 1)],
+)
+def test_recurrence_reproduces_the_models_loss(task, cell, layers):
+    from jaxrnn import models
+    from jaxrnn.analyze import recurrence
+
+    B, T, key = 3, 7, jax.random.key(1)
+    k1, k2, k3 = jax.random.split(key, 3)
+    if task == "imdb":
+        cfg = models.ClassifierConfig(vocab_size=11, embed_dim=4, hidden_size=5, cell=cell)
+        params = models.init_classifier(k1, cfg, jnp.float64)
+        batch = {"tokens": jax.random.randint(k2, (B, T), 0, 11), "labels": jnp.array([0, 1, 1])}
+        mean_loss = models.classifier_loss(cfg, params, batch["tokens"], batch["labels"])
+    elif task == "shakespeare":
+        cfg = models.CharLMConfig(
+            vocab_size=9, embed_dim=4, hidden_size=5, cell=cell, num_layers=layers
+        )
+        params = models.init_char_lm(k1, cfg, jnp.float64)
+        batch = {"tokens": jax.random.randint(k2, (B, T + 1), 0, 9)}
+        mean_loss = models.char_lm_loss(cfg, params, batch["tokens"])
+    else:
+        cfg = models.RegressorConfig(hidden_size=5, cell=cell)
+        params = models.init_regressor(k1, cfg, jnp.float64)
+        batch = {"xs": jax.random.normal(k2, (B, T, 2)), "y": jax.random.normal(k3, (B,))}
+        err = models.regressor_predict(cfg, params, batch["xs"]) - batch["y"]
+        mean_loss = jnp.mean(err**2)
+    rec = recurrence(task, cfg, params, batch)
+    assert rec.xs.shape[:2] == (B, T)
+    carry0 = rec.cell.initial_carry(rec.params, (B,))
+    final, ys = jax.lax.scan(
+        lambda c, x: rec.cell(rec.params, c, x), carry0, jnp.swapaxes(rec.xs, 0, 1)
+    )
+    # the adapter's loss is the per-sequence losses summed: B times the model's batch mean
+    np.testing.assert_allclose(
+        rec.loss_fn(final, jnp.swapaxes(ys, 0, 1)), B * mean_loss, rtol=1e-10
+    )
+    if task == "imdb":  # the readout in the flat state's layout: an LSTM's c gets no weight
+        w = np.asarray(params["W_o"][:, 0])
+        want = np.concatenate([w, np.zeros(5)]) if cell == "lstm" else w
+        np.testing.assert_array_equal(rec.readout, want)
