@@ -151,6 +151,11 @@ class TrainConfig:
     sample_prompt: str = "ROMEO:"
 
 
+@dataclasses.dataclass(frozen=True)
+class DiagnosticsConfig:
+    every: int = 0  # steps between ||dL/ds_t||-over-t records (grad_flow.png); 0 = off
+
+
 TASK_SECTIONS: dict[str, tuple[type, type]] = {
     "imdb": (ImdbData, ImdbModel),
     "shakespeare": (ShakespeareData, ShakespeareModel),
@@ -170,12 +175,13 @@ class Config:
     # what the config is meant to reach, "METRIC OP VALUE" on the final evaluation, e.g.
     # "test_accuracy >= 0.85": drawn on the curves, checked in summary.json
     target: str | None = None
+    diagnostics: DiagnosticsConfig = DiagnosticsConfig()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-TOP_KEYS = ("task", "seed", "name", "data", "model", "optim", "train", "target")
+TOP_KEYS = ("task", "seed", "name", "data", "model", "optim", "train", "target", "diagnostics")
 TARGET_METRICS = {
     "imdb": ("test_accuracy", "test_loss"),
     "shakespeare": ("test_loss", "test_accuracy"),
@@ -344,6 +350,9 @@ def from_dict(
         optim=_build(OptimConfig, raw.get("optim"), "optim", source, origins),
         train=_build(TrainConfig, raw.get("train"), "train", source, origins),
         target=_check_value(raw.get("target"), str | None, "target", source),
+        diagnostics=_build(
+            DiagnosticsConfig, raw.get("diagnostics"), "diagnostics", source, origins
+        ),
     )
     if cfg.target is not None:
         parse_target(cfg.target, task, origins.get("target", source))
@@ -415,6 +424,7 @@ def _check_semantics(cfg: Config, where: str, origins: dict[str, str] | None = N
     for key, value in (
         ("train.eval_every", t.eval_every),
         ("optim.warmup_steps", cfg.optim.warmup_steps),
+        ("diagnostics.every", cfg.diagnostics.every),
     ):
         if value < 0:
             bad(f"{key!r} must be >= 0; got {value!r}", key)

@@ -569,6 +569,7 @@ def _train(
     latest = ckpt.latest_step()
     if resume and latest is not None:
         old_cfg = ckpt.read_meta(latest).get("config", {})
+        old_cfg.setdefault("diagnostics", {"every": 0})  # a run from before the section: off
         differ = config_changes(_comparable(old_cfg), _comparable(cfg_dict))
         if differ:
             raise CheckpointError(
@@ -609,6 +610,17 @@ def _train(
     if chief and not (resume and latest is not None):  # a resumed run keeps its first config
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
         metrics_log.reset()
+    # diagnostics.every: the full ||dL/ds_t|| curves, kept out of metrics.jsonl for its size
+    diag_log = MetricsLog(run_dir / "diagnostics.jsonl", enabled=chief)
+    if resume and latest is not None:
+        diag_log.truncate_after(start, log)
+    elif chief and diag_log.path.exists():
+        diag_log.reset()
+    diag_every = cfg.diagnostics.every
+    if diag_every:  # its own jitted function: the train step is the same with diagnostics off
+        from jaxrnn.analyze import grad_norm_curve, grad_norm_summary
+
+        diag_step = jax.jit(grad_norm_curve(cfg.task, task.model_cfg), compiler_options=xla)
 
     def save(step: int) -> None:
         ckpt.save(
@@ -681,6 +693,12 @@ def _train(
                     step,
                     parent_bad=False,
                 )
+            if diag_every and step % diag_every == 0:  # at the parameters this step updated
+                curve = np.asarray(jax.device_get(diag_step(params, batch)))  # [T]
+                metrics_log.write(
+                    {"step": step, "split": "diagnostics", "grad_norm_t": grad_norm_summary(curve)}
+                )
+                diag_log.write({"step": step, "grad_norm_t": curve.tolist()})
             params, opt_state = new_params, new_opt_state
             for k, v in m.items():
                 window[k] = window.get(k, 0.0) + float(v)
@@ -759,6 +777,12 @@ def _train(
             read_metrics(metrics_log.path), run_dir / "curves.png", title=cfg.name,
             task=cfg.task, target=target, steps_per_epoch=dataset.steps_per_epoch,
         )  # fmt: skip
+        if diag_log.path.exists():
+            from jaxrnn.analyze import plot_grad_flow_heatmap
+
+            plot_grad_flow_heatmap(
+                read_metrics(diag_log.path), run_dir / "grad_flow.png", title=cfg.name
+            )
         summary = {
             "config": cfg.name,
             "steps": step,

@@ -92,6 +92,7 @@ def config_keys() -> list[tuple[str, list[tuple[str, str, str, str]]]]:
         groups.append((f"task: {task}", rows))
     groups.append(("optim (every task)", _section_rows("optim", c.OptimConfig)))
     groups.append(("train (every task)", _section_rows("train", c.TrainConfig)))
+    groups.append(("diagnostics (every task)", _section_rows("diagnostics", c.DiagnosticsConfig)))
     return groups
 
 
