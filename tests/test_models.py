@@ -284,7 +284,7 @@ def test_classifier_with_recurrent_dropout_runs_scan_with_the_same_masks():
     "lengths, err, match",
     [
         (jnp.array([3.0, 2.0]), TypeError, "lengths must have an integer dtype; got float"),
-        (jnp.array([3, 2, 1]), ValueError, r"shape \[B\] = \[2\]; got shape \(3,\)"),
+        (jnp.array([3, 2, 1]), ValueError, r"shape \[2\] \(the batch shape\); got shape \[3\]"),
         (jnp.array([3, 7]), ValueError, r"\[0, T=6\]; got values in \[3, 7\]"),
     ],
 )
