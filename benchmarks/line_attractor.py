@@ -48,6 +48,7 @@ MODEL_KEYS = (
     "sampled_accuracy", "logit_check_max_abs_diff", "starts", "converged", "slow", "kept",
     "points", "pc1_share", "pc2_share", "states_variance_on_pc1", "states_variance_on_pc12",
     "leading_modulus", "second_modulus", "leading_time_constant_steps", "readout_cosine",
+    "readout_cosine_h", "line_h_share",
     "line_extent", "words", "positive_words_toward_positive", "negative_words_toward_negative",
     "seconds", "figures",
 )  # fmt: skip
@@ -247,6 +248,15 @@ def analyse(run_dir: str, args: argparse.Namespace) -> tuple[dict[str, Any], dic
         "second_modulus": _stats(second),
         "leading_time_constant_steps": _stats(tau),
         "readout_cosine": cosine,
+        # the readout sees h only: its cosine with the line's h block, and that block's weight
+        "readout_cosine_h": None
+        if cosine is None
+        else float(
+            abs(direction[:H] @ np.asarray(w_o))
+            / np.linalg.norm(direction[:H])
+            / np.linalg.norm(w_o)
+        ),
+        "line_h_share": None if cosine is None else float(np.sum(direction[:H] ** 2)),
         "line_extent": {
             "coordinate_range": float(np.ptp(coords)),
             "readout_logit_range": [
@@ -296,7 +306,7 @@ def figures(entry: dict[str, Any], arrays: dict[str, Any], out: pathlib.Path) ->
             ax.plot(traj @ d, traj @ e2, color=color, lw=0.6, alpha=0.5)
             ax.plot(traj[-1] @ d, traj[-1] @ e2, "o", color=color, ms=4)
     logit = pts @ readout + arrays["b_o"]
-    sc = ax.scatter((pts - c) @ d, (pts - c) @ e2, c=logit, cmap="coolwarm_r", s=10, zorder=3)
+    sc = ax.scatter((pts - c) @ d, (pts - c) @ e2, c=logit, cmap="RdYlGn", s=10, zorder=3)
     fig.colorbar(sc, ax=ax, label="readout logit at the fixed point")
     if entry["pc1_share"] is None:
         ax.set_xlabel("readout direction (one fixed point: no line)")
@@ -378,7 +388,13 @@ def markdown_tables(result: dict[str, Any]) -> str:
             lambda m: f"{_f(m['states_variance_on_pc1'])}, {_f(m['states_variance_on_pc12'])}"),
         row("leading \\|λ1\\|: median (min – max)", lambda m: rng3(m["leading_modulus"], 4)),
         row("second \\|λ2\\|: median (min – max)", lambda m: rng3(m["second_modulus"])),
+        row("slow mode's time constant −1/ln\\|λ1\\|, steps: median",
+            lambda m: "{:.0f}".format(m["leading_time_constant_steps"]["median"])),
         row("readout · line cosine", lambda m: _f(m["readout_cosine"])),
+        row("readout · line cosine, h block only (line's weight on h)",
+            lambda m: f"{_f(m['readout_cosine_h'])} ({_f(m['line_h_share'])})"),
+        row("readout logit at the points (min – max)",
+            lambda m: "{:.2f} – {:.2f}".format(*m["line_extent"]["readout_logit_range"])),
         row("positive words pushing to the positive end",
             lambda m: f"{_f(m['positive_words_toward_positive'], 2)}"),
         row("negative words pushing to the negative end",
