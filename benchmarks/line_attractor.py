@@ -306,7 +306,11 @@ def figures(entry: dict[str, Any], arrays: dict[str, Any], out: pathlib.Path) ->
             ax.plot(traj @ d, traj @ e2, color=color, lw=0.6, alpha=0.5)
             ax.plot(traj[-1] @ d, traj[-1] @ e2, "o", color=color, ms=4)
     logit = pts @ readout + arrays["b_o"]
-    sc = ax.scatter((pts - c) @ d, (pts - c) @ e2, c=logit, cmap="RdYlGn", s=10, zorder=3)
+    vmax = float(np.max(np.abs(logit)))  # symmetric: green is a positive logit, red negative
+    sc = ax.scatter(
+        (pts - c) @ d, (pts - c) @ e2, c=logit, cmap="RdYlGn", vmin=-vmax, vmax=vmax, s=10,
+        edgecolors="k", linewidths=0.3, zorder=3,
+    )  # fmt: skip
     fig.colorbar(sc, ax=ax, label="readout logit at the fixed point")
     if entry["pc1_share"] is None:
         ax.set_xlabel("readout direction (one fixed point: no line)")
