@@ -41,6 +41,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrnn import dynamics
+
 FORMAT = "jaxrnn.line_attractor/1"
 # the keys of one model's entry in the JSON, checked by the tests against the committed file
 MODEL_KEYS = (
@@ -63,12 +65,6 @@ def _stats(a: np.ndarray) -> dict[str, float]:
     return {"median": float(np.median(a)), "min": float(a.min()), "max": float(a.max())}
 
 
-def _flatten(carry: Any) -> jax.Array:
-    """A carry's leaves concatenated in ``jax.tree.leaves`` order: ``[..., S]`` (the layout of
-    :mod:`jaxrnn.dynamics`'s flat state, for real carries)."""
-    return jnp.concatenate(jax.tree.leaves(carry), axis=-1)
-
-
 def visited_states(cell, params, embedding, tokens, lengths):
     """The flat states after every step of every review.
 
@@ -80,14 +76,7 @@ def visited_states(cell, params, embedding, tokens, lengths):
         and ``final [B, S]``, the state after each review's last word.
     """
     xs = jnp.take(embedding, jnp.asarray(tokens), axis=0)  # [B, T, E]
-    h0 = cell.initial_carry(params, (tokens.shape[0],))
-
-    def step(carry, x):
-        carry, _ = cell(params, carry, x)
-        return carry, _flatten(carry)
-
-    _, states = jax.lax.scan(step, h0, jnp.swapaxes(xs, 0, 1))  # [T, B, S]
-    states = jnp.swapaxes(states, 0, 1)  # [B, T, S]
+    states = dynamics.visited_states(cell, params, xs)  # [B, T, S]
     final = states[jnp.arange(tokens.shape[0]), jnp.asarray(lengths) - 1]  # [B, S]
     return states, final
 
@@ -116,7 +105,7 @@ def word_log_odds(x_train, y_train, len_train, vocab_size: int, min_count: int):
 
 def analyse(run_dir: str, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     """One run's numbers (the JSON entry) and the arrays its figures need."""
-    from jaxrnn import cells, dynamics
+    from jaxrnn import cells
     from jaxrnn.training import data as data_lib
     from jaxrnn.training.runs import load_run
 

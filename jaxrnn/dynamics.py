@@ -119,6 +119,20 @@ def _states(F: Callable, s0: Array, xs: Array) -> Array:
     return jax.lax.scan(step, s0, xs)[1]
 
 
+def visited_states(cell: Cell, params: Any, xs: Any, h0: Any = None) -> Array:
+    """The flat state after every step, ``s_1 .. s_T`` (the carry's leaves concatenated).
+
+    Args:
+        cell, params, xs, h0: as in :func:`carry_grad_norms`.
+
+    Returns:
+        ``[B, T, S]`` (``[T, S]`` unbatched).
+    """
+    p = _prepare("dynamics.visited_states", cell, params, xs, h0)
+    F = _step_fn(cell, params, p.flat)
+    return p.out(jax.vmap(lambda s0, xs: _states(F, s0, xs), in_axes=(0, 1))(p.s0(), p.xs_tm))
+
+
 # --- gradient flow -----------------------------------------------------------------------------
 
 
@@ -672,6 +686,7 @@ __all__ = [
     "jacobian_product_norms",
     "line_attractor_summary",
     "lyapunov_spectrum",
+    "visited_states",
     "step_jacobians",
     "unflatten",
 ]

@@ -512,3 +512,20 @@ def test_line_attractor_errors_name_expected_and_received():
         dynamics.input_projections(cell, params, jnp.zeros((4, H)), jnp.zeros((2, D)), jnp.ones(2))
     with pytest.raises(ValueError, match=r"inputs must be \[M, D\]; got shape \(2,\)"):
         dynamics.input_projections(cell, params, jnp.zeros((4, H)), jnp.zeros(2), jnp.ones(H))
+
+
+def test_visited_states_are_the_lstm_carries_rnn_returns():
+    """``visited_states`` against ``rnn`` run one step longer each time: s_t = (h_t, c_t)."""
+    from jaxrnn import rnn
+
+    p = cells.lstm.init(jax.random.key(0), 3, 4, dtype=jnp.float64)
+    xs = jax.random.normal(jax.random.key(1), (2, 5, 3), jnp.float64)
+    got = dynamics.visited_states(cells.lstm.cell, p, xs)
+    assert got.shape == (2, 5, 8)
+    for t in range(5):
+        carry, _ = rnn(cells.lstm.cell, p, xs[:, : t + 1], backend="scan")
+        want = jnp.concatenate(jax.tree.leaves(carry), axis=-1)
+        np.testing.assert_allclose(got[:, t], want, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(
+        dynamics.visited_states(cells.lstm.cell, p, xs[1]), got[1], rtol=1e-12
+    )

@@ -217,18 +217,6 @@ def _test_batch(run: Any, size: int) -> dict:
     return batch
 
 
-def _visited(cell: Callable, params: Any, xs: Array) -> Any:
-    """Every carry the cell visits on ``xs [B, T, D]``: leaves ``[T * B, ...]``."""
-    carry0 = cell.initial_carry(params, xs.shape[:1])
-
-    def step(c, x):
-        c, _ = cell(params, c, x)
-        return c, c
-
-    _, cs = jax.lax.scan(step, carry0, jnp.swapaxes(xs, 0, 1))  # leaves [T, B, ...]
-    return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), cs)
-
-
 def _flat_rows(tree: Any) -> np.ndarray:
     """Carries with a leading axis -> ``[N, S]`` in :mod:`jaxrnn.dynamics`' layout (real
     leaves concatenated in order)."""
@@ -366,10 +354,11 @@ def analyze(
 
 def _fixed_point_stage(rec: Recurrence, n_starts: int, max_steps: int) -> dict:
     """Fixed points at zero input from states visited on the batch, and the line fit."""
-    visited = _visited(rec.cell, rec.params, rec.xs)  # leaves [T * B, ...]
-    n = jax.tree.leaves(visited)[0].shape[0]
+    states = dynamics.visited_states(rec.cell, rec.params, rec.xs)  # [B, T, S]
+    visited = jnp.swapaxes(states, 0, 1).reshape(-1, states.shape[-1])  # [T * B, S]
+    n = visited.shape[0]
     rows = np.random.default_rng(0).choice(n, size=min(n_starts, n), replace=False)
-    starts = jax.tree.map(lambda a: a[rows], visited)
+    starts = visited[rows]
     x0 = jnp.zeros(rec.xs.shape[-1:], rec.xs.dtype)
     fp = dynamics.fixed_points(rec.cell, rec.params, x0, starts, max_steps=max_steps)
     found = fp.unique(1e-5, converged_only=False)
