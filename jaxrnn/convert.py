@@ -230,8 +230,16 @@ class Converted:
         elif p["dense"][0][0].shape[1] != 1 or p["dense"][0][1] is None:
             why.append("Dense with 1 unit and a bias")
         if why:
+            got = [] if p["embedding"] is None else ["Embedding" + " (mask_zero)" * self.mask_zero]
+            for layer, lp in zip(self.layers, p["rnn"], strict=True):
+                bi = "Bidirectional " if isinstance(lp, BiParams) else ""
+                got.append(f"{bi}{layer.cell}(return_sequences={layer.return_sequences})")
+            for d, (W, _) in zip(self.dense, p["dense"], strict=True):
+                got.append(f"Dense({W.shape[1]}, activation={d.activation!r})")
             raise ValueError(
-                "classifier_params: models.classifier_logits's layout needs " + "; ".join(why)
+                "classifier_params: models.classifier_logits's layout needs "
+                + "; ".join(why)
+                + f"; got {', '.join(got)}"
             )
         ((W, b),) = p["dense"]
         return {"embedding": p["embedding"], "rnn": p["rnn"][0], "W_o": W, "b_o": b}
