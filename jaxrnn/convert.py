@@ -369,9 +369,12 @@ def _keras_chain(model: Any) -> list[Any]:
                 or (len(parents) == 1 and isinstance(parents[0], keras.layers.InputLayer))
             )
         if not ok:
+            want = "the model's input" if prev is None else repr(prev.name)
+            reads = "several calls" if parents is None else [p.name for p in parents]
             raise TypeError(
                 f"from_keras: layer {layer.name!r} ({type(layer).__name__}) does not read the "
-                "previous layer's output; only a chain of layers converts"
+                f"previous layer's output ({want}); it reads {reads}; only a chain of layers "
+                "converts"
             )
         prev = layer
     return layers
