@@ -286,7 +286,7 @@ def test_gru_bad_input_is_reported():
         cells.gru.cell(bad, h, jnp.ones((B, D)))
     with pytest.raises(
         ValueError,
-        match=r"activation must be one of \[.*'sigmoid'.*\] or a callable; got 'nope'",
+        match=r"recurrent_activation must be one of \[.*'sigmoid'.*\] or a callable; got 'nope'",
     ):
         cells.gru.init(jax.random.key(0), D, H, recurrent_activation="nope")
     with pytest.raises(ValueError, match="hidden_size must be a positive int; got 0"):
