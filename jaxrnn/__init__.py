@@ -62,9 +62,9 @@ _REPLACED = {
     "jaxrnn.gpu": "jaxrnn.gpu moved to jaxrnn.backends.gpu (rnn(..., backend='pallas'); its "
     "module settings are jaxrnn.backends.gpu.Config)",
     "jaxrnn.layer": "jaxrnn.layer is private now: use jaxrnn.rnn and jaxrnn.reverse_padded",
-    "jaxrnn.recurrent": "use `from jaxrnn import recurrent` (the module is private now)",
-    "jaxrnn.bidirectional": "use `from jaxrnn import bidirectional, BiParams` (the module is private now)",
-    "jaxrnn.stack": "use `from jaxrnn import stack, torch_state` (the module is private now)",
+    "jaxrnn.recurrent": "jaxrnn.recurrent: use `from jaxrnn import recurrent` (the module is private now)",
+    "jaxrnn.bidirectional": "jaxrnn.bidirectional: use `from jaxrnn import bidirectional, BiParams` (the module is private now)",
+    "jaxrnn.stack": "jaxrnn.stack: use `from jaxrnn import stack, torch_state` (the module is private now)",
     "jaxrnn.runtime": "jaxrnn.runtime moved to jaxrnn.training.host (process settings of train.py; "
     "the library needs none)",
 }

@@ -161,7 +161,9 @@ def recurrent(
 
     if not deterministic and (dropout or recurrent_dropout):
         if key is None:
-            raise ValueError(f"{where}: dropout with deterministic=False needs a PRNG key")
+            raise ValueError(
+                f"{where}: dropout with deterministic=False needs a PRNG key; got key=None"
+            )
         masks = rnn_dropout_masks(
             key, cell, D, int(carry_output(initial_carry).shape[-1]), (B,), dropout=dropout,
             recurrent_dropout=recurrent_dropout, per_gate=per_gate_masks, dtype=xs.dtype,

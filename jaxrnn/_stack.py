@@ -102,7 +102,7 @@ def stack(
     if initial_carries is not None and len(initial_carries) != L:
         raise ValueError(f"stack: got {len(initial_carries)} initial carries for {L} layers")
     if not deterministic and dropout and key is None:
-        raise ValueError("stack: dropout with deterministic=False needs a PRNG key")
+        raise ValueError("stack: dropout with deterministic=False needs a PRNG key; got key=None")
     active = not deterministic and bool(dropout)
 
     def drop(k, h, steps):

@@ -230,8 +230,16 @@ class Converted:
         elif p["dense"][0][0].shape[1] != 1 or p["dense"][0][1] is None:
             why.append("Dense with 1 unit and a bias")
         if why:
+            got = [] if p["embedding"] is None else ["Embedding" + " (mask_zero)" * self.mask_zero]
+            for layer, lp in zip(self.layers, p["rnn"], strict=True):
+                bi = "Bidirectional " if isinstance(lp, BiParams) else ""
+                got.append(f"{bi}{layer.cell}(return_sequences={layer.return_sequences})")
+            for d, (W, _) in zip(self.dense, p["dense"], strict=True):
+                got.append(f"Dense({W.shape[1]}, activation={d.activation!r})")
             raise ValueError(
-                "classifier_params: models.classifier_logits's layout needs " + "; ".join(why)
+                "classifier_params: models.classifier_logits's layout needs "
+                + "; ".join(why)
+                + f"; got {', '.join(got)}"
             )
         ((W, b),) = p["dense"]
         return {"embedding": p["embedding"], "rnn": p["rnn"][0], "W_o": W, "b_o": b}
@@ -361,9 +369,12 @@ def _keras_chain(model: Any) -> list[Any]:
                 or (len(parents) == 1 and isinstance(parents[0], keras.layers.InputLayer))
             )
         if not ok:
+            want = "the model's input" if prev is None else repr(prev.name)
+            reads = "several calls" if parents is None else [p.name for p in parents]
             raise TypeError(
                 f"from_keras: layer {layer.name!r} ({type(layer).__name__}) does not read the "
-                "previous layer's output; only a chain of layers converts"
+                f"previous layer's output ({want}); it reads {reads}; only a chain of layers "
+                "converts"
             )
         prev = layer
     return layers

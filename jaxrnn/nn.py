@@ -73,8 +73,12 @@ class RNN(nnx.Module):
         self.cell_name = cell_name
         cell_mod = cells.get(cell_name)
         if params is None:
-            if rngs is None or in_features is None or hidden_size is None:
-                raise ValueError("RNN needs in_features, hidden_size and rngs, or params=")
+            given = {"in_features": in_features, "hidden_size": hidden_size, "rngs": rngs}
+            missing = [k for k, v in given.items() if v is None]
+            if missing:
+                raise ValueError(
+                    f"RNN needs in_features, hidden_size and rngs, or params=; missing {missing}"
+                )
             params = cell_mod.init(rngs.params(), in_features, hidden_size, **cell_options)
         elif cell_options:
             raise ValueError(f"cell options {sorted(cell_options)} are fixed by params=; drop them")

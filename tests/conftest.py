@@ -4,6 +4,8 @@ float64 is switched on so that gradient checks can be tight (1e-8); tests that
 want float32 ask for it explicitly.
 """
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +19,18 @@ jax.config.update("jax_enable_x64", True)
 # the Pallas kernels run on the CPU through Pallas's interpreter, every cell's kernels on
 ALL_GPU = gpu.Config(interpret=True, cells=frozenset({"simple", "lstm", "gru"}))
 BACKENDS = ["scan", "xla", "native", "pallas"]
+
+
+@contextlib.contextmanager
+def raises_naming(exc: type[BaseException], *parts: str):
+    """``pytest.raises(exc)`` whose message contains each of ``parts`` verbatim: the expected
+    value and the received one (or the identifying value: a path, a pid), so a message that
+    loses either fails the test."""
+    with pytest.raises(exc) as info:
+        yield info
+    message = str(info.value)
+    missing = [p for p in parts if p not in message]
+    assert not missing, f"{missing} not in the {exc.__name__} message: {message!r}"
 
 
 @pytest.fixture

@@ -437,7 +437,7 @@ def test_errors_name_expected_and_received():
         dynamics.carry_grad_norms(lambda c, ys: c[:, 0], cell, params, jnp.zeros((2, 5, D)))
     with pytest.raises(ValueError, match=r"batch size 2.*got a leaf of shape \(3, 3\)"):
         dynamics.carry_grad_norms(loss, cell, params, jnp.zeros((2, 5, D)), jnp.zeros((3, H)))
-    with pytest.raises(ValueError, match="needs cell.initial_carry"):
+    with pytest.raises(ValueError, match="needs cell.initial_carry, which 'pair_cell' does not"):
         dynamics.jacobian_product_norms(pair_cell, init_pair(jax.random.key(0)), jnp.zeros((5, D)))
     with pytest.raises(ValueError, match=r"x must be one input \[D\].*got shape \(2, 2\)"):
         dynamics.fixed_points(cell, params, jnp.zeros((2, D)), jnp.zeros((4, H)))

@@ -64,7 +64,9 @@ def test_integer_inputs(p, jit):
 def test_lengths_out_of_range(p):
     with pytest.raises(ValueError, match=r"lengths must lie in \[0, T=7\]; got values in \[0, 8\]"):
         rnn(cells.simple.cell, p, _f32(2, 7, D), lengths=jnp.array([8, 0]))
-    with pytest.raises(ValueError, match=r"got values in \[-1, 3\]"):
+    with pytest.raises(
+        ValueError, match=r"lengths must lie in \[0, T=7\]; got values in \[-1, 3\]"
+    ):
         rnn(cells.simple.cell, p, _f32(2, 7, D), lengths=np.array([-1, 3]))
 
 
@@ -84,18 +86,27 @@ def test_lengths_wrong_shape_or_dtype(p, jit):
 
 
 def test_dtype_mismatch_between_xs_and_params(p):
-    with pytest.raises(TypeError, match=r"xs is float64: give xs and h0 the parameters' dtype"):
+    # expected: the parameters' float32 (the carry's dtype); received: float64 xs
+    with pytest.raises(
+        TypeError,
+        match=r"dtype\('float32'\)\).*xs is float64: give xs and h0 the parameters' dtype",
+    ):
         rnn(cells.simple.cell, p, jnp.ones((2, 7, D), jnp.float64))
 
 
 def test_bad_init_arguments(key):
-    with pytest.raises(ValueError, match=r"activation must be one of .* got 'tanhh'"):
+    with pytest.raises(
+        ValueError, match=r"activation must be one of \[.*'tanh'.*\] or a callable; got 'tanhh'"
+    ):
         cells.simple.init(key, D, H, "tanhh")
     with pytest.raises(ValueError, match=r"hidden_size must be a positive int; got 0"):
         cells.simple.init(key, D, 0)
-    with pytest.raises(ValueError, match=r"recurrent_initializer must be one of .* got 'eye'"):
+    with pytest.raises(
+        ValueError,
+        match=r"recurrent_initializer must be one of \[.*'identity'.*'orthogonal'.*got 'eye'",
+    ):
         cells.simple.init(key, D, H, recurrent_initializer="eye")
-    with pytest.raises(ValueError, match=r"unroll must be a positive int"):
+    with pytest.raises(ValueError, match=r"unroll must be a positive int or a bool; got 0"):
         rnn(cells.simple.cell, cells.simple.init(key, D, H), _f32(2, 7, D), unroll=0)
 
 

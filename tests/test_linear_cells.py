@@ -361,7 +361,10 @@ def test_registered_and_run_by_rnn_auto_on_scan(name):
     assert backends.select(mod.cell, p, xs).name == "scan"
     assert "no split" in backends.explain(mod.cell, p, xs)
     _close(rnn(mod.cell, p, xs, backend="auto"), rnn(mod.cell, p, xs, backend="scan"))
-    with pytest.raises(ValueError, match="backend 'xla' cannot run this call"):
+    with pytest.raises(
+        ValueError,
+        match=f"backend 'xla' cannot run this call: {name} has no split .*; use 'scan' or 'auto'",
+    ):
         rnn(mod.cell, p, xs, backend="xla")
 
 

@@ -275,7 +275,9 @@ def test_classifier_with_recurrent_dropout_runs_scan_with_the_same_masks():
     assert_trees_close(got, models.classifier_logits(scan, params, tokens, jnp.array([6, 2]), key=k),
                        rtol=1e-12, atol=1e-12)  # fmt: skip
     with pytest.raises(
-        ValueError, match="backend 'xla' cannot run this call: a recurrent dropout mask"
+        ValueError,
+        match=r"backend 'xla' cannot run this call: a recurrent dropout mask \(h_mask\) acts inside "
+        r"the recurrence; use 'scan' or 'auto'",
     ):
         models.classifier_logits(dataclasses.replace(cfg, backend="xla"), params, tokens, key=k)
 
@@ -283,9 +285,13 @@ def test_classifier_with_recurrent_dropout_runs_scan_with_the_same_masks():
 @pytest.mark.parametrize(
     "lengths, err, match",
     [
-        (jnp.array([3.0, 2.0]), TypeError, "lengths must have an integer dtype; got float"),
-        (jnp.array([3, 2, 1]), ValueError, r"shape \[2\] \(the batch shape\); got shape \[3\]"),
-        (jnp.array([3, 7]), ValueError, r"\[0, T=6\]; got values in \[3, 7\]"),
+        (jnp.array([3.0, 2.0]), TypeError, "lengths must have an integer dtype; got float64"),
+        (
+            jnp.array([3, 2, 1]),
+            ValueError,
+            r"lengths must have shape \[2\] \(the batch shape\); got shape \[3\]",
+        ),
+        (jnp.array([3, 7]), ValueError, r"lengths must lie in \[0, T=6\]; got values in \[3, 7\]"),
     ],
 )
 def test_classifier_bad_lengths_are_reported(lengths, err, match):

@@ -175,7 +175,7 @@ def test_linear_scan_bad_input_names_expected_and_received():
         parallel.linear_scan(b, b, jnp.zeros(3))
     with pytest.raises(ValueError, match=r"lengths must have shape \[2\] .*; got shape \[3\]"):
         parallel.linear_scan(b, b, lengths=np.array([1, 2, 3]))
-    with pytest.raises(TypeError, match="lengths must have an integer dtype; got float"):
+    with pytest.raises(TypeError, match="lengths must have an integer dtype; got float64"):
         parallel.linear_scan(b, b, lengths=np.array([1.0, 2.0]))
     with pytest.raises(ValueError, match=r"lengths must lie in \[0, T=5\]; got values in \[1, 9\]"):
         parallel.linear_scan(b, b, lengths=np.array([1, 9]))

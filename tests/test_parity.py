@@ -215,7 +215,9 @@ def test_round_trip_torch(kind, opts):
         kw["nonlinearity"] = p.activation
     module = getattr(torch.nn, pc.TORCH_MODULES[kind])(pc.D, pc.H, **kw)
     if kind == "gru" and not p.reset_after:
-        with pytest.raises(ValueError, match="reset_after=True"):
+        with pytest.raises(
+            ValueError, match="GRU is reset_after=True; params have reset_after=False"
+        ):
             convert.to_torch([p], module)
         return
     back = convert.from_torch(convert.to_torch([p], module))
@@ -235,7 +237,9 @@ def test_round_trip_torch(kind, opts):
 def test_round_trip_flax(kind, opts):
     p = _random_params(kind, opts)
     if kind == "gru" and not p.reset_after:
-        with pytest.raises(ValueError, match="reset_after=True"):
+        with pytest.raises(
+            ValueError, match="GRUCell is reset_after=True; params have reset_after=False"
+        ):
             convert.to_flax(p)
         return
     back = convert.from_flax(convert.to_flax(p), activation=p.activation)
@@ -252,18 +256,20 @@ def test_round_trip_flax(kind, opts):
 def test_conversion_refuses_what_is_not_exact():
     torch = _torch()
     p = _random_params("lstm", {"recurrent_activation": "hard_sigmoid"})
-    with pytest.raises(ValueError, match="tanh/sigmoid"):
+    with pytest.raises(
+        ValueError, match="LSTM is fixed to tanh/sigmoid; params have 'tanh'/'hard_sigmoid'"
+    ):
         convert.to_torch([p], torch.nn.LSTM(pc.D, pc.H))
-    with pytest.raises(ValueError, match="layers"):
+    with pytest.raises(ValueError, match="module has 1 layers; got 2"):
         convert.to_torch([_random_params("lstm", {})] * 2, torch.nn.LSTM(pc.D, pc.H))
     with pytest.raises(ValueError, match="module is gru; params are lstm"):
         convert.to_torch([_random_params("lstm", {})], torch.nn.GRU(pc.D, pc.H))
-    with pytest.raises(ValueError, match="biases"):
+    with pytest.raises(ValueError, match="Flax's cells always have biases; params have none"):
         convert.to_flax(_random_params("lstm", {"use_bias": False}))
     keras = _keras()
     layer = keras.layers.GRU(pc.H, reset_after=False)
     layer.build((None, None, pc.D))
-    with pytest.raises(ValueError, match="reset_after differs"):
+    with pytest.raises(ValueError, match="reset_after differs: layer False, params True"):
         convert.to_keras(_random_params("gru", {}), layer)
 
 

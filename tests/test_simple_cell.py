@@ -68,5 +68,7 @@ def test_initial_carry(key):
 
 def test_registry():
     assert cells.get("simple") is cells.simple
-    with pytest.raises(ValueError, match="unknown cell 'nope'"):
+    with pytest.raises(
+        ValueError, match=r"unknown cell 'nope'; expected one of \[.*'lstm'.*'simple'\]"
+    ):
         cells.get("nope")

@@ -155,7 +155,7 @@ def hoisting(cell: Callable, params: Any) -> tuple[Hoisted | None, str]:
     fn, keywords = unwrapped
     split = getattr(fn, "split", None)
     if split is None:
-        name = getattr(fn, "__name__", repr(fn))
+        name = getattr(fn, "cell_name", getattr(fn, "__name__", repr(fn)))
         return None, f"{name} has no split (only cells written as a Split can be hoisted)"
     extra = set(keywords) - {"x_mask", "h_mask"}
     if extra:

@@ -85,7 +85,9 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 }
 
 
-def resolve_activation(activation: Activation) -> Callable[[Array], Array]:
+def resolve_activation(
+    activation: Activation, what: str = "activation"
+) -> Callable[[Array], Array]:
     """Returns the function for an activation given by name or as a callable."""
     if callable(activation):
         return activation
@@ -93,13 +95,14 @@ def resolve_activation(activation: Activation) -> Callable[[Array], Array]:
         return ACTIVATIONS[activation]
     except (KeyError, TypeError):
         raise ValueError(
-            f"activation must be one of {sorted(ACTIVATIONS)} or a callable; got {activation!r}"
+            f"{what} must be one of {sorted(ACTIVATIONS)} or a callable; got {activation!r}"
         ) from None
 
 
-def check_activation(activation: Activation) -> Activation:
-    """Validates an activation option at init time and returns it unchanged."""
-    resolve_activation(activation)
+def check_activation(activation: Activation, what: str = "activation") -> Activation:
+    """Validates an activation option (named ``what`` in the error) at init time and returns
+    it unchanged."""
+    resolve_activation(activation, what)
     return activation
 
 

@@ -121,7 +121,7 @@ def init(
     """
     _common.check_sizes(input_size, hidden_size)
     _common.check_activation(activation)
-    _common.check_activation(recurrent_activation)
+    _common.check_activation(recurrent_activation, "recurrent_activation")
     if not isinstance(reset_after, bool):
         raise TypeError(f"reset_after must be a bool; got {reset_after!r}")
     H = hidden_size

@@ -133,7 +133,7 @@ def init(
     """
     _common.check_sizes(input_size, hidden_size)
     _common.check_activation(activation)
-    _common.check_activation(recurrent_activation)
+    _common.check_activation(recurrent_activation, "recurrent_activation")
     H = hidden_size
     k_x, k_h, k_b = jax.random.split(key, 3)
     W_x = _common.resolve_initializer(kernel_initializer, "kernel_initializer")(

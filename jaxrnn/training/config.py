@@ -401,7 +401,8 @@ def _check_semantics(cfg: Config, where: str, origins: dict[str, str] | None = N
             bad(f"{key!r} must be one of {list(allowed)}; got {value!r}", key)
     t = cfg.train
     if (t.steps is None) == (t.epochs is None):
-        bad("give exactly one of 'train.steps' and 'train.epochs'")
+        got = "neither" if t.steps is None else f"both ({t.steps!r} and {t.epochs!r})"
+        bad(f"give exactly one of 'train.steps' and 'train.epochs'; got {got}")
     positive = {
         "train.steps": t.steps,
         "train.epochs": t.epochs,

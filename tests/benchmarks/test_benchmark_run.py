@@ -37,7 +37,9 @@ def test_host_settings_where_asked_for(host_env, fw):
 
 
 def test_unknown_host_env_is_an_error():
-    with pytest.raises(ValueError, match="host_env"):
+    with pytest.raises(
+        ValueError, match=r"host_env must be one of \('default', 'tuned'\); got 'jaxrnn'"
+    ):
         run.worker_env("jaxrnn", "jaxrnn", {})
 
 
@@ -83,7 +85,9 @@ def test_jaxrnn_rows_name_their_backends():
     b = frameworks.jaxrnn_backend("jaxrnn-pallas-reread")
     assert isinstance(b, backends.Backend) and b.name == "pallas" and b.gpu.hold is False
     assert set(frameworks.JAXRNN_ROWS) <= set(frameworks.FRAMEWORKS)
-    with pytest.raises(ValueError, match="unknown framework"):
+    with pytest.raises(
+        ValueError, match=r"unknown framework 'jaxrnn-fast'; expected one of \[.*'jaxrnn'.*\]"
+    ):
         frameworks.build("jaxrnn-fast", TINY, "cpu")
 
 

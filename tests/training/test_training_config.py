@@ -31,47 +31,104 @@ GOOD = "task: adding\ntrain:\n  steps: 10\n"
     "text, overrides, must_contain",
     [
         # unknown keys, at every level
-        ("task: adding\ntrain: {steps: 10}\nfoo: 1\n", [], ["unknown key 'foo'", "bad.yaml"]),
-        ("task: adding\ntrain: {steps: 10, stepz: 3}\n", [], ["'train.stepz'", "bad.yaml"]),
-        ("task: adding\ntrain: {steps: 10}\ndata: {maxlen: 3}\n", [], ["'data.maxlen'"]),
-        (GOOD, ["optim.lr=0.1"], ["'optim.lr'", "--set optim.lr=0.1"]),
+        (
+            "task: adding\ntrain: {steps: 10}\nfoo: 1\n",
+            [],
+            ["unknown key 'foo'; expected one of ['data', ", "bad.yaml"],
+        ),
+        (
+            "task: adding\ntrain: {steps: 10, stepz: 3}\n",
+            [],
+            ["'train.stepz'; expected one of [", "'steps']", "bad.yaml"],
+        ),
+        (
+            "task: adding\ntrain: {steps: 10}\ndata: {maxlen: 3}\n",
+            [],
+            ["'data.maxlen'; expected one of ['T', 'test_seed', 'test_size']"],
+        ),
+        (GOOD, ["optim.lr=0.1"], ["'optim.lr'", "'learning_rate'", "--set optim.lr=0.1"]),
         # wrong types
         ("task: adding\ntrain: {steps: ten}\n", [], ["'train.steps' must be int", "'ten'"]),
-        ("task: adding\ntrain: {steps: 10.5}\n", [], ["'train.steps' must be int"]),
-        ("task: adding\ntrain: {steps: true}\n", [], ["'train.steps' must be int"]),
-        ("task: adding\ntrain: {steps: 10, progress: 1}\n", [], ["'train.progress' must be bool"]),
+        ("task: adding\ntrain: {steps: 10.5}\n", [], ["'train.steps' must be int; got 10.5"]),
+        ("task: adding\ntrain: {steps: true}\n", [], ["'train.steps' must be int; got True"]),
+        (
+            "task: adding\ntrain: {steps: 10, progress: 1}\n",
+            [],
+            ["'train.progress' must be bool; got 1 (int)"],
+        ),
         (
             "task: adding\ntrain: {steps: 10}\nmodel: {cell_options: 3}\n",
             [],
-            ["'model.cell_options'"],
+            ["'model.cell_options' must be a mapping of names to values; got 3"],
         ),
         (GOOD, ["optim.learning_rate=fast"], ["'optim.learning_rate' must be float", "--set"]),
-        ("task: adding\ntrain: {steps: 10}\noptim: [1, 2]\n", [], ["section 'optim'"]),
+        (
+            "task: adding\ntrain: {steps: 10}\noptim: [1, 2]\n",
+            [],
+            ["section 'optim' must be a mapping; got [1, 2]"],
+        ),
         # missing values
-        ("task: adding\ntrain:\n  steps:\n", [], ["give exactly one of 'train.steps'"]),
+        (
+            "task: adding\ntrain:\n  steps:\n",
+            [],
+            ["give exactly one of 'train.steps' and 'train.epochs'; got neither"],
+        ),
+        (
+            "task: adding\ntrain: {steps: 10, epochs: 2}\n",
+            [],
+            ["give exactly one of 'train.steps' and 'train.epochs'; got both (10 and 2.0)"],
+        ),
         (
             "task: adding\ntrain: {steps: 10}\noptim:\n  learning_rate:\n",
             [],
-            ["missing value for 'optim.learning_rate'", "bad.yaml"],
+            ["missing value for 'optim.learning_rate' (expected float)", "bad.yaml"],
         ),
-        ("train: {steps: 10}\n", [], ["missing value for 'task'", "bad.yaml"]),
-        ("task:\n", [], ["missing value for 'task'"]),
+        (
+            "train: {steps: 10}\n",
+            [],
+            ["missing value for 'task' (expected one of ['adding'", "bad.yaml"],
+        ),
+        ("task:\n", [], ["missing value for 'task' (expected one of ['adding'"]),
         # values outside their choices
-        ("task: cifar\n", [], ["'task' must be one of"]),
-        ("task: adding\ntrain: {steps: 10}\noptim: {name: lion}\n", [], ["'optim.name'", "lion"]),
-        ("task: imdb\ntrain: {steps: 10}\ndata: {padding: middle}\n", [], ["'data.padding'"]),
+        (
+            "task: cifar\n",
+            [],
+            ["'task' must be one of ['adding', 'imdb', 'shakespeare']; got 'cifar'"],
+        ),
+        (
+            "task: adding\ntrain: {steps: 10}\noptim: {name: lion}\n",
+            [],
+            ["'optim.name' must be one of ['adam', ", "; got 'lion'"],
+        ),
+        (
+            "task: imdb\ntrain: {steps: 10}\ndata: {padding: middle}\n",
+            [],
+            ["'data.padding' must be one of ['pre', 'post']; got 'middle'"],
+        ),
         (
             "task: imdb\ntrain: {steps: 10}\nmodel: {recurrent_dropout: 1.0}\n",
             [],
             ["'model.recurrent_dropout' must be in [0, 1)", "1.0", "bad.yaml"],
         ),
-        ("task: adding\ntrain: {steps: 10}\nmodel: {dropout: 0.1}\n", [], ["'model.dropout'"]),
-        (GOOD, ["model.remat=log"], ["'model.remat' must be a positive int, 'sqrt' or null"]),
+        (
+            "task: adding\ntrain: {steps: 10}\nmodel: {dropout: 0.1}\n",
+            [],
+            ["'model.dropout'; expected one of ['backend', "],
+        ),
+        (
+            GOOD,
+            ["model.remat=log"],
+            ["'model.remat' must be a positive int, 'sqrt' or null; got 'log'"],
+        ),
         # a key older configs had names what replaced it
         (GOOD, ["model.fast=true"], ["'model.fast' was replaced", "'model.backend'", "--set"]),
-        (GOOD, ["model.backend=fast"], ["'model.backend' must be one of", "'fast'"]),
-        (GOOD, ["model.remat=0"], ["'model.remat'", "got 0"]),
-        (GOOD, ["model.remat=2.5"], ["'model.remat' must be int"]),
+        (
+            GOOD,
+            ["model.backend=fast"],
+            ["'model.backend' must be one of ['auto', 'scan', ", "; got 'fast'"],
+        ),
+        (GOOD, ["model.remat=0"], ["'model.remat' must be a positive int, 'sqrt' or null; got 0"]),
+        (GOOD, ["model.remat=2.5"], ["'model.remat' must be int; got 2.5"]),
         (
             "task: shakespeare\ntrain: {steps: 10}\nmodel: {num_layers: 0}\n",
             [],
@@ -80,25 +137,65 @@ GOOD = "task: adding\ntrain:\n  steps: 10\n"
         (
             "task: shakespeare\ntrain: {steps: 10}\nmodel: {dropout: 1.5}\n",
             [],
-            ["'model.dropout' must be in [0, 1)"],
+            ["'model.dropout' must be in [0, 1); got 1.5"],
         ),
-        ("task: adding\ntrain: {steps: 10}\nmodel: {num_layers: 2}\n", [], ["'model.num_layers'"]),
+        (
+            "task: adding\ntrain: {steps: 10}\nmodel: {num_layers: 2}\n",
+            [],
+            ["'model.num_layers'; expected one of ['backend', "],
+        ),
         (
             "task: adding\ntrain: {steps: 10, batch_size: 0}\n",
             [],
             ["'train.batch_size' must be a finite number > 0; got 0", "bad.yaml"],
         ),
         # a value from --set is blamed on the --set item, not on the file
-        (GOOD, ["train.batch_size=0"], ["--set train.batch_size=0", "'train.batch_size'"]),
-        (GOOD, ["train.steps=0"], ["--set train.steps=0", "'train.steps'", "got 0"]),
-        ("task: adding\ntrain: {steps: -5}\n", [], ["'train.steps'", "got -5", "bad.yaml"]),
-        ("task: adding\ntrain: {epochs: 0}\n", [], ["'train.epochs'", "got 0.0", "bad.yaml"]),
-        (GOOD, ["data.T=0"], ["--set data.T=0", "'data.T' must be a finite number > 0"]),
-        ("task: adding\ntrain: {steps: 10}\ndata: {T: -3}\n", [], ["'data.T'", "got -3"]),
-        (GOOD, ["optim.learning_rate=.nan"], ["--set optim.learning_rate=.nan", "got nan"]),
-        (GOOD, ["optim.learning_rate=.inf"], ["'optim.learning_rate'", "got inf"]),
-        (GOOD, ["optim.learning_rate=-1e-3"], ["'optim.learning_rate'", "got -0.001"]),
-        (GOOD, ["train.keep_checkpoints=0"], ["'train.keep_checkpoints'", "got 0"]),
+        (
+            GOOD,
+            ["train.batch_size=0"],
+            ["--set train.batch_size=0", "'train.batch_size' must be a finite number > 0; got 0"],
+        ),
+        (
+            GOOD,
+            ["train.steps=0"],
+            ["--set train.steps=0", "'train.steps' must be a finite number > 0; got 0"],
+        ),
+        (
+            "task: adding\ntrain: {steps: -5}\n",
+            [],
+            ["'train.steps' must be a finite number > 0; got -5", "bad.yaml"],
+        ),
+        (
+            "task: adding\ntrain: {epochs: 0}\n",
+            [],
+            ["'train.epochs' must be a finite number > 0; got 0.0", "bad.yaml"],
+        ),
+        (GOOD, ["data.T=0"], ["--set data.T=0", "'data.T' must be a finite number > 0; got 0"]),
+        (
+            "task: adding\ntrain: {steps: 10}\ndata: {T: -3}\n",
+            [],
+            ["'data.T' must be a finite number > 0; got -3"],
+        ),
+        (
+            GOOD,
+            ["optim.learning_rate=.nan"],
+            ["--set optim.learning_rate=.nan", "must be a finite number > 0; got nan"],
+        ),
+        (
+            GOOD,
+            ["optim.learning_rate=.inf"],
+            ["'optim.learning_rate' must be a finite number > 0; got inf"],
+        ),
+        (
+            GOOD,
+            ["optim.learning_rate=-1e-3"],
+            ["'optim.learning_rate' must be a finite number > 0; got -0.001"],
+        ),
+        (
+            GOOD,
+            ["train.keep_checkpoints=0"],
+            ["'train.keep_checkpoints' must be a finite number > 0; got 0"],
+        ),
         # a typo inside cell_options names the key and the cell's keyword arguments
         (
             GOOD,
@@ -116,9 +213,13 @@ GOOD = "task: adding\ntrain:\n  steps: 10\n"
             ["'model.cell_options.reset_afer'", "'reset_after'", "bad.yaml"],
         ),
         (GOOD, ["model.cell=rnn"], ["--set model.cell=rnn", "'rnn'", "'simple'"]),
-        ("- just\n- a list\n", [], ["bad.yaml", "mapping"]),
-        ("task: [unclosed\n", [], ["bad.yaml", "not valid YAML"]),
-        (GOOD, ["novalue"], ["--set novalue", "key=value"]),
+        (
+            "- just\n- a list\n",
+            [],
+            ["bad.yaml", "must be a mapping of sections; got ['just', 'a list']"],
+        ),
+        ("task: [unclosed\n", [], ["bad.yaml", "not valid YAML", "line 1, column 7"]),
+        (GOOD, ["novalue"], ["--set novalue: expected key=value"]),
     ],
 )
 def test_bad_config_names_key_and_source(tmp_path, text, overrides, must_contain):

@@ -9,6 +9,7 @@ import tarfile
 
 import numpy as np
 import pytest
+from conftest import raises_naming
 
 from jaxrnn.training import data
 from jaxrnn.training.config import from_dict
@@ -130,14 +131,18 @@ def test_directory_equals_archive_and_cache(tmp_path, monkeypatch):
 
 def test_missing_and_bad_archives(tmp_path):
     cfg = _imdb_cfg(tmp_path / "nowhere.tar.gz", tmp_path)
-    with pytest.raises(FileNotFoundError, match="aclImdb_v1.tar.gz.*data.path"):
+    with raises_naming(
+        FileNotFoundError,
+        f"not found at data.path='{tmp_path / 'nowhere.tar.gz'}'",
+        "--set data.path=",
+    ):
         data.load_imdb(cfg)
     junk = tmp_path / "junk.tar.gz"
     junk.write_bytes(b"not a tar")
-    with pytest.raises(ValueError, match="not a readable tar archive"):
+    with raises_naming(ValueError, f"{junk}: not a readable tar archive"):
         data.load_imdb(_imdb_cfg(junk, tmp_path))
     empty = _tar(tmp_path / "empty.tar.gz", {("train", "pos", 0): "x"})
-    with pytest.raises(ValueError, match="no reviews under aclImdb/test"):
+    with raises_naming(ValueError, f"{empty}: no reviews under aclImdb/test/{{pos,neg}}/"):
         data.load_imdb(_imdb_cfg(empty, tmp_path))
 
 

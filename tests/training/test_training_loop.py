@@ -294,10 +294,15 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
 def test_existing_checkpoints_need_resume_and_same_config(tmp_path):
     cfg = _config(tmp_path, "adding", train={"steps": 5})
     train(cfg)
-    with pytest.raises(CheckpointError, match="already holds checkpoints.*--resume"):
+    with pytest.raises(
+        CheckpointError, match=r"already holds checkpoints \(latest step 5\); pass --resume"
+    ):
         train(cfg)
     other = _config(tmp_path, "adding", train={"steps": 8}, model={"hidden_size": 9})
-    with pytest.raises(CheckpointError, match="another task/seed/data/model config"):
+    with pytest.raises(
+        CheckpointError,
+        match="another task/seed/data/model config.*model.hidden_size: 8 in the checkpoint, 9 given",
+    ):
         train(other, resume=True)
     more = train(_config(tmp_path, "adding", train={"steps": 8}), resume=True)  # extend a run
     assert more.step == 8
