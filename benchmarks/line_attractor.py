@@ -11,7 +11,8 @@ classification reveals line attractor dynamics" on runs written by ``train.py``:
    within ``--merge`` (:meth:`FixedPoints.unique`);
 3. their line (first principal component), its share of their variance, the two largest
    eigenvalue moduli of ``dF/ds`` at each point, the cosine between the readout and the line
-   (the readout acts on ``h`` only: for the LSTM it is padded with zeros for ``c``);
+   (the readout acts on ``h`` only: :func:`jaxrnn.analyze.recurrence` gives it in the
+   flat state's layout, zeros for an LSTM's ``c``);
 4. for ``--words`` strongly positive and as many strongly negative words, chosen without the
    model (the largest and smallest smoothed log-odds of a word occurring in positive rather
    than negative training reviews, among words seen ``>= --min-count`` times in the reviews as
@@ -42,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrnn import dynamics
+from jaxrnn.analyze import median_range, recurrence
 
 FORMAT = "jaxrnn.line_attractor/1"
 # the keys of one model's entry in the JSON, checked by the tests against the committed file
@@ -58,11 +60,6 @@ MODEL_KEYS = (
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def _stats(a: np.ndarray) -> dict[str, float]:
-    a = np.asarray(a, np.float64)
-    return {"median": float(np.median(a)), "min": float(a.min()), "max": float(a.max())}
 
 
 def visited_states(cell, params, embedding, tokens, lengths):
@@ -131,7 +128,8 @@ def analyse(run_dir: str, args: argparse.Namespace) -> tuple[dict[str, Any], dic
     labels = data["y_test"][pick]
     states, final = visited_states(cell, p_rnn, embedding, tokens, lengths)  # [B, T, S], [B, S]
     S = states.shape[-1]
-    readout = jnp.concatenate([w_o, jnp.zeros(S - H, w_o.dtype)])  # [S]: zeros for an LSTM's c
+    # the readout in the flat state's layout (an LSTM's c block gets no weight)
+    readout = recurrence("imdb", mcfg, params, {"tokens": tokens, "labels": labels}).readout
     logits = final @ readout + b_o  # [B]
     from jaxrnn import models
 
@@ -233,9 +231,9 @@ def analyse(run_dir: str, args: argparse.Namespace) -> tuple[dict[str, Any], dic
         "pc2_share": pc2_share,
         "states_variance_on_pc1": on1,
         "states_variance_on_pc12": on12,
-        "leading_modulus": _stats(lead),
-        "second_modulus": _stats(second),
-        "leading_time_constant_steps": _stats(tau),
+        "leading_modulus": median_range(lead),
+        "second_modulus": median_range(second),
+        "leading_time_constant_steps": median_range(tau),
         "readout_cosine": cosine,
         # the readout sees h only: its cosine with the line's h block, and that block's weight
         "readout_cosine_h": None

@@ -224,7 +224,8 @@ def _flat_rows(tree: Any) -> np.ndarray:
     return np.concatenate([a.reshape(a.shape[0], -1) for a in leaves], axis=1)
 
 
-def _stats(a: Any) -> dict[str, float]:
+def median_range(a: Any) -> dict[str, float]:
+    """``{"median", "min", "max"}`` of the numbers ``a`` (any shape), as floats for JSON."""
     a = np.asarray(a, dtype=np.float64)
     return {"median": float(np.median(a)), "min": float(a.min()), "max": float(a.max())}
 
@@ -381,8 +382,8 @@ def _fixed_point_stage(rec: Recurrence, n_starts: int, max_steps: int) -> dict:
         numbers["line"] = {
             "pc1_share": float(line.pc1_share),
             "pc_shares": (var[:5] / max(var.sum(), 1e-300)).tolist(),
-            "leading_modulus": _stats(line.leading_modulus),
-            "second_modulus": _stats(line.second_modulus),
+            "leading_modulus": median_range(line.leading_modulus),
+            "second_modulus": median_range(line.second_modulus),
             "readout_cosine": float(line.readout_cosine),
         }
         info["line"] = line
@@ -548,6 +549,7 @@ __all__ = [
     "main",
     "grad_norm_curve",
     "grad_norm_summary",
+    "median_range",
     "plot_grad_flow_heatmap",
     "recurrence",
 ]
