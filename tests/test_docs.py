@@ -66,11 +66,9 @@ PAGES = [
 ]
 
 
-# README's blocks run in the default suite; the guide's (a few minutes of compiling) are slow.
-@pytest.mark.parametrize(
-    "page",
-    [pytest.param(p, marks=() if p == "README.md" else pytest.mark.slow) for p in PAGES],
-)
+# Slow: compiling the pages' models takes minutes (README's alone about a minute on 2 cores).
+@pytest.mark.slow
+@pytest.mark.parametrize("page", PAGES)
 def test_code_blocks_run(page, tmp_path):
     blocks = code_blocks(page)
     modules = {m for _, code in blocks for m in IMPORT.findall(code)}
