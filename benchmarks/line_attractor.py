@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrnn import dynamics
-from jaxrnn.analyze import median_range, recurrence
+from jaxrnn.analyze import median_range, recurrence, word_log_odds
 
 FORMAT = "jaxrnn.line_attractor/1"
 # the keys of one model's entry in the JSON, checked by the tests against the committed file
@@ -76,28 +76,6 @@ def visited_states(cell, params, embedding, tokens, lengths):
     states = dynamics.visited_states(cell, params, xs)  # [B, T, S]
     final = states[jnp.arange(tokens.shape[0]), jnp.asarray(lengths) - 1]  # [B, S]
     return states, final
-
-
-def word_log_odds(x_train, y_train, len_train, vocab_size: int, min_count: int):
-    """Smoothed log-odds of each word in positive versus negative training reviews.
-
-    ``log((n_pos(w) + 1) / (N_pos + V)) - log((n_neg(w) + 1) / (N_neg + V))`` with ``n`` the
-    word's occurrences in the positive (negative) reviews as the model reads them (the kept
-    ``maxlen`` words), ``N`` all words of that class, ``V`` the vocabulary; ``NaN`` for
-    padding, the unknown word and words seen fewer than ``min_count`` times.
-
-    Returns:
-        ``(log_odds [V], counts [V])``.
-    """
-    mask = np.arange(x_train.shape[1])[None, :] < len_train[:, None]  # [N, T]
-    pos = np.bincount(x_train[mask & (y_train[:, None] == 1)], minlength=vocab_size)
-    neg = np.bincount(x_train[mask & (y_train[:, None] == 0)], minlength=vocab_size)
-    counts = pos + neg
-    lo = np.log((pos + 1) / (pos.sum() + vocab_size)) - np.log((neg + 1) / (neg.sum() + vocab_size))
-    lo = lo.astype(np.float64)
-    lo[:2] = np.nan  # 0 padding, 1 unknown
-    lo[counts < min_count] = np.nan
-    return lo, counts
 
 
 def analyse(run_dir: str, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:

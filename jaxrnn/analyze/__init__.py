@@ -230,6 +230,35 @@ def median_range(a: Any) -> dict[str, float]:
     return {"median": float(np.median(a)), "min": float(a.min()), "max": float(a.max())}
 
 
+def word_log_odds(
+    x_train: np.ndarray, y_train: np.ndarray, len_train: np.ndarray, vocab_size: int, min_count: int
+):
+    """Smoothed log-odds of each word in positive versus negative training reviews.
+
+    ``log((n_pos(w) + 1) / (N_pos + V)) - log((n_neg(w) + 1) / (N_neg + V))`` with ``n`` the
+    word's occurrences in the positive (negative) reviews as the model reads them (the kept
+    ``maxlen`` words), ``N`` all words of that class, ``V`` the vocabulary; ``NaN`` for
+    padding, the unknown word and words seen fewer than ``min_count`` times.
+
+    Args:
+        x_train: ``[N, T]`` word ids (0 padding, 1 unknown), as ``load_imdb`` gives them.
+        y_train: ``[N]`` labels, 1 positive.
+        len_train: ``[N]`` the words each review keeps.
+
+    Returns:
+        ``(log_odds [V], counts [V])``.
+    """
+    mask = np.arange(x_train.shape[1])[None, :] < len_train[:, None]  # [N, T]
+    pos = np.bincount(x_train[mask & (y_train[:, None] == 1)], minlength=vocab_size)
+    neg = np.bincount(x_train[mask & (y_train[:, None] == 0)], minlength=vocab_size)
+    counts = pos + neg
+    lo = np.log((pos + 1) / (pos.sum() + vocab_size)) - np.log((neg + 1) / (neg.sum() + vocab_size))
+    lo = lo.astype(np.float64)
+    lo[:2] = np.nan  # 0 padding, 1 unknown
+    lo[counts < min_count] = np.nan
+    return lo, counts
+
+
 def analyze(
     run_dir: str | pathlib.Path,
     *,
@@ -552,4 +581,5 @@ __all__ = [
     "median_range",
     "plot_grad_flow_heatmap",
     "recurrence",
+    "word_log_odds",
 ]
