@@ -8,13 +8,10 @@ of them by the margin stated beside it; ``--set target=...`` makes summary.json'
 ``target_met`` judge that target, and the test reads the number back too.
 """
 
-import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
+from test_training_slow import _train_summary
 
 ROOT = pathlib.Path(__file__).parents[2]
 DATA = ROOT.parent / "shared" / "data"
@@ -68,30 +65,6 @@ VARIANTS = {
 }
 
 
-def _train(config: str, overrides: list[str], target: str, run_dir: pathlib.Path) -> dict:
-    """Run ``train.py`` on ``configs/<config>.yaml`` with ``overrides``; summary.json's dict."""
-    sets = [*overrides, f"target={target}", f"train.run_dir={run_dir}", "train.progress=false"]
-    sets.append("train.checkpoint_every=100000")  # one checkpoint, at the end
-    cmd = [
-        sys.executable,
-        str(ROOT / "train.py"),
-        "--config",
-        str(ROOT / "configs" / f"{config}.yaml"),
-    ]
-    for s in sets:
-        cmd += ["--set", s]
-    out = subprocess.run(
-        cmd,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    return json.loads((run_dir / "summary.json").read_text())
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("config", sorted(VARIANTS))
 def test_linear_config_variant_reaches_target(tmp_path, config):
@@ -99,7 +72,9 @@ def test_linear_config_variant_reaches_target(tmp_path, config):
     for p in (DATA / "aclImdb_labeled.tar.gz", DATA / "tinyshakespeare.txt"):
         if any(str(p) in o for o in overrides) and not p.exists():
             pytest.fail(f"{p} not present: the data this test trains on")
-    summary = _train(config, overrides, target, tmp_path / "run")
+    # one checkpoint, at the end
+    sets = [*overrides, f"target={target}", "train.checkpoint_every=100000"]
+    summary = _train_summary(tmp_path / "run", f"{config}.yaml", sets)
     metric, op, bound = target.split()
     assert summary["config"] == config and summary["target"] == target
     value = summary[metric]
