@@ -123,7 +123,6 @@ THINNED = {
     "test_rnn.py::test_grads_match_finite_differences": 2,
     "test_remat.py::test_recurrent_remat_equals_full": 2,
     "test_remat.py::test_unidirectional_stack_remat_equals_full": 2,
-    "test_training_loop.py::test_remat_trains_to_the_same_numbers": 3,
     "test_training_loop.py::test_backend_trains_to_the_same_numbers": 5,
     "test_cells_gated.py::test_matches_numpy_loop": 3,
     "test_cells_gated.py::test_dropout_masks_match_numpy_loop": 3,
@@ -150,17 +149,6 @@ THINNED = {
 }
 
 
-# Single cases whose siblings keep the default suite's coverage (20-40 s each on the 2-core CI
-# machine, in the slowest tenth of the default suite); they run in the slow tier.
-SLOW_CASES = {
-    "test_models.py::test_gated_dropout_is_per_sequence_and_differentiable[gru]",
-    "test_models.py::test_char_lm_layers_and_dropout_equal_numpy_loop[scan]",
-    "test_training_loop.py::test_backend_trains_to_the_same_numbers[shakespeare-model4]",
-    "test_training_loop.py::test_remat_trains_to_the_same_numbers[imdb-model0-data0]",
-    "test_analyze.py::test_recurrence_reproduces_the_models_loss[imdb-gru-1]",
-}
-
-
 def _values(item) -> set:
     callspec = getattr(item, "callspec", None)
     return {(k, repr(v)) for k, v in callspec.params.items()} if callspec else set()
@@ -169,9 +157,6 @@ def _values(item) -> set:
 @pytest.hookimpl(tryfirst=True)  # before -m selects on the markers
 def pytest_collection_modifyitems(config, items):
     groups: dict[str, list] = {}
-    for item in items:
-        if f"{item.path.name}::{item.name}" in SLOW_CASES:
-            item.add_marker(pytest.mark.slow)
     for item in items:
         name = f"{item.path.name}::{getattr(item, 'originalname', item.name)}"
         if name in THINNED and not item.get_closest_marker("slow"):

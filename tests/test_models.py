@@ -72,7 +72,8 @@ def test_dropout_equals_numpy_loop_with_the_same_masks(rates):
     assert np.max(np.abs(np.asarray(got) - plain)) > 1e-3  # dropout did change the numbers
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+# the GRU case in the slow tier: the LSTM case covers the masks in the default one (~20 s each)
+@pytest.mark.parametrize("cell", ["lstm", pytest.param("gru", marks=pytest.mark.slow)])
 def test_gated_dropout_is_per_sequence_and_differentiable(cell):
     cfg = models.ClassifierConfig(
         vocab_size=20, embed_dim=5, hidden_size=6, cell=cell, dropout=0.2, recurrent_dropout=0.3
@@ -125,7 +126,8 @@ def _numpy_char_lm(params, tokens, masks):
     return h_seq @ p["W_o"] + p["b_o"]  # [B, T, V]
 
 
-@pytest.mark.parametrize("backend", ["scan", "auto"])
+# scan in the slow tier: "auto", what users run, covers the default one (~20 s each)
+@pytest.mark.parametrize("backend", [pytest.param("scan", marks=pytest.mark.slow), "auto"])
 def test_char_lm_layers_and_dropout_equal_numpy_loop(backend):
     """Two stacked layers with char-rnn's dropout (between the layers and on the top layer's
     outputs; step t of layer k kept by fold_in(fold_in(key, k), t)) == a NumPy loop given

@@ -131,7 +131,9 @@ def test_one_step_changes_every_leaf_and_does_not_recompile(tmp_path, task_name)
         ("imdb", {"cell": "lstm"}),
         ("adding", {"cell": "lstm"}),
         ("adding", {"cell": "simple", "cell_options": {"activation": "relu"}}),
-        ("shakespeare", {"cell": "gru", "cell_options": {"reset_after": True}}),
+        pytest.param(
+            "shakespeare", {"cell": "gru", "cell_options": {"reset_after": True}}, marks=SLOW
+        ),
     ],
 )
 def test_backend_trains_to_the_same_numbers(tmp_path, task_name, model):
@@ -152,7 +154,8 @@ def test_backend_trains_to_the_same_numbers(tmp_path, task_name, model):
 @pytest.mark.parametrize(
     "task_name,model,data",
     [
-        ("imdb", {"cell": "lstm"}, {"padding": "post"}),
+        # all slow (~20 s each): test_remat.py covers remat itself in the default suite
+        pytest.param("imdb", {"cell": "lstm"}, {"padding": "post"}, marks=SLOW),
         # a stack in segments through both layers, its dropout masks redrawn per segment
         pytest.param(
             "shakespeare", {"cell": "lstm", "num_layers": 2, "dropout": 0.3}, {}, marks=SLOW
