@@ -10,6 +10,7 @@ so that every cache path runs in seconds; processes that load a library run in s
 repeats the main paths with the real compiler and runs the kernels.
 """
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -289,24 +290,38 @@ def test_three_processes_compile_once(fake):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_compile_kills_the_compiler_and_leaves_no_temporary(fake, sig):
     hang = fake.path / "hang.pid"
-    code = "from jaxrnn.backends.cpu import _build; _build.build()"
+    # Ctrl-C's handler as in a terminal: a job started in the background (`cmd &`, as CI may run
+    # the suite) inherits SIGINT ignored, and the signal would then never arrive.
+    code = (
+        "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        "from jaxrnn.backends.cpu import _build; _build.build()"
+    )
     proc = subprocess.Popen(
         [sys.executable, "-c", code], env={**os.environ, "FAKE_HANG": str(hang)},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not (hang.exists() and hang.read_text().strip()):
-        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
-        time.sleep(0.1)
-    assert [p.name for p in fake.dir.glob(".rnn_cpu-*.tmp")]  # the compile is under way
-    compilers = [int(hang.read_text()), *map(int, (fake.path / "compiles.log").read_text().split())]
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode != 0, err
-    time.sleep(0.5)
-    for pid in compilers:  # the script and the `sleep` it started, a grandchild
-        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]  # fmt: skip
-    assert list(fake.dir.glob(".rnn_cpu-*.tmp")) == [] and not fake.library().exists()
+    compilers = []
+    try:
+        deadline = time.monotonic() + 120
+        while not (hang.exists() and hang.read_text().strip()):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.1)
+        assert [p.name for p in fake.dir.glob(".rnn_cpu-*.tmp")]  # the compile is under way
+        log = (fake.path / "compiles.log").read_text().split()
+        compilers = [int(hang.read_text()), *map(int, log)]
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode != 0, err
+        time.sleep(0.5)
+        for pid in compilers:  # the script and the `sleep` it started, a grandchild
+            assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]  # fmt: skip
+        assert list(fake.dir.glob(".rnn_cpu-*.tmp")) == [] and not fake.library().exists()
+    except BaseException:  # a failed check leaves no process behind for the next test
+        for pid in (proc.pid, *compilers):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.communicate()
+        raise
 
 
 def test_stray_temporaries_of_a_killed_build_are_removed(fake):
