@@ -16,7 +16,7 @@ from the sequential result, and XLA's buffer sizes of the compiled forward + gra
 (``memory_analysis``: temporaries + arguments + outputs; a bound on the peak).
 
 ``cells``: the linear cells' ``scan`` (:func:`jaxrnn.parallel.linear_scan`) against
-``rnn(cells.X.cell, ...)`` (the ``scan`` backend: these cells have no split), forward and one
+``rnn(cells.X.cell, ..., backend="scan")`` (step by step), forward and one
 training step's gradient.
 
 Every variant is compiled first, then timed ``--reps`` times; medians are printed as Markdown
@@ -226,7 +226,7 @@ def bench_cells(args) -> list[dict]:
                 return ys
 
             def step_f(p, xs, mod=mod):
-                return out(rnn(mod.cell, p, xs))
+                return out(rnn(mod.cell, p, xs, backend="scan"))  # step by step
 
             def scan_f(p, xs, mod=mod):
                 return out(mod.scan(p, xs))

@@ -219,6 +219,13 @@ def run(
 
     def segment(carry, seg):
         x, ts = seg  # x: [n, B, D] (or ids [n, B]); ts: [n] the steps' indices
+        if choice.name == "linear":  # the cell's scan holds each state past its length itself
+            if table is not None:
+                x = jnp.take(table, x, axis=0)  # [n, B, D]
+            n = x.shape[0]
+            seg_lengths = None if lengths is None else jnp.clip(lengths - ts[0], 0, n)
+            final, ys = choice.scan(params, jnp.swapaxes(x, 0, 1), carry, lengths=seg_lengths)
+            return final, jax.tree.map(lambda y: jnp.swapaxes(y, 0, 1), ys)  # [n, B, H]
         if table is not None:  # the table is whole in every segment: only the ids are cut
             x = Embedded(table, x)
         if lengths is None:
@@ -229,11 +236,13 @@ def run(
         picked = state_at(all_states, picked, jnp.clip(lengths - ts[0], 0, ts.shape[0]))
         return (final, picked), ys
 
-    start = carry0 if lengths is None else (carry0, carry0)
+    paired = lengths is not None and choice.name != "linear"  # (running, picked) carries
+    start = (carry0, carry0) if paired else carry0
     seq = (inputs.ids if table is not None else inputs, jnp.arange(T))
     carry, ys = segment(start, seq) if k is None else scan_segments(segment, start, seq, k)
-    if lengths is not None:
+    if paired:
         carry = carry[1]
+    if lengths is not None:
         alive = jnp.arange(T)[:, None] < lengths[None, :]
         ys = jax.tree.map(
             lambda y: jnp.where(
@@ -286,7 +295,8 @@ def rnn(
             ``k = ceil(sqrt(T))``. Same values and gradients, BPTT memory
             ``O(T / k + k)`` instead of ``O(T)``, about one more forward pass of compute.
         backend: ``"auto"`` (the fastest that can run the call), ``"scan"``, ``"xla"``,
-            ``"native"``, ``"pallas"``, or a :class:`jaxrnn.backends.Backend`; see
+            ``"native"``, ``"pallas"``, ``"linear"`` (the linear cells' associative scan), or
+            a :class:`jaxrnn.backends.Backend`; see
             :mod:`jaxrnn.backends`. A named backend that cannot run the call is an error.
 
     Returns:

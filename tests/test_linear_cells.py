@@ -12,9 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import raises_naming
 from jax.test_util import check_grads
 
-from jaxrnn import BiParams, backends, bidirectional, cells, rnn, stack
+from jaxrnn import BiParams, Embedded, backends, bidirectional, cells, rnn, stack
 
 B, T, D, H, N = 3, 9, 4, 5, 6
 LINEAR = ["lru", "mingru", "minlstm"]
@@ -129,7 +130,7 @@ def test_lru_dense_skip_and_encoder(encoder_size):
     out, ref = jax.jit(  # one program: compiling it beats dispatching the scan op by op
         lambda p, xs: (
             cells.lru.scan(p, xs, lengths=LENGTHS),
-            rnn(cells.lru.cell, p, xs, lengths=LENGTHS),
+            rnn(cells.lru.cell, p, xs, lengths=LENGTHS, backend="scan"),
         )
     )(p, xs)
     _close(out, ref)
@@ -203,7 +204,7 @@ def test_scan_equals_rnn(name, log_space, reverse, use_lengths, batched):
     scan = functools.partial(
         mod.scan, reverse=reverse, **({"log_space": True} if log_space else {})
     )
-    run = functools.partial(rnn, mod.cell, reverse=reverse)
+    run = functools.partial(rnn, mod.cell, reverse=reverse, backend="scan")  # step by step
 
     @jax.jit  # one program: compiling it beats dispatching the scans op by op
     def both(p, xs, h0, lengths):
@@ -246,7 +247,7 @@ def test_scan_gradients_equal_rnn(name, log_space):
             lengths = LENGTHS if reverse else None
             for run in (
                 functools.partial(mod.scan, lengths=lengths, reverse=reverse, **kw),
-                functools.partial(rnn, mod.cell, lengths=lengths, reverse=reverse),
+                functools.partial(rnn, mod.cell, lengths=lengths, reverse=reverse, backend="scan"),
             ):
                 out.append(jax.grad(loss(run), (0, 1, 2))(p, xs, h0))
         return out
@@ -321,11 +322,13 @@ def test_stack_and_bidirectional_run_the_cells(name):
     p1, p2 = _params(name), _params(name, input_size=H)
     xs = _xs((B, T, D))
     # two stacked layers are the second layer run on the first one's outputs
-    _, ys = stack(mod.cell, [p1, p2], xs, lengths=LENGTHS)
+    _, ys = stack(mod.cell, [p1, p2], xs, lengths=LENGTHS, backend="scan")
     _, ys1 = mod.scan(p1, xs, lengths=LENGTHS)
     _, ys2 = mod.scan(p2, ys1, lengths=LENGTHS)
     _close(ys, ys2)
-    y = bidirectional(mod.cell, BiParams(p1, p1), xs, lengths=LENGTHS, return_sequences=True)
+    y = bidirectional(
+        mod.cell, BiParams(p1, p1), xs, lengths=LENGTHS, return_sequences=True, backend="scan"
+    )
     _, y_bw = mod.scan(p1, xs, lengths=LENGTHS, reverse=True)
     _close(y[..., H:], y_bw)
 
@@ -352,20 +355,106 @@ def test_one_training_step_changes_every_leaf(name):
         assert np.all(np.asarray(a) != np.asarray(b))
 
 
+def _loops(fn, *args) -> int:
+    """How many loops over time (``scan`` / ``while``) ``fn``'s program has."""
+    text = str(jax.make_jaxpr(fn)(*args))
+    return text.count("scan[") + text.count("while[")
+
+
 @pytest.mark.parametrize("name", LINEAR)
-def test_registered_and_run_by_rnn_auto_on_scan(name):
-    """No split (no ``h @ W_h`` to hoist): ``auto`` picks ``scan``, ``xla`` says why not."""
+def test_registered_and_chosen_by_rnn_auto(name):
+    """``auto`` runs minGRU and minLSTM by their associative scan (no loop over time in the
+    program); the LRU's complex recurrence runs step by step on a CPU. ``xla`` says why not."""
     mod = cells.get(name)
     assert mod is getattr(cells, name) and mod.cell.cell_name == name
+    assert mod.cell.scan is mod.scan
     p, xs = _params(name), _xs((B, T, D))
-    assert backends.select(mod.cell, p, xs).name == "scan"
-    assert "no split" in backends.explain(mod.cell, p, xs)
-    _close(rnn(mod.cell, p, xs, backend="auto"), rnn(mod.cell, p, xs, backend="scan"))
-    with pytest.raises(
-        ValueError,
-        match=f"backend 'xla' cannot run this call: {name} has no split .*; use 'scan' or 'auto'",
-    ):
+    expected = "scan" if name == "lru" and jax.default_backend() == "cpu" else "linear"
+    assert backends.select(mod.cell, p, xs).name == expected
+    assert f"backend {expected!r}" in backends.explain(mod.cell, p, xs)
+    assert _loops(lambda p, xs: rnn(mod.cell, p, xs, backend="linear"), p, xs) == 0
+    assert _loops(lambda p, xs: rnn(mod.cell, p, xs, backend="scan"), p, xs) == 1
+    assert _loops(lambda p, xs: rnn(mod.cell, p, xs), p, xs) == (expected == "scan")
+    with raises_naming(ValueError, "backend 'xla' cannot run this call", f"{name} has no split"):
         rnn(mod.cell, p, xs, backend="xla")
+
+
+def test_linear_backend_refuses_a_cell_without_a_linear_recurrence():
+    p, xs = cells.gru.init(jax.random.key(0), D, H), _xs((B, T, D)).astype(jnp.float32)
+    with raises_naming(ValueError, "backend 'linear' cannot run this call", "gru has no linear"):
+        rnn(cells.gru.cell, p, xs, backend="linear")
+    wrapped = functools.partial(cells.mingru.cell)  # its scan would not see bound arguments
+    with raises_naming(ValueError, "backend 'linear'", "mingru is wrapped in a functools.partial"):
+        rnn(wrapped, _params("mingru"), xs.astype(jnp.float64), backend="linear")
+    assert backends.select(wrapped, _params("mingru"), xs).name == "scan"
+
+
+def _linear_grid():
+    """Each cell with each option of rnn (lengths, reverse, h0, layouts, embedded inputs,
+    remat) on in some case; one case per cell in the default suite, the rest slow."""
+    options = [
+        dict(lengths=True, reverse=True, h0=True, remat=None, layout="batched"),
+        dict(lengths=True, reverse=False, h0=False, remat=4, layout="embedded"),
+        dict(lengths=False, reverse=True, h0=True, remat="sqrt", layout="time_major"),
+        dict(lengths=True, reverse=False, h0=True, remat=None, layout="unbatched"),
+    ]
+    for i, name in enumerate(LINEAR):
+        for j, opts in enumerate(options):
+            marks = () if j == i else (pytest.mark.slow,)
+            yield pytest.param(name, opts, marks=marks, id=f"{name}-{j}")
+
+
+@pytest.mark.parametrize(("name", "opts"), list(_linear_grid()))
+def test_linear_backend_equals_scan_values_and_gradients(name, opts):
+    """``rnn(..., backend="linear")`` (the cell's associative scan) against the step-by-step
+    ``scan`` backend, float64: outputs, final carry, reverse- and forward-mode derivatives
+    w.r.t. params, inputs and h0."""
+    mod, p = cells.get(name), _params(name)
+    layout = opts["layout"]
+    batched = layout != "unbatched"
+    batch = (B,) if batched else ()
+    xs = _xs((B, T, D)) if batched else _xs((T, D))
+    if layout == "time_major":
+        xs = jnp.swapaxes(xs, 0, 1)
+    E, ids = _xs((11, D), seed=3), jax.random.randint(jax.random.key(4), (B, T), 0, 11)
+    lengths = (jnp.asarray(LENGTHS) if batched else jnp.asarray(5)) if opts["lengths"] else None
+    h0 = _h0(name, p, batch) if opts["h0"] else None
+    kw = dict(lengths=lengths, reverse=opts["reverse"], remat=opts["remat"])
+    kw["time_major"] = layout == "time_major"
+
+    def run(backend):
+        def f(p, x, h0):
+            inputs = Embedded(x, ids) if layout == "embedded" else x  # x: the table
+            carry, ys = rnn(mod.cell, p, inputs, h0, backend=backend, **kw)
+            return carry, ys
+
+        return f
+
+    def loss(backend):
+        def f(p, x, h0):
+            carry, ys = run(backend)(p, x, h0)
+            c = sum(jnp.sum(jnp.abs(leaf) ** 2) for leaf in jax.tree.leaves(carry))
+            return jnp.sum(jnp.sin(ys)) + c
+
+        return f
+
+    x = E if layout == "embedded" else xs  # the embedding table is the differentiated input
+    h = _h0(name, p, batch) if h0 is None else h0  # gradients w.r.t. h0 need one given
+    tangents = jax.tree.map(lambda a: jnp.ones_like(a) * 0.3, (p, x, h))
+
+    @jax.jit  # one program for both backends
+    def both(p, x, h):
+        outs = []
+        for backend in ("linear", "scan"):
+            outs.append(run(backend)(p, x, h0))
+            outs.append(jax.grad(loss(backend), (0, 1, 2))(p, x, h))
+            outs.append(jax.jvp(loss(backend), (p, x, h), tangents)[1])
+        return outs
+
+    out, grad, jvp, out_ref, grad_ref, jvp_ref = both(p, x, h)
+    _close(out, out_ref)
+    _close(grad, grad_ref, tol=1e-10)
+    _close(jvp, jvp_ref, tol=1e-10)
 
 
 @pytest.mark.parametrize("name", ["mingru", "minlstm"])

@@ -11,8 +11,12 @@
            loop one call, batch rows over the CPU's threads. float32, x86-64 with AVX-512 or AVX2 + FMA.
 ``pallas`` Pallas (Triton) kernels, each loop one persistent GPU kernel. float32,
            ``H <= 128``, CUDA.
-``auto``   the fastest of these that can run the call on the default platform (``native``
-           on a CPU, ``pallas`` on a GPU, else ``xla``, else ``scan``).
+``linear`` no loop: the cell's own ``scan``, which solves its linear recurrence for all
+           steps at once with :func:`jaxrnn.parallel.linear_scan` (``O(log T)`` depth).
+           The linear recurrent cells (``lru``, ``mingru``, ``minlstm``), any dtype.
+``auto``   the fastest of these that can run the call on the default platform: ``linear``
+           for a linear cell (except a complex recurrence on a CPU, see :func:`select`),
+           else ``native`` on a CPU, ``pallas`` on a GPU, else ``xla``, else ``scan``.
 ======== ================================================================================
 
 Every backend gives the numbers of ``scan`` up to float rounding, under every JAX
@@ -53,7 +57,7 @@ import jax.numpy as jnp
 from jaxrnn.backends import _recurrence, cpu, gpu
 from jaxrnn.cells._common import Array, Split
 
-NAMES = ("auto", "scan", "xla", "native", "pallas")
+NAMES = ("auto", "scan", "xla", "native", "pallas", "linear")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,13 +130,14 @@ class Hoisted(NamedTuple):
 
 
 class Choice(NamedTuple):
-    """What runs a call: a backend ``name``, why, and (except for ``scan``) the hoisted cell
-    and the implementation."""
+    """What runs a call: a backend ``name``, why, and (for the hoisted backends) the hoisted
+    cell and the implementation, or (for ``linear``) the cell's whole-sequence ``scan``."""
 
     name: str
     reason: str
     hoisted: Hoisted | None = None
     impl: _recurrence.Impl | None = None
+    scan: Callable | None = None
 
 
 def unwrap(cell: Callable) -> tuple[Callable, dict[str, Any]] | None:
@@ -167,6 +172,29 @@ def hoisting(cell: Callable, params: Any) -> tuple[Hoisted | None, str]:
     return Hoisted(split, keywords.get("x_mask")), ""
 
 
+def linear_scan_of(cell: Callable) -> tuple[Callable | None, str]:
+    """The cell's whole-sequence ``scan(params, xs [B, T, D], h0, *, lengths, reverse) ->
+    (final_carry, ys [B, T, H])`` (an attribute of the cell function, as the linear recurrent
+    cells have), or ``None`` and why it has none."""
+    unwrapped = unwrap(cell)
+    fn = cell if unwrapped is None else unwrapped[0]
+    name = getattr(fn, "cell_name", getattr(fn, "__name__", repr(fn)))
+    scan = getattr(fn, "scan", None)
+    if scan is None:
+        why = "the lru, mingru and minlstm cells have one"
+        return None, f"{name} has no linear recurrence to scan ({why})"
+    if cell is not fn:
+        why = "its scan would not see the bound arguments"
+        return None, f"{name} is wrapped in a functools.partial ({why})"
+    return scan, ""
+
+
+def _complex_state(cell: Callable, params: Any) -> bool:
+    init = getattr(unwrap(cell)[0], "initial_carry", None)
+    carry = jax.eval_shape(lambda: init(params, (1,)))
+    return any(jnp.issubdtype(leaf.dtype, jnp.complexfloating) for leaf in jax.tree.leaves(carry))
+
+
 def select(cell: Callable, params: Any, xs: Any, backend: str | Backend = "auto") -> Choice:
     """The backend that runs ``rnn(cell, params, xs, backend=backend)``.
 
@@ -182,6 +210,19 @@ def select(cell: Callable, params: Any, xs: Any, backend: str | Backend = "auto"
     dtype = jnp.dtype(getattr(xs, "dtype", xs))
     if b.name == "scan":
         return Choice("scan", "asked for")
+    scan, why_not_linear = linear_scan_of(cell)
+    if b.name == "linear":
+        if scan is None:
+            raise ValueError(
+                f"backend 'linear' cannot run this call: {why_not_linear}; use 'scan' or 'auto'"
+            )
+        return Choice("linear", "asked for", scan=scan)
+    if b.name == "auto" and scan is not None:
+        if jax.default_backend() == "cpu" and _complex_state(cell, params):
+            # measured (benchmarks/parallel.py cells): XLA:CPU's complex associative scan
+            # trains the LRU at 0.4-0.9x the speed of the step-by-step loop
+            return Choice("scan", "a complex recurrence on a CPU runs faster step by step")
+        return Choice("linear", "the cell's recurrence is linear: one associative scan", scan=scan)
     hoisted, why_not = hoisting(cell, params)
     if hoisted is None:
         if b.name != "auto":
@@ -255,11 +296,12 @@ def explain(cell: Callable, params: Any, xs: Any, backend: str | Backend = "auto
         "xla": "hoisted XLA loops",
         "native": "native CPU kernels",
         "pallas": "Pallas GPU kernels",
+        "linear": "the cell's linear recurrence by associative scan",
     }[choice.name]
     return f"backend {choice.name!r} ({what}) on {jax.default_backend()}: {choice.reason}"
 
 
 __all__ = [
-    "NAMES", "Backend", "Choice", "Hoisted", "cpu", "explain", "gpu", "hoisting", "options",
-    "resolve", "select", "unwrap",
+    "NAMES", "Backend", "Choice", "Hoisted", "cpu", "explain", "gpu", "hoisting",
+    "linear_scan_of", "options", "resolve", "select", "unwrap",
 ]  # fmt: skip

@@ -46,7 +46,7 @@ Examples:
     ((2, 4), (2, 8), dtype('complex64'))
     >>> xs = jax.random.normal(jax.random.key(1), (2, 9, 4), jnp.float32)  # [B, T, D]
     >>> (y_T, h_T), ys = cells.lru.scan(params, xs)
-    >>> _, ys_ref = rnn(cells.lru.cell, params, xs)
+    >>> _, ys_ref = rnn(cells.lru.cell, params, xs, backend="scan")
     >>> ys.shape, bool(jnp.allclose(ys, ys_ref, atol=1e-5))
     ((2, 9, 4), True)
 """
@@ -342,3 +342,4 @@ def _check_carry(where: str, params: LRUParams, carry: Any, batch_shape: tuple[i
 
 cell.initial_carry = initial_carry  # type: ignore[attr-defined]  # lets rnn() build h0
 cell.cell_name = NAME  # type: ignore[attr-defined]
+cell.scan = scan  # type: ignore[attr-defined]  # rnn's "linear" backend: all steps at once

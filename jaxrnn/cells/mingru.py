@@ -23,7 +23,7 @@ Examples:
     >>> params = cells.mingru.init(jax.random.key(0), input_size=3, hidden_size=5)
     >>> xs = jax.random.normal(jax.random.key(1), (2, 7, 3), jnp.float32)  # [B, T, D]
     >>> h_T, ys = cells.mingru.scan(params, xs)                         # all steps at once
-    >>> h_ref, ys_ref = rnn(cells.mingru.cell, params, xs)              # step by step
+    >>> h_ref, ys_ref = rnn(cells.mingru.cell, params, xs, backend="scan")  # step by step
     >>> ys.shape, bool(jnp.allclose(ys, ys_ref, atol=1e-6))
     ((2, 7, 5), True)
 """
@@ -208,4 +208,5 @@ def _check_sizes(input_size: Any, hidden_size: Any) -> None:
 
 cell.initial_carry = initial_carry  # type: ignore[attr-defined]  # lets rnn() build h0
 cell.cell_name = NAME  # type: ignore[attr-defined]
+cell.scan = scan  # type: ignore[attr-defined]  # rnn's "linear" backend: all steps at once
 cell.jacobian_diagonal = jacobian_diagonal  # type: ignore[attr-defined]  # parallel.rnn's "quasi"

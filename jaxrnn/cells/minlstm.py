@@ -23,7 +23,7 @@ Examples:
     >>> params = cells.minlstm.init(jax.random.key(0), input_size=3, hidden_size=5)
     >>> xs = jax.random.normal(jax.random.key(1), (7, 3), jnp.float32)  # [T, D]
     >>> h_T, ys = cells.minlstm.scan(params, xs, reverse=True)
-    >>> h_ref, ys_ref = rnn(cells.minlstm.cell, params, xs, reverse=True)
+    >>> h_ref, ys_ref = rnn(cells.minlstm.cell, params, xs, reverse=True, backend="scan")
     >>> h_T.shape, bool(jnp.allclose(ys, ys_ref, atol=1e-6))
     ((5,), True)
 """
@@ -199,4 +199,5 @@ def scan(
 
 cell.initial_carry = initial_carry  # type: ignore[attr-defined]  # lets rnn() build h0
 cell.cell_name = NAME  # type: ignore[attr-defined]
+cell.scan = scan  # type: ignore[attr-defined]  # rnn's "linear" backend: all steps at once
 cell.jacobian_diagonal = jacobian_diagonal  # type: ignore[attr-defined]  # parallel.rnn's "quasi"

@@ -82,8 +82,8 @@ class ImdbModel:
     chrono_t_max: int = 0  # lstm: chrono bias init (Tallec & Ollivier 2018); 0 = off
     dropout: float = 0.0  # Keras's dropout on x_t (one mask per sequence), training only
     recurrent_dropout: float = 0.0  # Keras's recurrent_dropout on h_{t-1}, training only
-    # what runs the recurrence: auto (the fastest that applies) | scan | xla | native | pallas;
-    # the same numbers on each (jaxrnn.backends)
+    # what runs the recurrence: auto (the fastest that applies) | scan | xla | native | pallas
+    # | linear (the linear cells' associative scan); the same numbers on each (jaxrnn.backends)
     backend: str = "auto"
     # rematerialise BPTT (jaxrnn.rnn's remat): k steps per checkpointed segment, "sqrt", or
     # null (off). Same numbers, O(T / k + k) states kept instead of O(T), ~1 more forward pass
@@ -446,7 +446,7 @@ def _check_semantics(cfg: Config, where: str, origins: dict[str, str] | None = N
     num_layers = getattr(cfg.model, "num_layers", 1)
     if num_layers < 1:
         bad(f"'model.num_layers' must be >= 1; got {num_layers!r}", "model.num_layers")
-    backends = ("auto", "scan", "xla", "native", "pallas")
+    backends = ("auto", "scan", "xla", "native", "pallas", "linear")  # jaxrnn.backends.NAMES
     if cfg.model.backend not in backends:
         bad(
             f"'model.backend' must be one of {list(backends)}; got {cfg.model.backend!r}",

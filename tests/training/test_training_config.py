@@ -4,6 +4,7 @@ import pathlib
 
 import pytest
 
+from jaxrnn import backends
 from jaxrnn.training import config
 from jaxrnn.training.cli import main
 from jaxrnn.training.config import ConfigError, load_config
@@ -125,7 +126,7 @@ GOOD = "task: adding\ntrain:\n  steps: 10\n"
         (
             GOOD,
             ["model.backend=fast"],
-            ["'model.backend' must be one of ['auto', 'scan', ", "; got 'fast'"],
+            [f"'model.backend' must be one of {list(backends.NAMES)}", "; got 'fast'"],
         ),
         (GOOD, ["model.remat=0"], ["'model.remat' must be a positive int, 'sqrt' or null; got 0"]),
         (GOOD, ["model.remat=2.5"], ["'model.remat' must be int; got 2.5"]),
