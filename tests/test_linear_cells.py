@@ -391,16 +391,18 @@ def test_linear_backend_refuses_a_cell_without_a_linear_recurrence():
 
 def _linear_grid():
     """Each cell with each option of rnn (lengths, reverse, h0, layouts, embedded inputs,
-    remat) on in some case; one case per cell in the default suite, the rest slow."""
+    remat) on in some case. The default suite runs two cheap cases (minGRU: embedded, remat,
+    lengths; minLSTM: time-major, remat "sqrt", reverse, h0); the rest, the unbatched layout
+    and the LRU among them, is slow."""
     options = [
         dict(lengths=True, reverse=True, h0=True, remat=None, layout="batched"),
         dict(lengths=True, reverse=False, h0=False, remat=4, layout="embedded"),
         dict(lengths=False, reverse=True, h0=True, remat="sqrt", layout="time_major"),
         dict(lengths=True, reverse=False, h0=True, remat=None, layout="unbatched"),
     ]
-    for i, name in enumerate(LINEAR):
+    for name in LINEAR:
         for j, opts in enumerate(options):
-            marks = () if j == i else (pytest.mark.slow,)
+            marks = () if (name, j) in (("mingru", 1), ("minlstm", 2)) else (pytest.mark.slow,)
             yield pytest.param(name, opts, marks=marks, id=f"{name}-{j}")
 
 
