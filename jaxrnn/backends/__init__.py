@@ -190,7 +190,9 @@ def linear_scan_of(cell: Callable) -> tuple[Callable | None, str]:
 
 
 def _complex_state(cell: Callable, params: Any) -> bool:
-    init = getattr(unwrap(cell)[0], "initial_carry", None)
+    init = getattr(cell, "initial_carry", None)
+    if init is None:
+        return False
     carry = jax.eval_shape(lambda: init(params, (1,)))
     return any(jnp.issubdtype(leaf.dtype, jnp.complexfloating) for leaf in jax.tree.leaves(carry))
 
@@ -219,8 +221,8 @@ def select(cell: Callable, params: Any, xs: Any, backend: str | Backend = "auto"
         return Choice("linear", "asked for", scan=scan)
     if b.name == "auto" and scan is not None:
         if jax.default_backend() == "cpu" and _complex_state(cell, params):
-            # measured (benchmarks/parallel.py cells): XLA:CPU's complex associative scan
-            # trains the LRU at 0.4-0.9x the speed of the step-by-step loop
+            # XLA:CPU's complex associative scan ran the LRU's training step at 0.4-0.9x the
+            # speed of the step-by-step loop (2-core Zen 3; benchmarks/parallel.py cells)
             return Choice("scan", "a complex recurrence on a CPU runs faster step by step")
         return Choice("linear", "the cell's recurrence is linear: one associative scan", scan=scan)
     hoisted, why_not = hoisting(cell, params)
