@@ -363,13 +363,13 @@ def _loops(fn, *args) -> int:
 
 @pytest.mark.parametrize("name", LINEAR)
 def test_registered_and_chosen_by_rnn_auto(name):
-    """``auto`` runs minGRU and minLSTM by their associative scan (no loop over time in the
-    program); the LRU's complex recurrence runs step by step on a CPU. ``xla`` says why not."""
+    """``auto`` runs the cells by their associative scan (no loop over time in the program)
+    off the CPU, step by step on a CPU. ``xla`` says why not."""
     mod = cells.get(name)
     assert mod is getattr(cells, name) and mod.cell.cell_name == name
     assert mod.cell.scan is mod.scan
     p, xs = _params(name), _xs((B, T, D))
-    expected = "scan" if name == "lru" and jax.default_backend() == "cpu" else "linear"
+    expected = "scan" if jax.default_backend() == "cpu" else "linear"
     assert backends.select(mod.cell, p, xs).name == expected
     assert f"backend {expected!r}" in backends.explain(mod.cell, p, xs)
     assert _loops(lambda p, xs: rnn(mod.cell, p, xs, backend="linear"), p, xs) == 0

@@ -14,9 +14,10 @@
 ``linear`` no loop: the cell's own ``scan``, which solves its linear recurrence for all
            steps at once with :func:`jaxrnn.parallel.linear_scan` (``O(log T)`` depth).
            The linear recurrent cells (``lru``, ``mingru``, ``minlstm``), any dtype.
-``auto``   the fastest of these that can run the call on the default platform: ``linear``
-           for a linear cell (except a complex recurrence on a CPU, see :func:`select`),
-           else ``native`` on a CPU, ``pallas`` on a GPU, else ``xla``, else ``scan``.
+``auto``   the fastest of these that can run the call on the default platform: ``native``
+           on a CPU, ``pallas`` on a GPU, else ``xla``, else ``scan``; a linear cell runs
+           on ``linear`` off the CPU, and step by step (``scan``) on a CPU, where it measured
+           faster.
 ======== ================================================================================
 
 Every backend gives the numbers of ``scan`` up to float rounding, under every JAX
@@ -189,14 +190,6 @@ def linear_scan_of(cell: Callable) -> tuple[Callable | None, str]:
     return scan, ""
 
 
-def _complex_state(cell: Callable, params: Any) -> bool:
-    init = getattr(cell, "initial_carry", None)
-    if init is None:
-        return False
-    carry = jax.eval_shape(lambda: init(params, (1,)))
-    return any(jnp.issubdtype(leaf.dtype, jnp.complexfloating) for leaf in jax.tree.leaves(carry))
-
-
 def select(cell: Callable, params: Any, xs: Any, backend: str | Backend = "auto") -> Choice:
     """The backend that runs ``rnn(cell, params, xs, backend=backend)``.
 
@@ -220,10 +213,10 @@ def select(cell: Callable, params: Any, xs: Any, backend: str | Backend = "auto"
             )
         return Choice("linear", "asked for", scan=scan)
     if b.name == "auto" and scan is not None:
-        if jax.default_backend() == "cpu" and _complex_state(cell, params):
-            # XLA:CPU's complex associative scan ran the LRU's training step at 0.4-0.9x the
-            # speed of the step-by-step loop (2-core Zen 3; benchmarks/parallel.py cells)
-            return Choice("scan", "a complex recurrence on a CPU runs faster step by step")
+        if jax.default_backend() == "cpu":
+            # the scan's O(log T) levels need many cores: on a 2-core CPU its training step
+            # ran at 0.3-1.4x the loop's, no consistent win (benchmarks/parallel.py cells)
+            return Choice("scan", "on a CPU the step-by-step loop runs a linear cell faster")
         return Choice("linear", "the cell's recurrence is linear: one associative scan", scan=scan)
     hoisted, why_not = hoisting(cell, params)
     if hoisted is None:

@@ -1,8 +1,13 @@
 """benchmarks/parallel.py: each table, on tiny sizes, measures what it says."""
 
+import json
+from pathlib import Path
+
 import pytest
 
 from benchmarks import parallel as bench
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
@@ -19,3 +24,21 @@ def test_parallel_benchmark_tables_run_and_agree_with_the_sequential_scan():
     cells = bench.main(["cells", "--T", "16", "--H", "4", "--B", "2", "--reps", "1"])["rows"]
     assert [r["cell"] for r in cells] == ["lru", "mingru", "minlstm"]
     assert all(float(r["max dev"]) < 1e-4 for r in cells)
+
+
+def test_the_guides_table_is_the_committed_run():
+    """docs/guide/parallel.md's linear-cell table states the committed results file's numbers."""
+    results = ROOT / "benchmarks" / "results" / "parallel" / "cells-cpu-amd-zen3-2026-12-06.json"
+    guide = (ROOT / "docs" / "guide" / "parallel.md").read_text(encoding="utf-8")
+    record = json.loads(results.read_text())
+    assert record["what"] == "cells" and results.relative_to(ROOT).as_posix() in " ".join(
+        record["argv"]
+    )
+    assert " ".join(record["argv"][:-2]) in " ".join(guide.split())  # the command, as run
+    for r in record["rows"]:
+        ms = [
+            f"{float(r[k]):.1f}"
+            for k in ("rnn fwd ms", "rnn train ms", "scan fwd ms", "scan train ms")
+        ]
+        row = f"| {r['cell']} | {r['B x T x H']} | {ms[0]} / {ms[1]} | {ms[2]} / {ms[3]} | {r['speed-up fwd / train']} |"
+        assert row in guide, row
