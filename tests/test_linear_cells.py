@@ -459,6 +459,29 @@ def test_linear_backend_equals_scan_values_and_gradients(name, opts):
     _close(jvp, jvp_ref, tol=1e-10)
 
 
+@pytest.mark.parametrize(
+    "name", [n if n == "minlstm" else pytest.param(n, marks=pytest.mark.slow) for n in LINEAR]
+)
+def test_linear_backend_padding_never_reaches_the_gradients(name):
+    """NaN, inf or huge values past ``lengths`` give the outputs and gradients of zeros there."""
+    mod, p = cells.get(name), _params(name)
+    xs = _xs((B, T, D))
+    pad = jnp.arange(T)[None, :, None] >= jnp.asarray(LENGTHS)[:, None, None]  # [B, T, 1]
+
+    def loss(p, xs):
+        carry, ys = rnn(mod.cell, p, xs, lengths=LENGTHS, reverse=True, backend="linear")
+        return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(jnp.abs(c)) for c in jax.tree.leaves(carry))
+
+    f = jax.jit(jax.value_and_grad(loss, (0, 1)))
+    clean = f(p, jnp.where(pad, 0.0, xs))
+    assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(clean))
+    for bad in (jnp.nan, jnp.inf, 1e30):
+        value, (g_p, g_x) = f(p, jnp.where(pad, bad, xs))
+        np.testing.assert_array_equal(np.asarray(value), np.asarray(clean[0]))
+        _close(g_p, clean[1][0], tol=0)
+        np.testing.assert_array_equal(np.asarray(g_x), np.asarray(clean[1][1]))
+
+
 @pytest.mark.parametrize("name", ["mingru", "minlstm"])
 def test_jacobian_diagonal_hook_is_the_jacobian(name):
     """The hook parallel.rnn's quasi methods use: the (diagonal) Jacobian of the step."""
