@@ -361,7 +361,9 @@ def _loops(fn, *args) -> int:
     return text.count("scan[") + text.count("while[")
 
 
-@pytest.mark.parametrize("name", LINEAR)
+@pytest.mark.parametrize(
+    "name", [n if n == "mingru" else pytest.param(n, marks=pytest.mark.slow) for n in LINEAR]
+)
 def test_registered_and_chosen_by_rnn_auto(name):
     """``auto`` runs the cells by their associative scan (no loop over time in the program)
     off the CPU, step by step on a CPU. ``xla`` says why not."""
@@ -391,9 +393,8 @@ def test_linear_backend_refuses_a_cell_without_a_linear_recurrence():
 
 def _linear_grid():
     """Each cell with each option of rnn (lengths, reverse, h0, layouts, embedded inputs,
-    remat) on in some case. The default suite runs two cheap cases (minGRU: embedded, remat,
-    lengths; minLSTM: time-major, remat "sqrt", reverse, h0); the rest, the unbatched layout
-    and the LRU among them, is slow."""
+    remat) on in some case. The default suite runs one cheap case (minGRU: embedded inputs,
+    remat, lengths); the rest is slow."""
     options = [
         dict(lengths=True, reverse=True, h0=True, remat=None, layout="batched"),
         dict(lengths=True, reverse=False, h0=False, remat=4, layout="embedded"),
@@ -402,7 +403,7 @@ def _linear_grid():
     ]
     for name in LINEAR:
         for j, opts in enumerate(options):
-            marks = () if (name, j) in (("mingru", 1), ("minlstm", 2)) else (pytest.mark.slow,)
+            marks = () if (name, j) == ("mingru", 1) else (pytest.mark.slow,)
             yield pytest.param(name, opts, marks=marks, id=f"{name}-{j}")
 
 
