@@ -16,8 +16,8 @@
            The linear recurrent cells (``lru``, ``mingru``, ``minlstm``), any dtype.
 ``auto``   the fastest of these that can run the call on the default platform: ``native``
            on a CPU, ``pallas`` on a GPU, else ``xla``, else ``scan``; a linear cell runs
-           on ``linear`` off the CPU, and step by step (``scan``) on a CPU, where it measured
-           faster.
+           on ``linear`` off the CPU, and step by step (``scan``) on a CPU, where the scan
+           showed no consistent win.
 ======== ================================================================================
 
 Every backend gives the numbers of ``scan`` up to float rounding, under every JAX
