@@ -1,7 +1,7 @@
 """Parallel-in-time evaluation against the sequential scan: timings, iterations, deviations.
 
     PYTHONPATH=. python benchmarks/parallel.py grad  [--T 1000,10000]
-    PYTHONPATH=. python benchmarks/parallel.py rnn   [--cells gru,simple --T 1000,10000 --H 1,16,64]
+    PYTHONPATH=. python benchmarks/parallel.py rnn   [--cells gru,simple --T 1000,10000,100000 --H 1,16,64]
     PYTHONPATH=. python benchmarks/parallel.py cells [--cells lru,mingru,minlstm --T 512,4096]
 
 ``grad``: the gradient of :func:`jaxrnn.parallel.linear_scan` (its rule: one reversed scan
@@ -20,13 +20,17 @@ from the sequential result, and XLA's buffer sizes of the compiled forward + gra
 training step's gradient.
 
 Every variant is compiled first, then timed ``--reps`` times; medians are printed as Markdown
-tables (``--out FILE`` also writes them as JSON). All in float32 unless ``--float64``.
+tables (``--out FILE`` also writes them as JSON). All in float32 unless ``--float64``. In
+``rnn``, a variant whose ``--reps`` runs would take more than ``--budget`` seconds is timed
+once (the ``runs`` column), and one that would need more than ``--max-gib`` of buffers or
+``--max-seconds`` a run is not run: its row says why, with the figure (the limit measured).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -61,13 +65,17 @@ def timed(fns: dict, *args, reps: int) -> dict:
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def buffer_mib(fn, *args) -> float:
-    """XLA's temporaries + arguments + outputs of the compiled ``fn``, in MiB."""
-    m = fn.lower(*args).compile().memory_analysis()
+def _mib(compiled) -> float:
+    """XLA's temporaries + arguments + outputs of a compiled function, in MiB."""
+    m = compiled.memory_analysis()
     if m is None:
         return float("nan")
-    total = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
-    return total / 2**20
+    return (m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes) / 2**20
+
+
+def buffer_mib(fn, *args) -> float:
+    """XLA's temporaries + arguments + outputs of the jitted ``fn`` compiled for ``args``, in MiB."""
+    return _mib(fn.lower(*args).compile())
 
 
 def table(rows: list[dict], cols: list[str]) -> str:
@@ -139,7 +147,42 @@ def bench_grad(args) -> list[dict]:
 # --- rnn: the sequential scan against parallel.rnn -----------------------------------------
 
 
+def _compile(fn, *args):
+    return jax.jit(fn).lower(*args).compile()
+
+
+def _time(compiled, *args, reps: int, budget: float) -> tuple:
+    """``compiled(*args)``'s output, its median seconds and how many runs that is over: ``reps``
+    runs after a warm-up, or only the warm-up's time where ``reps`` runs would exceed ``budget``."""
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(compiled(*args))
+    first = time.perf_counter() - t0
+    if first * reps > budget:
+        return out, first, 1
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        ts.append(time.perf_counter() - t0)
+    return out, statistics.median(ts), reps
+
+
+def _partial(args, rows: list[dict]) -> None:
+    """Writes the rows so far to ``--out`` (a long run that stops keeps what it measured)."""
+    if args.out:
+        record = {"what": args.what, "machine": _machine(), "argv": args.argv, "rows": rows}
+        args.out.write_text(json.dumps(record, indent=1) + "\n")
+
+
+def _machine() -> str:
+    return f"{platform.processor() or platform.machine()}, {jax.devices()[0].device_kind}"
+
+
 def bench_rnn(args) -> list[dict]:
+    """Rows of the sequential ``rnn`` and each ``parallel.rnn`` method. A variant whose compiled
+    forward + gradient needs more than ``--max-gib`` of XLA buffers, or whose time extrapolated
+    from the previous ``T`` (linearly: a lower bound, iterations grow with ``T``) exceeds
+    ``--max-seconds``, is not run; its row says why, with the figure."""
     rows = []
     dtype = jnp.float64 if args.float64 else jnp.float32
     methods = args.methods.split(",")
@@ -147,6 +190,7 @@ def bench_rnn(args) -> list[dict]:
         mod = cells.get(name)
         for H in args.H:
             params = mod.init(jax.random.key(0), H, H, dtype=dtype)
+            last: dict[str, tuple[int, float]] = {}  # method -> (T, seconds of fwd + grad)
             for T in args.T:
                 xs = jax.random.normal(jax.random.key(1), (args.B, T, H), dtype)
 
@@ -156,22 +200,7 @@ def bench_rnn(args) -> list[dict]:
                 def seq_g(p, xs, mod=mod):
                     return jax.grad(lambda p: jnp.sum(rnn(mod.cell, p, xs)[1] ** 2))(p)
 
-                f, g = jax.jit(seq_f), jax.jit(seq_g)
-                ys_ref = f(params, xs)
-                t = timed({"f": f, "g": g}, params, xs, reps=args.reps)
-                t_f, t_g = t["f"], t["g"]
-                rows.append(
-                    {
-                        "cell": name,
-                        "H": H,
-                        "T": T,
-                        "method": f"sequential ({backends.select(mod.cell, params, xs).name})",
-                        "fwd ms": f"{1e3 * t_f:.1f}",
-                        "fwd+grad ms": f"{1e3 * t_g:.1f}",
-                        "buffers MiB": f"{buffer_mib(g, params, xs):.1f}",
-                    }
-                )
-                print(rows[-1], flush=True)
+                variants = [("sequential", seq_f, seq_g)]
                 for method in methods:
 
                     def par_f(p, xs, mod=mod, method=method):
@@ -184,27 +213,54 @@ def bench_rnn(args) -> list[dict]:
 
                         return jax.grad(loss)(p)
 
-                    pf, pg = jax.jit(par_f), jax.jit(par_g)
-                    ys, info = pf(params, xs)
-                    dev = float(jnp.max(jnp.abs(ys - ys_ref)))
-                    t = timed({"f": pf, "g": pg}, params, xs, reps=args.reps)
-                    tp_f, tp_g = t["f"], t["g"]
-                    rows.append(
-                        {
-                            "cell": name,
-                            "H": H,
-                            "T": T,
-                            "method": method,
-                            "fwd ms": f"{1e3 * tp_f:.1f}",
-                            "fwd+grad ms": f"{1e3 * tp_g:.1f}",
-                            "speed-up fwd / fwd+grad": f"{t_f / tp_f:.2f}x / {t_g / tp_g:.2f}x",
-                            "iterations": int(info.iterations),
-                            "converged": bool(info.converged),
-                            "max dev ys": f"{dev:.1e}",
-                            "buffers MiB": f"{buffer_mib(pg, params, xs):.1f}",
-                        }
-                    )
-                    print(rows[-1], flush=True)
+                    variants.append((method, par_f, par_g))
+                ys_ref = t_f = t_g = None
+                for method, f, g in variants:
+                    row = {"cell": name, "H": H, "T": T, "method": method}
+                    if method == "sequential":
+                        row["method"] = f"sequential ({backends.select(mod.cell, params, xs).name})"
+                    rows.append(row)
+                    if method in last and method != "sequential":  # the reference always runs
+                        T0, s0 = last[method]
+                        guess = s0 * T / T0
+                        if guess > args.max_seconds:
+                            row["not run"] = (
+                                f"fwd+grad took {s0:.3g} s at T={T0}: >= {guess:.3g} s expected "
+                                f"> --max-seconds {args.max_seconds:g}"
+                            )
+                            print(row, flush=True)
+                            _partial(args, rows)
+                            continue
+                    cg = _compile(g, params, xs)
+                    need = _mib(cg)
+                    row["buffers MiB"] = f"{need:.1f}"
+                    if need > 1024 * args.max_gib:
+                        row["not run"] = (
+                            f"XLA's buffers {need / 1024:.1f} GiB > --max-gib {args.max_gib:.1f}"
+                        )
+                        print(row, flush=True)
+                        _partial(args, rows)
+                        del cg
+                        continue
+                    cf = _compile(f, params, xs)
+                    out, tf, nf = _time(cf, params, xs, reps=args.reps, budget=args.budget)
+                    _, tg, ng = _time(cg, params, xs, reps=args.reps, budget=args.budget)
+                    last[method] = (T, tg)
+                    row["fwd ms"] = f"{1e3 * tf:.1f}"
+                    row["fwd+grad ms"] = f"{1e3 * tg:.1f}"
+                    row["runs"] = f"{nf} / {ng}"
+                    if method == "sequential":
+                        ys_ref, t_f, t_g = out, tf, tg
+                    else:
+                        ys, info = out
+                        row["iterations"] = int(info.iterations)
+                        row["converged"] = bool(info.converged)
+                        if ys_ref is not None:
+                            row["speed-up fwd / fwd+grad"] = f"{t_f / tf:.2f}x / {t_g / tg:.2f}x"
+                            row["max dev ys"] = f"{float(jnp.max(jnp.abs(ys - ys_ref))):.1e}"
+                    del cf, cg, out
+                    print(row, flush=True)
+                    _partial(args, rows)
     return rows
 
 
@@ -259,6 +315,13 @@ def bench_cells(args) -> list[dict]:
     return rows
 
 
+def _default_max_gib() -> float:
+    try:
+        return 0.6 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        return 8.0
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("what", choices=("grad", "rnn", "cells"))
@@ -270,12 +333,31 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--float64", action="store_true")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=60.0,
+        help="rnn: seconds of timed runs per variant; a slower one is timed once",
+    )
+    ap.add_argument(
+        "--max-seconds",
+        type=float,
+        default=600.0,
+        help="rnn: skip a variant expected to take longer than this per run",
+    )
+    ap.add_argument(
+        "--max-gib",
+        type=float,
+        default=_default_max_gib(),
+        help="rnn: skip a variant whose XLA buffers exceed this (default: 60%% of RAM)",
+    )
     args = ap.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.float64:
         jax.config.update("jax_enable_x64", True)
     defaults = {
         "grad": ("", [1000, 10000], [64]),
-        "rnn": ("gru,simple", [1000, 10000], [1, 16, 64]),
+        "rnn": ("gru,simple", [1000, 10000, 100000], [1, 16, 64]),
         "cells": ("lru,mingru,minlstm", [512, 4096], [64]),
     }[args.what]
     args.cells = args.cells or defaults[0]
@@ -283,10 +365,10 @@ def main(argv: list[str] | None = None) -> dict:
     args.H = args.H or defaults[2]
     rows = {"grad": bench_grad, "rnn": bench_rnn, "cells": bench_cells}[args.what](args)
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    machine = f"{platform.processor() or platform.machine()}, {jax.devices()[0].device_kind}"
+    machine = _machine()
     print(f"\n{args.what} on {machine} (jax {jax.__version__}):\n")
     print(table(rows, cols))
-    result = {"what": args.what, "machine": machine, "argv": sys.argv[1:], "rows": rows}
+    result = {"what": args.what, "machine": machine, "argv": args.argv, "rows": rows}
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
     return result

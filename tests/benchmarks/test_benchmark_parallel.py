@@ -21,6 +21,19 @@ def test_parallel_benchmark_tables_run_and_agree_with_the_sequential_scan():
     )["rows"]  # fmt: skip
     assert [r["method"].split(" ")[0] for r in rows] == ["sequential", "newton", "quasi"]
     assert all(r["converged"] and float(r["max dev ys"]) < 1e-4 for r in rows[1:])
+    # the limits: a variant past --max-seconds (from the previous T) or --max-gib is not run,
+    # and its row says why; the sequential reference always runs for the time limit
+    rows = bench.main(
+        ["rnn", "--cells", "simple", "--T", "8,16", "--H", "2", "--B", "2", "--reps", "1",
+         "--methods", "quasi", "--max-seconds", "0"]
+    )["rows"]  # fmt: skip
+    assert [("not run" in r) for r in rows] == [False, False, False, True]
+    assert "at T=8" in rows[3]["not run"] and "--max-seconds 0" in rows[3]["not run"]
+    rows = bench.main(
+        ["rnn", "--cells", "simple", "--T", "8", "--H", "2", "--B", "2", "--reps", "1",
+         "--methods", "newton", "--max-gib", "0"]
+    )["rows"]  # fmt: skip
+    assert len(rows) == 2 and all("GiB > --max-gib 0.0" in r["not run"] for r in rows)
     cells = bench.main(["cells", "--T", "16", "--H", "4", "--B", "2", "--reps", "1"])["rows"]
     assert [r["cell"] for r in cells] == ["lru", "mingru", "minlstm"]
     assert all(float(r["max dev"]) < 1e-4 for r in cells)
