@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -322,6 +323,29 @@ def _default_max_gib() -> float:
         return 8.0
 
 
+def rnn_summary(rows: list[dict]) -> str:
+    """The ``rnn`` rows as one Markdown line per cell, H and T: the sequential time, and per
+    method its speed-up (forward / forward + gradient) and iterations, or why it did not run."""
+    methods = list(dict.fromkeys(r["method"] for r in rows if not r["method"].startswith("seq")))
+    cols = ["cell", "H", "T", "sequential: fwd / fwd+grad ms"] + [f"{m}" for m in methods]
+    lines = []
+    for r in rows:
+        if r["method"].startswith("seq"):
+            seq = f"{r['fwd ms']} / {r['fwd+grad ms']}" if "fwd ms" in r else "not run"
+            lines.append({"cell": r["cell"], "H": r["H"], "T": f"{r['T']:,}", cols[3]: seq})
+        elif "not run" in r:
+            why = r["not run"]
+            mem = re.search(r"buffers (\S+ GiB)", why)
+            secs = re.search(r">= (\S+) s expected", why)
+            lines[-1][r["method"]] = (
+                f"not run: needs {mem.group(1)}" if mem else f"not run: >= {secs.group(1)} s a run"
+            )
+        else:
+            flag = "" if r["converged"] else ", not converged"
+            lines[-1][r["method"]] = f"{r['speed-up fwd / fwd+grad']} ({r['iterations']} it{flag})"
+    return table(lines, cols)
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("what", choices=("grad", "rnn", "cells"))
@@ -368,6 +392,8 @@ def main(argv: list[str] | None = None) -> dict:
     machine = _machine()
     print(f"\n{args.what} on {machine} (jax {jax.__version__}):\n")
     print(table(rows, cols))
+    if args.what == "rnn":
+        print(rnn_summary(rows))
     result = {"what": args.what, "machine": machine, "argv": args.argv, "rows": rows}
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
