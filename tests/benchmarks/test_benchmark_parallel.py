@@ -55,3 +55,13 @@ def test_the_guides_table_is_the_committed_run():
         ]
         row = f"| {r['cell']} | {r['B x T x H']} | {ms[0]} / {ms[1]} | {ms[2]} / {ms[3]} | {r['speed-up fwd / train']} |"
         assert row in guide, row
+
+
+def test_the_guides_parallel_rnn_table_is_the_committed_run():
+    """docs/guide/parallel.md's parallel.rnn table is rnn_summary of the committed results file."""
+    results = ROOT / "benchmarks" / "results" / "parallel" / "rnn-cpu-amd-zen3-2026-12-07.json"
+    guide = (ROOT / "docs" / "guide" / "parallel.md").read_text(encoding="utf-8")
+    record = json.loads(results.read_text())
+    assert record["what"] == "rnn"
+    assert " ".join(record["argv"][:-2]) in " ".join(guide.split())  # the command, as run
+    assert bench.rnn_summary(record["rows"]) in guide
