@@ -19,7 +19,9 @@
 # namex, optree) are installed to /tmp/site when present. JAXRNN_NATIVE=0: the native
 # kernels are CPU-only, so skipping their build changes nothing on the GPU. Each phase has a
 # time limit, and run.py rewrites its JSON after every case, so a cut-off run keeps what it
-# measured.
+# measured. PARALLEL_S (default 0: off): seconds for benchmarks/parallel.py, the linear cells'
+# scan and then parallel.rnn against the sequential rnn at issue 36's sizes (-> OUTDIR/
+# parallel_cells.json, parallel_rnn.json; rows written as they come).
 set -u
 OUTDIR=${1:-benchmarks/results/gpu}
 mkdir -p "$OUTDIR"
@@ -62,5 +64,11 @@ fi
 if [ "${SCALING_S:-150}" != 0 ]; then
     timeout "${SCALING_S:-150}" $PY "${RUN[@]}" --workload scaling --out "$OUTDIR/gpu_scaling.json" \
         ${SCALING_ARGS:-}
+fi
+if [ "${PARALLEL_S:-0}" != 0 ]; then
+    timeout "$PARALLEL_S" bash -c "$PY benchmarks/parallel.py cells --T 512,4096,32768 --H 64 --B 16 \
+        --reps 5 --out '$OUTDIR/parallel_cells.json' && $PY benchmarks/parallel.py rnn \
+        --cells gru,simple --T 1000,10000,100000 --H 1,16,64 --B 16 --reps 3 --budget 5 \
+        --max-seconds 20 --out '$OUTDIR/parallel_rnn.json'" 2>&1 | tee "$OUTDIR/parallel.txt"
 fi
 echo "gpu.sh done: $(date -u)"

@@ -179,6 +179,28 @@ def _machine() -> str:
     return f"{platform.processor() or platform.machine()}, {jax.devices()[0].device_kind}"
 
 
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:160]
+
+
+def _measure(args, f, g, params, xs) -> dict:
+    """Compiles ``g`` (forward + gradient) and, if its buffers fit ``--max-gib``, times ``f`` and
+    ``g``: ``{"row": columns, "out": f's output, "tf": s, "tg": s}`` or ``{"row": {"not run"}}``."""
+    cg = _compile(g, params, xs)
+    need = _mib(cg)
+    row = {"buffers MiB": f"{need:.1f}"}
+    if need > 1024 * args.max_gib:
+        row["not run"] = f"XLA's buffers {need / 1024:.1f} GiB > --max-gib {args.max_gib:.1f}"
+        return {"row": row}
+    cf = _compile(f, params, xs)
+    out, tf, nf = _time(cf, params, xs, reps=args.reps, budget=args.budget)
+    _, tg, ng = _time(cg, params, xs, reps=args.reps, budget=args.budget)
+    row.update(
+        {"fwd ms": f"{1e3 * tf:.1f}", "fwd+grad ms": f"{1e3 * tg:.1f}", "runs": f"{nf} / {ng}"}
+    )
+    return {"row": row, "out": out, "tf": tf, "tg": tg}
+
+
 def bench_rnn(args) -> list[dict]:
     """Rows of the sequential ``rnn`` and each ``parallel.rnn`` method. A variant whose compiled
     forward + gradient needs more than ``--max-gib`` of XLA buffers, or whose time extrapolated
@@ -232,24 +254,19 @@ def bench_rnn(args) -> list[dict]:
                             print(row, flush=True)
                             _partial(args, rows)
                             continue
-                    cg = _compile(g, params, xs)
-                    need = _mib(cg)
-                    row["buffers MiB"] = f"{need:.1f}"
-                    if need > 1024 * args.max_gib:
-                        row["not run"] = (
-                            f"XLA's buffers {need / 1024:.1f} GiB > --max-gib {args.max_gib:.1f}"
-                        )
+                    try:
+                        measured = _measure(args, f, g, params, xs)
+                    except Exception as e:  # e.g. out of device memory: the row says so
+                        measured = {
+                            "row": {"not run": f"failed: {type(e).__name__}: {_first_line(e)}"}
+                        }
+                    row.update(measured.pop("row"))
+                    if "not run" in row:
                         print(row, flush=True)
                         _partial(args, rows)
-                        del cg
                         continue
-                    cf = _compile(f, params, xs)
-                    out, tf, nf = _time(cf, params, xs, reps=args.reps, budget=args.budget)
-                    _, tg, ng = _time(cg, params, xs, reps=args.reps, budget=args.budget)
+                    out, tf, tg = measured["out"], measured["tf"], measured["tg"]
                     last[method] = (T, tg)
-                    row["fwd ms"] = f"{1e3 * tf:.1f}"
-                    row["fwd+grad ms"] = f"{1e3 * tg:.1f}"
-                    row["runs"] = f"{nf} / {ng}"
                     if method == "sequential":
                         ys_ref, t_f, t_g = out, tf, tg
                     else:
@@ -259,7 +276,7 @@ def bench_rnn(args) -> list[dict]:
                         if ys_ref is not None:
                             row["speed-up fwd / fwd+grad"] = f"{t_f / tf:.2f}x / {t_g / tg:.2f}x"
                             row["max dev ys"] = f"{float(jnp.max(jnp.abs(ys - ys_ref))):.1e}"
-                    del cf, cg, out
+                    del measured, out
                     print(row, flush=True)
                     _partial(args, rows)
     return rows
@@ -317,6 +334,13 @@ def bench_cells(args) -> list[dict]:
 
 
 def _default_max_gib() -> float:
+    """90% of an accelerator's memory, else 60% of the host's RAM."""
+    try:
+        limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
+    except Exception:  # a backend without memory statistics
+        limit = None
+    if limit:
+        return 0.9 * limit / 2**30
     try:
         return 0.6 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError, AttributeError):
@@ -327,7 +351,7 @@ def rnn_summary(rows: list[dict]) -> str:
     """The ``rnn`` rows as one Markdown line per cell, H and T: the sequential time, and per
     method its speed-up (forward / forward + gradient) and iterations, or why it did not run."""
     methods = list(dict.fromkeys(r["method"] for r in rows if not r["method"].startswith("seq")))
-    cols = ["cell", "H", "T", "sequential: fwd / fwd+grad ms"] + [f"{m}" for m in methods]
+    cols = ["cell", "H", "T", "sequential: fwd / fwd+grad ms", *methods]
     lines = []
     for r in rows:
         if r["method"].startswith("seq"):
@@ -338,7 +362,11 @@ def rnn_summary(rows: list[dict]) -> str:
             mem = re.search(r"buffers (\S+ GiB)", why)
             secs = re.search(r">= (\S+) s expected", why)
             lines[-1][r["method"]] = (
-                f"not run: needs {mem.group(1)}" if mem else f"not run: >= {secs.group(1)} s a run"
+                f"not run: needs {mem.group(1)}"
+                if mem
+                else f"not run: >= {secs.group(1)} s a run"
+                if secs
+                else "failed (see the results file)"
             )
         else:
             flag = "" if r["converged"] else ", not converged"
@@ -373,7 +401,8 @@ def main(argv: list[str] | None = None) -> dict:
         "--max-gib",
         type=float,
         default=_default_max_gib(),
-        help="rnn: skip a variant whose XLA buffers exceed this (default: 60%% of RAM)",
+        help="rnn: skip a variant whose XLA buffers exceed this (default: 90%% of an "
+        "accelerator's memory, else 60%% of RAM)",
     )
     args = ap.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)

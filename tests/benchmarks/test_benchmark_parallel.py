@@ -65,3 +65,20 @@ def test_the_guides_parallel_rnn_table_is_the_committed_run():
     assert record["what"] == "rnn"
     assert " ".join(record["argv"][:-2]) in " ".join(guide.split())  # the command, as run
     assert bench.rnn_summary(record["rows"]) in guide
+
+
+def test_a_variant_that_fails_is_a_row_that_says_so(monkeypatch):
+    """An error while compiling or running one variant (a device out of memory) ends neither the
+    run nor the table: its row keeps the error's first line."""
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 68 GiB\nmore detail")
+
+    monkeypatch.setattr(bench, "_measure", out_of_memory)
+    rows = bench.main(
+        ["rnn", "--cells", "gru", "--T", "8", "--H", "2", "--B", "2", "--methods", "newton"]
+    )["rows"]
+    assert [r["not run"] for r in rows] == [
+        "failed: RuntimeError: RESOURCE_EXHAUSTED: Out of memory allocating 68 GiB"
+    ] * 2
+    assert "| not run | failed (see the results file) |" in bench.rnn_summary(rows)
