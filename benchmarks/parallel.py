@@ -168,11 +168,13 @@ def _time(compiled, *args, reps: int, budget: float) -> tuple:
     return out, statistics.median(ts), reps
 
 
-def _partial(args, rows: list[dict]) -> None:
-    """Writes the rows so far to ``--out`` (a long run that stops keeps what it measured)."""
+def _write(args, rows: list[dict]) -> dict:
+    """The run's record; written to ``--out`` too (called after every row, so a long run that
+    stops keeps what it measured)."""
+    record = {"what": args.what, "machine": _machine(), "argv": args.argv, "rows": rows}
     if args.out:
-        record = {"what": args.what, "machine": _machine(), "argv": args.argv, "rows": rows}
         args.out.write_text(json.dumps(record, indent=1) + "\n")
+    return record
 
 
 def _machine() -> str:
@@ -252,7 +254,7 @@ def bench_rnn(args) -> list[dict]:
                                 f"> --max-seconds {args.max_seconds:g}"
                             )
                             print(row, flush=True)
-                            _partial(args, rows)
+                            _write(args, rows)
                             continue
                     try:
                         measured = _measure(args, f, g, params, xs)
@@ -263,7 +265,7 @@ def bench_rnn(args) -> list[dict]:
                     row.update(measured.pop("row"))
                     if "not run" in row:
                         print(row, flush=True)
-                        _partial(args, rows)
+                        _write(args, rows)
                         continue
                     out, tf, tg = measured["out"], measured["tf"], measured["tg"]
                     last[method] = (T, tg)
@@ -278,7 +280,7 @@ def bench_rnn(args) -> list[dict]:
                             row["max dev ys"] = f"{float(jnp.max(jnp.abs(ys - ys_ref))):.1e}"
                     del measured, out
                     print(row, flush=True)
-                    _partial(args, rows)
+                    _write(args, rows)
     return rows
 
 
@@ -423,10 +425,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(table(rows, cols))
     if args.what == "rnn":
         print(rnn_summary(rows))
-    result = {"what": args.what, "machine": machine, "argv": args.argv, "rows": rows}
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
-    return result
+    return _write(args, rows)
 
 
 if __name__ == "__main__":
