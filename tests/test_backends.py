@@ -63,6 +63,7 @@ TRANSFORMS = {
     "grad": lambda f: jax.grad(f, argnums=(0, 1, 2)),
     "value_and_grad": lambda f: jax.value_and_grad(f, argnums=(0, 1, 2)),
     "vmap": lambda f: jax.vmap(f, in_axes=(None, 0, 0)),
+    "vmap_of_grad": lambda f: jax.vmap(jax.grad(f, argnums=(0, 1, 2)), in_axes=(None, 0, 0)),
     "jvp": lambda f: lambda *a: jax.jvp(f, a, jax.tree.map(lambda x: 0.3 * jnp.ones_like(x), a)),
     "jacfwd": lambda f: jax.jacfwd(f, argnums=(1, 2)),
     "jacrev": lambda f: jax.jacrev(f, argnums=(0, 2)),
@@ -80,7 +81,7 @@ TRANSFORMS = {
 def test_every_transformation_equals_scan(backend, cell_name, transform):
     dtype = dtype_of(backend)
     cell, p, xs, h0 = setup(cell_name, dtype, T=4, B=2, D=3, H=5)
-    if transform == "vmap":  # a batch of batches: [V, B, T, D]
+    if transform.startswith("vmap"):  # a batch of batches: [V, B, T, D]
         xs = jnp.stack([xs, -xs])
         h0 = jax.tree.map(lambda a: jnp.stack([a, 0.5 * a]), h0)
     f = jax.jit(TRANSFORMS[transform](_loss(backend, cell)))

@@ -240,7 +240,7 @@ def select(cell: Callable, params: Any, xs: Any, backend: str | Backend = "auto"
         return gpu.unsupported(kind, act, dtype, H, b.gpu)
 
     if b.name == "xla":
-        return Choice("xla", "asked for", hoisted, _recurrence.XLA)
+        return _xla_choice("asked for", hoisted)
     if b.name == "native":
         reason = native_reason()
         if reason is not None:
@@ -266,13 +266,19 @@ def select(cell: Callable, params: Any, xs: Any, backend: str | Backend = "auto"
         if reason is None:
             return Choice("native", "the native CPU kernels run this cell", hoisted,
                           cpu.impl(kind, act, b.native_threads))  # fmt: skip
-        return Choice("xla", f"not 'native': {reason}", hoisted, _recurrence.XLA)
+        return _xla_choice(f"not 'native': {reason}", hoisted)
     if platform == "gpu":
         reason = pallas_reason()
         if reason is None:
             return Choice("pallas", "the GPU kernels run this cell", hoisted, gpu.impl(kind, b.gpu))
-        return Choice("xla", f"not 'pallas': {reason}", hoisted, _recurrence.XLA)
-    return Choice("xla", f"no kernels for the {platform!r} platform", hoisted, _recurrence.XLA)
+        return _xla_choice(f"not 'pallas': {reason}", hoisted)
+    return _xla_choice(f"no kernels for the {platform!r} platform", hoisted)
+
+
+def _xla_choice(reason: str, hoisted: Hoisted) -> Choice:
+    if jax.default_backend() == "cpu":
+        cpu.keep_freed_memory()  # the loops' [T, B, ...] buffers are reused, not re-faulted
+    return Choice("xla", reason, hoisted, _recurrence.XLA)
 
 
 def explain(cell: Callable, params: Any, xs: Any, backend: str | Backend = "auto") -> str:

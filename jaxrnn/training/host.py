@@ -11,8 +11,9 @@ with tens of MB of temporaries that is a large share of the step.
   freed after one step is reused by the next), ``top_pad`` 64 MiB (an emptied worker-thread
   heap stays mapped), ``trim_threshold`` at its maximum (heaps are never trimmed),
   ``hugetlb=1`` (transparent huge pages for the heaps). Freed memory stays with the process,
-  which suits a training process. The native CPU backend sets all but ``hugetlb`` itself
-  (``mallopt``) when its kernels are first used, so a user's own script gets them too;
+  which suits a training process. ``rnn`` sets all but ``hugetlb`` itself (``mallopt``)
+  when the native kernels or the XLA loops first run on a CPU, so a user's own script gets
+  them too;
   :func:`restart_with_tunables` starts the program again with all four; or export them::
 
       GLIBC_TUNABLES=glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:\\

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.skipif(
 
 PROBE = """
 import ctypes, json, sys
+import jax
 from jaxrnn import backends, cells
 libc = ctypes.CDLL(None)
 
@@ -33,6 +34,10 @@ libc.free.argtypes = (ctypes.c_void_p,)
 if sys.argv[1] == "native":  # what rnn(..., backend="native") calls when it picks the kernels
     from jaxrnn.backends import cpu
     cpu.impl("lstm")
+if sys.argv[1] == "xla":  # rnn(..., backend="xla") on the CPU picks the hoisted XLA loops
+    import jax.numpy as jnp
+    params = cells.lstm.init(jax.random.key(0), 3, 4)
+    assert backends.select(cells.lstm.cell, params, jnp.float32, "xla").name == "xla"
 before = libc.mallinfo2()
 block = libc.malloc(48 << 20)
 during = libc.mallinfo2()
@@ -62,8 +67,9 @@ def test_by_default_a_large_block_is_mapped_alone_and_given_back():
     assert got["mapped_alone"] >= 48 << 20 and got["heap_growth"] < 1 << 20, got
 
 
-def test_native_backend_serves_large_blocks_from_the_heap_and_keeps_them():
-    got = _probe("native")
+@pytest.mark.parametrize("mode", ["native", "xla"])
+def test_cpu_backends_serve_large_blocks_from_the_heap_and_keep_them(mode):
+    got = _probe(mode)
     assert got["mapped_alone"] == 0, got
     assert got["heap_growth"] >= 48 << 20 and got["kept_after_free"] >= 48 << 20, got
 

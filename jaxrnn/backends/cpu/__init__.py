@@ -4,8 +4,9 @@ Each recurrence's forward and backward loop runs as one XLA FFI call (``rnn_cpu.
 :mod:`._ffi`), the batch rows split over XLA's CPU threads, each step a register-blocked
 product with the cell's update applied in registers. An embedding folded into the input
 projection gets two more calls (:func:`project_table`, :func:`project_rows`). Built on first
-use for the CPU at hand (:mod:`._build`); float32. Where they run, glibc is asked to keep
-the memory a step frees for the next step (:mod:`._memory`; ``JAXRNN_HOST_TUNABLES=0``: not).
+use for the CPU at hand (:mod:`._build`); float32. Where they or the XLA loops run on a CPU,
+glibc is asked to keep the memory a step frees for the next step (:func:`keep_freed_memory`;
+``JAXRNN_HOST_TUNABLES=0``: not).
 """
 
 from __future__ import annotations
@@ -126,13 +127,19 @@ def _gru(threads: int) -> Impl:
     return Impl("native", forward, backward)
 
 
+def keep_freed_memory() -> bool:
+    """Asks glibc to keep the memory a CPU step frees for the next step (:mod:`._memory`),
+    once per process; whether that is in effect (``JAXRNN_HOST_TUNABLES=0``: not)."""
+    return _memory.keep_freed_memory()
+
+
 @functools.cache
 def impl(kind: str, activation: str = "", threads: int = 0) -> Impl:
     """The kernels of ``kind`` (``"simple"`` with an ``activation``, ``"lstm"``, ``"gru"``)
     as an :class:`~jaxrnn.backends._recurrence.Impl`; ``threads``: row chunks run in
     parallel (0: the size of XLA's CPU thread pool). The first call keeps freed memory in
     the process's heaps (:mod:`._memory`)."""
-    _memory.keep_freed_memory()
+    keep_freed_memory()
     if kind == "simple":
         return _simple(activation, threads)
     return _lstm(threads) if kind == "lstm" else _gru(threads)
