@@ -13,8 +13,8 @@ with tens of MB of temporaries that is a large share of the step.
   ``hugetlb=1`` (transparent huge pages for the heaps). Freed memory stays with the process,
   which suits a training process. ``rnn`` sets all but ``hugetlb`` itself (``mallopt``)
   when the native kernels or the XLA loops first run on a CPU, so a user's own script gets
-  them too;
-  :func:`restart_with_tunables` starts the program again with all four; or export them::
+  them too; :func:`restart_with_tunables` starts the program again with all four; or export
+  them::
 
       GLIBC_TUNABLES=glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:\\
       glibc.malloc.top_pad=67108864:glibc.malloc.trim_threshold=2147483647 python my_script.py

@@ -4,9 +4,9 @@ XLA:CPU allocates an executable's temporaries at every call and frees them when 
 glibc gives a request above its mmap threshold a mapping of its own, unmapped when freed, and
 trims its heaps, so the next call faults every page in again and the kernel zeroes each one:
 for a training step with tens of MB of temporaries that is a large share of the step. When
-the native CPU kernels or the XLA loops first run on a CPU, :func:`keep_freed_memory` asks glibc (``mallopt``) to
-serve every request from its heaps and to keep what is freed there, so one step's memory is
-reused by the next. The process then holds on to its peak memory instead of returning it.
+the native CPU kernels or the XLA loops first run on a CPU, :func:`keep_freed_memory` asks
+glibc (``mallopt``) to serve every request from its heaps and to keep what is freed there, so
+one step's memory is reused by the next. The process then holds on to its peak memory instead of returning it.
 ``JAXRNN_HOST_TUNABLES=0`` leaves malloc as the process started.
 """
 
