@@ -99,6 +99,29 @@ def test_reverse_mode_runs_the_backends_backward_pass():
     assert "jaxrnn_linear" in str(jax.make_jaxpr(g)(p, xs, h0))
 
 
+@pytest.mark.parametrize("cell_name", ["lstm", "relu"])
+def test_xla_loops_fall_back_to_every_residual_when_a_step_traces_otherwise(monkeypatch, cell_name):
+    """The XLA loops store each step's pullback in buffers laid out by an abstract trace of one
+    step; where the loop body's own trace differs (it has happened under ``jax.checkpoint``),
+    they store the plain pullback's residuals instead, with the same numbers."""
+    from jaxrnn.backends import _xla
+
+    layout = _xla._pullback_layout
+    calls = []
+
+    def skewed(*args, fallback=False):
+        calls.append(fallback)
+        got = layout(*args, fallback=fallback)
+        return got if fallback else got._replace(carry_leaf=got.carry_leaf + (None,))
+
+    monkeypatch.setattr(_xla, "_pullback_layout", skewed)
+    cell, p, xs, h0 = setup(cell_name, jnp.float64)
+    g = jax.grad(_loss(backends.Backend("xla"), cell), argnums=(0, 1, 2))(p, xs, h0)
+    ref = jax.grad(_loss(backends.Backend("scan"), cell), argnums=(0, 1, 2))(p, xs, h0)
+    close(g, ref, rtol=1e-10, atol=1e-10)
+    assert True in calls
+
+
 # --- rnn's options on every backend ----------------------------------------------------------
 
 

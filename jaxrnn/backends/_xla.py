@@ -95,7 +95,7 @@ class _Layout(NamedTuple):
             (:func:`_save_all_but_arithmetic`).
     """
 
-    shapes: list
+    shapes: tuple
     tree: Any
     carry_leaf: tuple
     du_is_dr: bool
@@ -112,9 +112,12 @@ def _step_pullback(
     return new, leaves, tree
 
 
-def _pullback_layout(update: Update, carry0: Any, u_shape: tuple, dtype: Any) -> _Layout:
+def _pullback_layout(
+    update: Update, carry0: Any, u_shape: tuple, dtype: Any, fallback: bool = False
+) -> _Layout:
     """The :class:`_Layout` of a step's pullback, traced abstractly: of the plain pullback and
-    the one that recomputes arithmetic, the one that saves fewer bytes per step."""
+    the one that recomputes arithmetic, the one that saves fewer bytes per step. ``fallback``:
+    the plain pullback with every residual saved as it comes."""
     found = {}
 
     def probe(carry, u, r, remat):
@@ -128,34 +131,69 @@ def _pullback_layout(update: Update, carry0: Any, u_shape: tuple, dtype: Any) ->
     layouts = []
     for remat in (False, True):
         shapes = jax.eval_shape(functools.partial(probe, remat=remat), carry0, like, like)
-        tree, carry_leaf, _ = found[remat]
-        saved = [s for s, i in zip(shapes, carry_leaf, strict=True) if i is None]
+        tree, carry_leaf, du_is_dr = found[remat]
+        if fallback:
+            return _Layout(tuple(shapes), tree, (None,) * len(shapes), du_is_dr, False)
+        saved = tuple(s for s, i in zip(shapes, carry_leaf, strict=True) if i is None)
         # whether du is dr is the update's property; only the plain pullback shows it
         layouts.append(_Layout(saved, tree, carry_leaf, found[False][2], remat))
     nbytes = [sum(s.size * s.dtype.itemsize for s in lay.shapes) for lay in layouts]
     return layouts[1] if nbytes[1] < nbytes[0] else layouts[0]
 
 
-def _saved(leaves: list, layout: _Layout) -> list:
-    return [x for x, i in zip(leaves, layout.carry_leaf, strict=True) if i is None]
+class _Mismatch(Exception):
+    """A loop body traced to another pullback than its layout's abstract trace."""
+
+
+@jax.tree_util.register_static
+class _Fallback(NamedTuple):
+    """Whether a loop stored the plain pullback (``_pullback_layout(fallback=True)``): a
+    pytree without leaves, so :func:`loop_saving` hands it to :func:`backward`."""
+
+    on: bool
+
+
+def _matches(layout: _Layout, incoming: list, leaves: list) -> bool:
+    """Whether a traced step's pullback ``leaves`` are the ones ``layout`` stores."""
+    if len(leaves) != len(layout.carry_leaf):
+        return False
+    saved = [x for x, i in zip(leaves, layout.carry_leaf, strict=True) if i is None]
+    return all(
+        i is None or x is incoming[i] for x, i in zip(leaves, layout.carry_leaf, strict=True)
+    ) and all(
+        jnp.shape(x) == s.shape and jnp.result_type(x) == s.dtype
+        for x, s in zip(saved, layout.shapes, strict=True)
+    )  # fmt: skip
 
 
 def loop_saving(
     update: Update, W_h: Array, b_h: Array | None, U: Array, ids: Array | None, carry0: Any,
     unroll: int | bool = 1,
-) -> tuple[Any, Any, tuple[Any, list]]:  # fmt: skip
+) -> tuple[Any, Any, tuple[Any, list, _Fallback]]:  # fmt: skip
     """:func:`loop` that also returns what :func:`backward` reads: ``S`` (each carry leaf's
-    ``[T + 1, B, ...]`` buffer, row 0 the initial carry) and ``P``, every step's pullback of
+    ``[T + 1, B, ...]`` buffer, row 0 the initial carry), ``P``, every step's pullback of
     ``update`` (its residuals, each leaf a ``[T, ...]`` buffer, but those that are the step's
     incoming carry, which ``S`` holds), so the backward pass computes none of the forward's
-    activations again.
+    activations again, and whether ``P`` holds the plain pullback instead.
 
     The buffers are written in place, one row a step; the carry is carried as well, since
     reading a row back from the buffer it was written to makes XLA copy the buffer.
     """
-    T = ids.shape[0] if ids is not None else U.shape[0]
     B = carry_output(carry0).shape[0]
     layout = _pullback_layout(update, carry0, (B, W_h.shape[1]), W_h.dtype)
+    try:
+        states, final, (S, P) = _loop_saving(layout, update, W_h, b_h, U, ids, carry0, unroll)
+        return states, final, (S, P, _Fallback(False))
+    except _Mismatch:
+        # the abstract trace can differ from the loop body's (seen once in a training step: a
+        # relu's constant became a residual there): then every residual of the plain pullback
+        plain = _pullback_layout(update, carry0, (B, W_h.shape[1]), W_h.dtype, fallback=True)
+        states, final, (S, P) = _loop_saving(plain, update, W_h, b_h, U, ids, carry0, unroll)
+        return states, final, (S, P, _Fallback(True))
+
+
+def _loop_saving(layout, update, W_h, b_h, U, ids, carry0, unroll):
+    T = ids.shape[0] if ids is not None else U.shape[0]
     S = jax.tree.map(lambda c: jnp.zeros((T + 1, *c.shape), c.dtype).at[0].set(c), carry0)
     P = [jnp.zeros((T, *a.shape), a.dtype) for a in layout.shapes]
 
@@ -165,11 +203,10 @@ def loop_saving(
         r = recurrent(carry, W_h, b_h)
         incoming = jax.tree.leaves(carry)
         carry, leaves, _ = _step_pullback(update, carry, u, r, layout.remat)
-        pairs = zip(leaves, layout.carry_leaf, strict=True)
-        if any(j is not None and x is not incoming[j] for x, j in pairs):
-            raise AssertionError("a step's pullback does not match its traced layout")
+        if not _matches(layout, incoming, leaves):
+            raise _Mismatch
         S = jax.tree.map(lambda buf, c: _set_row(buf, c, t + 1), S, carry)
-        saved = _saved(leaves, layout)
+        saved = [x for x, i in zip(leaves, layout.carry_leaf, strict=True) if i is None]
         return carry, S, [_set_row(buf, x, t) for buf, x in zip(P, saved, strict=True)]
 
     final, S, P = jax.lax.fori_loop(0, T, body, (carry0, S, P), unroll=unroll)
@@ -178,7 +215,7 @@ def loop_saving(
 
 def backward(
     W_h: Array, b_h: Array | None, U: Array, ids: Array | None, carry0: Any, states: Any,
-    saved: tuple[Any, list], g_states: Any, g_final: Any, update: Update,
+    saved: tuple[Any, list, _Fallback], g_states: Any, g_final: Any, update: Update,
     unroll: int | bool = 1,
 ) -> tuple[Array, Array | None, Array, Any]:  # fmt: skip
     """``(dW_h, db_h, dU, dcarry0)`` from the cotangents of :func:`loop_saving`'s outputs.
@@ -187,11 +224,11 @@ def backward(
     Each step applies the pullback of ``update`` saved by the forward loop, so the cell's
     maths is written once, in the cell.
     """
-    S, P = saved
+    S, P, fallback = saved
     T = P[0].shape[0] if P else (ids.shape[0] if ids is not None else U.shape[0])
     B = carry_output(carry0).shape[0]
     GH = W_h.shape[1]
-    layout = _pullback_layout(update, carry0, (B, GH), W_h.dtype)
+    layout = _pullback_layout(update, carry0, (B, GH), W_h.dtype, fallback=fallback.on)
     W_hT = W_h.T  # [G H, H]
     D = jnp.zeros((T + 1, B, GH), W_h.dtype)  # D[t] = dL/dr_t; row T stays 0
     # an update that sees u and r only through u + r has du = dr: one buffer serves both
