@@ -102,8 +102,8 @@ def test_reverse_mode_runs_the_backends_backward_pass():
 @pytest.mark.parametrize("cell_name", ["lstm", "relu"])
 def test_xla_loops_fall_back_to_every_residual_when_a_step_traces_otherwise(monkeypatch, cell_name):
     """The XLA loops store each step's pullback in buffers laid out by an abstract trace of one
-    step; where the loop body's own trace differs (it has happened under ``jax.checkpoint``),
-    they store the plain pullback's residuals instead, with the same numbers."""
+    step; where the loop body's own trace differs (a jit with shardings, below), they store the
+    plain pullback's residuals instead, with the same numbers."""
     from jaxrnn.backends import _xla
 
     layout = _xla._pullback_layout
@@ -120,6 +120,24 @@ def test_xla_loops_fall_back_to_every_residual_when_a_step_traces_otherwise(monk
     ref = jax.grad(_loss(backends.Backend("scan"), cell), argnums=(0, 1, 2))(p, xs, h0)
     close(g, ref, rtol=1e-10, atol=1e-10)
     assert True in calls
+
+
+@pytest.mark.parametrize("cell_name", ["simple", "lstm", "gru"])
+def test_xla_loops_under_a_jit_with_shardings_equal_scan(cell_name):
+    """``train.py``'s step is a ``jit`` of arrays placed on a data-parallel mesh; traced there, a
+    step's pullback holds its constants as residuals and the loops fall back."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    rep, rows = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
+    cell, p, xs, h0 = setup(cell_name, jnp.float64)
+    p, xs, h0 = jax.device_put(p, rep), jax.device_put(xs, rows), jax.device_put(h0, rows)
+
+    def grad(name):
+        g = jax.grad(_loss(backends.Backend(name), cell), argnums=(0, 1, 2))
+        return jax.jit(g, in_shardings=(rep, rows, rows), out_shardings=rep)(p, xs, h0)
+
+    close(grad("xla"), grad("scan"), rtol=1e-10, atol=1e-10)
 
 
 # --- rnn's options on every backend ----------------------------------------------------------

@@ -185,8 +185,8 @@ def loop_saving(
         states, final, (S, P) = _loop_saving(layout, update, W_h, b_h, U, ids, carry0, unroll)
         return states, final, (S, P, _Fallback(False))
     except _Mismatch:
-        # the abstract trace can differ from the loop body's (under a jit with in_shardings the
-        # body's has its constants as residuals): then every residual of the plain pullback
+        # the abstract trace can differ from the loop body's (a jit of arrays placed on a mesh
+        # traces constants as residuals there): then every residual of the plain pullback
         plain = _pullback_layout(update, carry0, (B, W_h.shape[1]), W_h.dtype, fallback=True)
         states, final, (S, P) = _loop_saving(plain, update, W_h, b_h, U, ids, carry0, unroll)
         return states, final, (S, P, _Fallback(True))
