@@ -153,17 +153,18 @@ class _Fallback(NamedTuple):
     on: bool
 
 
-def _matches(layout: _Layout, incoming: list, leaves: list) -> bool:
-    """Whether a traced step's pullback ``leaves`` are the ones ``layout`` stores."""
+def _to_save(layout: _Layout, incoming: list, leaves: list) -> list | None:
+    """The leaves of a traced step's pullback that ``layout`` stores, or ``None`` where the
+    trace does not match ``layout``."""
     if len(leaves) != len(layout.carry_leaf):
-        return False
-    saved = [x for x, i in zip(leaves, layout.carry_leaf, strict=True) if i is None]
-    return all(
-        i is None or x is incoming[i] for x, i in zip(leaves, layout.carry_leaf, strict=True)
-    ) and all(
+        return None
+    pairs = list(zip(leaves, layout.carry_leaf, strict=True))
+    saved = [x for x, i in pairs if i is None]
+    same = all(i is None or x is incoming[i] for x, i in pairs) and all(
         jnp.shape(x) == s.shape and jnp.result_type(x) == s.dtype
         for x, s in zip(saved, layout.shapes, strict=True)
-    )  # fmt: skip
+    )
+    return saved if same else None
 
 
 def loop_saving(
@@ -203,10 +204,10 @@ def _loop_saving(layout, update, W_h, b_h, U, ids, carry0, unroll):
         r = recurrent(carry, W_h, b_h)
         incoming = jax.tree.leaves(carry)
         carry, leaves, _ = _step_pullback(update, carry, u, r, layout.remat)
-        if not _matches(layout, incoming, leaves):
+        saved = _to_save(layout, incoming, leaves)
+        if saved is None:
             raise _Mismatch
         S = jax.tree.map(lambda buf, c: _set_row(buf, c, t + 1), S, carry)
-        saved = [x for x, i in zip(leaves, layout.carry_leaf, strict=True) if i is None]
         return carry, S, [_set_row(buf, x, t) for buf, x in zip(P, saved, strict=True)]
 
     final, S, P = jax.lax.fori_loop(0, T, body, (carry0, S, P), unroll=unroll)
