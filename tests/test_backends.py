@@ -102,8 +102,8 @@ def test_reverse_mode_runs_the_backends_backward_pass():
 @pytest.mark.parametrize("cell_name", ["lstm", "relu"])
 def test_xla_loops_fall_back_to_every_residual_when_a_step_traces_otherwise(monkeypatch, cell_name):
     """The XLA loops store each step's pullback in buffers laid out by an abstract trace of one
-    step; where the loop body's own trace differs (a jit with shardings, below), they store the
-    plain pullback's residuals instead, with the same numbers."""
+    step; where the loop body's own trace differs (forced here), they store the plain
+    pullback's residuals instead, with the same numbers."""
     from jaxrnn.backends import _xla
 
     layout = _xla._pullback_layout
@@ -123,11 +123,22 @@ def test_xla_loops_fall_back_to_every_residual_when_a_step_traces_otherwise(monk
 
 
 @pytest.mark.parametrize("cell_name", ["simple", "lstm", "gru"])
-def test_xla_loops_under_a_jit_with_shardings_equal_scan(cell_name):
+def test_xla_loops_under_a_jit_with_shardings_equal_scan(monkeypatch, cell_name):
     """``train.py``'s step is a ``jit`` of arrays placed on a data-parallel mesh; traced there, a
-    step's pullback holds its constants as residuals and the loops fall back."""
+    step's pullback holds its constants as residuals, which the loops' layout (traced on the
+    loops' own arguments) stores too: the compact layout, no fallback."""
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+    from jaxrnn.backends import _xla
+
+    layout = _xla._pullback_layout
+    calls = []
+
+    def spy(*args, fallback=False):
+        calls.append(fallback)
+        return layout(*args, fallback=fallback)
+
+    monkeypatch.setattr(_xla, "_pullback_layout", spy)
     mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
     rep, rows = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
     cell, p, xs, h0 = setup(cell_name, jnp.float64)
@@ -138,6 +149,7 @@ def test_xla_loops_under_a_jit_with_shardings_equal_scan(cell_name):
         return jax.jit(g, in_shardings=(rep, rows, rows), out_shardings=rep)(p, xs, h0)
 
     close(grad("xla"), grad("scan"), rtol=1e-10, atol=1e-10)
+    assert calls and True not in calls
 
 
 # --- rnn's options on every backend ----------------------------------------------------------

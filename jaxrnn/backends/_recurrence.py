@@ -36,7 +36,7 @@ class Impl(NamedTuple):
 
 
 def _xla_backward(update, W_h, b_h, U, ids, carry0, states, saved, g_states, g_final, unroll):
-    return _xla.backward(W_h, b_h, U, ids, carry0, states, saved, g_states, g_final, update, unroll)
+    return _xla.backward(W_h, b_h, U, ids, carry0, states, saved, g_states, g_final, unroll)
 
 
 XLA = Impl("xla", _xla.loop_saving, _xla_backward)

@@ -113,27 +113,33 @@ def _step_pullback(
 
 
 def _pullback_layout(
-    update: Update, carry0: Any, u_shape: tuple, dtype: Any, fallback: bool = False
-) -> _Layout:
-    """The :class:`_Layout` of a step's pullback, traced abstractly: of the plain pullback and
-    the one that recomputes arithmetic, the one that saves fewer bytes per step. ``fallback``:
-    the plain pullback with every residual saved as it comes."""
+    update: Update, W_h: Array, b_h: Array | None, U: Array, ids: Array | None, carry0: Any,
+    fallback: bool = False,
+) -> _Layout:  # fmt: skip
+    """The :class:`_Layout` of a step's pullback, traced abstractly on the loop's own arguments
+    (a step traced on placed arrays holds its constants as residuals; one traced on bare shapes
+    does not): of the plain pullback and the one that recomputes arithmetic, the one that saves
+    fewer bytes per step. ``fallback``: the plain pullback with every residual saved as it
+    comes."""
     found = {}
 
-    def probe(carry, u, r, remat):
+    def probe(W_h, b_h, U, ids, carry, remat):
+        t = jnp.int32(0)
+        u = _row(U, t) if ids is None else jnp.take(U, _row(ids, t), axis=0)
+        r = recurrent(carry, W_h, b_h)
         _, leaves, tree = _step_pullback(update, carry, u, r, remat)
         _, du, dr = jax.tree.unflatten(tree, leaves)(carry)
-        ids = {id(c): i for i, c in enumerate(jax.tree.leaves(carry))}
-        found[remat] = (tree, tuple(ids.get(id(x)) for x in leaves), du is dr)
+        at = {id(c): i for i, c in enumerate(jax.tree.leaves(carry))}
+        found[remat] = (tree, tuple(at.get(id(x)) for x in leaves), du is dr)
         return leaves
 
-    like = jax.ShapeDtypeStruct(u_shape, dtype)
     layouts = []
     for remat in (False, True):
-        shapes = jax.eval_shape(functools.partial(probe, remat=remat), carry0, like, like)
+        shapes = jax.eval_shape(functools.partial(probe, remat=remat), W_h, b_h, U, ids, carry0)
+        shapes = tuple(jax.ShapeDtypeStruct(s.shape, s.dtype) for s in shapes)
         tree, carry_leaf, du_is_dr = found[remat]
         if fallback:
-            return _Layout(tuple(shapes), tree, (None,) * len(shapes), du_is_dr, False)
+            return _Layout(shapes, tree, (None,) * len(shapes), du_is_dr, False)
         saved = tuple(s for s, i in zip(shapes, carry_leaf, strict=True) if i is None)
         # whether du is dr is the update's property; only the plain pullback shows it
         layouts.append(_Layout(saved, tree, carry_leaf, found[False][2], remat))
@@ -146,11 +152,24 @@ class _Mismatch(Exception):
 
 
 @jax.tree_util.register_static
-class _Fallback(NamedTuple):
-    """Whether a loop stored the plain pullback (``_pullback_layout(fallback=True)``): a
-    pytree without leaves, so :func:`loop_saving` hands it to :func:`backward`."""
+class _Stored:
+    """The :class:`_Layout` a loop stored its pullbacks by, handed to :func:`backward` in the
+    saved buffers as a pytree without leaves. Equal by layout, not by the traced pullback
+    tree, which is a new object in every trace of the same function."""
 
-    on: bool
+    def __init__(self, layout: _Layout):
+        self.layout = layout
+
+    def _key(self) -> tuple:
+        lay = self.layout
+        shapes = tuple((s.shape, s.dtype) for s in lay.shapes)
+        return shapes, lay.carry_leaf, lay.du_is_dr, lay.remat
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Stored) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
 
 def _to_save(layout: _Layout, incoming: list, leaves: list) -> list | None:
@@ -170,27 +189,25 @@ def _to_save(layout: _Layout, incoming: list, leaves: list) -> list | None:
 def loop_saving(
     update: Update, W_h: Array, b_h: Array | None, U: Array, ids: Array | None, carry0: Any,
     unroll: int | bool = 1,
-) -> tuple[Any, Any, tuple[Any, list, _Fallback]]:  # fmt: skip
+) -> tuple[Any, Any, tuple[Any, list, _Stored]]:  # fmt: skip
     """:func:`loop` that also returns what :func:`backward` reads: ``S`` (each carry leaf's
     ``[T + 1, B, ...]`` buffer, row 0 the initial carry), ``P``, every step's pullback of
     ``update`` (its residuals, each leaf a ``[T, ...]`` buffer, but those that are the step's
     incoming carry, which ``S`` holds), so the backward pass computes none of the forward's
-    activations again, and whether ``P`` holds the plain pullback instead.
+    activations again, and the layout ``P`` is stored by.
 
     The buffers are written in place, one row a step; the carry is carried as well, since
     reading a row back from the buffer it was written to makes XLA copy the buffer.
     """
-    B = carry_output(carry0).shape[0]
-    layout = _pullback_layout(update, carry0, (B, W_h.shape[1]), W_h.dtype)
+    args = (W_h, b_h, U, ids, carry0)
+    layout = _pullback_layout(update, *args)
     try:
-        states, final, (S, P) = _loop_saving(layout, update, W_h, b_h, U, ids, carry0, unroll)
-        return states, final, (S, P, _Fallback(False))
+        states, final, (S, P) = _loop_saving(layout, update, *args, unroll)
     except _Mismatch:
-        # the abstract trace can differ from the loop body's (a jit of arrays placed on a mesh
-        # traces constants as residuals there): then every residual of the plain pullback
-        plain = _pullback_layout(update, carry0, (B, W_h.shape[1]), W_h.dtype, fallback=True)
-        states, final, (S, P) = _loop_saving(plain, update, W_h, b_h, U, ids, carry0, unroll)
-        return states, final, (S, P, _Fallback(True))
+        # a loop body that traces otherwise than the probe: every residual of the plain pullback
+        layout = _pullback_layout(update, *args, fallback=True)
+        states, final, (S, P) = _loop_saving(layout, update, *args, unroll)
+    return states, final, (S, P, _Stored(layout))
 
 
 def _loop_saving(layout, update, W_h, b_h, U, ids, carry0, unroll):
@@ -216,8 +233,7 @@ def _loop_saving(layout, update, W_h, b_h, U, ids, carry0, unroll):
 
 def backward(
     W_h: Array, b_h: Array | None, U: Array, ids: Array | None, carry0: Any, states: Any,
-    saved: tuple[Any, list, _Fallback], g_states: Any, g_final: Any, update: Update,
-    unroll: int | bool = 1,
+    saved: tuple[Any, list, _Stored], g_states: Any, g_final: Any, unroll: int | bool = 1,
 ) -> tuple[Array, Array | None, Array, Any]:  # fmt: skip
     """``(dW_h, db_h, dU, dcarry0)`` from the cotangents of :func:`loop_saving`'s outputs.
 
@@ -225,11 +241,11 @@ def backward(
     Each step applies the pullback of ``update`` saved by the forward loop, so the cell's
     maths is written once, in the cell.
     """
-    S, P, fallback = saved
-    T = P[0].shape[0] if P else (ids.shape[0] if ids is not None else U.shape[0])
+    S, P, stored = saved
+    layout = stored.layout
+    T = ids.shape[0] if ids is not None else U.shape[0]
     B = carry_output(carry0).shape[0]
     GH = W_h.shape[1]
-    layout = _pullback_layout(update, carry0, (B, GH), W_h.dtype, fallback=fallback.on)
     W_hT = W_h.T  # [G H, H]
     D = jnp.zeros((T + 1, B, GH), W_h.dtype)  # D[t] = dL/dr_t; row T stays 0
     # an update that sees u and r only through u + r has du = dr: one buffer serves both
