@@ -4,7 +4,11 @@ float64 is switched on so that gradient checks can be tight (1e-8); tests that
 want float32 ask for it explicitly.
 """
 
+import atexit
 import contextlib
+import os
+import shutil
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +19,19 @@ from jaxrnn import backends
 from jaxrnn.backends import cpu, gpu
 
 jax.config.update("jax_enable_x64", True)
+
+# One persistent compilation cache per test run, shared by the xdist workers (they inherit the
+# variable from the process that starts them): the suite compiles many identical programs (the
+# same models and shapes in different tests), and a hit skips XLA's compiler. It starts empty
+# and is removed at the end; a cache of the user's own (JAX_COMPILATION_CACHE_DIR) is left alone.
+_CACHE = "JAXRNN_TESTS_JAX_CACHE"
+if _CACHE not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ[_CACHE] = tempfile.mkdtemp(prefix="jaxrnn-tests-jax-cache-")
+    atexit.register(shutil.rmtree, os.environ[_CACHE], ignore_errors=True)
+if _CACHE in os.environ:
+    jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 # the Pallas kernels run on the CPU through Pallas's interpreter, every cell's kernels on
 ALL_GPU = gpu.Config(interpret=True, cells=frozenset({"simple", "lstm", "gru"}))

@@ -163,7 +163,7 @@ def test_analyze_classifier_writes_fixed_points_that_are_fixed(tmp_path):
     [
         ("imdb", "lstm", 1),
         pytest.param("imdb", "gru", 1, marks=pytest.mark.slow),  # the IMDB LSTM covers it
-        ("shakespeare", "gru", 2),
+        pytest.param("shakespeare", "gru", 2, marks=pytest.mark.slow),  # ~7 s
         ("adding", "simple", 1),
     ],
 )

@@ -405,7 +405,10 @@ def test_to_torch_builds_the_module_from_the_params():
 # ----------------------------------------------------------------------------------- Flax
 
 
-@pytest.mark.parametrize("kind", ["simple", "lstm", "gru"])
+# the simple and LSTM layers in the slow tier: the conversion code is the same for every kind
+@pytest.mark.parametrize(
+    "kind", [pytest.param(k, marks=pytest.mark.slow) for k in ("simple", "lstm")] + ["gru"]
+)
 def test_flax_bidirectional_both_ways(kind):
     nn = pytest.importorskip("flax.linen", reason="Flax not installed")
     flax_cell = {"simple": nn.SimpleCell, "lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell}[kind]

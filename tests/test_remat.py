@@ -95,10 +95,10 @@ def _weighted(tree):
     "cell_name,remat,option,backend",
     [
         ("simple", 4, "mask", "scan"),  # an arbitrary mask: the masked loop, in segments
-        ("lstm", "sqrt", "lengths", "auto"),
         *(
             pytest.param(*case, marks=pytest.mark.slow)
             for case in [
+                ("lstm", "sqrt", "lengths", "auto"),
                 ("simple", 4, "mask", "auto"),  # auto with a mask: the masked loop too
                 ("lstm", "sqrt", "lengths", "scan"),
                 ("gru", 5, "lengths_backwards", "scan"),

@@ -96,7 +96,11 @@ TRANSFORMS = {
 }
 
 
-@pytest.mark.parametrize("transform", list(TRANSFORMS))
+# vmap of hessian in the slow tier (~10 s): hessian and the vmaps of grad cover its rules
+@pytest.mark.parametrize(
+    "transform",
+    [pytest.param(t, marks=pytest.mark.slow) if t == "vmap-hessian" else t for t in TRANSFORMS],
+)
 def test_every_transformation_of_a_stand_in_kernel_equals_its_reference(transform):
     rng = np.random.default_rng(0)
     T, B, H = 6, 3, 4
