@@ -24,6 +24,8 @@ jax.config.update("jax_enable_x64", True)
 # variable from the process that starts them): the suite compiles many identical programs (the
 # same models and shapes in different tests), and a hit skips XLA's compiler. It starts empty
 # and is removed at the end; a cache of the user's own (JAX_COMPILATION_CACHE_DIR) is left alone.
+# A torn read (one worker reading an entry the other is writing) costs a compilation; the
+# warning JAX gives then is filtered in pyproject.toml.
 _CACHE = "JAXRNN_TESTS_JAX_CACHE"
 if _CACHE not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ[_CACHE] = tempfile.mkdtemp(prefix="jaxrnn-tests-jax-cache-")
