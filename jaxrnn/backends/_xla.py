@@ -40,6 +40,11 @@ def step_input(U: Array, ids: Array | None, x: Array) -> Array:
     return x if ids is None else jnp.take(U, x, axis=0)
 
 
+def _input_at(U: Array, ids: Array | None, t: Array) -> Array:
+    """``u_t: [B, G H]`` at step ``t`` of what the loop scans."""
+    return step_input(U, ids, _row(step_inputs(U, ids), t))
+
+
 def recurrent(carry: Any, W_h: Array, b_h: Array | None) -> Array:
     """``r = h @ W_h + b_h: [B, G H]`` from the carry's ``h [B, H]``."""
     r = carry_output(carry) @ W_h
@@ -124,9 +129,7 @@ def _pullback_layout(
     found = {}
 
     def probe(W_h, b_h, U, ids, carry, remat):
-        t = jnp.int32(0)
-        u = _row(U, t) if ids is None else jnp.take(U, _row(ids, t), axis=0)
-        r = recurrent(carry, W_h, b_h)
+        u, r = _input_at(U, ids, jnp.int32(0)), recurrent(carry, W_h, b_h)
         _, leaves, tree = _step_pullback(update, carry, u, r, remat)
         _, du, dr = jax.tree.unflatten(tree, leaves)(carry)
         at = {id(c): i for i, c in enumerate(jax.tree.leaves(carry))}
@@ -217,8 +220,7 @@ def _loop_saving(layout, update, W_h, b_h, U, ids, carry0, unroll):
 
     def body(t, state):
         carry, S, P = state
-        u = _row(U, t) if ids is None else jnp.take(U, _row(ids, t), axis=0)
-        r = recurrent(carry, W_h, b_h)
+        u, r = _input_at(U, ids, t), recurrent(carry, W_h, b_h)
         incoming = jax.tree.leaves(carry)
         carry, leaves, _ = _step_pullback(update, carry, u, r, layout.remat)
         saved = _to_save(layout, incoming, leaves)
