@@ -35,6 +35,21 @@ if _CACHE in os.environ:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
+_NO_LLVM_OPT = "--xla_backend_optimization_level=0"
+
+
+def pytest_configure(config):
+    """The default tier (``-m "not slow"``) compiles its programs without LLVM's optimisation
+    passes: its programs are small, so compiling is most of its time and the slower code costs
+    little; the slow tier, whose training runs are compute-bound, keeps XLA's default. Set
+    before the first computation, which is when XLA reads ``XLA_FLAGS``; the xdist workers and
+    the tier's ``train.py`` subprocesses inherit it."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    selected = config.getoption("markexpr", "").replace(" ", "")
+    if selected == "notslow" and "xla_backend_optimization_level" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {_NO_LLVM_OPT}".strip()
+
+
 # the Pallas kernels run on the CPU through Pallas's interpreter, every cell's kernels on
 ALL_GPU = gpu.Config(interpret=True, cells=frozenset({"simple", "lstm", "gru"}))
 BACKENDS = ["scan", "xla", "native", "pallas"]

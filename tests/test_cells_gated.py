@@ -170,6 +170,7 @@ def _grad_check(name, opts, order):
     xs = jax.random.normal(jax.random.key(1), (2, 3, D), jnp.float64)
     carry0 = jax.tree.map(lambda a: a[:2], _random_carry(name, jax.random.key(2)))
 
+    @jax.jit  # one compilation for check_grads's many evaluations
     def loss(p, xs, carry0):
         carry, ys = rnn(mod.cell, p, xs, carry0)
         return jnp.sum(ys**2) + sum(jnp.sum(jnp.sin(a)) for a in jax.tree.leaves(carry))

@@ -136,6 +136,7 @@ def test_grads_match_finite_differences(reverse, use_lengths):
     h0 = _xs((B, H), seed=3)
     lengths = jnp.array([T, 3, 1]) if use_lengths else None
 
+    @jax.jit  # one compilation for check_grads's many evaluations
     def loss(p, xs, h0):
         h_T, ys = rnn(cells.simple.cell, p, xs, h0, lengths=lengths, reverse=reverse)
         return jnp.sum(h_T**2) + jnp.sum(jnp.sin(ys))
