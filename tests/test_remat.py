@@ -214,8 +214,9 @@ def test_unidirectional_stack_remat_equals_full(backend, option, key):
     def loss(params, xs, carries, remat):
         return _weighted(run(params, xs, carries, remat))
 
-    run, grad = (jax.jit(f, static_argnums=3) for f in (run, jax.grad(loss, argnums=(0, 1, 2))))
-    _close(run(params, xs, carries, None), run(params, xs, carries, 4), 1e-12, 1e-13)
+    fwd = jax.jit(run, static_argnums=3)
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), static_argnums=3)
+    _close(fwd(params, xs, carries, None), fwd(params, xs, carries, 4), 1e-12, 1e-13)
     _close(grad(params, xs, carries, None), grad(params, xs, carries, 4), 1e-10, 1e-12)
 
 
